@@ -1,0 +1,76 @@
+//! `inspector run`: load, apply the policy, attach, wait for a signal, detach.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::{
+    bpffs,
+    exempt::ExemptTable,
+    loader::{self, AttachMode},
+    lock::IfaceLock,
+    policy::Policy,
+};
+
+pub struct RunOptions {
+    pub ifaces: Vec<String>,
+    pub policy: Option<PathBuf>,
+    pub pin_dir: PathBuf,
+    pub mode: AttachMode,
+}
+
+pub fn run(opts: RunOptions) -> Result<()> {
+    for iface in &opts.ifaces {
+        loader::check_iface_name(iface)?;
+    }
+    let policy = match &opts.policy {
+        Some(path) => Policy::load(path)?,
+        None => Policy::parse(std::path::Path::new("(built-in default)"), "")?,
+    };
+    bpffs::prepare(&opts.pin_dir)?;
+    let _locks = opts
+        .ifaces
+        .iter()
+        .map(|iface| IfaceLock::acquire(iface, &opts.pin_dir))
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut ebpf = loader::load(&opts.pin_dir)?;
+    ExemptTable::open(&opts.pin_dir)?
+        .apply_policy(&policy.exempt)
+        .context("applying the policy's exemptions")?;
+    log::info!(
+        "policy {}: {} exemption(s); maps pinned in {}",
+        opts.policy
+            .as_ref()
+            .map_or("(built-in default)".into(), |p| p.display().to_string()),
+        policy.exempt.len(),
+        opts.pin_dir.display()
+    );
+    for iface in &opts.ifaces {
+        let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;
+        log::info!("{iface}: classifier attached ({mode} XDP)");
+    }
+
+    wait_for_signal()?;
+    log::info!(
+        "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
+    );
+    drop(ebpf);
+    Ok(())
+}
+
+fn wait_for_signal() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM received"),
+            _ = int.recv() => log::info!("SIGINT received"),
+        }
+        Ok(())
+    })
+}

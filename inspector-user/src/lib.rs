@@ -1,0 +1,10 @@
+//! The inspector's userspace: the loader and daemon, the live exemption ACL,
+//! counters, and the policy file.
+
+pub mod bpffs;
+pub mod daemon;
+pub mod exempt;
+pub mod loader;
+pub mod lock;
+pub mod policy;
+pub mod stats;

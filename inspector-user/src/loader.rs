@@ -1,0 +1,103 @@
+//! Loads the kernel object with its maps pinned under the pin directory and
+//! attaches the classifier.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{ProgramError, Xdp, XdpMode},
+};
+use inspector_common::programs;
+
+/// The kernel programs, built by build.rs from inspector-ebpf.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inspector"));
+
+/// Loads the object. Maps already pinned in `pin_dir` are reused (that is how
+/// exemptions and counters survive a restart); missing ones are created and
+/// pinned. The programs are loaded (verified) but not attached.
+pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(OBJECT)
+        .with_context(|| {
+            format!(
+                "loading the kernel programs (maps in {})",
+                pin_dir.display()
+            )
+        })?;
+    let xdp = xdp_program(&mut ebpf)?;
+    xdp.load().context("verifying the XDP classifier")?;
+    Ok(ebpf)
+}
+
+pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(programs::XDP_CLASSIFY)
+        .context("the object has no XDP classifier")?
+        .try_into()?)
+}
+
+/// How to attach XDP: `Auto` tries native (driver) mode and falls back to
+/// generic mode, saying so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+/// Attaches the classifier to `iface`; returns the mode it got.
+pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<&'static str> {
+    let xdp = xdp_program(ebpf)?;
+    let attempt = |xdp: &mut Xdp, mode| xdp.attach(iface, mode).map(|_| ());
+    match mode {
+        AttachMode::Native => attempt(xdp, XdpMode::Driver)
+            .map_err(|e| explain(e, iface))
+            .map(|()| "native"),
+        AttachMode::Generic => attempt(xdp, XdpMode::Skb)
+            .map_err(|e| explain(e, iface))
+            .map(|()| "generic"),
+        AttachMode::Auto => match attempt(xdp, XdpMode::Driver) {
+            Ok(()) => Ok("native"),
+            Err(e) if is_busy(&e) => Err(explain(e, iface)),
+            Err(e @ ProgramError::UnknownInterface { .. }) => Err(explain(e, iface)),
+            Err(native_err) => {
+                log::warn!(
+                    "{iface}: native XDP not available ({native_err}); falling back to generic XDP, which runs later in the stack and is slower"
+                );
+                attempt(xdp, XdpMode::Skb)
+                    .map_err(|e| explain(e, iface))
+                    .map(|()| "generic")
+            }
+        },
+    }
+}
+
+fn is_busy(e: &ProgramError) -> bool {
+    let io = match e {
+        ProgramError::SyscallError(s) => Some(&s.io_error),
+        _ => None,
+    };
+    io.and_then(|e| e.raw_os_error()) == Some(libc::EBUSY)
+}
+
+fn explain(e: ProgramError, iface: &str) -> anyhow::Error {
+    if is_busy(&e) {
+        return anyhow::anyhow!(
+            "{iface} already has an XDP program attached (another `inspector run`, or another tool: see `ip link show {iface}`)"
+        );
+    }
+    if let ProgramError::UnknownInterface { .. } = e {
+        return anyhow::anyhow!("no interface named {iface} in this network namespace");
+    }
+    anyhow::Error::new(e).context(format!("attaching XDP to {iface}"))
+}
+
+/// Refuses interface names the kernel would never accept, before any work.
+pub fn check_iface_name(iface: &str) -> Result<()> {
+    if iface.is_empty() || iface.len() >= libc::IFNAMSIZ || iface.contains(['/', ' ', '\0']) {
+        bail!("`{iface}` is not a valid interface name");
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! One daemon per interface: an flock'ed file per (network namespace,
+//! interface) under /run/inspector, released by the kernel if the daemon dies.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{Read, Write},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+const LOCK_DIR: &str = "/run/inspector";
+
+pub struct IfaceLock {
+    _file: File,
+    path: PathBuf,
+}
+
+/// A running daemon found through its lock.
+pub struct Holder {
+    pub pid: u32,
+    pub iface: String,
+}
+
+impl IfaceLock {
+    pub fn acquire(iface: &str, pin_dir: &Path) -> Result<Self> {
+        fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+        let netns = fs::metadata("/proc/self/ns/net")
+            .context("reading this process's network namespace")?
+            .ino();
+        let path = Path::new(LOCK_DIR).join(format!("{netns}-{iface}.lock"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        if !try_lock(&file) {
+            let (pid, _, _) = read_owner(&mut file);
+            bail!(
+                "{iface} is already inspected by another `inspector run` (pid {pid}); stop it first"
+            );
+        }
+        file.set_len(0)?;
+        writeln!(
+            file,
+            "{}\n{}\n{}",
+            std::process::id(),
+            iface,
+            pin_dir.display()
+        )?;
+        Ok(Self { _file: file, path })
+    }
+
+    /// Daemons currently running with `pin_dir`.
+    pub fn holders(pin_dir: &Path) -> Vec<Holder> {
+        let Ok(entries) = fs::read_dir(LOCK_DIR) else {
+            return Vec::new();
+        };
+        let mut holders = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(mut file) = File::open(entry.path()) else {
+                continue;
+            };
+            if try_lock(&file) {
+                continue; // nobody holds it: a leftover of a killed daemon
+            }
+            let (pid, iface, dir) = read_owner(&mut file);
+            if Path::new(&dir) == pin_dir {
+                holders.push(Holder { pid, iface });
+            }
+        }
+        holders
+    }
+}
+
+impl Drop for IfaceLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a file descriptor we own.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+fn read_owner(file: &mut File) -> (u32, String, String) {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let mut lines = text.lines();
+    let pid = lines.next().and_then(|l| l.parse().ok()).unwrap_or(0);
+    let iface = lines.next().unwrap_or("").to_string();
+    let dir = lines.next().unwrap_or("").to_string();
+    (pid, iface, dir)
+}

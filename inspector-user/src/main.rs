@@ -1,0 +1,185 @@
+//! The `inspector` command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use inspector::{
+    bpffs,
+    daemon::{self, RunOptions},
+    exempt::{self, ExemptTable, Origin},
+    loader::AttachMode,
+    lock::IfaceLock,
+    policy::Policy,
+    stats::ClassStats,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "inspector",
+    version,
+    about = "eBPF/XDP-accelerated ESMTP inspector"
+)]
+struct Cli {
+    /// bpffs directory holding the pinned maps shared by the daemon and the CLI.
+    #[arg(long, global = true, env = "INSPECTOR_PIN_DIR", default_value = bpffs::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to interfaces and inspect until SIGINT/SIGTERM.
+    Run {
+        /// Interface to attach to (repeat for several).
+        #[arg(long = "iface", required = true)]
+        ifaces: Vec<String>,
+        /// Policy file (TOML); the built-in default when omitted.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// XDP attach mode: auto tries native and falls back to generic.
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        xdp_mode: AttachMode,
+    },
+    /// Manage exemptions live (hosts or networks never inspected).
+    Exempt {
+        #[command(subcommand)]
+        action: ExemptAction,
+    },
+    /// Print the kernel's per-class counters.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Remove the pinned maps (exemptions and counters). The daemon must be stopped.
+    Unload,
+}
+
+#[derive(Subcommand)]
+enum ExemptAction {
+    /// Exempt a network (CIDR) or a host, in both directions.
+    Add { network: String },
+    /// Remove an exemption.
+    Del { network: String },
+    /// List exemptions and where they came from (policy or live).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Validate a policy file; errors name the file, line and field.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    match execute(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inspector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<()> {
+    let pin_dir = cli.pin_dir;
+    match cli.command {
+        Command::Run {
+            ifaces,
+            policy,
+            xdp_mode,
+        } => daemon::run(RunOptions {
+            ifaces,
+            policy,
+            pin_dir,
+            mode: xdp_mode,
+        }),
+        Command::Exempt { action } => exempt_command(&pin_dir, action),
+        Command::Stats { json } => {
+            let stats = ClassStats::read(&pin_dir)?;
+            if json {
+                println!("{}", stats.to_json());
+            } else {
+                print!("{}", stats.to_text());
+            }
+            Ok(())
+        }
+        Command::Policy {
+            action: PolicyAction::Check { file },
+        } => {
+            let policy = Policy::load(&file)?;
+            println!(
+                "{}: ok ({} exemption(s))",
+                file.display(),
+                policy.exempt.len()
+            );
+            Ok(())
+        }
+        Command::Unload => {
+            let holders = IfaceLock::holders(&pin_dir);
+            if let Some(h) = holders.first() {
+                bail!(
+                    "a daemon (pid {}) is running on {} with {}; stop it first",
+                    h.pid,
+                    h.iface,
+                    pin_dir.display()
+                );
+            }
+            let removed = bpffs::remove_pins(&pin_dir, &inspector_common::maps::ALL)?;
+            println!(
+                "removed {} pinned map(s) from {}",
+                removed.len(),
+                pin_dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn exempt_command(pin_dir: &std::path::Path, action: ExemptAction) -> Result<()> {
+    let parse = |text: &str| exempt::parse_network(text).map_err(anyhow::Error::msg);
+    match action {
+        ExemptAction::Add { network } => {
+            let net = parse(&network)?;
+            if ExemptTable::open(pin_dir)?.add(&net, Origin::Live)? {
+                println!("exempted {net}");
+            } else {
+                println!("{net} was already exempt");
+            }
+        }
+        ExemptAction::Del { network } => {
+            let net = parse(&network)?;
+            if !ExemptTable::open(pin_dir)?.remove(&net)? {
+                bail!("{net} is not exempt");
+            }
+            println!("removed exemption {net}");
+        }
+        ExemptAction::List { json } => {
+            let rules = ExemptTable::open(pin_dir)?.list()?;
+            if json {
+                println!("{}", serde_json::to_string(&rules)?);
+            } else {
+                for rule in rules {
+                    let origin = match rule.origin {
+                        Origin::Policy => "policy",
+                        Origin::Live => "live",
+                    };
+                    println!("{:<43} {origin}", rule.network);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The policy file: one TOML document holding the exemptions and the ESMTP
+//! inspection policy (later issues add protected servers). Every error names
+//! the file, the line and the field.
+
+use std::{
+    fmt,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use inspector_esmtp::policy::{EsmtpPolicy, EsmtpSection, FieldError};
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::exempt;
+
+/// A validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub exempt: Vec<IpNet>,
+    pub esmtp: EsmtpPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    exempt: Vec<RawExempt>,
+    esmtp: Option<EsmtpSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExempt {
+    network: Spanned<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.field,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl Policy {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read policy: {e}", path.display()))?;
+        Ok(Self::parse(path, &text)?)
+    }
+
+    /// Parses and validates `text`, read from `file` (used in messages).
+    pub fn parse(file: &Path, text: &str) -> Result<Self, PolicyError> {
+        let at = |span: Option<Range<usize>>, field: String, message: String| PolicyError {
+            file: file.to_path_buf(),
+            line: span.map_or(1, |s| line_of(text, s.start)),
+            field,
+            message,
+        };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| field_at(text, s))
+                .unwrap_or_else(|| "(document)".into());
+            at(e.span(), field, e.message().trim().to_string())
+        })?;
+
+        let mut exempt = Vec::with_capacity(raw.exempt.len());
+        for (i, rule) in raw.exempt.iter().enumerate() {
+            let net = exempt::parse_network(rule.network.get_ref()).map_err(|message| {
+                at(
+                    Some(rule.network.span()),
+                    format!("exempt[{i}].network"),
+                    message,
+                )
+            })?;
+            exempt.push(net);
+        }
+
+        let esmtp = match &raw.esmtp {
+            Some(section) => section.compile().map_err(
+                |FieldError {
+                     span,
+                     field,
+                     message,
+                 }| at(span, field, message),
+            )?,
+            None => EsmtpPolicy::default(),
+        };
+        Ok(Self { exempt, esmtp })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The text a TOML error points at, as a short field name for the message.
+fn field_at(text: &str, span: Range<usize>) -> String {
+    let snippet = text.get(span).unwrap_or("").trim();
+    let snippet: String = snippet.chars().take(40).collect();
+    if snippet.is_empty() || snippet.contains('\n') {
+        "(syntax)".into()
+    } else {
+        snippet
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(Path::new("p.toml"), text)
+    }
+
+    #[test]
+    fn parses_exemptions() {
+        let p = parse(
+            "[[exempt]]\nnetwork = \"198.18.1.26/32\"\n[[exempt]]\nnetwork = \"2001:2::/48\"\n",
+        )
+        .unwrap();
+        let nets: Vec<String> = p.exempt.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["198.18.1.26/32", "2001:2::/48"]);
+    }
+
+    #[test]
+    fn empty_policy_is_valid() {
+        assert!(parse("").unwrap().exempt.is_empty());
+    }
+
+    #[test]
+    fn bad_network_names_file_line_and_field() {
+        let err = parse("# comment\n[[exempt]]\nnetwork = \"198.18.1.26/32\"\n\n[[exempt]]\nnetwork = \"10.0.0.300\"\n")
+            .unwrap_err();
+        assert_eq!(err.line, 6);
+        assert_eq!(err.field, "exempt[1].network");
+        assert!(
+            err.to_string()
+                .starts_with("p.toml:6: exempt[1].network: `10.0.0.300` is not a network"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_it() {
+        let err = parse("[[exempt]]\nnetwork = \"198.18.1.26\"\nnetwrok = \"x\"\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert_eq!(err.field, "netwrok");
+        assert!(err.message.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn missing_field_and_syntax_errors_have_a_line() {
+        let err = parse("\n[[exempt]]\n").unwrap_err();
+        assert!(err.message.contains("missing field `network`"), "{err}");
+        assert_eq!(err.line, 2);
+        let err = parse("[[exempt]]\nnetwork = \n").unwrap_err();
+        assert_eq!(err.line, 2);
+    }
+
+    #[test]
+    fn shipped_policies_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Policy::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 2,
+            "found only {checked} policies in {}",
+            dir.display()
+        );
+    }
+}
