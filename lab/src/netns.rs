@@ -1,0 +1,129 @@
+//! One named network namespace: run commands in it, run Rust code in it,
+//! and start processes that are killed when their guard drops.
+
+use std::{
+    fs::File,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub(crate) fn new(name: String) -> Self {
+        Self { name }
+    }
+
+    /// The namespace's bind mount, for `nsenter --net=` and setns(2).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs in this network namespace only. Unlike
+    /// `ip netns exec` it keeps the caller's mount namespace, so the process
+    /// sees the same bpffs (pinned maps) as everything else.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `ip ARGS` in this namespace.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    pub(crate) fn addr(&self, dev: &str, addrs: &[IpAddr], prefix: u8) -> Result<()> {
+        for addr in addrs {
+            let cidr = format!("{addr}/{prefix}");
+            // nodad: IPv6 addresses are usable at once, not after DAD.
+            let mut args = vec!["addr", "add", &cidr, "dev", dev];
+            if addr.is_ipv6() {
+                args.push("nodad");
+            }
+            self.ip(&args)?;
+        }
+        Ok(())
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        run(self
+            .command("sh")
+            .args(["-c", &format!("echo {value} > {path}")]))
+    }
+
+    /// Runs `f` on a thread that has joined this namespace, so sockets it
+    /// opens live here.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let file =
+            File::open(self.path()).with_context(|| format!("opening namespace {}", self.name))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    // SAFETY: setns on a namespace fd we own affects only this thread.
+                    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        bail!("setns: {}", std::io::Error::last_os_error());
+                    }
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))?
+        })
+    }
+
+    /// Starts `cmd` (made by [`Self::command`]); it is killed when the
+    /// returned guard drops.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<ScopedChild> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(ScopedChild(Some(child)))
+    }
+
+    pub(crate) fn delete(&self) {
+        if self.path().exists() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, unless it was
+/// waited for already.
+pub struct ScopedChild(Option<Child>);
+
+impl ScopedChild {
+    pub fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child present until drop")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.0.take().expect("child present until drop");
+        // SAFETY: kill on the pid of a child we have not reaped yet.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for ScopedChild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! `cargo xtask run`: the inspector on a lab (no --iface) or on a real
+//! interface (arguments passed to `inspector run`).
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result};
+use inspector_lab::{Lab, MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4};
+
+use crate::{inspector_binary, status, workspace_root};
+
+const LAB_PREFIX: &str = "insp-lab";
+/// The lab pins its maps apart from a real deployment's, and removes them.
+const LAB_PIN_DIR: &str = "/sys/fs/bpf/inspector-lab";
+
+pub fn run(args: &[String]) -> Result<()> {
+    let inspector = inspector_binary();
+    if args
+        .iter()
+        .any(|a| a == "--iface" || a.starts_with("--iface="))
+    {
+        return status(Command::new(&inspector).arg("run").args(args));
+    }
+    let policy = workspace_root().join("policies/default.toml");
+    run_lab(&inspector, &policy, args)
+}
+
+fn run_lab(inspector: &Path, policy: &Path, extra: &[String]) -> Result<()> {
+    let lab = Lab::create(LAB_PREFIX)?;
+    let _sink = lab
+        .server
+        .spawn(
+            lab.server
+                .command("smtp-sink")
+                .args(["-u", "nobody", "0.0.0.0:25", "128"]),
+        )
+        .context(
+            "starting smtp-sink in the server namespace (cargo xtask setup installs postfix)",
+        )?;
+
+    let mut daemon_cmd = lab.gateway.command(inspector);
+    daemon_cmd
+        .args([
+            "--pin-dir",
+            LAB_PIN_DIR,
+            "run",
+            "--iface",
+            OUTSIDE,
+            "--policy",
+        ])
+        .arg(policy)
+        .args(extra);
+    let mut daemon = lab.gateway.spawn(&mut daemon_cmd)?;
+    print_instructions(inspector);
+
+    // Ctrl-C reaches the whole foreground process group: the daemon stops on
+    // it, and we must outlive it to take the lab down.
+    ignore_sigint_here();
+    let exit = daemon.child().wait()?;
+    eprintln!("inspector exited ({exit}); removing the lab");
+    let _ = Command::new(inspector)
+        .args(["--pin-dir", LAB_PIN_DIR, "unload"])
+        .status();
+    drop(lab);
+    Ok(())
+}
+
+fn print_instructions(inspector: &Path) {
+    let bin = inspector
+        .strip_prefix(workspace_root())
+        .unwrap_or(inspector)
+        .display();
+    let cli = format!("{bin} --pin-dir {LAB_PIN_DIR}");
+    let client = format!("ip netns exec {LAB_PREFIX}-client");
+    println!(
+        "
+Lab {LAB_PREFIX} is up:
+  client 198.18.0.2 ── outside [gateway: inspector] inside ── server {SERVER_V4} (smtp-sink), mail gateway {MAIL_GATEWAY_V4}
+
+Try, in another terminal:
+  {client} swaks --server {SERVER_V4} --from a@client.test --to b@server.test
+  {cli} stats                      # the session was classified `inspect`
+  {cli} exempt add {SERVER_V4}       # exempt the server, live
+  {client} swaks --server {SERVER_V4} --from a@client.test --to b@server.test
+  {cli} stats                      # now `exempt`
+  {cli} exempt list
+  {cli} exempt del {SERVER_V4}
+
+Ctrl-C stops the inspector and removes the lab.
+"
+    );
+}
+
+extern "C" fn on_sigint(_: libc::c_int) {}
+
+fn ignore_sigint_here() {
+    // A handler, not SIG_IGN: handlers are reset in children, ignores are not.
+    // SAFETY: installing an async-signal-safe no-op handler.
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+}

@@ -1,0 +1,144 @@
+//! `cargo xtask setup`: everything a fresh Debian 12 machine lacks to build
+//! and test the project. Each step checks first, so a second run is a no-op.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Result, bail};
+
+use crate::status;
+
+/// Debian packages: LLVM 22 for bpf-linker, tools the tests drive, and the
+/// real SMTP software the tests and the lab use.
+const PACKAGES: &[&str] = &[
+    // bpf-linker 0.13 links against LLVM 22 (the nightly's LLVM).
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // Kernel-side tooling and the lab.
+    "bpftool",
+    "iproute2",
+    "nftables",
+    // Real SMTP peers: Postfix (and its smtp-sink/smtp-source), swaks.
+    "postfix",
+    "swaks",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn install_missing() -> Result<()> {
+    if !is_root() {
+        bail!("setup installs Debian packages and needs root");
+    }
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !deb_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    // Postfix asks how to configure itself; the tests write their own
+    // configuration, so install it unconfigured.
+    let mut debconf = Command::new("debconf-set-selections")
+        .stdin(Stdio::piped())
+        .spawn()?;
+    use std::io::Write;
+    debconf
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(b"postfix postfix/main_mailer_type select No configuration\n")?;
+    debconf.wait()?;
+    status(Command::new("apt-get").args(["update", "-q"]))?;
+    status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn deb_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == "install ok installed")
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        });
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to the nightly toolchain (eBPF builds core from source)");
+    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker must be this version and linked against LLVM 22, the LLVM of
+/// the nightly that compiles the eBPF crate.
+fn bpf_linker() -> Result<()> {
+    if bpf_linker_ok() {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    status(
+        Command::new("cargo")
+            .args([
+                "install",
+                "--force",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )?;
+    if !bpf_linker_ok() {
+        bail!("bpf-linker was installed but is not on PATH or not linked against LLVM 22");
+    }
+    Ok(())
+}
+
+fn bpf_linker_ok() -> bool {
+    let Ok(path) = which("bpf-linker") else {
+        return false;
+    };
+    let version = Command::new(&path)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    let llvm22 = Command::new("ldd")
+        .arg(&path)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libLLVM.so.22"));
+    version && llvm22
+}
+
+fn which(program: &str) -> Result<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("{program} not found on PATH"))
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
