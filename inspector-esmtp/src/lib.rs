@@ -1,4 +1,24 @@
 //! The ESMTP inspection engine: a sans-IO session state machine driven by the
 //! proxy, and the `[esmtp]` policy language it enforces.
+//!
+//! ```
+//! use std::{sync::Arc, time::Instant};
+//! use inspector_esmtp::{Peers, PolicyStats, Session, policy::EsmtpPolicy};
+//!
+//! let policy = Arc::new(EsmtpPolicy::default());
+//! let stats = Arc::new(PolicyStats::new(&policy));
+//! let peers = Peers { client: "198.18.0.1:40000".parse().unwrap(), server: "198.18.1.1:25".parse().unwrap() };
+//! let mut s = Session::new(policy, stats, peers);
+//! let out = s.on_server_data(b"220 mx.example ESMTP Postfix\r\n", Instant::now());
+//! assert_eq!(out.to_client, b"220 mail ESMTP\r\n");
+//! ```
 
+pub mod audit;
+pub mod mime;
 pub mod policy;
+pub mod session;
+pub mod stats;
+
+pub use audit::{AuditEvent, AuditKind, Peers};
+pub use session::{Close, Output, SESSION_MEMORY_BOUND, Session};
+pub use stats::PolicyStats;

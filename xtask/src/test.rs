@@ -16,7 +16,7 @@ pub fn run(extra: &[String]) -> Result<()> {
     ])?;
     // Unit tests, BPF_PROG_TEST_RUN tests and the namespace tests. The
     // privileged ones fail (never skip) when they cannot run.
-    let mut args = vec!["test", "--workspace"];
+    let mut args = vec!["test"];
     if !extra.is_empty() {
         args.push("--");
         args.extend(extra.iter().map(String::as_str));

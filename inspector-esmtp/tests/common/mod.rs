@@ -1,0 +1,178 @@
+//! The transcript harness: plays a scripted conversation through a Session
+//! and checks the exact bytes each side receives. Every script runs twice:
+//! with each write in one call, and one byte per call (a telnet user).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use inspector_esmtp::policy::{EsmtpPolicy, EsmtpSection};
+use inspector_esmtp::{AuditEvent, Close, Output, Peers, PolicyStats, Session};
+
+pub fn peers() -> Peers {
+    Peers {
+        client: "198.18.0.1:40000".parse().unwrap(),
+        server: "198.18.1.1:25".parse().unwrap(),
+    }
+}
+
+/// Compiles the body of an `[esmtp]` table.
+pub fn policy(esmtp_body: &str) -> EsmtpPolicy {
+    #[derive(serde::Deserialize)]
+    struct File {
+        esmtp: EsmtpSection,
+    }
+    let text = format!("[esmtp]\n{esmtp_body}");
+    let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    file.esmtp.compile().unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+pub struct Transcript {
+    pub session: Session,
+    pub stats: Arc<PolicyStats>,
+    pub policy: Arc<EsmtpPolicy>,
+    bytewise: bool,
+    pub now: Instant,
+    to_client: Vec<u8>,
+    to_server: Vec<u8>,
+    pub audit: Vec<AuditEvent>,
+    pub close: Option<Close>,
+    pub opaque: bool,
+}
+
+impl Transcript {
+    pub fn new(policy: EsmtpPolicy, bytewise: bool) -> Self {
+        let policy = Arc::new(policy);
+        let stats = Arc::new(PolicyStats::new(&policy));
+        Self {
+            session: Session::new(policy.clone(), stats.clone(), peers()),
+            stats,
+            policy,
+            bytewise,
+            now: Instant::now(),
+            to_client: Vec::new(),
+            to_server: Vec::new(),
+            audit: Vec::new(),
+            close: None,
+            opaque: false,
+        }
+    }
+
+    fn take(&mut self, out: Output) {
+        self.to_client.extend_from_slice(&out.to_client);
+        self.to_server.extend_from_slice(&out.to_server);
+        self.audit.extend(out.audit);
+        if out.close.is_some() {
+            assert!(self.close.is_none(), "closed twice");
+            self.close = out.close;
+        }
+        self.opaque |= out.opaque;
+    }
+
+    fn feed(&mut self, bytes: &[u8], client: bool) {
+        let chunk = if self.bytewise { 1 } else { bytes.len().max(1) };
+        for piece in bytes.chunks(chunk) {
+            let out = if client {
+                self.session.on_client_data(piece, self.now)
+            } else {
+                self.session.on_server_data(piece, self.now)
+            };
+            self.take(out);
+        }
+    }
+
+    /// The client sends `bytes`.
+    pub fn c(&mut self, bytes: impl AsRef<[u8]>) -> &mut Self {
+        self.feed(bytes.as_ref(), true);
+        self
+    }
+
+    /// The server sends `bytes`.
+    pub fn s(&mut self, bytes: impl AsRef<[u8]>) -> &mut Self {
+        self.feed(bytes.as_ref(), false);
+        self
+    }
+
+    /// The server got exactly `want` since the last check.
+    pub fn server_got(&mut self, want: impl AsRef<[u8]>) -> &mut Self {
+        let got = std::mem::take(&mut self.to_server);
+        assert_eq!(show(&got), show(want.as_ref()), "bytes to the server");
+        self
+    }
+
+    /// The client got exactly `want` since the last check.
+    pub fn client_got(&mut self, want: impl AsRef<[u8]>) -> &mut Self {
+        let got = std::mem::take(&mut self.to_client);
+        assert_eq!(show(&got), show(want.as_ref()), "bytes to the client");
+        self
+    }
+
+    /// Everything the server got since the last check.
+    pub fn take_server(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.to_server)
+    }
+
+    /// A client command the server gets unchanged.
+    pub fn pass(&mut self, cmd: &str) -> &mut Self {
+        self.c(cmd).server_got(cmd).client_got("")
+    }
+
+    /// A server reply the client gets unchanged.
+    pub fn reply(&mut self, reply: &str) -> &mut Self {
+        self.s(reply).client_got(reply).server_got("")
+    }
+
+    /// Audit ids since the last check.
+    pub fn audit_ids(&mut self) -> Vec<u32> {
+        self.audit.drain(..).map(|a| a.id()).collect()
+    }
+
+    pub fn audit_texts(&mut self) -> Vec<String> {
+        self.audit.drain(..).map(|a| a.to_string()).collect()
+    }
+
+    pub fn later(&mut self, d: Duration) -> &mut Self {
+        self.now += d;
+        self
+    }
+
+    pub fn client_eof(&mut self) -> &mut Self {
+        let out = self.session.on_client_eof(self.now);
+        self.take(out);
+        self
+    }
+
+    /// Greeting and EHLO with the given extension lines (`250-` added).
+    pub fn hello(&mut self, extensions: &[&str]) -> &mut Self {
+        self.s("220 mx.example.net ESMTP Postfix\r\n");
+        self.to_client.clear();
+        self.pass("EHLO client.example\r\n");
+        let mut reply = String::from("250");
+        reply.push(if extensions.is_empty() { ' ' } else { '-' });
+        reply.push_str("mx.example.net\r\n");
+        for (i, e) in extensions.iter().enumerate() {
+            let sep = if i + 1 == extensions.len() { ' ' } else { '-' };
+            reply.push_str(&format!("250{sep}{e}\r\n"));
+        }
+        self.s(reply);
+        self.to_client.clear();
+        self
+    }
+}
+
+/// Bytes as readable text for assertion messages.
+pub fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs `script` whole-write and byte-by-byte.
+pub fn both(policy: impl Fn() -> EsmtpPolicy, script: impl Fn(&mut Transcript)) {
+    for bytewise in [false, true] {
+        let mut t = Transcript::new(policy(), bytewise);
+        script(&mut t);
+    }
+}
+
+pub fn second() -> Duration {
+    Duration::from_secs(1)
+}
