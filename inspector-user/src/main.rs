@@ -13,6 +13,7 @@ use inspector::{
     policy::Policy,
     stats::ClassStats,
 };
+use inspector_esmtp::stats::PolicyStats;
 
 #[derive(Parser)]
 #[command(
@@ -120,11 +121,15 @@ fn execute(cli: Cli) -> Result<()> {
             action: PolicyAction::Check { file },
         } => {
             let policy = Policy::load(&file)?;
-            println!(
-                "{}: ok ({} exemption(s))",
-                file.display(),
-                policy.exempt.len()
-            );
+            println!("{}: ok", file.display());
+            println!("exemptions: {}", policy.exempt.len());
+            for net in &policy.exempt {
+                println!("  {net}");
+            }
+            // The ESMTP policy as `show service-policy` will show it.
+            let esmtp = &policy.esmtp;
+            println!("esmtp mode: {}", format!("{:?}", esmtp.mode).to_lowercase());
+            print!("{}", PolicyStats::new(esmtp).render(esmtp));
             Ok(())
         }
         Command::Unload => {

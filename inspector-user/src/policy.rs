@@ -117,14 +117,30 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// The text a TOML error points at, as a short field name for the message.
+/// The field a TOML error points at, as `table.key`: the key on the
+/// error's line, under the nearest table header above it.
 fn field_at(text: &str, span: Range<usize>) -> String {
-    let snippet = text.get(span).unwrap_or("").trim();
-    let snippet: String = snippet.chars().take(40).collect();
-    if snippet.is_empty() || snippet.contains('\n') {
-        "(syntax)".into()
-    } else {
-        snippet
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = text[line_start..line_end].trim();
+    let header = |l: &str| {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_string())
+    };
+    if let Some(table) = header(line) {
+        return table;
+    }
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let table = text[..line_start].lines().rev().find_map(header);
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (None, Some(k)) => k,
+        (Some(t), None) => t,
+        (None, None) => "(document)".into(),
     }
 }
 
@@ -168,7 +184,7 @@ mod tests {
     fn unknown_field_names_it() {
         let err = parse("[[exempt]]\nnetwork = \"198.18.1.26\"\nnetwrok = \"x\"\n").unwrap_err();
         assert_eq!(err.line, 3);
-        assert_eq!(err.field, "netwrok");
+        assert_eq!(err.field, "exempt.netwrok");
         assert!(err.message.contains("unknown field"), "{err}");
     }
 
@@ -179,6 +195,7 @@ mod tests {
         assert_eq!(err.line, 2);
         let err = parse("[[exempt]]\nnetwork = \n").unwrap_err();
         assert_eq!(err.line, 2);
+        assert_eq!(err.field, "exempt.network");
     }
 
     #[test]

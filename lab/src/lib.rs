@@ -68,6 +68,9 @@ impl Lab {
             ns.delete();
             ip(&["netns", "add", &ns.name])?;
             ns.ip(&["link", "set", "lo", "up"])?;
+            // No duplicate address detection: a link-local address still
+            // tentative delays neighbour discovery and so the first packets.
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
         }
         veth(&self.client, "eth0", &self.gateway, OUTSIDE)?;
         veth(&self.gateway, INSIDE, &self.server, "eth0")?;

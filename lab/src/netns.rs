@@ -101,29 +101,63 @@ impl Netns {
     }
 }
 
-/// A child process killed (SIGKILL) and reaped on drop, unless it was
-/// waited for already.
+/// A child process stopped on drop: SIGTERM, so it can clean up, then
+/// SIGKILL if it has not exited within a grace period.
 pub struct ScopedChild(Option<Child>);
+
+const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl ScopedChild {
     pub fn child(&mut self) -> &mut Child {
         self.0.as_mut().expect("child present until drop")
     }
 
-    /// Sends SIGTERM and waits for the process to exit.
+    /// Sends SIGTERM and waits for the process to exit (SIGKILL after the
+    /// grace period).
     pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
-        let mut child = self.0.take().expect("child present until drop");
-        // SAFETY: kill on the pid of a child we have not reaped yet.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        Ok(child.wait()?)
+        let child = self.0.take().expect("child present until drop");
+        stop(child)
     }
+}
+
+fn stop(mut child: Child) -> Result<std::process::ExitStatus> {
+    // SAFETY: kill on the pid of a child we have not reaped yet.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + GRACE;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill()?;
+    Ok(child.wait()?)
 }
 
 impl Drop for ScopedChild {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.0.take() {
+            let _ = stop(child);
         }
+    }
+}
+
+impl Netns {
+    /// Opens a TCP connection from `src` to `dst` inside this namespace and
+    /// returns how it ended: `Ok` if accepted, the error (e.g. refused)
+    /// otherwise. Either way one SYN has crossed the path.
+    pub fn tcp_connect(
+        &self,
+        src: IpAddr,
+        dst: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> Result<std::io::Result<std::net::TcpStream>> {
+        use socket2::{Domain, Socket, Type};
+        self.run(move || {
+            let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
+            socket.bind(&std::net::SocketAddr::new(src, 0).into())?;
+            socket.connect_timeout(&dst.into(), timeout)?;
+            Ok(socket.into())
+        })
     }
 }

@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn install_missing() -> Result<()> {
     if !is_root() {
@@ -33,6 +34,7 @@ pub fn install_missing() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     Ok(())
 }
 
@@ -113,6 +115,27 @@ fn bpf_linker() -> Result<()> {
         bail!("bpf-linker was installed but is not on PATH or not linked against LLVM 22");
     }
     Ok(())
+}
+
+/// cargo-fuzz drives the engine's fuzz targets (libFuzzer, nightly).
+fn cargo_fuzz() -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    status(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 fn bpf_linker_ok() -> bool {
