@@ -75,24 +75,20 @@ impl Lab {
         veth(&self.client, "eth0", &self.gateway, OUTSIDE)?;
         veth(&self.gateway, INSIDE, &self.server, "eth0")?;
 
-        let c = &self.client;
-        c.addr("eth0", &[CLIENT_V4.into(), CLIENT2_V4.into()], 24)?;
-        c.addr("eth0", &[CLIENT_V6.into()], 64)?;
-        c.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_OUTSIDE_V4.to_string(),
-        ])?;
-        c.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_OUTSIDE_V6.to_string(),
-        ])?;
+        end_host(
+            &self.client,
+            &[CLIENT_V4, CLIENT2_V4],
+            CLIENT_V6,
+            GATEWAY_OUTSIDE_V4,
+            GATEWAY_OUTSIDE_V6,
+        )?;
+        end_host(
+            &self.server,
+            &[SERVER_V4, MAIL_GATEWAY_V4],
+            SERVER_V6,
+            GATEWAY_INSIDE_V4,
+            GATEWAY_INSIDE_V6,
+        )?;
 
         let g = &self.gateway;
         g.addr(OUTSIDE, &[GATEWAY_OUTSIDE_V4.into()], 24)?;
@@ -101,25 +97,6 @@ impl Lab {
         g.addr(INSIDE, &[GATEWAY_INSIDE_V6.into()], 64)?;
         g.sysctl("net.ipv4.ip_forward", "1")?;
         g.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-
-        let s = &self.server;
-        s.addr("eth0", &[SERVER_V4.into(), MAIL_GATEWAY_V4.into()], 24)?;
-        s.addr("eth0", &[SERVER_V6.into()], 64)?;
-        s.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_INSIDE_V4.to_string(),
-        ])?;
-        s.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_INSIDE_V6.to_string(),
-        ])?;
         Ok(())
     }
 
@@ -136,6 +113,15 @@ impl Drop for Lab {
             ns.delete();
         }
     }
+}
+
+/// Addresses and default routes (via the gateway) of a host on `eth0`.
+fn end_host(ns: &Netns, v4: &[Ipv4Addr], v6: Ipv6Addr, gw4: Ipv4Addr, gw6: Ipv6Addr) -> Result<()> {
+    let v4: Vec<IpAddr> = v4.iter().map(|&a| a.into()).collect();
+    ns.addr("eth0", &v4, 24)?;
+    ns.addr("eth0", &[v6.into()], 64)?;
+    ns.ip(&["route", "add", "default", "via", &gw4.to_string()])?;
+    ns.ip(&["-6", "route", "add", "default", "via", &gw6.to_string()])
 }
 
 /// A veth pair from `a`/`a_dev` to `b`/`b_dev`. It is made in the root
