@@ -978,7 +978,9 @@ fn memory_stays_bounded_whatever_the_input() {
     }
     t.c(nest.repeat(20));
     assert!(t.session.heap_bytes() <= SESSION_MEMORY_BOUND);
-    t.c(".\r\n");
+    // (After bare LFs, a CRLF first: a dot next to a bare LF closes.)
+    t.c("\r\n.\r\n");
+    assert_eq!(t.close, None);
     // A client that never reads replies: held up to MAX_HOLD, then 421.
     t.s("250 ok\r\n");
     let flood = "NOOP\r\n".repeat(20_000);
@@ -1015,5 +1017,199 @@ fn bare_lf_commands_are_answered_not_left_hanging() {
         // Forwarded as sent: the server decides, and its answer comes back.
         t.pass("NOOP\n").reply("250 2.0.0 Ok\r\n");
         t.c("XFOO\n").server_got("").client_got(UNRECOGNIZED);
+    });
+}
+
+// ---- A close never costs a message its reply (no duplicate on retry) ----
+
+#[test]
+fn a_close_after_a_relayed_final_dot_waits_for_the_servers_reply() {
+    both(
+        || {
+            rule(
+                "modern",
+                "sender-address length gt 20",
+                "drop-connection log",
+            )
+        },
+        |t| {
+            t.hello(&["PIPELINING"]);
+            to_data(t);
+            // The next transaction, pipelined after the final dot, breaks a rule.
+            t.c("body\r\n.\r\nMAIL FROM:<a-very-long-sender@x.example>\r\nNOOP\r\n")
+                .server_got("body\r\n.\r\n")
+                .client_got("");
+            assert_eq!(t.close, None, "the message's reply is still owed");
+            // The server accepted the message: the client must learn it.
+            t.s("250 2.0.0 Ok: queued as 1234\r\n")
+                .client_got(format!("250 2.0.0 Ok: queued as 1234\r\n{POLICY_CLOSE}"))
+                .server_got("");
+            assert_eq!(t.close, Some(Close::Fin));
+        },
+    );
+}
+
+#[test]
+fn a_close_on_a_reply_waits_for_a_pipelined_bdat_last_already_relayed() {
+    both(
+        || {
+            rule(
+                "modern",
+                "invalid-recipients count gt 0",
+                "drop-connection log",
+            )
+        },
+        |t| {
+            t.hello(&["PIPELINING", "CHUNKING"]);
+            let cmds = "MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nRCPT TO:<c@y>\r\nBDAT 5 LAST\r\nhello";
+            t.c(cmds).server_got(cmds);
+            t.s("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n")
+                .client_got("250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n");
+            assert_eq!(t.close, None, "the BDAT LAST reply is still owed");
+            // Meanwhile the client's bytes go nowhere.
+            t.c("QUIT\r\n").server_got("");
+            t.s("250 2.0.0 queued\r\n")
+                .client_got(format!("250 2.0.0 queued\r\n{POLICY_CLOSE}"));
+            assert_eq!(t.close, Some(Close::Fin));
+        },
+    );
+}
+
+#[test]
+fn a_close_inside_a_bdat_last_chunk_is_immediate() {
+    both(
+        || rule("modern", "header line length gt 20", "drop-connection"),
+        |t| {
+            t.hello(&["PIPELINING", "CHUNKING"]);
+            t.c("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n");
+            t.take_server();
+            t.s("250 ok\r\n250 ok\r\n")
+                .client_got("250 ok\r\n250 ok\r\n");
+            // Nothing else is owed: no waiting for the chunk's own reply.
+            t.c(format!("BDAT 100 LAST\r\nSubject: {}\r\n", "s".repeat(40)));
+            assert_eq!(t.close, Some(Close::Fin));
+        },
+    );
+}
+
+#[test]
+fn the_reply_to_a_final_dot_does_not_reset_the_next_pipelined_transaction() {
+    both(
+        || rule("modern", "cmd RCPT count gt 2", "drop-connection"),
+        |t| {
+            t.hello(&["PIPELINING"]);
+            to_data(t);
+            t.pass(".\r\nMAIL FROM:<a@x>\r\nRCPT TO:<1@y>\r\nRCPT TO:<2@y>\r\n");
+            t.s("250 queued\r\n250 ok\r\n250 ok\r\n250 ok\r\n");
+            // The third recipient of this transaction.
+            t.c("RCPT TO:<3@y>\r\n").server_got("");
+            assert_eq!(t.close, Some(Close::Fin));
+        },
+    );
+}
+
+#[test]
+fn a_pipelined_bdat_message_keeps_its_size_across_the_previous_reply() {
+    both(modern, |t| {
+        t.hello(&["PIPELINING", "CHUNKING", "SIZE 1000"]);
+        t.pass("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 3 LAST\r\nabc");
+        let second = "MAIL FROM:<a@x> SIZE=5\r\nRCPT TO:<b@y>\r\nBDAT 4\r\ndefg";
+        t.pass(second);
+        let replies = "250 ok\r\n250 ok\r\n250 queued\r\n250 ok\r\n250 ok\r\n250 4 octets\r\n";
+        t.reply(replies);
+        t.pass("BDAT 4 LAST\r\nhijk");
+        assert_eq!(t.audit_ids(), [108006], "8 octets sent, 5 declared");
+    });
+}
+
+#[test]
+fn bytes_pipelined_after_starttls_never_reach_the_server() {
+    both(
+        || policy("allow-tls = true"),
+        |t| {
+            t.hello(&["STARTTLS"]);
+            // Plaintext injected after STARTTLS (CVE-2011-0411 style).
+            t.c("STARTTLS\r\nMAIL FROM:<evil@x>\r\n")
+                .server_got("STARTTLS\r\n");
+            t.s("220 2.0.0 Ready\r\n")
+                .client_got("220 2.0.0 Ready\r\n")
+                .server_got("");
+            assert!(t.opaque);
+            // The TLS handshake that follows is relayed.
+            t.pass("\x16\x03\x01 client hello");
+        },
+    );
+    // Refused: the held bytes are commands again.
+    both(
+        || policy("allow-tls = true"),
+        |t| {
+            t.hello(&["STARTTLS"]);
+            t.c("STARTTLS\r\nNOOP\r\n").server_got("STARTTLS\r\n");
+            t.s("454 4.7.0 TLS not available\r\n")
+                .client_got("454 4.7.0 TLS not available\r\n")
+                .server_got("NOOP\r\n");
+            assert!(!t.opaque);
+        },
+    );
+}
+
+#[test]
+fn an_ehlo_reply_ending_in_another_code_keeps_its_line_order() {
+    both(modern, |t| {
+        t.s("220 mx\r\n").client_got("220 mail ESMTP\r\n");
+        t.pass("EHLO c\r\n");
+        t.reply("250-mx\r\n250-PIPELINING\r\n421 4.3.2 Shutting down\r\n");
+    });
+}
+
+#[test]
+fn after_a_refused_bdat_chunk_no_later_chunk_completes_a_truncated_message() {
+    both(
+        || rule("modern", "cmd verb BDAT", "rate-limit 1"),
+        |t| {
+            t.hello(&["PIPELINING", "CHUNKING"]);
+            t.pass("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n")
+                .reply("250 ok\r\n250 ok\r\n");
+            t.pass("BDAT 3\r\nabc");
+            // Over the rate: refused, and its chunk never reaches the server.
+            t.c("BDAT 3\r\ndef").server_got("").client_got("");
+            t.s("250 3 octets\r\n")
+                .client_got("250 3 octets\r\n450 4.7.0 Rate limit exceeded, try again later\r\n");
+            // Within the rate again, but the message would lack `def`.
+            t.later(second());
+            t.c("BDAT 3 LAST\r\nghi")
+                .server_got("")
+                .client_got("503 5.5.1 Transaction failed: an earlier BDAT chunk was refused\r\n");
+            // RSET ends the failed transaction on both sides.
+            t.pass("RSET\r\n").reply("250 ok\r\n");
+            t.later(second());
+            t.pass("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 3 LAST\r\nabc");
+        },
+    );
+}
+
+#[test]
+fn a_final_dot_next_to_a_bare_lf_ends_the_session_not_the_message() {
+    // Servers disagree on whether these end the message (SMTP smuggling,
+    // CVE-2023-51764): neither side may complete it, nor may what follows
+    // be taken for commands.
+    for end in ["x\n.\n", "x\r\n.\n", "x\n.\r\n"] {
+        both(modern, |t| {
+            t.hello(&["PIPELINING"]);
+            to_data(t);
+            t.c(format!("{end}MAIL FROM:<smuggled@x>\r\n"));
+            let got = t.take_server();
+            assert!(
+                !got.ends_with(b".\n") && !got.ends_with(b".\r\n"),
+                "{end:?}"
+            );
+            assert_eq!(t.close, Some(Close::Fin), "{end:?}");
+        });
+    }
+    // A bare LF elsewhere is content.
+    both(modern, |t| {
+        t.hello(&[]);
+        to_data(t);
+        t.pass("a\nb\n\r\n.\r\n").reply("250 queued\r\n");
     });
 }

@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use super::pipeline::Pending;
-use super::rules::{LINE_TOO_LONG, RATE_LIMITED, TOO_MANY_RCPTS, UNRECOGNIZED, Value, Verdict};
-use super::{ClientMode, Close, Output, RawKind, Session, split_eol};
+use super::rules::{
+    CHUNK_AFTER_REFUSAL, LINE_TOO_LONG, RATE_LIMITED, TOO_MANY_RCPTS, UNRECOGNIZED, Value, Verdict,
+};
+use super::{ClientMode, Close, Output, RawKind, Session, Transaction, split_eol};
 use crate::audit::{self, AuditEvent, AuditKind};
 use crate::policy::criteria::exceeds;
 use crate::policy::{Criterion, Mode, TLS_VERBS};
@@ -195,11 +197,16 @@ impl Session {
             Outcome::Refuse(UNRECOGNIZED)
         } else if v.rate_limited {
             Outcome::Refuse(RATE_LIMITED)
+        } else if verb == "BDAT" && self.tx.bdat_refused {
+            Outcome::Refuse(CHUNK_AFTER_REFUSAL)
         } else if v.reject_rcpt {
             Outcome::Reject(TOO_MANY_RCPTS)
         } else {
             Outcome::Forward
         };
+        if verb == "BDAT" && matches!(outcome, Outcome::Refuse(_)) {
+            self.tx.bdat_refused = true;
+        }
         match outcome {
             Outcome::Forward => self.forward(line, content, &verb, path.as_ref(), out),
             Outcome::Reject(reply) => self.push(Pending::Local(reply), out),
@@ -358,7 +365,7 @@ impl Session {
                             self.end_message(&mut scan, out);
                             self.message = Some(scan);
                         }
-                        if self.closed {
+                        if self.stopped() {
                             return;
                         }
                     } else if size > 0 {
@@ -377,7 +384,12 @@ impl Session {
                 None => Pending::Other,
             },
             "AUTH" | "X-EXPS" => Pending::Auth,
-            "RSET" => Pending::Rset,
+            "RSET" => {
+                // In the client's order: commands pipelined after RSET
+                // belong to the next transaction.
+                self.tx = Transaction::default();
+                Pending::Other
+            }
             "QUIT" => Pending::Quit,
             _ if TLS_VERBS.contains(&verb) => Pending::StartTls,
             _ => Pending::Other,

@@ -14,70 +14,97 @@ use crate::policy::Criterion;
 use crate::policy::criteria::exceeds;
 
 /// Where DATA content stands, byte by byte, to find the final `.` exactly.
+/// `crlf`: the line before ended in CRLF (true for the first line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DotScanner {
     /// At the first byte of a line.
-    LineStart,
+    LineStart { crlf: bool },
     /// After a `.` at the start of a line: stuffing, or the end.
-    Dot,
+    Dot { crlf: bool },
     /// After `.` CR at the start of a line.
-    DotCr,
-    InLine,
+    DotCr { crlf: bool },
+    /// Inside a line; `cr`: its last byte so far is CR.
+    InLine { cr: bool },
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DotEnd {
+    /// No end yet: all of the input is content.
+    More,
+    /// CRLF `.` CRLF: the end of the message.
+    End,
+    /// A `.` line with a bare LF before or after it. Some servers end the
+    /// message there and some do not (SMTP smuggling, CVE-2023-51764), so
+    /// it must reach neither.
+    Ambiguous,
 }
 
 impl DotScanner {
     pub fn new() -> Self {
-        Self::LineStart
+        Self::LineStart { crlf: true }
     }
 
     /// Scans `input` and passes the un-stuffed content to `content`.
-    /// Returns the bytes consumed and whether they end the message. A line
-    /// holding only `.` ends it, with CRLF or a bare LF, so that the engine
-    /// never thinks a message continues after a lenient server ended it.
-    pub fn scan(&mut self, input: &[u8], mut content: impl FnMut(&[u8])) -> (usize, bool) {
+    /// Returns the bytes consumed (up to the line ending of a `.` line) and
+    /// what they end with.
+    pub fn scan(&mut self, input: &[u8], mut content: impl FnMut(&[u8])) -> (usize, DotEnd) {
         let mut i = 0;
         while let Some(&b) = input.get(i) {
             match *self {
-                Self::LineStart if b == b'.' => {
-                    *self = Self::Dot;
+                Self::LineStart { crlf } if b == b'.' => {
+                    *self = Self::Dot { crlf };
                     i += 1;
                 }
-                Self::LineStart => *self = Self::InLine,
-                Self::Dot => match b {
-                    b'\n' => return (i + 1, true),
+                Self::LineStart { .. } => *self = Self::InLine { cr: false },
+                Self::Dot { crlf } => match b {
+                    b'\n' => return (i + 1, DotEnd::Ambiguous),
                     b'\r' => {
-                        *self = Self::DotCr;
+                        *self = Self::DotCr { crlf };
                         i += 1;
                     }
                     // A stuffed dot: dropped from the content, as the server does.
-                    _ => *self = Self::InLine,
+                    _ => *self = Self::InLine { cr: false },
                 },
-                Self::DotCr if b == b'\n' => return (i + 1, true),
-                Self::DotCr => {
-                    content(b"\r");
-                    *self = Self::InLine;
+                Self::DotCr { crlf } if b == b'\n' => {
+                    let end = if crlf { DotEnd::End } else { DotEnd::Ambiguous };
+                    return (i + 1, end);
                 }
-                Self::InLine => {
+                Self::DotCr { .. } => {
+                    content(b"\r");
+                    *self = Self::InLine { cr: true };
+                }
+                Self::InLine { cr } => {
                     let rest = input.get(i..).unwrap_or_default();
+                    // Whether the LF at `lf` in `rest` ends a CRLF.
+                    let crlf_at = |lf: usize| match lf.checked_sub(1) {
+                        Some(j) => rest.get(j) == Some(&b'\r'),
+                        None => cr,
+                    };
                     // Only a line starting with `.` needs a closer look.
                     match memmem::find(rest, b"\n.") {
                         Some(p) => {
                             content(rest.get(..=p).unwrap_or(rest));
                             i += p + 1;
-                            *self = Self::LineStart;
+                            *self = Self::LineStart { crlf: crlf_at(p) };
                         }
                         None => {
                             content(rest);
-                            if rest.last() == Some(&b'\n') {
-                                *self = Self::LineStart;
-                            }
+                            *self = match rest.len().checked_sub(1) {
+                                Some(last) if rest.get(last) == Some(&b'\n') => Self::LineStart {
+                                    crlf: crlf_at(last),
+                                },
+                                _ => Self::InLine {
+                                    cr: rest.last().map_or(cr, |&l| l == b'\r'),
+                                },
+                            };
                             i = input.len();
                         }
                     }
                 }
             }
         }
-        (input.len(), false)
+        (input.len(), DotEnd::More)
     }
 }
 
@@ -133,18 +160,20 @@ impl Session {
         };
         let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
         // Inspected before relayed: a close keeps this read from the server.
-        let (used, end) = dots.scan(input, |c| self.inspect_content(&mut scan, c, out));
+        let (used, found) = dots.scan(input, |c| self.inspect_content(&mut scan, c, out));
         self.mode = ClientMode::Data(dots);
-        if end && !self.closed {
-            self.end_message(&mut scan, out);
+        match found {
+            DotEnd::End if !self.stopped() => self.end_message(&mut scan, out),
+            DotEnd::Ambiguous => self.anomaly("bare LF next to the final dot", out),
+            _ => {}
         }
         self.message = Some(scan);
-        if self.closed {
+        if self.stopped() {
             return 0;
         }
         out.to_server
             .extend_from_slice(input.get(..used).unwrap_or(input));
-        if end {
+        if found == DotEnd::End {
             self.mode = ClientMode::Command;
             self.push(super::Pending::DataEnd, out);
         }
@@ -165,11 +194,11 @@ impl Session {
             RawKind::Bdat { last, relay: true } => {
                 let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
                 self.inspect_content(&mut scan, chunk, out);
-                if remaining == 0 && last && !self.closed {
+                if remaining == 0 && last && !self.stopped() {
                     self.end_message(&mut scan, out);
                 }
                 self.message = Some(scan);
-                if self.closed {
+                if self.stopped() {
                     return 0;
                 }
                 out.to_server.extend_from_slice(chunk);
@@ -191,7 +220,7 @@ impl Session {
     fn inspect_content(&mut self, scan: &mut MessageScan, content: &[u8], out: &mut Output) {
         scan.size = scan.size.saturating_add(content.len() as u64);
         for slice in content.chunks(MIME_SLICE) {
-            if self.closed {
+            if self.stopped() {
                 return;
             }
             scan.dirty = true;
@@ -205,7 +234,6 @@ impl Session {
         scan.mime.finish(&mut scan.events);
         scan.dirty = false;
         self.inspect_events(scan, out);
-        self.tx.in_message = false;
         if let Some(declared) = self.tx.declared_size
             && scan.size > declared
         {
@@ -217,6 +245,9 @@ impl Session {
                 },
             });
         }
+        // The transaction ends here, in the client's order: with PIPELINING
+        // the next one may be under way before the server's reply comes.
+        self.tx = super::Transaction::default();
         crate::stats::PolicyStats::bump(&self.stats.packet);
     }
 
@@ -285,16 +316,16 @@ fn content_hit<'a>(c: &Criterion, ev: &'a MimeEvent, to_fields: u64) -> Option<(
 
 #[cfg(test)]
 mod tests {
-    use super::DotScanner;
+    use super::{DotEnd, DotScanner};
 
-    fn scan_all(chunks: &[&[u8]]) -> (Vec<u8>, Option<usize>) {
+    fn scan_all(chunks: &[&[u8]]) -> (Vec<u8>, Option<(usize, DotEnd)>) {
         let mut d = DotScanner::new();
         let mut content = Vec::new();
         let mut offset = 0;
         for c in chunks {
-            let (used, end) = d.scan(c, |p| content.extend_from_slice(p));
-            if end {
-                return (content, Some(offset + used));
+            let (used, found) = d.scan(c, |p| content.extend_from_slice(p));
+            if found != DotEnd::More {
+                return (content, Some((offset + used, found)));
             }
             offset += used;
         }
@@ -306,7 +337,7 @@ mod tests {
         let msg: &[u8] = b"Subject: x\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n";
         let (content, end) = scan_all(&[msg]);
         assert_eq!(content, b"Subject: x\r\n\r\n.leading dot\r\n");
-        assert_eq!(end, Some(msg.len() - 6));
+        assert_eq!(end, Some((msg.len() - 6, DotEnd::End)));
         // Byte by byte gives the same.
         let bytes: Vec<&[u8]> = msg.chunks(1).collect();
         assert_eq!(scan_all(&bytes), (content, end));
@@ -316,8 +347,21 @@ mod tests {
     fn dot_lines_that_do_not_end() {
         let (content, end) = scan_all(&[b".\rx\r\n", b"a.\r\n", b"\r\n.\n"]);
         assert_eq!(content, b"\rx\r\na.\r\n\r\n");
-        assert_eq!(end, Some(13));
-        assert_eq!(scan_all(&[b".\r\n"]), (Vec::new(), Some(3)));
+        assert_eq!(end, Some((13, DotEnd::Ambiguous)));
+        assert_eq!(scan_all(&[b".\r\n"]), (Vec::new(), Some((3, DotEnd::End))));
         assert_eq!(scan_all(&[b"abc"]).1, None);
+    }
+
+    #[test]
+    fn a_bare_lf_next_to_a_dot_line_is_ambiguous_in_any_split() {
+        for msg in [&b"a\n.\r\n"[..], b"a\r\n.\n", b"a\n.\n", b".\n"] {
+            let whole = scan_all(&[msg]).1;
+            assert_eq!(whole, Some((msg.len(), DotEnd::Ambiguous)), "{msg:?}");
+            let bytes: Vec<&[u8]> = msg.chunks(1).collect();
+            assert_eq!(scan_all(&bytes).1, whole, "{msg:?}");
+        }
+        // CR then a separate LF still makes a CRLF.
+        assert_eq!(scan_all(&[b"a\r", b"\n.\r\n"]).1, Some((6, DotEnd::End)));
+        assert_eq!(scan_all(&[b"a\nb\r\n.\r\n"]).1, Some((8, DotEnd::End)));
     }
 }

@@ -74,8 +74,20 @@ pub const SESSION_MEMORY_BOUND: usize = MAX_HOLD
 pub enum Close {
     /// Send the pending output, then close both sides gracefully.
     Fin,
-    /// Reset both sides.
+    /// Send the pending output, then reset both sides. The output may hold
+    /// the server's reply to a message the close waited for, which the
+    /// client must get.
     Reset,
+}
+
+/// A close decided while the server still owes replies to messages it
+/// received in full (see `Session::close`).
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    how: Close,
+    reply: &'static [u8],
+    /// Message-completing replies still awaited.
+    owed: usize,
 }
 
 /// What one call produced.
@@ -132,6 +144,10 @@ struct Transaction {
     declared_size: Option<u64>,
     /// Message content is being inspected (DATA after 354, or BDAT).
     in_message: bool,
+    /// The engine refused a BDAT: the server never got that chunk, so no
+    /// later chunk may reach it until RSET (or EHLO/HELO) ends the
+    /// transaction there too, or it would deliver a truncated message.
+    bdat_refused: bool,
 }
 
 /// Lines of the reply being relayed.
@@ -170,6 +186,9 @@ pub struct Session {
     /// RCPTs the server rejected (5xx) in this session.
     invalid_rcpts: u64,
     rate: Vec<RateWindow>,
+    /// Set: the session closes once these replies are relayed, and client
+    /// bytes are discarded meanwhile.
+    closing: Option<Closing>,
     opaque: bool,
     closed: bool,
 }
@@ -197,6 +216,7 @@ impl Session {
             fired: vec![false; rules],
             invalid_rcpts: 0,
             rate: Vec::new(),
+            closing: None,
             opaque: false,
             closed: false,
         }
@@ -250,6 +270,11 @@ impl Session {
         self.closed
     }
 
+    /// Closed, or closing: no more client bytes go to the server.
+    fn stopped(&self) -> bool {
+        self.closed || self.closing.is_some()
+    }
+
     /// Heap bytes held now (always below `SESSION_MEMORY_BOUND`).
     pub fn heap_bytes(&self) -> usize {
         self.cbuf.capacity()
@@ -265,7 +290,7 @@ impl Session {
     }
 
     fn feed_client(&mut self, mut input: &[u8], out: &mut Output) {
-        while !input.is_empty() && !self.closed {
+        while !input.is_empty() && !self.stopped() {
             if self.opaque {
                 out.to_server.extend_from_slice(input);
                 return;
@@ -282,7 +307,7 @@ impl Session {
             };
             match input.get(used..) {
                 Some(rest) if used > 0 => input = rest,
-                // Every step consumes input unless it closed the session.
+                // Every step consumes input unless it stopped the session.
                 _ => return,
             }
         }
@@ -389,7 +414,7 @@ impl Session {
             }
             let Some(p) = memchr(b'\n', input) else {
                 if self.sbuf.len().saturating_add(input.len()) > MAX_LINE {
-                    self.anomaly("server reply line too long", out);
+                    self.reply_too_long(out);
                 } else {
                     extend_bounded(&mut self.sbuf, input, MAX_LINE);
                 }
@@ -400,7 +425,7 @@ impl Session {
             if self.sbuf.is_empty() {
                 self.on_reply_line(part, out);
             } else if self.sbuf.len().saturating_add(part.len()) > MAX_LINE {
-                self.anomaly("server reply line too long", out);
+                self.reply_too_long(out);
             } else {
                 let mut line = std::mem::take(&mut self.sbuf);
                 extend_bounded(&mut line, part, MAX_LINE);
@@ -409,6 +434,13 @@ impl Session {
                 self.sbuf = line;
             }
         }
+    }
+
+    /// The server broke its reply framing: nothing it says can be trusted
+    /// any more, so the session ends at once.
+    fn reply_too_long(&mut self, out: &mut Output) {
+        self.audit_anomaly("server reply line too long", out);
+        self.close_now(Close::Fin, rules::PROTOCOL_CLOSE, out);
     }
 
     /// Queues the reply a command is owed; a client that never reads its

@@ -31,7 +31,6 @@ pub enum Pending {
     StartTls,
     /// AUTH or X-EXPS, and each client response: 334 asks for another line.
     Auth,
-    Rset,
     Quit,
     Other,
     /// A reply the engine answers itself, sent when it reaches the head.
@@ -39,6 +38,11 @@ pub enum Pending {
 }
 
 impl Pending {
+    /// Whether the reply tells the client a message's fate.
+    pub fn ends_message(self) -> bool {
+        matches!(self, Self::DataEnd | Self::Bdat { last: true })
+    }
+
     /// Whether the client must wait for this reply before sending more
     /// (RFC 2920 section 3.1; AUTH and STARTTLS change what follows).
     pub fn ends_group(self) -> bool {
@@ -117,6 +121,12 @@ impl Pipeline {
             }
             _ => None,
         }
+    }
+
+    /// Replies awaited for messages whose end was relayed (or is being
+    /// relayed: a BDAT LAST is queued before its chunk).
+    pub fn message_ends(&self) -> usize {
+        self.queue.iter().filter(|p| p.ends_message()).count()
     }
 
     /// Whether the client must wait: a group-ending command is pending, or

@@ -51,7 +51,13 @@ impl Session {
                     return;
                 }
             }
-            _ => out.to_client.extend_from_slice(line),
+            _ => {
+                // A held EHLO line goes first, whatever ends its reply.
+                if let Some(held) = self.reply.ehlo_held.take() {
+                    out.to_client.extend_from_slice(&held);
+                }
+                out.to_client.extend_from_slice(line);
+            }
         }
         self.reply.line += 1;
         if last {
@@ -159,10 +165,6 @@ impl Session {
 
     /// A complete reply: the command it answers takes effect.
     fn on_reply_end(&mut self, head: Option<Pending>, code: Option<u16>, out: &mut Output) {
-        if let Some(held) = self.reply.ehlo_held.take() {
-            // An EHLO reply whose last line did not have code 250.
-            out.to_client.extend_from_slice(&held);
-        }
         if head.is_some() {
             self.pipeline.pop();
         }
@@ -175,10 +177,6 @@ impl Session {
             }
             Some(Pending::Helo) if positive => {
                 self.ext = Extensions::default();
-                self.tx = Transaction::default();
-            }
-            Some(Pending::Rset) if positive => self.tx = Transaction::default(),
-            Some(Pending::DataEnd | Pending::Bdat { last: true }) => {
                 self.tx = Transaction::default();
             }
             Some(Pending::Rcpt) if (500..600).contains(&code) => self.invalid_recipient(out),
@@ -194,6 +192,10 @@ impl Session {
             }
             Some(Pending::Auth) if code == 334 => self.mode = ClientMode::AuthResponse,
             Some(Pending::StartTls) if code == 220 => {
+                // Bytes the client sent before this reply are plaintext
+                // injected ahead of the handshake (RFC 3207 section 4.2,
+                // CVE-2011-0411): discarded, as the server would.
+                self.cbuf = Vec::new();
                 self.opaque = true;
                 PolicyStats::bump(&self.stats.allow_tls);
                 out.audit.push(AuditEvent {
@@ -202,6 +204,9 @@ impl Session {
                 });
             }
             _ => {}
+        }
+        if head.is_some_and(Pending::ends_message) {
+            self.message_answered(out);
         }
         if self.closed {
             return;

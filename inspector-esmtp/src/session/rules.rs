@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Close, Output, Session};
+use super::{ClientMode, Close, Closing, Output, RawKind, Session};
 use crate::audit::{self, AuditEvent, AuditKind, Classification, Source};
 use crate::policy::{Actions, Criterion, Primary};
 use crate::stats::PolicyStats;
@@ -16,6 +16,8 @@ pub const UNRECOGNIZED: &[u8] = b"500 5.5.1 Command unrecognized\r\n";
 pub const LINE_TOO_LONG: &[u8] = b"500 5.5.2 Line too long\r\n";
 pub const TOO_MANY_RCPTS: &[u8] = b"452 4.5.3 Too many recipients\r\n";
 pub const RATE_LIMITED: &[u8] = b"450 4.7.0 Rate limit exceeded, try again later\r\n";
+pub const CHUNK_AFTER_REFUSAL: &[u8] =
+    b"503 5.5.1 Transaction failed: an earlier BDAT chunk was refused\r\n";
 pub const POLICY_CLOSE: &[u8] = b"421 4.7.0 Connection closed by security policy\r\n";
 pub const PROTOCOL_CLOSE: &[u8] = b"421 4.5.0 Protocol error, closing connection\r\n";
 
@@ -222,13 +224,56 @@ impl Session {
         }
     }
 
-    /// Ends the session. Modern mode tells the client why with a `421`
-    /// (the original closed silently).
+    /// Ends the session, once the server has answered every message it
+    /// already received in full: closing before those replies reach the
+    /// client would make it send the message again (a duplicate). Until
+    /// then the client's bytes are discarded and replies relayed.
     pub(super) fn close(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
+        if self.stopped() {
+            return;
+        }
+        // A BDAT LAST whose chunk is still arriving is not complete at the
+        // server: its reply is not waited for.
+        let in_progress = matches!(
+            self.mode,
+            ClientMode::Raw {
+                kind: RawKind::Bdat { last: true, .. },
+                ..
+            }
+        );
+        let owed = self
+            .pipeline
+            .message_ends()
+            .saturating_sub(usize::from(in_progress));
+        if owed > 0 {
+            self.closing = Some(Closing { how, reply, owed });
+            self.cbuf = Vec::new();
+            return;
+        }
+        self.close_now(how, reply, out);
+    }
+
+    /// The server answered a complete message: close if it was the last
+    /// one a pending close waited for.
+    pub(super) fn message_answered(&mut self, out: &mut Output) {
+        let Some(c) = &mut self.closing else {
+            return;
+        };
+        c.owed = c.owed.saturating_sub(1);
+        if c.owed == 0 {
+            let (how, reply) = (c.how, c.reply);
+            self.close_now(how, reply, out);
+        }
+    }
+
+    /// Ends the session now. Modern mode tells the client why with a `421`
+    /// (the original closed silently).
+    pub(super) fn close_now(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
         if self.closed {
             return;
         }
         self.closed = true;
+        self.closing = None;
         out.close = Some(how);
         match how {
             Close::Fin => PolicyStats::bump(&self.stats.drop),
@@ -244,6 +289,12 @@ impl Session {
     /// A protocol anomaly the session cannot continue after: audited
     /// (108004) and closed.
     pub(super) fn anomaly(&mut self, what: &'static str, out: &mut Output) {
+        self.audit_anomaly(what, out);
+        self.close(Close::Fin, PROTOCOL_CLOSE, out);
+    }
+
+    /// The 108004 record of an anomaly.
+    pub(super) fn audit_anomaly(&self, what: &'static str, out: &mut Output) {
         out.audit.push(AuditEvent {
             peers: self.peers,
             kind: AuditKind::Classification(Classification {
@@ -254,6 +305,5 @@ impl Session {
                 value: String::new(),
             }),
         });
-        self.close(Close::Fin, PROTOCOL_CLOSE, out);
     }
 }
