@@ -13,8 +13,27 @@ pub mod maps {
     pub const EXEMPT_V4: &str = "EXEMPT_V4";
     /// LPM trie of IPv6 exemption rules: `Key<[u8; 16]>` -> [`super::ExemptRule`].
     pub const EXEMPT_V6: &str = "EXEMPT_V6";
+    /// Hash of protected servers: [`super::Addr16`] -> [`super::ServerLimits`] (written by the daemon).
+    pub const SERVERS: &str = "SERVERS";
+    /// LRU hash of tracked TCP flows: [`super::FlowKey`] -> [`super::FlowEntry`].
+    pub const FLOWS: &str = "FLOWS";
+    /// Hash of per-server connection counts: [`super::Addr16`] -> [`super::ConnCounts`].
+    pub const SERVER_CONNS: &str = "SERVER_CONNS";
+    /// LRU hash of per-client connection counts: [`super::ClientKey`] -> [`super::ConnCounts`].
+    pub const CLIENT_CONNS: &str = "CLIENT_CONNS";
+    /// Per-CPU array of u64 SYN drops, indexed by [`super::DropReason`].
+    pub const LIMIT_DROPS: &str = "LIMIT_DROPS";
     /// Every pinned map, for `inspector unload`.
-    pub const ALL: [&str; 3] = [CLASS_STATS, EXEMPT_V4, EXEMPT_V6];
+    pub const ALL: [&str; 8] = [
+        CLASS_STATS,
+        EXEMPT_V4,
+        EXEMPT_V6,
+        SERVERS,
+        FLOWS,
+        SERVER_CONNS,
+        CLIENT_CONNS,
+        LIMIT_DROPS,
+    ];
 }
 
 /// Program names as they appear in the object file.
@@ -83,12 +102,148 @@ pub struct ExemptRule {
     pub origin: u32,
 }
 
+/// Protected servers (entries of the `SERVERS` map).
+pub const MAX_SERVERS: u32 = 1_024;
+/// Default capacity of the flow table (`FLOWS`), in flows.
+pub const FLOW_TABLE_SIZE: u32 = 65_536;
+/// Capacity of the per-client counters (`CLIENT_CONNS`), in (server, client) pairs.
+pub const CLIENT_TABLE_SIZE: u32 = 65_536;
+
+/// An IP address in one 16-byte form for both versions: IPv6 as is, IPv4
+/// mapped (`::ffff:a.b.c.d`), so one key type serves both.
+pub type Addr16 = [u8; 16];
+
+/// Maps an IPv4 address (network order) into an [`Addr16`].
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> Addr16 {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// What to do with a SYN over an embryonic limit (`ServerLimits::on_embryonic_limit`).
+pub const ON_LIMIT_DROP: u32 = 0;
+/// Not implemented yet: the kernel drops, as with [`ON_LIMIT_DROP`].
+pub const ON_LIMIT_INTERCEPT: u32 = 1;
+
+/// The limits of one protected server; 0 means unlimited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections (embryonic + established) to the server.
+    pub max_conns: u32,
+    /// Embryonic connections to the server.
+    pub max_embryonic: u32,
+    /// Connections from one client to the server.
+    pub per_client_max: u32,
+    /// Embryonic connections from one client to the server.
+    pub per_client_embryonic_max: u32,
+    /// `ON_LIMIT_DROP` or `ON_LIMIT_INTERCEPT`.
+    pub on_embryonic_limit: u32,
+    pub _pad: u32,
+}
+
+/// Key of the flow table: the 5-tuple, oriented client -> server whichever
+/// way the packet went. Padding is explicit and always zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: Addr16,
+    pub server: Addr16,
+    /// Ports in host order.
+    pub client_port: u16,
+    pub server_port: u16,
+    /// Always 6 (TCP) for now; part of the key so other protocols can join.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// State of a tracked flow (`FlowEntry::state`).
+pub mod flow_state {
+    /// The client's SYN was seen, its handshake-completing ACK not yet.
+    pub const EMBRYONIC: u32 = 1;
+    /// The client completed the handshake.
+    pub const ESTABLISHED: u32 = 2;
+    /// A FIN was seen: no longer counted, kept until the half-closed
+    /// timeout so its last packets are recognised.
+    pub const CLOSING: u32 = 3;
+}
+
+/// Value of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet.
+    pub last_seen_ns: u64,
+    /// A [`flow_state`] value.
+    pub state: u32,
+    pub _pad: u32,
+}
+
+/// Key of the per-client counters: a client of one protected server.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub server: Addr16,
+    pub client: Addr16,
+}
+
+/// Current connections of a server or a client. The kernel changes them with
+/// atomic adds and the sweeper rewrites them from the flow table, so a value
+/// may be briefly negative (read as i64); readers treat that as zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    pub embryonic: u64,
+    pub established: u64,
+}
+
+/// Why a SYN was dropped: the index into `LIMIT_DROPS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    MaxConns = 0,
+    MaxEmbryonic = 1,
+    PerClientMax = 2,
+    PerClientEmbryonicMax = 3,
+}
+
+impl DropReason {
+    pub const COUNT: u32 = 4;
+    pub const ALL: [DropReason; Self::COUNT as usize] = [
+        DropReason::MaxConns,
+        DropReason::MaxEmbryonic,
+        DropReason::PerClientMax,
+        DropReason::PerClientEmbryonicMax,
+    ];
+
+    /// As in the policy file.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::MaxConns => "max-conns",
+            DropReason::MaxEmbryonic => "max-embryonic",
+            DropReason::PerClientMax => "per-client-max",
+            DropReason::PerClientEmbryonicMax => "per-client-embryonic-max",
+        }
+    }
+}
+
 // Layouts are an ABI between the object file and the daemon: pin them.
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<ClassCounters>() == 16);
     assert!(offset_of!(ClassCounters, bytes) == 8);
     assert!(size_of::<ExemptRule>() == 4);
+    assert!(size_of::<ServerLimits>() == 24);
+    assert!(offset_of!(ServerLimits, on_embryonic_limit) == 16);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(offset_of!(FlowKey, client_port) == 32);
+    assert!(offset_of!(FlowKey, protocol) == 36);
+    assert!(size_of::<FlowEntry>() == 16);
+    assert!(offset_of!(FlowEntry, state) == 8);
+    assert!(size_of::<ClientKey>() == 32);
+    assert!(size_of::<ConnCounts>() == 16);
+    assert!(offset_of!(ConnCounts, established) == 8);
 };
 
 #[cfg(feature = "user")]
@@ -97,4 +252,9 @@ mod pod {
     // so every byte pattern of its size is a valid value.
     unsafe impl aya::Pod for super::ClassCounters {}
     unsafe impl aya::Pod for super::ExemptRule {}
+    unsafe impl aya::Pod for super::ServerLimits {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::ConnCounts {}
 }

@@ -1,13 +1,19 @@
 //! The inspector's kernel programs.
 //!
 //! `inspector_xdp` runs on ingress of the protected interface: it parses
-//! every packet, decides its [`Class`] and counts it. It never drops or
-//! rewrites anything; later programs (limits, steering) act on the class.
+//! every packet, decides its [`Class`] and counts it. TCP packets to and
+//! from a protected server go through the connection limits, which drop
+//! SYNs over a limit; nothing else is dropped or rewritten.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the BPF target has atomic adds but no `fetch_add` (see conns.rs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod acl;
+mod conns;
 mod counters;
+mod limits;
 mod packet;
 mod parse;
 
@@ -15,6 +21,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use inspector_common::{Class, SMTP_PORT};
 
 use crate::{
+    limits::Verdict,
     packet::Packet,
     parse::{Headers, Transport},
 };
@@ -22,30 +29,49 @@ use crate::{
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let class = classify(&packet);
+    let (class, verdict) = match parse::headers(&packet) {
+        Ok(headers) => {
+            let class = classify(&headers);
+            (class, limit(&headers))
+        }
+        Err(_) => (Class::Malformed, Verdict::Pass),
+    };
     counters::count(class, packet.len());
-    xdp_action::XDP_PASS
+    match verdict {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
 }
 
-/// Malformed first (we could not read the headers), then the exemption ACL
-/// (it matches any IP packet, like `permit ip`), then SMTP.
+/// The limits see every TCP packet to or from a protected server, exempt or
+/// not: like the original's `static … tcp 50 100`, they protect the server
+/// whatever inspects its traffic.
 #[inline(always)]
-fn classify(packet: &Packet) -> Class {
-    match parse::headers(packet) {
-        Err(_) => Class::Malformed,
-        Ok(Headers::NotIp) => Class::Pass,
-        Ok(Headers::Ip {
+fn limit(headers: &Headers) -> Verdict {
+    match headers {
+        Headers::Ip {
+            src,
+            dst,
+            transport: Transport::Tcp(tcp),
+        } => limits::track(src, dst, tcp),
+        _ => Verdict::Pass,
+    }
+}
+
+/// The exemption ACL first (it matches any IP packet, like `permit ip`),
+/// then SMTP. (Malformed packets never get here.)
+#[inline(always)]
+fn classify(headers: &Headers) -> Class {
+    match headers {
+        Headers::NotIp => Class::Pass,
+        Headers::Ip {
             src,
             dst,
             transport,
-        }) => {
-            if acl::is_exempt(&src) || acl::is_exempt(&dst) {
+        } => {
+            if acl::is_exempt(src) || acl::is_exempt(dst) {
                 Class::Exempt
-            } else if transport
-                == (Transport::Tcp {
-                    dst_port: SMTP_PORT,
-                })
-            {
+            } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
                 Class::Inspect
             } else {
                 Class::Pass

@@ -7,9 +7,11 @@ use anyhow::{Context, Result};
 use crate::{
     bpffs,
     exempt::ExemptTable,
+    limits,
     loader::{self, AttachMode},
     lock::IfaceLock,
     policy::Policy,
+    sweeper::{self, Sweeper},
 };
 
 pub struct RunOptions {
@@ -38,20 +40,24 @@ pub fn run(opts: RunOptions) -> Result<()> {
     ExemptTable::open(&opts.pin_dir)?
         .apply_policy(&policy.exempt)
         .context("applying the policy's exemptions")?;
+    limits::apply_policy(&opts.pin_dir, &policy.servers)
+        .context("applying the policy's protected servers")?;
     log::info!(
-        "policy {}: {} exemption(s); maps pinned in {}",
+        "policy {}: {} exemption(s), {} protected server(s); maps pinned in {}",
         opts.policy
             .as_ref()
             .map_or("(built-in default)".into(), |p| p.display().to_string()),
         policy.exempt.len(),
+        policy.servers.len(),
         opts.pin_dir.display()
     );
+    let sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
     for iface in &opts.ifaces {
         let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;
         log::info!("{iface}: classifier attached ({mode} XDP)");
     }
 
-    wait_for_signal()?;
+    run_until_signal(sweeper)?;
     log::info!(
         "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
     );
@@ -59,7 +65,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_signal() -> Result<()> {
+/// Sweeps the flow table every [`sweeper::INTERVAL`] until SIGINT/SIGTERM.
+fn run_until_signal(mut sweeper: Sweeper) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -67,9 +74,17 @@ fn wait_for_signal() -> Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => log::info!("SIGTERM received"),
-            _ = int.recv() => log::info!("SIGINT received"),
+        let mut tick = tokio::time::interval(sweeper::INTERVAL);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { log::info!("SIGTERM received"); break }
+                _ = int.recv() => { log::info!("SIGINT received"); break }
+                _ = tick.tick() => match sweeper.sweep(sweeper::monotonic_ns()) {
+                    Ok(sweep) if sweep.expired > 0 => log::debug!("sweeper: {sweep:?}"),
+                    Ok(_) => {}
+                    Err(e) => log::warn!("sweeper: {e:#}"),
+                },
+            }
         }
         Ok(())
     })

@@ -4,7 +4,9 @@
 pub mod bpffs;
 pub mod daemon;
 pub mod exempt;
+pub mod limits;
 pub mod loader;
 pub mod lock;
 pub mod policy;
 pub mod stats;
+pub mod sweeper;

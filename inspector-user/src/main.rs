@@ -8,6 +8,7 @@ use inspector::{
     bpffs,
     daemon::{self, RunOptions},
     exempt::{self, ExemptTable, Origin},
+    limits::{self, LimitStats},
     loader::AttachMode,
     lock::IfaceLock,
     policy::Policy,
@@ -48,10 +49,14 @@ enum Command {
         #[command(subcommand)]
         action: ExemptAction,
     },
-    /// Print the kernel's per-class counters.
+    /// Print the kernel's per-class counters and the connection limits'
+    /// live view (per server, the top clients, SYNs dropped by reason).
     Stats {
         #[arg(long)]
         json: bool,
+        /// How many clients to show, those with the most connections first.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
     },
     /// Policy files.
     Policy {
@@ -108,12 +113,15 @@ fn execute(cli: Cli) -> Result<()> {
             mode: xdp_mode,
         }),
         Command::Exempt { action } => exempt_command(&pin_dir, action),
-        Command::Stats { json } => {
-            let stats = ClassStats::read(&pin_dir)?;
+        Command::Stats { json, top } => {
+            let classes = ClassStats::read(&pin_dir)?;
+            let limits = LimitStats::read(&pin_dir, top)?;
             if json {
-                println!("{}", stats.to_json());
+                let mut out = classes.to_json();
+                out["limits"] = limits.to_json();
+                println!("{out}");
             } else {
-                print!("{}", stats.to_text());
+                print!("{}{}", classes.to_text(), limits.to_text());
             }
             Ok(())
         }
@@ -126,6 +134,17 @@ fn execute(cli: Cli) -> Result<()> {
             for net in &policy.exempt {
                 println!("  {net}");
             }
+            println!("protected servers: {}", policy.servers.len());
+            for server in &policy.servers {
+                println!("  {}", limits::describe(server));
+            }
+            let t = &policy.timeouts;
+            println!(
+                "timeouts: embryonic {}s, idle {}s, half-closed {}s",
+                t.embryonic.as_secs(),
+                t.idle.as_secs(),
+                t.half_closed.as_secs()
+            );
             // The ESMTP policy as `show service-policy` will show it.
             let esmtp = &policy.esmtp;
             println!("esmtp mode: {}", format!("{:?}", esmtp.mode).to_lowercase());

@@ -1,11 +1,13 @@
-//! The policy file: one TOML document holding the exemptions and the ESMTP
-//! inspection policy (later issues add protected servers). Every error names
-//! the file, the line and the field.
+//! The policy file: one TOML document holding the exemptions, the protected
+//! servers with their connection limits and timeouts, and the ESMTP
+//! inspection policy. Every error names the file, the line and the field.
 
 use std::{
     fmt,
+    net::IpAddr,
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use inspector_esmtp::policy::{EsmtpPolicy, EsmtpSection, FieldError};
@@ -19,7 +21,54 @@ use crate::exempt;
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub exempt: Vec<IpNet>,
+    pub servers: Vec<Server>,
+    pub timeouts: Timeouts,
     pub esmtp: EsmtpPolicy,
+}
+
+/// A protected server and its connection limits (0 = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Server {
+    pub address: IpAddr,
+    pub max_conns: u32,
+    pub max_embryonic: u32,
+    pub per_client_max: u32,
+    pub per_client_embryonic_max: u32,
+    pub on_embryonic_limit: OnEmbryonicLimit,
+}
+
+/// What happens to a SYN over an embryonic limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnEmbryonicLimit {
+    /// Dropped and counted.
+    #[default]
+    Drop,
+    /// TCP intercept (SYN cookies). Accepted so policies can say it, but
+    /// not implemented yet: the kernel drops, and the daemon says so.
+    Intercept,
+}
+
+/// How long the sweeper keeps flows that saw no packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// SYN seen, handshake not completed.
+    pub embryonic: Duration,
+    /// An established connection.
+    pub idle: Duration,
+    /// A connection after its first FIN.
+    pub half_closed: Duration,
+}
+
+impl Default for Timeouts {
+    /// The original's defaults.
+    fn default() -> Self {
+        Self {
+            embryonic: Duration::from_secs(30),
+            idle: Duration::from_secs(3600),
+            half_closed: Duration::from_secs(600),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -27,7 +76,37 @@ pub struct Policy {
 struct RawPolicy {
     #[serde(default)]
     exempt: Vec<RawExempt>,
+    #[serde(default)]
+    server: Vec<RawServer>,
+    timeouts: Option<RawTimeouts>,
     esmtp: Option<EsmtpSection>,
+}
+
+// Not `#[serde(flatten)]` into `Server`: flattening loses the spans that
+// errors need for their line.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawServer {
+    address: Spanned<String>,
+    #[serde(default)]
+    max_conns: u32,
+    #[serde(default)]
+    max_embryonic: u32,
+    #[serde(default)]
+    per_client_max: u32,
+    #[serde(default)]
+    per_client_embryonic_max: u32,
+    #[serde(default)]
+    on_embryonic_limit: OnEmbryonicLimit,
+}
+
+/// Seconds; each must be at least 1.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTimeouts {
+    embryonic: Option<Spanned<u64>>,
+    idle: Option<Spanned<u64>>,
+    half_closed: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +173,69 @@ impl Policy {
             exempt.push(net);
         }
 
+        let mut servers: Vec<Server> = Vec::with_capacity(raw.server.len());
+        for (i, raw_server) in raw.server.iter().enumerate() {
+            let text = raw_server.address.get_ref();
+            let span = Some(raw_server.address.span());
+            let field = format!("server[{i}].address");
+            let address: IpAddr = text.trim().parse().map_err(|_| {
+                at(
+                    span.clone(),
+                    field.clone(),
+                    format!("`{text}` is not an IP address (one host, no prefix length)"),
+                )
+            })?;
+            if servers.iter().any(|s| s.address == address) {
+                return Err(at(span, field, format!("{address} is listed twice")));
+            }
+            servers.push(Server {
+                address,
+                max_conns: raw_server.max_conns,
+                max_embryonic: raw_server.max_embryonic,
+                per_client_max: raw_server.per_client_max,
+                per_client_embryonic_max: raw_server.per_client_embryonic_max,
+                on_embryonic_limit: raw_server.on_embryonic_limit,
+            });
+        }
+        if servers.len() > inspector_common::MAX_SERVERS as usize {
+            return Err(at(
+                None,
+                "server".into(),
+                format!(
+                    "{} servers; at most {}",
+                    servers.len(),
+                    inspector_common::MAX_SERVERS
+                ),
+            ));
+        }
+
+        let mut timeouts = Timeouts::default();
+        if let Some(raw_timeouts) = &raw.timeouts {
+            for (name, value, slot) in [
+                (
+                    "embryonic",
+                    &raw_timeouts.embryonic,
+                    &mut timeouts.embryonic,
+                ),
+                ("idle", &raw_timeouts.idle, &mut timeouts.idle),
+                (
+                    "half-closed",
+                    &raw_timeouts.half_closed,
+                    &mut timeouts.half_closed,
+                ),
+            ] {
+                let Some(value) = value else { continue };
+                if *value.get_ref() == 0 {
+                    return Err(at(
+                        Some(value.span()),
+                        format!("timeouts.{name}"),
+                        "must be at least 1 (seconds)".into(),
+                    ));
+                }
+                *slot = Duration::from_secs(*value.get_ref());
+            }
+        }
+
         let esmtp = match &raw.esmtp {
             Some(section) => section.compile().map_err(
                 |FieldError {
@@ -104,7 +246,12 @@ impl Policy {
             )?,
             None => EsmtpPolicy::default(),
         };
-        Ok(Self { exempt, esmtp })
+        Ok(Self {
+            exempt,
+            servers,
+            timeouts,
+            esmtp,
+        })
     }
 }
 
@@ -196,6 +343,75 @@ mod tests {
         let err = parse("[[exempt]]\nnetwork = \n").unwrap_err();
         assert_eq!(err.line, 2);
         assert_eq!(err.field, "exempt.network");
+    }
+
+    #[test]
+    fn servers_and_timeouts_parse_with_defaults() {
+        let p = parse(
+            "[[server]]\naddress = \"198.18.1.25\"\nmax-conns = 50\nmax-embryonic = 100\non-embryonic-limit = \"intercept\"\n\n[[server]]\naddress = \"2001:2:0:1::25\"\nper-client-max = 2\nper-client-embryonic-max = 1\n\n[timeouts]\nembryonic = 5\n",
+        )
+        .unwrap();
+        assert_eq!(p.servers.len(), 2);
+        let (a, b) = (p.servers[0], p.servers[1]);
+        assert_eq!(a.address, "198.18.1.25".parse::<IpAddr>().unwrap());
+        assert_eq!((a.max_conns, a.max_embryonic), (50, 100));
+        assert_eq!((a.per_client_max, a.per_client_embryonic_max), (0, 0));
+        assert_eq!(a.on_embryonic_limit, OnEmbryonicLimit::Intercept);
+        assert_eq!(b.address, "2001:2:0:1::25".parse::<IpAddr>().unwrap());
+        assert_eq!((b.max_conns, b.max_embryonic), (0, 0));
+        assert_eq!((b.per_client_max, b.per_client_embryonic_max), (2, 1));
+        assert_eq!(b.on_embryonic_limit, OnEmbryonicLimit::Drop);
+        assert_eq!(p.timeouts.embryonic, Duration::from_secs(5));
+        assert_eq!(p.timeouts.idle, Duration::from_secs(3600));
+        assert_eq!(p.timeouts.half_closed, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn default_timeouts_are_the_originals() {
+        let p = parse("").unwrap();
+        assert!(p.servers.is_empty());
+        assert_eq!(
+            p.timeouts,
+            Timeouts {
+                embryonic: Duration::from_secs(30),
+                idle: Duration::from_secs(3600),
+                half_closed: Duration::from_secs(600),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_server_entries_name_file_line_and_field() {
+        let err = parse("[[server]]\naddress = \"198.18.1.0/24\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "server[0].address"));
+        assert!(err.message.contains("not an IP address"), "{err}");
+
+        let err =
+            parse("[[server]]\naddress = \"198.18.1.25\"\n[[server]]\naddress = \"198.18.1.25\"\n")
+                .unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (4, "server[1].address"));
+        assert!(err.message.contains("listed twice"), "{err}");
+
+        let err = parse("[[server]]\naddress = \"198.18.1.25\"\nmax-conns = -1\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (3, "server.max-conns"));
+
+        let err = parse("[[server]]\naddress = \"198.18.1.25\"\non-embryonic-limit = \"reset\"\n")
+            .unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.message.contains("unknown variant"), "{err}");
+
+        let err = parse("[[server]]\nmax-conns = 5\n").unwrap_err();
+        assert!(err.message.contains("missing field `address`"), "{err}");
+    }
+
+    #[test]
+    fn bad_timeouts_name_file_line_and_field() {
+        let err = parse("[timeouts]\nidle = 60\nembryonic = 0\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (3, "timeouts.embryonic"));
+        assert!(err.message.contains("at least 1"), "{err}");
+        let err = parse("[timeouts]\nhalf-open = 5\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.message.contains("unknown field"), "{err}");
     }
 
     #[test]

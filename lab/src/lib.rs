@@ -12,6 +12,7 @@
 //! benchmarking network devices; nothing leaves the namespaces.
 
 mod netns;
+pub mod syn;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

@@ -160,4 +160,20 @@ impl Netns {
             Ok(socket.into())
         })
     }
+
+    /// Listens on `addr` inside this namespace with a backlog of `backlog`.
+    pub fn tcp_listen(
+        &self,
+        addr: std::net::SocketAddr,
+        backlog: i32,
+    ) -> Result<std::io::Result<std::net::TcpListener>> {
+        use socket2::{Domain, Socket, Type};
+        self.run(move || {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(backlog)?;
+            Ok(socket.into())
+        })
+    }
 }

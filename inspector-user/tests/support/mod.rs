@@ -8,7 +8,11 @@ pub mod packets;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
+    thread::sleep,
+    time::{Duration, Instant},
 };
+
+use inspector_lab::{Lab, ScopedChild};
 
 /// A bpffs directory of its own per test, so tests run in parallel and never
 /// touch a real deployment's maps. Unloaded on drop.
@@ -59,4 +63,91 @@ pub fn cli_ok(pin_dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A lab of its own per test (the pid keeps parallel runs apart).
+pub fn lab(test: &str) -> Lab {
+    Lab::create(&format!("it{}-{test}", std::process::id())).expect("creating the lab (needs root)")
+}
+
+/// Starts `inspector run` in the gateway and waits until its programs are
+/// attached to every interface in `ifaces`.
+pub fn start_daemon(
+    lab: &Lab,
+    pins: &PinDir,
+    ifaces: &[&str],
+    policy: Option<&Path>,
+) -> ScopedChild {
+    let mut cmd = lab.gateway.command(inspector_bin());
+    cmd.arg("--pin-dir").arg(pins.path()).arg("run");
+    for iface in ifaces {
+        cmd.args(["--iface", iface]);
+    }
+    if let Some(policy) = policy {
+        cmd.arg("--policy").arg(policy);
+    }
+    let mut daemon = lab.gateway.spawn(&mut cmd).expect("starting the daemon");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ifaces.iter().all(|i| xdp_attached(lab, i)) {
+        if let Some(status) = daemon.child().try_wait().unwrap() {
+            panic!("the daemon exited before attaching: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not attach within 20 s"
+        );
+        sleep(Duration::from_millis(50));
+    }
+    daemon
+}
+
+pub fn xdp_attached(lab: &Lab, iface: &str) -> bool {
+    let out = lab
+        .gateway
+        .command("ip")
+        .args(["-d", "link", "show", "dev", iface])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+/// A policy file written for one test, removed on drop.
+pub struct PolicyFile(pub PathBuf);
+
+impl PolicyFile {
+    pub fn new(test: &str, text: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("inspector-test-{}-{test}.toml", std::process::id()));
+        std::fs::write(&path, text).expect("writing the test policy");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `inspector stats --json`, parsed.
+pub fn stats_json(pin_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&cli_ok(pin_dir, &["stats", "--json"])).expect("stats --json is JSON")
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(50));
+    }
 }

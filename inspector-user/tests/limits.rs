@@ -1,0 +1,302 @@
+//! Connection and embryonic limits enforced by the XDP program, on a real
+//! lab (veth pairs in namespaces) with real TCP clients, a real listening
+//! server and spoofed SYN floods. Needs root; fails, never skips, without it.
+
+mod support;
+
+use std::{
+    io::ErrorKind,
+    net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use inspector_lab::{
+    CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
+    syn::{SPOOFED_V4, SynFlood},
+};
+use support::{PinDir, PolicyFile, lab, start_daemon, stats_json, wait_until};
+
+const PORT: u16 = 25;
+/// Longer than the SYN retransmissions a dropped connect would need.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A server in the server namespace that accepts and holds connections
+/// (closing them when the client does), until dropped.
+struct Server {
+    stop: Arc<AtomicBool>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(ns: &Netns, ip: IpAddr, backlog: i32) -> Self {
+        let addr = SocketAddr::new(ip, PORT);
+        let listener = ns
+            .tcp_listen(addr, backlog)
+            .unwrap()
+            .expect("listening in the server namespace");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            let mut held: Vec<TcpStream> = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(true).unwrap();
+                        held.push(s);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        thread::sleep(Duration::from_millis(2))
+                    }
+                    Err(e) => panic!("accept: {e}"),
+                }
+                // Close what the client closed, so FINs flow both ways.
+                held.retain(|s| {
+                    let mut b = [0u8; 64];
+                    !matches!(std::io::Read::read(&mut &*s, &mut b), Ok(0))
+                });
+            }
+        });
+        Self { stop, addr }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn connect(lab: &Lab, src: IpAddr, server: &Server) -> std::io::Result<TcpStream> {
+    lab.client
+        .tcp_connect(src, server.addr, CONNECT_TIMEOUT)
+        .unwrap()
+}
+
+fn server_counts(pins: &PinDir, server: IpAddr) -> (u64, u64) {
+    let json = stats_json(pins.path());
+    let servers = json["limits"]["servers"]
+        .as_array()
+        .expect("limits.servers");
+    let s = servers
+        .iter()
+        .find(|s| s["address"] == server.to_string())
+        .unwrap_or_else(|| panic!("{server} not in {json}"));
+    (
+        s["embryonic"].as_u64().unwrap(),
+        s["established"].as_u64().unwrap(),
+    )
+}
+
+fn drops(pins: &PinDir, reason: &str) -> u64 {
+    let json = stats_json(pins.path());
+    json["limits"]["drops"][reason]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no limits.drops.{reason} in {json}"))
+}
+
+/// With `max-conns = 3`: three connections succeed, the fourth's SYNs are
+/// dropped (counted), and once one closes a new one succeeds. IPv4 and IPv6.
+#[test]
+fn max_conns_holds_and_frees_a_slot_on_close() {
+    let lab = lab("maxconns");
+    let pins = PinDir::new("maxconns");
+    let policy = PolicyFile::new(
+        "maxconns",
+        &format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-conns = 3\n\n\
+             [[server]]\naddress = \"{SERVER_V6}\"\nmax-conns = 3\n"
+        ),
+    );
+    let _daemon = start_daemon(&lab, &pins, &[OUTSIDE, INSIDE], Some(policy.path()));
+
+    for (client, server_ip) in [
+        (IpAddr::from(CLIENT_V4), IpAddr::from(SERVER_V4)),
+        (CLIENT_V6.into(), SERVER_V6.into()),
+    ] {
+        let server = Server::start(&lab.server, server_ip, 128);
+        let dropped_before = drops(&pins, "max-conns");
+        let mut open: Vec<TcpStream> = (0..3)
+            .map(|i| {
+                connect(&lab, client, &server)
+                    .unwrap_or_else(|e| panic!("{server_ip}: connection {i} within the limit: {e}"))
+            })
+            .collect();
+        assert!(
+            wait_until(Duration::from_secs(2), || server_counts(&pins, server_ip)
+                == (0, 3)),
+            "{server_ip}: 3 established, got {:?}",
+            server_counts(&pins, server_ip)
+        );
+        let err = connect(&lab, client, &server).expect_err("the 4th is over max-conns");
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{server_ip}: {err}");
+        assert!(drops(&pins, "max-conns") > dropped_before, "counted");
+
+        drop(open.pop());
+        assert!(
+            wait_until(Duration::from_secs(3), || server_counts(&pins, server_ip).1
+                == 2),
+            "{server_ip}: released on close"
+        );
+        open.push(connect(&lab, client, &server).expect("a slot is free again"));
+        drop(open);
+        assert!(
+            wait_until(Duration::from_secs(3), || server_counts(&pins, server_ip)
+                == (0, 0)),
+            "{server_ip}: back to zero, got {:?}",
+            server_counts(&pins, server_ip)
+        );
+    }
+}
+
+/// `per-client-max = 2` stops a third connection from one client while
+/// another client still connects; the per-client view shows both.
+#[test]
+fn per_client_limit_holds_for_one_client_only() {
+    let lab = lab("perclient");
+    let pins = PinDir::new("perclient");
+    let policy = PolicyFile::new(
+        "perclient",
+        &format!("[[server]]\naddress = \"{SERVER_V4}\"\nper-client-max = 2\nmax-conns = 10\n"),
+    );
+    let _daemon = start_daemon(&lab, &pins, &[OUTSIDE, INSIDE], Some(policy.path()));
+    let server = Server::start(&lab.server, SERVER_V4.into(), 128);
+
+    let a: Vec<TcpStream> = (0..2)
+        .map(|_| connect(&lab, CLIENT_V4.into(), &server).expect("within per-client-max"))
+        .collect();
+    let err = connect(&lab, CLIENT_V4.into(), &server).expect_err("over per-client-max");
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    assert!(drops(&pins, "per-client-max") >= 1);
+    let b = connect(&lab, CLIENT2_V4.into(), &server).expect("another client still connects");
+
+    let json = stats_json(pins.path());
+    let clients = json["limits"]["clients"].as_array().unwrap();
+    let established = |c: &str| {
+        clients
+            .iter()
+            .find(|v| v["client"] == c)
+            .and_then(|v| v["established"].as_u64())
+    };
+    assert_eq!(established(&CLIENT_V4.to_string()), Some(2), "{json}");
+    assert_eq!(established(&CLIENT2_V4.to_string()), Some(1), "{json}");
+    drop((a, b));
+}
+
+/// A spoofed SYN flood over `max-embryonic = 20` with `drop`: the server's
+/// own SYN backlog never holds more than the limit, the excess is counted,
+/// and the half-open entries expire after the embryonic timeout.
+#[test]
+fn syn_flood_is_held_to_max_embryonic_and_expires() {
+    let lab = lab("flood");
+    let pins = PinDir::new("flood");
+    let policy = PolicyFile::new(
+        "flood",
+        &format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-embryonic = 20\non-embryonic-limit = \"drop\"\n\n\
+             [timeouts]\nembryonic = 2\n"
+        ),
+    );
+    let _daemon = start_daemon(&lab, &pins, &[OUTSIDE, INSIDE], Some(policy.path()));
+    route_spoofed_sources_to_client(&lab);
+    // A backlog far above the limit, and no SYN cookies, so the server's
+    // SYN queue shows exactly what got through.
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").unwrap();
+    lab.server
+        .sysctl("net.ipv4.tcp_max_syn_backlog", "4096")
+        .unwrap();
+    let server = Server::start(&lab.server, SERVER_V4.into(), 4096);
+
+    let mut flood = SynFlood::new(&lab.client, server.addr).unwrap();
+    let mut most = 0;
+    for _ in 0..20 {
+        flood.send(100).unwrap();
+        most = most.max(syn_recv(&lab.server));
+    }
+    thread::sleep(Duration::from_millis(200));
+    most = most.max(syn_recv(&lab.server));
+    assert!(most > 0, "the flood reached the server at all");
+    assert!(most <= 20, "server saw {most} half-open connections");
+    assert!(
+        drops(&pins, "max-embryonic") >= 2000 - 20,
+        "excess SYNs counted: {}",
+        drops(&pins, "max-embryonic")
+    );
+    assert_eq!(server_counts(&pins, SERVER_V4.into()).0, 20);
+
+    // Embryonic timeout 2 s, then one sweep.
+    assert!(
+        wait_until(Duration::from_secs(5), || server_counts(
+            &pins,
+            SERVER_V4.into()
+        ) == (0, 0)),
+        "embryonic entries expired: {:?}",
+        server_counts(&pins, SERVER_V4.into())
+    );
+}
+
+/// Counters never drift: after 10,000 connections opened and closed, both
+/// the server's and the client's counts are back to zero.
+#[test]
+fn counters_return_to_zero_after_10000_connections() {
+    let lab = lab("churn");
+    let pins = PinDir::new("churn");
+    let policy = PolicyFile::new(
+        "churn",
+        &format!("[[server]]\naddress = \"{SERVER_V4}\"\nmax-conns = 50\nmax-embryonic = 100\n"),
+    );
+    let _daemon = start_daemon(&lab, &pins, &[OUTSIDE, INSIDE], Some(policy.path()));
+    let server = Server::start(&lab.server, SERVER_V4.into(), 1024);
+
+    let mut failed = 0;
+    for i in 0..10_000 {
+        match connect(&lab, CLIENT_V4.into(), &server) {
+            // Halfway, one stays open a moment: the flows are really counted.
+            Ok(_open) if i == 5_000 => assert!(
+                wait_until(Duration::from_secs(2), || server_counts(
+                    &pins,
+                    SERVER_V4.into()
+                ) == (0, 1)),
+                "one connection open: {:?}",
+                server_counts(&pins, SERVER_V4.into())
+            ),
+            Ok(s) => drop(s),
+            Err(_) => failed += 1,
+        }
+    }
+    assert_eq!(failed, 0, "connections within max-conns all succeed");
+    assert!(
+        wait_until(Duration::from_secs(5), || server_counts(
+            &pins,
+            SERVER_V4.into()
+        ) == (0, 0)),
+        "server counts back to zero: {:?}",
+        server_counts(&pins, SERVER_V4.into())
+    );
+    let json = stats_json(pins.path());
+    assert_eq!(json["limits"]["clients"], serde_json::json!([]), "{json}");
+}
+
+/// Sends the server's answers to spoofed sources back into the client
+/// namespace, where nothing answers them.
+fn route_spoofed_sources_to_client(lab: &Lab) {
+    let prefix = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
+    lab.gateway
+        .ip(&["route", "add", &prefix, "via", &CLIENT_V4.to_string()])
+        .unwrap();
+}
+
+/// Half-open connections in the server's SYN queue.
+fn syn_recv(ns: &Netns) -> usize {
+    let out = ns
+        .command("ss")
+        .args(["-Htn", "state", "syn-recv"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
