@@ -4,6 +4,8 @@
 //! its size is asserted at compile time on both sides.
 #![no_std]
 
+pub mod csum;
+
 /// Map names, as pinned under the bpffs directory. Userspace opens the pins
 /// by these names, so they are the on-disk interface between daemon and CLI.
 pub mod maps {
@@ -23,8 +25,10 @@ pub mod maps {
     pub const CLIENT_CONNS: &str = "CLIENT_CONNS";
     /// Per-CPU array of u64 SYN drops, indexed by [`super::DropReason`].
     pub const LIMIT_DROPS: &str = "LIMIT_DROPS";
+    /// Per-CPU array of u64 TCP intercept events, indexed by [`super::InterceptEvent`].
+    pub const INTERCEPTS: &str = "INTERCEPTS";
     /// Every pinned map, for `inspector unload`.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         CLASS_STATS,
         EXEMPT_V4,
         EXEMPT_V6,
@@ -33,6 +37,7 @@ pub mod maps {
         SERVER_CONNS,
         CLIENT_CONNS,
         LIMIT_DROPS,
+        INTERCEPTS,
     ];
 }
 
@@ -123,7 +128,8 @@ pub const fn v4_mapped(a: [u8; 4]) -> Addr16 {
 
 /// What to do with a SYN over an embryonic limit (`ServerLimits::on_embryonic_limit`).
 pub const ON_LIMIT_DROP: u32 = 0;
-/// Not implemented yet: the kernel drops, as with [`ON_LIMIT_DROP`].
+/// TCP intercept: the kernel answers with a SYN cookie (IPv4; IPv6 SYNs
+/// over the limit are dropped).
 pub const ON_LIMIT_INTERCEPT: u32 = 1;
 
 /// The limits of one protected server; 0 means unlimited.
@@ -165,8 +171,12 @@ pub mod flow_state {
     /// The client completed the handshake.
     pub const ESTABLISHED: u32 = 2;
     /// A FIN was seen: no longer counted, kept until the half-closed
-    /// timeout so its last packets are recognised.
+    /// timeout so its last packets are recognised (and translated).
     pub const CLOSING: u32 = 3;
+    /// Intercepted: the client returned a valid SYN cookie and the kernel
+    /// sent the server a SYN; waiting for the server's SYN-ACK. Counted as
+    /// embryonic (the server holds it half-open).
+    pub const OPENING: u32 = 4;
 }
 
 /// Value of the flow table.
@@ -177,6 +187,14 @@ pub struct FlowEntry {
     pub last_seen_ns: u64,
     /// A [`flow_state`] value.
     pub state: u32,
+    /// Intercepted flows only: while `OPENING`, the cookie the client
+    /// acknowledged; then the server's ISN minus the cookie, added to the
+    /// client's acknowledgment numbers and taken from the server's sequence
+    /// numbers. 0 for every other flow (and then nothing is rewritten).
+    pub seq_delta: u32,
+    /// Intercepted flows only: the client's receive window, announced to
+    /// the server when the kernel completes the server's handshake.
+    pub window: u32,
     pub _pad: u32,
 }
 
@@ -228,6 +246,35 @@ impl DropReason {
     }
 }
 
+/// What TCP intercept did: the index into `INTERCEPTS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterceptEvent {
+    /// A SYN over an embryonic limit answered with a SYN cookie.
+    CookieSent = 0,
+    /// A client's ACK carried a valid cookie: the server side was opened.
+    ClientVerified = 1,
+    /// The server answered: the kernel completed its handshake.
+    ServerOpened = 2,
+}
+
+impl InterceptEvent {
+    pub const COUNT: u32 = 3;
+    pub const ALL: [InterceptEvent; Self::COUNT as usize] = [
+        InterceptEvent::CookieSent,
+        InterceptEvent::ClientVerified,
+        InterceptEvent::ServerOpened,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            InterceptEvent::CookieSent => "syn-cookies-sent",
+            InterceptEvent::ClientVerified => "clients-verified",
+            InterceptEvent::ServerOpened => "servers-opened",
+        }
+    }
+}
+
 // Layouts are an ABI between the object file and the daemon: pin them.
 const _: () = {
     use core::mem::{offset_of, size_of};
@@ -239,8 +286,10 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(offset_of!(FlowKey, client_port) == 32);
     assert!(offset_of!(FlowKey, protocol) == 36);
-    assert!(size_of::<FlowEntry>() == 16);
+    assert!(size_of::<FlowEntry>() == 24);
     assert!(offset_of!(FlowEntry, state) == 8);
+    assert!(offset_of!(FlowEntry, seq_delta) == 12);
+    assert!(offset_of!(FlowEntry, window) == 16);
     assert!(size_of::<ClientKey>() == 32);
     assert!(size_of::<ConnCounts>() == 16);
     assert!(offset_of!(ConnCounts, established) == 8);

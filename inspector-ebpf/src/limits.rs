@@ -8,22 +8,26 @@
 //! (released and forgotten). Only packets crossing an interface the
 //! program is attached to are seen: the client's side must be (SYN, ACK),
 //! the server's side should be too (its FIN and RST; else the sweeper's
-//! timeouts release those flows).
+//! timeouts release those flows), and must be for TCP intercept, whose
+//! flows are rewritten in both directions (`intercept`).
 
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
 };
 use inspector_common::{
-    Addr16, ClientKey, DropReason, FLOW_TABLE_SIZE, FlowEntry, FlowKey, MAX_SERVERS, ServerLimits,
-    flow_state, v4_mapped,
+    Addr16, ClientKey, DropReason, FLOW_TABLE_SIZE, FlowEntry, FlowKey, InterceptEvent,
+    MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state, v4_mapped,
 };
 
 use crate::{
     conns::{self, Kind},
-    parse::{Addr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp},
+    intercept,
+    packet::Packet,
+    parse::{self, Addr, Headers, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, Transport},
 };
 
 /// The protected servers and their limits, written by the daemon.
@@ -38,57 +42,103 @@ static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(FLOW_TABLE_SIZ
 #[map]
 static LIMIT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
 
+#[map]
+static INTERCEPTS: PerCpuArray<u64> = PerCpuArray::pinned(InterceptEvent::COUNT, 0);
+
 const IPPROTO_TCP: u8 = 6;
 
+/// What to do with the packet. The TCP intercept rewrites are left to the
+/// caller, so that the rewrites' stack frames never stack on this module's
+/// (together they would not fit the BPF stack).
 pub enum Verdict {
     Pass,
     Drop,
+    /// Over an embryonic limit with `intercept`: answer with a SYN cookie.
+    AnswerSyn,
+    /// An untracked client ACK to a server with `intercept`: if it carries
+    /// a valid cookie, open the server side (then [`opening`]).
+    VerifyClient,
+    /// The server's SYN-ACK of an intercepted flow (already marked
+    /// established): answer it with the ACK, announcing this window.
+    CompleteServer(u16),
+    /// An intercepted flow: add the delta to the field, then pass.
+    Shift(usize, u32),
 }
 
-/// Tracks one TCP packet: client -> protected server, or back.
-#[inline(always)]
-pub fn track(src: &Addr, dst: &Addr, tcp: &Tcp) -> Verdict {
-    let server = addr16(dst);
+/// Tracks one TCP packet: client -> protected server, or back. The limits
+/// see every TCP packet to or from a protected server, exempt or not: like
+/// the original's `static … tcp 50 100`, they protect the server whatever
+/// inspects its traffic.
+///
+/// A subprogram that parses the headers again: passing the parsed headers
+/// from the caller makes LLVM spill enum fields that are undefined on the
+/// non-TCP paths, which the verifier rejects.
+#[inline(never)]
+pub fn track(ctx: &XdpContext) -> Verdict {
+    let Ok(Headers::Ip {
+        src,
+        dst,
+        transport: Transport::Tcp(tcp),
+    }) = parse::headers(&Packet::new(ctx.data(), ctx.data_end()))
+    else {
+        return Verdict::Pass;
+    };
+    let (src, dst, tcp) = (&src, &dst, &tcp);
+    let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) else {
+        return Verdict::Pass;
+    };
     // SAFETY: the value is copied out at once; the daemon replaces entries
     // whole, so at worst we read the previous limits.
-    if let Some(limits) = unsafe { SERVERS.get(&server) } {
-        let key = flow_key(addr16(src), server, tcp.src_port, tcp.dst_port);
-        return from_client(&key, *limits, tcp.flags);
+    if let Some(limits) = unsafe { SERVERS.get(&key.server) } {
+        let v4 = matches!(src, Addr::V4(_));
+        return from_client(tcp, key, *limits, v4);
     }
-    let server = addr16(src);
-    if SERVERS.get_ptr(&server).is_some() {
-        let key = flow_key(addr16(dst), server, tcp.dst_port, tcp.src_port);
-        from_server(&key, tcp.flags);
+    let Some(key) = flow_key(dst, src, tcp.dst_port, tcp.src_port) else {
+        return Verdict::Pass;
+    };
+    if SERVERS.get_ptr(&key.server).is_some() {
+        return from_server(ctx, tcp, key);
     }
     Verdict::Pass
 }
 
 #[inline(always)]
-fn from_client(key: &FlowKey, limits: ServerLimits, flags: u8) -> Verdict {
+fn from_client(tcp: &Tcp, key: &FlowKey, limits: ServerLimits, v4: bool) -> Verdict {
+    let flags = tcp.flags;
     let new_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if flags & TCP_RST != 0 {
-        forget(key);
-        return Verdict::Pass;
-    }
     match FLOWS.get_ptr_mut(key) {
         Some(entry) => {
             // SAFETY: a map value, valid during this run; racing writers on
             // other CPUs can only cost a count the sweeper corrects.
-            let state = unsafe {
+            let (state, delta) = unsafe {
                 (*entry).last_seen_ns = now();
-                (*entry).state
+                ((*entry).state, (*entry).seq_delta)
             };
+            // The client's acknowledgments, in the server's numbers.
+            let pass = if delta != 0 && flags & TCP_ACK != 0 && state != flow_state::OPENING {
+                Verdict::Shift(intercept::ACK, delta)
+            } else {
+                Verdict::Pass
+            };
+            if state == flow_state::OPENING && flags & TCP_RST == 0 && !new_syn {
+                // The server side is still opening: the client's packets
+                // wait (TCP resends them); an RST or a new SYN starts over.
+                return Verdict::Drop;
+            }
+            if flags & TCP_RST != 0 {
+                forget(key);
+                return pass;
+            }
             if !new_syn {
                 if flags & TCP_FIN != 0 {
                     close(key, entry, state);
                 } else if flags & TCP_ACK != 0 && state == flow_state::EMBRYONIC {
-                    // The client's ACK after our SYN: the handshake is complete.
+                    // The client's ACK after the server's SYN-ACK: the
+                    // handshake is complete.
                     unsafe { (*entry).state = flow_state::ESTABLISHED };
-                    let client = client_key(key);
-                    conns::add(&client, Kind::Embryonic, -1);
-                    conns::add(&client, Kind::Established, 1);
+                    established(key);
                 }
-                return Verdict::Pass;
+                return pass;
             }
             if state == flow_state::EMBRYONIC {
                 return Verdict::Pass; // a retransmitted SYN
@@ -96,24 +146,31 @@ fn from_client(key: &FlowKey, limits: ServerLimits, flags: u8) -> Verdict {
             // A new connection on the tuple of an old one: forget the old.
             forget(key);
         }
-        // Not ours to count: it began before we ran, or was evicted.
-        None if !new_syn => return Verdict::Pass,
+        None if flags & TCP_RST != 0 => return Verdict::Pass,
+        // Not ours to count (it began before we ran, or was evicted), or
+        // the ACK of a client we answered with a SYN cookie.
+        None if !new_syn => {
+            let pure_ack = flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK;
+            if v4 && pure_ack && limits.on_embryonic_limit == ON_LIMIT_INTERCEPT {
+                return verify_client(key, &limits);
+            }
+            return Verdict::Pass;
+        }
         None => {}
     }
-    admit(key, &limits)
+    admit(key, &limits, v4)
 }
 
-/// A new SYN: dropped if any limit is reached, else tracked as embryonic.
+/// A new SYN: dropped if a limit is reached (or, over an embryonic limit
+/// with `intercept`, answered with a SYN cookie), else tracked as embryonic.
 #[inline(always)]
-fn admit(key: &FlowKey, limits: &ServerLimits) -> Verdict {
-    let client = client_key(key);
+fn admit(key: &FlowKey, limits: &ServerLimits, v4: bool) -> Verdict {
     let s = conns::server(&key.server);
-    let c = conns::client(&client);
+    let c = client_key(key).map(conns::client).unwrap_or_default();
     // Every limit that applies is checked, so the lowest one wins.
     let reason = if reached(limits.max_conns, s.embryonic + s.established) {
         Some(DropReason::MaxConns)
     } else if reached(limits.max_embryonic, s.embryonic) {
-        // `on_embryonic_limit = intercept` is not implemented yet: drop too.
         Some(DropReason::MaxEmbryonic)
     } else if reached(limits.per_client_max, c.embryonic + c.established) {
         Some(DropReason::PerClientMax)
@@ -122,42 +179,129 @@ fn admit(key: &FlowKey, limits: &ServerLimits) -> Verdict {
     } else {
         None
     };
-    if let Some(reason) = reason {
-        count_drop(reason);
-        return Verdict::Drop;
+    match reason {
+        None => {}
+        Some(DropReason::MaxEmbryonic | DropReason::PerClientEmbryonicMax)
+            if v4 && limits.on_embryonic_limit == ON_LIMIT_INTERCEPT =>
+        {
+            return Verdict::AnswerSyn;
+        }
+        Some(reason) => {
+            count(&LIMIT_DROPS, reason as u32);
+            return Verdict::Drop;
+        }
     }
+    track_new(key, flow_state::EMBRYONIC, 0, 0);
+    Verdict::Pass
+}
+
+/// An untracked client ACK to a server with `intercept`: if it carries a
+/// valid SYN cookie, the client is real and its ACK becomes its SYN to the
+/// server. Connection limits still apply; the embryonic ones do not (this
+/// is how a verified client gets through a SYN flood).
+#[inline(always)]
+fn verify_client(key: &FlowKey, limits: &ServerLimits) -> Verdict {
+    let s = conns::server(&key.server);
+    let c = client_key(key).map(conns::client).unwrap_or_default();
+    if reached(limits.max_conns, s.embryonic + s.established)
+        || reached(limits.per_client_max, c.embryonic + c.established)
+    {
+        // No cookie check: an ACK without a flow is let through, as for
+        // any flow that predates us (the server answers it with an RST).
+        return Verdict::Pass;
+    }
+    Verdict::VerifyClient
+}
+
+/// The client's ACK carried a valid `cookie` and became its SYN to the
+/// server: track the flow until the server answers.
+#[inline(never)]
+pub fn opening(src: &Addr, dst: &Addr, tcp: &Tcp, cookie: u32, window: u16) {
+    if let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) {
+        track_new(key, flow_state::OPENING, cookie, window as u32);
+    }
+    count_intercept(InterceptEvent::ClientVerified);
+}
+
+/// Counts a TCP intercept event.
+#[inline(always)]
+pub fn count_intercept(event: InterceptEvent) {
+    count(&INTERCEPTS, event as u32);
+}
+
+/// Starts tracking a flow, counted as embryonic.
+#[inline(always)]
+fn track_new(key: &FlowKey, state: u32, seq_delta: u32, window: u32) {
     let entry = FlowEntry {
         last_seen_ns: now(),
-        state: flow_state::EMBRYONIC,
+        state,
+        seq_delta,
+        window,
         _pad: 0,
     };
     // Fails only under memory pressure: the flow then goes uncounted
     // rather than refused.
     if FLOWS.insert(key, entry, BPF_ANY as u64).is_ok() {
-        conns::add(&client, Kind::Embryonic, 1);
+        if let Some(client) = client_key(key) {
+            conns::add(client, Kind::Embryonic, 1);
+        }
     }
-    Verdict::Pass
 }
 
 #[inline(always)]
-fn from_server(key: &FlowKey, flags: u8) {
+fn from_server(ctx: &XdpContext, tcp: &Tcp, key: &FlowKey) -> Verdict {
+    let flags = tcp.flags;
+    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: as in `from_client`. The server's retransmitted SYN-ACKs do
+    // not keep a half-open flow alive: its embryonic timeout runs from the
+    // client's last SYN.
+    let (state, delta, window) = unsafe {
+        if (*entry).state != flow_state::EMBRYONIC {
+            (*entry).last_seen_ns = now();
+        }
+        ((*entry).state, (*entry).seq_delta, (*entry).window)
+    };
+    if state == flow_state::OPENING {
+        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
+            if flags & TCP_RST != 0 {
+                forget(key);
+            }
+            return Verdict::Pass;
+        }
+        let Some(server_isn) = Packet::new(ctx.data(), ctx.data_end()).read::<[u8; 4]>(tcp.l4 + 4)
+        else {
+            return Verdict::Drop;
+        };
+        // SAFETY: as above. While opening, `seq_delta` holds the cookie.
+        unsafe {
+            (*entry).seq_delta = u32::from_be_bytes(server_isn).wrapping_sub(delta);
+            (*entry).state = flow_state::ESTABLISHED;
+        }
+        established(key);
+        count_intercept(InterceptEvent::ServerOpened);
+        return Verdict::CompleteServer(window as u16);
+    }
     if flags & TCP_RST != 0 {
         forget(key);
-        return;
+    } else if flags & TCP_FIN != 0 {
+        close(key, entry, state);
     }
-    if let Some(entry) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: as in `from_client`. The server's retransmitted SYN-ACKs
-        // do not keep a half-open flow alive: its embryonic timeout runs
-        // from the client's last SYN.
-        let state = unsafe {
-            if (*entry).state != flow_state::EMBRYONIC {
-                (*entry).last_seen_ns = now();
-            }
-            (*entry).state
-        };
-        if flags & TCP_FIN != 0 {
-            close(key, entry, state);
-        }
+    // The server's sequence numbers, in the cookie's terms.
+    if delta != 0 {
+        Verdict::Shift(intercept::SEQ, delta.wrapping_neg())
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// Embryonic -> established, in the server's and the client's counts.
+#[inline(always)]
+fn established(key: &FlowKey) {
+    if let Some(client) = client_key(key) {
+        conns::add(client, Kind::Embryonic, -1);
+        conns::add(client, Kind::Established, 1);
     }
 }
 
@@ -183,11 +327,13 @@ fn forget(key: &FlowKey) {
 #[inline(always)]
 fn release(key: &FlowKey, state: u32) {
     let kind = match state {
-        flow_state::EMBRYONIC => Kind::Embryonic,
+        flow_state::EMBRYONIC | flow_state::OPENING => Kind::Embryonic,
         flow_state::ESTABLISHED => Kind::Established,
         _ => return,
     };
-    conns::add(&client_key(key), kind, -1);
+    if let Some(client) = client_key(key) {
+        conns::add(client, kind, -1);
+    }
 }
 
 #[inline(always)]
@@ -196,8 +342,8 @@ fn reached(limit: u32, count: u64) -> bool {
 }
 
 #[inline(always)]
-fn count_drop(reason: DropReason) {
-    if let Some(count) = LIMIT_DROPS.get_ptr_mut(reason as u32) {
+fn count(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(count) = counters.get_ptr_mut(index) {
         // SAFETY: this CPU's slot; nothing else writes it during this run.
         unsafe { *count += 1 };
     }
@@ -209,30 +355,56 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The keys of the flow being tracked, in per-CPU memory rather than on
+/// the stack (the BPF stack is 512 bytes for the whole program, and these
+/// would be copied into every helper that builds one).
+#[repr(C)]
+struct Keys {
+    flow: FlowKey,
+    client: ClientKey,
+}
+
+#[map]
+static KEYS: PerCpuArray<Keys> = PerCpuArray::with_max_entries(1, 0);
+
 #[inline(always)]
-fn addr16(addr: &Addr) -> Addr16 {
+fn keys() -> Option<&'static mut Keys> {
+    // SAFETY: this CPU's slot, used by this program run only.
+    KEYS.get_ptr_mut(0).map(|k| unsafe { &mut *k })
+}
+
+/// The flow key client -> server, oriented as given.
+#[inline(always)]
+fn flow_key(
+    client: &Addr,
+    server: &Addr,
+    client_port: u16,
+    server_port: u16,
+) -> Option<&'static FlowKey> {
+    let keys = keys()?;
+    let key = &mut keys.flow;
+    set_addr16(&mut key.client, client);
+    set_addr16(&mut key.server, server);
+    key.client_port = client_port;
+    key.server_port = server_port;
+    key.protocol = IPPROTO_TCP;
+    key._pad = [0; 3];
+    Some(key)
+}
+
+/// The per-client counters' key of `flow`.
+#[inline(always)]
+fn client_key(flow: &FlowKey) -> Option<&'static ClientKey> {
+    let keys = keys()?;
+    keys.client.server = flow.server;
+    keys.client.client = flow.client;
+    Some(&keys.client)
+}
+
+#[inline(always)]
+fn set_addr16(to: &mut Addr16, addr: &Addr) {
     match addr {
-        Addr::V4(a) => v4_mapped(*a),
-        Addr::V6(a) => *a,
-    }
-}
-
-#[inline(always)]
-fn flow_key(client: Addr16, server: Addr16, client_port: u16, server_port: u16) -> FlowKey {
-    FlowKey {
-        client,
-        server,
-        client_port,
-        server_port,
-        protocol: IPPROTO_TCP,
-        _pad: [0; 3],
-    }
-}
-
-#[inline(always)]
-fn client_key(key: &FlowKey) -> ClientKey {
-    ClientKey {
-        server: key.server,
-        client: key.client,
+        Addr::V4(a) => *to = v4_mapped(*a),
+        Addr::V6(a) => *to = *a,
     }
 }

@@ -3,7 +3,9 @@
 //! `inspector_xdp` runs on ingress of the protected interface: it parses
 //! every packet, decides its [`Class`] and counts it. TCP packets to and
 //! from a protected server go through the connection limits, which drop
-//! SYNs over a limit; nothing else is dropped or rewritten.
+//! SYNs over a limit or, with TCP intercept, answer them with SYN cookies
+//! and rewrite the flows of the clients that prove themselves; nothing
+//! else is dropped or rewritten.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the BPF target has atomic adds but no `fetch_add` (see conns.rs).
@@ -13,12 +15,13 @@
 mod acl;
 mod conns;
 mod counters;
+mod intercept;
 mod limits;
 mod packet;
 mod parse;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use inspector_common::{Class, SMTP_PORT};
+use inspector_common::{Class, InterceptEvent, SMTP_PORT};
 
 use crate::{
     limits::Verdict,
@@ -29,32 +32,71 @@ use crate::{
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let (class, verdict) = match parse::headers(&packet) {
-        Ok(headers) => {
-            let class = classify(&headers);
-            (class, limit(&headers))
-        }
-        Err(_) => (Class::Malformed, Verdict::Pass),
+    let (class, tcp) = match parse::headers(&packet) {
+        Ok(headers) => (
+            classify(&headers),
+            matches!(
+                headers,
+                Headers::Ip {
+                    transport: Transport::Tcp(_),
+                    ..
+                }
+            ),
+        ),
+        Err(_) => (Class::Malformed, false),
     };
     counters::count(class, packet.len());
-    match verdict {
+    if !tcp {
+        return xdp_action::XDP_PASS;
+    }
+    match limits::track(&ctx) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
+        verdict => intercept(&ctx, verdict),
     }
 }
 
-/// The limits see every TCP packet to or from a protected server, exempt or
-/// not: like the original's `static … tcp 50 100`, they protect the server
-/// whatever inspects its traffic.
+/// The TCP intercept rewrites `limits` asked for (see `intercept`).
 #[inline(always)]
-fn limit(headers: &Headers) -> Verdict {
-    match headers {
-        Headers::Ip {
-            src,
-            dst,
-            transport: Transport::Tcp(tcp),
-        } => limits::track(src, dst, tcp),
-        _ => Verdict::Pass,
+fn intercept(ctx: &XdpContext, verdict: Verdict) -> u32 {
+    // Parsed again rather than kept: this keeps the main frame small.
+    let packet = Packet::new(ctx.data(), ctx.data_end());
+    let Ok(Headers::Ip {
+        src,
+        dst,
+        transport: Transport::Tcp(tcp),
+    }) = parse::headers(&packet)
+    else {
+        return xdp_action::XDP_DROP;
+    };
+    let done = match verdict {
+        Verdict::AnswerSyn => {
+            let sent = intercept::answer_syn(ctx, &tcp);
+            if sent {
+                limits::count_intercept(InterceptEvent::CookieSent);
+                return xdp_action::XDP_TX;
+            }
+            false
+        }
+        Verdict::VerifyClient => {
+            if let Some((cookie, window)) = intercept::open_server_side(ctx, &tcp) {
+                limits::opening(&src, &dst, &tcp, cookie, window);
+            }
+            true
+        }
+        Verdict::CompleteServer(window) => {
+            if intercept::complete_server_side(ctx, &tcp, window).is_some() {
+                return xdp_action::XDP_TX;
+            }
+            false
+        }
+        Verdict::Shift(field, delta) => intercept::shift(ctx, &tcp, field, delta),
+        Verdict::Pass | Verdict::Drop => true,
+    };
+    if done {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
     }
 }
 

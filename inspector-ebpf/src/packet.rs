@@ -1,5 +1,6 @@
-//! Bounds-checked reads from packet memory: the only place that touches the
-//! raw packet, so every access elsewhere is checked by construction.
+//! Bounds-checked reads and writes of packet memory: the only place that
+//! touches the raw packet, so every access elsewhere is checked by
+//! construction.
 
 use core::mem::size_of;
 
@@ -31,6 +32,19 @@ impl Packet {
         // just above, which is also what the verifier needs to see); the
         // read is unaligned because packet headers are not aligned.
         Some(unsafe { (at as *const T).read_unaligned() })
+    }
+
+    /// Writes `value` at byte `offset`, or `None` when it would end past
+    /// the packet (TCP intercept rewrites headers in place).
+    #[inline(always)]
+    pub fn write<T: Copy>(&self, offset: usize, value: T) -> Option<()> {
+        let at = self.start + offset;
+        if at + size_of::<T>() > self.end {
+            return None;
+        }
+        // SAFETY: as in `read`; XDP packet memory is writable.
+        unsafe { (at as *mut T).write_unaligned(value) };
+        Some(())
     }
 
     #[inline(always)]

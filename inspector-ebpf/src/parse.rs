@@ -43,6 +43,9 @@ pub struct Tcp {
     pub dst_port: u16,
     /// The flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
     pub flags: u8,
+    /// Offsets of the IP and TCP headers, for TCP intercept's rewrites.
+    pub l3: usize,
+    pub l4: usize,
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -104,7 +107,7 @@ fn ipv4(packet: &Packet, l3: usize) -> Result<Headers, Malformed> {
     let transport = if fragment_offset != 0 {
         Transport::Other
     } else {
-        transport(packet, first[9], l3 + header_len)?
+        transport(packet, first[9], l3, l3 + header_len)?
     };
     Ok(Headers::Ip {
         src,
@@ -156,7 +159,7 @@ fn ipv6(packet: &Packet, l3: usize) -> Result<Headers, Malformed> {
     if !transport_found {
         return Err(Malformed);
     }
-    Ok(ip6(src, dst, transport(packet, next, offset)?))
+    Ok(ip6(src, dst, transport(packet, next, l3, offset)?))
 }
 
 #[inline(always)]
@@ -169,7 +172,7 @@ fn ip6(src: [u8; 16], dst: [u8; 16], transport: Transport) -> Headers {
 }
 
 #[inline(always)]
-fn transport(packet: &Packet, protocol: u8, l4: usize) -> Result<Transport, Malformed> {
+fn transport(packet: &Packet, protocol: u8, l3: usize, l4: usize) -> Result<Transport, Malformed> {
     match protocol {
         IPPROTO_TCP => {
             let tcp: [u8; 20] = packet.read(l4).ok_or(Malformed)?;
@@ -183,6 +186,8 @@ fn transport(packet: &Packet, protocol: u8, l4: usize) -> Result<Transport, Malf
                 src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
                 dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
                 flags: tcp[13],
+                l3,
+                l4,
             }))
         }
         IPPROTO_UDP => {

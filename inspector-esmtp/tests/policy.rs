@@ -4,12 +4,10 @@
 use inspector_esmtp::PolicyStats;
 use inspector_esmtp::policy::{EsmtpPolicy, EsmtpSection, FieldError, Mode};
 
+/// The `[esmtp]` table of a policy file; the rest of the file (exemptions,
+/// servers, timeouts) is the daemon's, validated by its own tests.
 #[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct File {
-    #[serde(default)]
-    #[allow(dead_code)]
-    exempt: Vec<toml::Table>,
     esmtp: Option<EsmtpSection>,
 }
 

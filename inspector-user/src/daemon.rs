@@ -10,7 +10,7 @@ use crate::{
     limits,
     loader::{self, AttachMode},
     lock::IfaceLock,
-    policy::Policy,
+    policy::{OnEmbryonicLimit, Policy},
     sweeper::{self, Sweeper},
 };
 
@@ -51,6 +51,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
         policy.servers.len(),
         opts.pin_dir.display()
     );
+    let intercepting = policy.servers.iter().any(|s| {
+        s.on_embryonic_limit == OnEmbryonicLimit::Intercept
+            && (s.max_embryonic | s.per_client_embryonic_max) != 0
+    });
+    if intercepting && opts.ifaces.len() < 2 {
+        log::warn!(
+            "TCP intercept rewrites packets both ways: give `--iface` for the clients' side and the servers' side, or intercepted connections will stall"
+        );
+    }
     let sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
     for iface in &opts.ifaces {
         let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;

@@ -9,8 +9,8 @@ use std::{
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use inspector_common::{
-    Addr16, ClientKey, ConnCounts, DropReason, ON_LIMIT_DROP, ON_LIMIT_INTERCEPT, ServerLimits,
-    maps, v4_mapped,
+    Addr16, ClientKey, ConnCounts, DropReason, InterceptEvent, ON_LIMIT_DROP, ON_LIMIT_INTERCEPT,
+    ServerLimits, maps, v4_mapped,
 };
 use serde::Serialize;
 
@@ -96,21 +96,19 @@ pub fn apply_policy(pin_dir: &Path, servers: &[Server]) -> Result<()> {
             .insert(key, server_limits(server), 0)
             .with_context(|| format!("protecting {}", server.address))?;
     }
-    let stale: Vec<Addr16> = table
+    retain(&mut table, &wanted)?;
+    retain(&mut counts, &wanted)
+}
+
+/// Removes the entries of `map` whose key is not in `wanted`.
+fn retain<V: aya::Pod>(map: &mut HashMap<MapData, Addr16, V>, wanted: &[Addr16]) -> Result<()> {
+    let stale: Vec<Addr16> = map
         .keys()
         .flatten()
         .filter(|k| !wanted.contains(k))
         .collect();
     for key in stale {
-        table.remove(&key)?;
-    }
-    let stale: Vec<Addr16> = counts
-        .keys()
-        .flatten()
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for key in stale {
-        counts.remove(&key)?;
+        map.remove(&key)?;
     }
     Ok(())
 }
@@ -143,6 +141,8 @@ pub struct LimitStats {
     pub clients: Vec<ClientView>,
     /// In [`DropReason::ALL`] order.
     pub drops: [u64; DropReason::COUNT as usize],
+    /// In [`InterceptEvent::ALL`] order.
+    pub intercepts: [u64; InterceptEvent::COUNT as usize],
 }
 
 impl LimitStats {
@@ -155,6 +155,8 @@ impl LimitStats {
             bpffs::open_map(pin_dir, maps::CLIENT_CONNS)?.try_into()?;
         let drop_counts: PerCpuArray<MapData, u64> =
             bpffs::open_map(pin_dir, maps::LIMIT_DROPS)?.try_into()?;
+        let intercept_counts: PerCpuArray<MapData, u64> =
+            bpffs::open_map(pin_dir, maps::INTERCEPTS)?.try_into()?;
 
         let mut servers = Vec::new();
         for entry in table.iter() {
@@ -194,10 +196,15 @@ impl LimitStats {
         for reason in DropReason::ALL {
             drops[reason as usize] = drop_counts.get(&(reason as u32), 0)?.iter().sum();
         }
+        let mut intercepts = [0; InterceptEvent::COUNT as usize];
+        for event in InterceptEvent::ALL {
+            intercepts[event as usize] = intercept_counts.get(&(event as u32), 0)?.iter().sum();
+        }
         Ok(Self {
             servers,
             clients,
             drops,
+            intercepts,
         })
     }
 
@@ -206,10 +213,15 @@ impl LimitStats {
             .iter()
             .map(|&r| (r.name().to_string(), self.drops[r as usize].into()))
             .collect();
+        let intercept: serde_json::Map<String, serde_json::Value> = InterceptEvent::ALL
+            .iter()
+            .map(|&e| (e.name().to_string(), self.intercepts[e as usize].into()))
+            .collect();
         serde_json::json!({
             "servers": self.servers,
             "clients": self.clients,
             "drops": drops,
+            "intercept": intercept,
         })
     }
 

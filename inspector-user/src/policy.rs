@@ -42,10 +42,11 @@ pub struct Server {
 #[serde(rename_all = "lowercase")]
 pub enum OnEmbryonicLimit {
     /// Dropped and counted.
-    #[default]
     Drop,
-    /// TCP intercept (SYN cookies). Accepted so policies can say it, but
-    /// not implemented yet: the kernel drops, and the daemon says so.
+    /// TCP intercept, the original's behaviour: the kernel answers with a
+    /// SYN cookie and opens the server side only for clients that return
+    /// it (IPv4; IPv6 SYNs over the limit are dropped).
+    #[default]
     Intercept,
 }
 
@@ -348,7 +349,7 @@ mod tests {
     #[test]
     fn servers_and_timeouts_parse_with_defaults() {
         let p = parse(
-            "[[server]]\naddress = \"198.18.1.25\"\nmax-conns = 50\nmax-embryonic = 100\non-embryonic-limit = \"intercept\"\n\n[[server]]\naddress = \"2001:2:0:1::25\"\nper-client-max = 2\nper-client-embryonic-max = 1\n\n[timeouts]\nembryonic = 5\n",
+            "[[server]]\naddress = \"198.18.1.25\"\nmax-conns = 50\nmax-embryonic = 100\n\n[[server]]\naddress = \"2001:2:0:1::25\"\nper-client-max = 2\nper-client-embryonic-max = 1\non-embryonic-limit = \"drop\"\n\n[timeouts]\nembryonic = 5\n",
         )
         .unwrap();
         assert_eq!(p.servers.len(), 2);
@@ -356,7 +357,11 @@ mod tests {
         assert_eq!(a.address, "198.18.1.25".parse::<IpAddr>().unwrap());
         assert_eq!((a.max_conns, a.max_embryonic), (50, 100));
         assert_eq!((a.per_client_max, a.per_client_embryonic_max), (0, 0));
-        assert_eq!(a.on_embryonic_limit, OnEmbryonicLimit::Intercept);
+        assert_eq!(
+            a.on_embryonic_limit,
+            OnEmbryonicLimit::Intercept,
+            "the original's default"
+        );
         assert_eq!(b.address, "2001:2:0:1::25".parse::<IpAddr>().unwrap());
         assert_eq!((b.max_conns, b.max_embryonic), (0, 0));
         assert_eq!((b.per_client_max, b.per_client_embryonic_max), (2, 1));

@@ -70,7 +70,7 @@ impl Sweeper {
                 clients.entry(client).or_default(),
             ] {
                 match entry.state {
-                    flow_state::EMBRYONIC => counts.embryonic += 1,
+                    flow_state::EMBRYONIC | flow_state::OPENING => counts.embryonic += 1,
                     flow_state::ESTABLISHED => counts.established += 1,
                     _ => {}
                 }
@@ -111,7 +111,7 @@ impl Sweeper {
 
     fn timeout(&self, state: u32) -> Duration {
         match state {
-            flow_state::EMBRYONIC => self.timeouts.embryonic,
+            flow_state::EMBRYONIC | flow_state::OPENING => self.timeouts.embryonic,
             flow_state::ESTABLISHED => self.timeouts.idle,
             _ => self.timeouts.half_closed,
         }

@@ -78,8 +78,19 @@ pub fn start_daemon(
     ifaces: &[&str],
     policy: Option<&Path>,
 ) -> ScopedChild {
+    start_daemon_with(lab, pins, ifaces, policy, &[])
+}
+
+/// [`start_daemon`] with more arguments for `inspector run`.
+pub fn start_daemon_with(
+    lab: &Lab,
+    pins: &PinDir,
+    ifaces: &[&str],
+    policy: Option<&Path>,
+    args: &[&str],
+) -> ScopedChild {
     let mut cmd = lab.gateway.command(inspector_bin());
-    cmd.arg("--pin-dir").arg(pins.path()).arg("run");
+    cmd.arg("--pin-dir").arg(pins.path()).arg("run").args(args);
     for iface in ifaces {
         cmd.args(["--iface", iface]);
     }

@@ -1,0 +1,318 @@
+//! TCP intercept (IPv4), the packet rewrites. Over an embryonic limit the
+//! kernel answers a client's SYN itself with a SYN cookie and keeps no
+//! state. A client that returns a valid cookie has its ACK turned into a SYN
+//! to the server (from the client's own ISN), and the server's SYN-ACK is
+//! turned into the ACK that completes the server's handshake. From then on
+//! the client knows the cookie as the server's ISN, so every later packet
+//! of the flow is shifted by the difference (`shift`). Which packets to
+//! rewrite and the flow state are decided in `limits`.
+//!
+//! Only MSS is negotiated on either side (no window scaling, SACK or
+//! timestamps): the cookie check does not say which MSS the client sent,
+//! so the server is offered the IPv4 minimum, 536.
+//!
+//! The three rewrites are BPF subprograms (`inline(never)`): each needs a
+//! few hundred bytes of stack for its header copies, and apart they fit
+//! the 512-byte limit.
+
+use aya_ebpf::{
+    bindings::{iphdr, tcphdr},
+    helpers::{
+        bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail,
+    },
+    macros::map,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use inspector_common::csum;
+
+use crate::{
+    packet::Packet,
+    parse::{TCP_ACK, TCP_SYN, Tcp},
+};
+
+/// The MSS offered to the server for an intercepted client.
+const MSS_TO_SERVER: u16 = 536;
+/// The window announced in our SYN-ACK (unscaled).
+const SYNACK_WINDOW: u16 = 65_535;
+const TTL: u8 = 64;
+/// Offsets of the sequence and acknowledgment numbers in the TCP header.
+pub const SEQ: usize = 4;
+pub const ACK: usize = 8;
+
+/// Working memory of one rewrite: the packet's IPv4 header (no options)
+/// and TCP header (always 60 bytes, whatever the header's length: the
+/// syncookie helpers read them from here), and the headers being written.
+/// In a per-CPU map rather than on the stack, which is 512 bytes for the
+/// whole program.
+#[repr(C)]
+struct Scratch {
+    ip: [u8; 20],
+    tcp: [u8; 60],
+    new_ip: [u8; 20],
+    new_tcp: [u8; 24],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies the packet's headers into this CPU's scratch space; returns it
+/// and the TCP header's length.
+#[inline(always)]
+fn read_segment(packet: &Packet, tcp: &Tcp) -> Option<(&'static mut Scratch, u32)> {
+    if tcp.l4 != tcp.l3 + 20 {
+        return None; // IPv4 options: not intercepted.
+    }
+    // SAFETY: this CPU's slot, used by this program run only.
+    let s = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+    s.ip = packet.read(tcp.l3)?;
+    let fixed: [u8; 20] = packet.read(tcp.l4)?;
+    let tcp_len = ((fixed[12] >> 4) as u32) * 4;
+    if tcp_len < 20 {
+        return None;
+    }
+    s.tcp = [0; 60];
+    s.tcp[..20].copy_from_slice(&fixed);
+    // Options, a word at a time; unrolled, so every index is constant.
+    for i in 0..10 {
+        let at = 20 + 4 * i;
+        if at as u32 >= tcp_len {
+            break;
+        }
+        let word: [u8; 4] = packet.read(tcp.l4 + at)?;
+        s.tcp[at..at + 4].copy_from_slice(&word);
+    }
+    Some((s, tcp_len))
+}
+
+impl Scratch {
+    #[inline(always)]
+    fn src(&self) -> [u8; 4] {
+        [self.ip[12], self.ip[13], self.ip[14], self.ip[15]]
+    }
+
+    #[inline(always)]
+    fn dst(&self) -> [u8; 4] {
+        [self.ip[16], self.ip[17], self.ip[18], self.ip[19]]
+    }
+
+    #[inline(always)]
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_be_bytes([
+            self.tcp[at],
+            self.tcp[at + 1],
+            self.tcp[at + 2],
+            self.tcp[at + 3],
+        ])
+    }
+
+    #[inline(always)]
+    fn window(&self) -> u16 {
+        u16::from_be_bytes([self.tcp[14], self.tcp[15]])
+    }
+
+    #[inline(always)]
+    fn ports(&self) -> ([u8; 2], [u8; 2]) {
+        ([self.tcp[0], self.tcp[1]], [self.tcp[2], self.tcp[3]])
+    }
+}
+
+/// A SYN over the embryonic limit: answered in place with a SYN-ACK whose
+/// sequence number is a SYN cookie. Returns whether to transmit it.
+#[inline(never)]
+pub fn answer_syn(ctx: &XdpContext, tcp: &Tcp) -> bool {
+    let Some((seg, tcp_len)) = read_segment(&packet(ctx), tcp) else {
+        return false;
+    };
+    // SAFETY: both pointers are to our scratch copies, of the sizes the
+    // helper reads (20 bytes of IPv4, `tcp_len` <= 60 of TCP).
+    let generated = unsafe {
+        bpf_tcp_raw_gen_syncookie_ipv4(
+            seg.ip.as_mut_ptr() as *mut iphdr,
+            seg.tcp.as_mut_ptr() as *mut tcphdr,
+            tcp_len,
+        )
+    };
+    if generated < 0 {
+        return false;
+    }
+    let cookie = generated as u32;
+    let mss = (generated >> 32) as u16;
+    let client_isn = seg.u32_at(SEQ);
+    let (client_port, server_port) = seg.ports();
+    let segment = Header {
+        src_port: server_port,
+        dst_port: client_port,
+        seq: cookie,
+        ack: client_isn.wrapping_add(1),
+        flags: TCP_SYN | TCP_ACK,
+        window: SYNACK_WINDOW,
+    };
+    let (src, dst) = (seg.dst(), seg.src());
+    rewrite(ctx, tcp, seg, src, dst, segment, Some(mss), true)
+}
+
+/// An ACK that may carry a SYN cookie of ours. If the cookie is valid, the
+/// ACK becomes the client's SYN to the server (passed on) and this returns
+/// the cookie and the client's window; else the packet is left alone.
+#[inline(never)]
+pub fn open_server_side(ctx: &XdpContext, tcp: &Tcp) -> Option<(u32, u16)> {
+    let (seg, _) = read_segment(&packet(ctx), tcp)?;
+    // SAFETY: as in `answer_syn`; the helper reads 20 bytes of each.
+    let checked = unsafe {
+        bpf_tcp_raw_check_syncookie_ipv4(
+            seg.ip.as_mut_ptr() as *mut iphdr,
+            seg.tcp.as_mut_ptr() as *mut tcphdr,
+        )
+    };
+    if checked != 0 {
+        return None;
+    }
+    let cookie = seg.u32_at(ACK).wrapping_sub(1);
+    let window = seg.window();
+    let (client_port, server_port) = seg.ports();
+    let syn = Header {
+        src_port: client_port,
+        dst_port: server_port,
+        // The client's ISN: its ACK is ISN + 1.
+        seq: seg.u32_at(SEQ).wrapping_sub(1),
+        ack: 0,
+        flags: TCP_SYN,
+        window,
+    };
+    let (src, dst) = (seg.src(), seg.dst());
+    rewrite(ctx, tcp, seg, src, dst, syn, Some(MSS_TO_SERVER), false).then_some((cookie, window))
+}
+
+/// The server's SYN-ACK to an intercepted client: answered in place with
+/// the ACK the client would have sent. Returns the server's ISN.
+#[inline(never)]
+pub fn complete_server_side(ctx: &XdpContext, tcp: &Tcp, window: u16) -> Option<u32> {
+    let (seg, _) = read_segment(&packet(ctx), tcp)?;
+    let server_isn = seg.u32_at(SEQ);
+    let (server_port, client_port) = seg.ports();
+    let ack = Header {
+        src_port: client_port,
+        dst_port: server_port,
+        seq: seg.u32_at(ACK),
+        ack: server_isn.wrapping_add(1),
+        flags: TCP_ACK,
+        window,
+    };
+    let (src, dst) = (seg.dst(), seg.src());
+    rewrite(ctx, tcp, seg, src, dst, ack, None, true).then_some(server_isn)
+}
+
+/// Adds `delta` to the 32-bit field at `field` (`SEQ` or `ACK`) of the TCP
+/// header, updating the checksum incrementally.
+#[inline(always)]
+pub fn shift(ctx: &XdpContext, tcp: &Tcp, field: usize, delta: u32) -> bool {
+    // SEQ or ACK; the mask shows the verifier the offset is bounded.
+    let field = field & 0b1100;
+    let packet = packet(ctx);
+    let (Some(old), Some(check)) = (
+        packet.read::<[u8; 4]>(tcp.l4 + field),
+        packet.read::<[u8; 2]>(tcp.l4 + 16),
+    ) else {
+        return false;
+    };
+    let old = u32::from_be_bytes(old);
+    let new = old.wrapping_add(delta);
+    let check = csum::replace32(u16::from_be_bytes(check), old, new);
+    packet.write(tcp.l4 + field, new.to_be_bytes()).is_some()
+        && packet.write(tcp.l4 + 16, check.to_be_bytes()).is_some()
+}
+
+/// The TCP fields a rewrite sets; the rest of the header is zero.
+struct Header {
+    src_port: [u8; 2],
+    dst_port: [u8; 2],
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+}
+
+/// Makes the packet exactly an IPv4 header and `header` (with an MSS
+/// option when `mss` is given) from `src` to `dst`, with fresh checksums;
+/// `reply` also swaps the Ethernet addresses, for XDP_TX.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    tcp: &Tcp,
+    s: &mut Scratch,
+    src: [u8; 4],
+    dst: [u8; 4],
+    header: Header,
+    mss: Option<u16>,
+    reply: bool,
+) -> bool {
+    let th = &mut s.new_tcp;
+    *th = [0; 24];
+    th[0..2].copy_from_slice(&header.src_port);
+    th[2..4].copy_from_slice(&header.dst_port);
+    th[4..8].copy_from_slice(&header.seq.to_be_bytes());
+    th[8..12].copy_from_slice(&header.ack.to_be_bytes());
+    th[13] = header.flags;
+    th[14..16].copy_from_slice(&header.window.to_be_bytes());
+    let tcp_len: usize = if let Some(mss) = mss {
+        th[20] = 2; // kind MSS
+        th[21] = 4;
+        th[22..24].copy_from_slice(&mss.to_be_bytes());
+        24
+    } else {
+        20
+    };
+    th[12] = ((tcp_len / 4) as u8) << 4;
+    let check = csum::tcp_v4(src, dst, &th[..tcp_len]);
+    th[16..18].copy_from_slice(&check.to_be_bytes());
+
+    let ip = &mut s.new_ip;
+    *ip = [0; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = TTL;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let check = csum::ipv4_header(ip);
+    ip[10..12].copy_from_slice(&check.to_be_bytes());
+
+    if !resize(ctx, tcp.l4 + tcp_len) {
+        return false;
+    }
+    let packet = packet(ctx);
+    if reply {
+        let (Some(dst_mac), Some(src_mac)) = (packet.read::<[u8; 6]>(0), packet.read::<[u8; 6]>(6))
+        else {
+            return false;
+        };
+        if packet.write(0, src_mac).is_none() || packet.write(6, dst_mac).is_none() {
+            return false;
+        }
+    }
+    let header = s.new_tcp;
+    let written = if tcp_len == 24 {
+        packet.write(tcp.l4, header)
+    } else {
+        let mut short = [0u8; 20];
+        short.copy_from_slice(&header[..20]);
+        packet.write(tcp.l4, short)
+    };
+    written.is_some() && packet.write(tcp.l3, s.new_ip).is_some()
+}
+
+/// Grows or shrinks the packet's tail so it is `len` bytes long.
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: usize) -> bool {
+    let delta = len as i32 - (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: the context is this program's; the kernel checks the bounds.
+    delta == 0 || unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0
+}
+
+#[inline(always)]
+fn packet(ctx: &XdpContext) -> Packet {
+    Packet::new(ctx.data(), ctx.data_end())
+}
