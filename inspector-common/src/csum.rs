@@ -28,13 +28,13 @@ pub fn ipv4_header(header: &[u8; 20]) -> u16 {
     finish(add_words(0, header))
 }
 
-/// The TCP checksum over IPv4: pseudo-header, then `segment` (the TCP
-/// header with a zero checksum field, and any payload).
+/// The TCP checksum: the pseudo-header of `addresses` (source then
+/// destination, 8 bytes for IPv4 or 32 for IPv6; the rest of either
+/// pseudo-header sums to protocol 6 plus the length), then `segment` (the
+/// TCP header with a zero checksum field, and any payload).
 #[inline(always)]
-pub fn tcp_v4(src: [u8; 4], dst: [u8; 4], segment: &[u8]) -> u16 {
-    let mut sum = add_words(0, &src);
-    sum = add_words(sum, &dst);
-    sum += 6 + segment.len() as u32;
+pub fn tcp(addresses: &[u8], segment: &[u8]) -> u16 {
+    let sum = add_words(0, addresses) + 6 + segment.len() as u32;
     finish(add_words(sum, segment))
 }
 
@@ -67,8 +67,7 @@ mod tests {
 
     #[test]
     fn incremental_update_equals_recomputation() {
-        let src = [198, 18, 0, 2];
-        let dst = [198, 18, 1, 25];
+        let addresses = [198, 18, 0, 2, 198, 18, 1, 25];
         let mut seg = [0u8; 24];
         seg[0..4].copy_from_slice(&[0x9c, 0x40, 0, 25]);
         seg[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
@@ -76,11 +75,11 @@ mod tests {
         seg[12] = 0x60;
         seg[13] = 0x10;
         seg[20..24].copy_from_slice(&[2, 4, 5, 0xb4]);
-        let before = tcp_v4(src, dst, &seg);
+        let before = tcp(&addresses, &seg);
         for new in [0u32, 1, 0xffff_ffff, 0x8000_0000, 0xdead_bef0, 0x0001_0000] {
             let mut s = seg;
             s[8..12].copy_from_slice(&new.to_be_bytes());
-            let full = tcp_v4(src, dst, &s);
+            let full = tcp(&addresses, &s);
             let incremental = replace32(before, 0xdead_beef, new);
             // 0x0000 and 0xffff are the same number in ones' complement.
             assert!(
@@ -90,5 +89,28 @@ mod tests {
                 "{new:#x}: {full:#x} vs {incremental:#x}"
             );
         }
+    }
+
+    /// The IPv6 pseudo-header as RFC 8200 lays it out (addresses, a 32-bit
+    /// length, three zero bytes, the next header) sums like ours.
+    #[test]
+    fn ipv6_pseudo_header_checksum_verifies() {
+        let mut addresses = [0u8; 32];
+        addresses[..16].copy_from_slice(&[0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        addresses[16..].copy_from_slice(&[0x20, 0x01, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x25]);
+        let mut seg = [0u8; 24];
+        seg[0..4].copy_from_slice(&[0x9c, 0x40, 0, 25]);
+        seg[4..8].copy_from_slice(&7u32.to_be_bytes());
+        seg[12] = 0x60;
+        seg[13] = 0x12;
+        seg[20..24].copy_from_slice(&[2, 4, 0x04, 0xc4]);
+        let check = tcp(&addresses, &seg);
+        seg[16..18].copy_from_slice(&check.to_be_bytes());
+        let mut pseudo = [0u8; 40 + 24];
+        pseudo[..32].copy_from_slice(&addresses);
+        pseudo[32..36].copy_from_slice(&24u32.to_be_bytes());
+        pseudo[39] = 6;
+        pseudo[40..].copy_from_slice(&seg);
+        assert_eq!(finish(add_words(0, &pseudo)), 0);
     }
 }

@@ -128,8 +128,7 @@ pub const fn v4_mapped(a: [u8; 4]) -> Addr16 {
 
 /// What to do with a SYN over an embryonic limit (`ServerLimits::on_embryonic_limit`).
 pub const ON_LIMIT_DROP: u32 = 0;
-/// TCP intercept: the kernel answers with a SYN cookie (IPv4; IPv6 SYNs
-/// over the limit are dropped).
+/// TCP intercept: the kernel answers with a SYN cookie.
 pub const ON_LIMIT_INTERCEPT: u32 = 1;
 
 /// The limits of one protected server; 0 means unlimited.

@@ -1,24 +1,26 @@
-//! TCP intercept (IPv4), the packet rewrites. Over an embryonic limit the
-//! kernel answers a client's SYN itself with a SYN cookie and keeps no
-//! state. A client that returns a valid cookie has its ACK turned into a SYN
-//! to the server (from the client's own ISN), and the server's SYN-ACK is
-//! turned into the ACK that completes the server's handshake. From then on
-//! the client knows the cookie as the server's ISN, so every later packet
-//! of the flow is shifted by the difference (`shift`). Which packets to
-//! rewrite and the flow state are decided in `limits`.
+//! TCP intercept, the packet rewrites (IPv4, and IPv6 without extension
+//! headers). Over an embryonic limit the kernel answers a client's SYN
+//! itself with a SYN cookie and keeps no state. A client that returns a
+//! valid cookie has its ACK turned into a SYN to the server (from the
+//! client's own ISN), and the server's SYN-ACK is turned into the ACK that
+//! completes the server's handshake. From then on the client knows the
+//! cookie as the server's ISN, so every later packet of the flow is shifted
+//! by the difference (`shift`). Which packets to rewrite and the flow state
+//! are decided in `limits`.
 //!
 //! Only MSS is negotiated on either side (no window scaling, SACK or
 //! timestamps): the cookie check does not say which MSS the client sent,
-//! so the server is offered the IPv4 minimum, 536.
+//! so the server is offered the minimum (536 over IPv4, 1220 over IPv6).
 //!
-//! The three rewrites are BPF subprograms (`inline(never)`): each needs a
-//! few hundred bytes of stack for its header copies, and apart they fit
-//! the 512-byte limit.
+//! The three rewrites are BPF subprograms (`inline(never)`) working in
+//! per-CPU scratch memory: on the stack, with the caller's frame, they
+//! would not fit the 512-byte limit.
 
 use aya_ebpf::{
-    bindings::{iphdr, tcphdr},
+    bindings::{iphdr, ipv6hdr, tcphdr},
     helpers::{
-        bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv4, bpf_xdp_adjust_tail,
+        bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
+        bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
     },
     macros::map,
     maps::PerCpuArray,
@@ -32,7 +34,8 @@ use crate::{
 };
 
 /// The MSS offered to the server for an intercepted client.
-const MSS_TO_SERVER: u16 = 536;
+const MSS_TO_SERVER_V4: u16 = 536;
+const MSS_TO_SERVER_V6: u16 = 1220;
 /// The window announced in our SYN-ACK (unscaled).
 const SYNACK_WINDOW: u16 = 65_535;
 const TTL: u8 = 64;
@@ -40,80 +43,87 @@ const TTL: u8 = 64;
 pub const SEQ: usize = 4;
 pub const ACK: usize = 8;
 
-/// Working memory of one rewrite: the packet's IPv4 header (no options)
-/// and TCP header (always 60 bytes, whatever the header's length: the
-/// syncookie helpers read them from here), and the headers being written.
-/// In a per-CPU map rather than on the stack, which is 512 bytes for the
-/// whole program.
+/// Working memory of one rewrite: the packet's IP header (IPv4 without
+/// options in the first 20 bytes, or IPv6) and TCP header (always 60 bytes,
+/// whatever the header's length: the syncookie helpers read them from
+/// here), and the headers being written.
 #[repr(C)]
 struct Scratch {
-    ip: [u8; 20],
+    ip: [u8; 40],
     tcp: [u8; 60],
-    new_ip: [u8; 20],
+    new_ip: [u8; 40],
     new_tcp: [u8; 24],
 }
 
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
-/// Copies the packet's headers into this CPU's scratch space; returns it
-/// and the TCP header's length.
-#[inline(always)]
-fn read_segment(packet: &Packet, tcp: &Tcp) -> Option<(&'static mut Scratch, u32)> {
-    if tcp.l4 != tcp.l3 + 20 {
-        return None; // IPv4 options: not intercepted.
-    }
-    // SAFETY: this CPU's slot, used by this program run only.
-    let s = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
-    s.ip = packet.read(tcp.l3)?;
-    let fixed: [u8; 20] = packet.read(tcp.l4)?;
-    let tcp_len = ((fixed[12] >> 4) as u32) * 4;
-    if tcp_len < 20 {
-        return None;
-    }
-    s.tcp = [0; 60];
-    s.tcp[..20].copy_from_slice(&fixed);
-    // Options, a word at a time; unrolled, so every index is constant.
-    for i in 0..10 {
-        let at = 20 + 4 * i;
-        if at as u32 >= tcp_len {
-            break;
-        }
-        let word: [u8; 4] = packet.read(tcp.l4 + at)?;
-        s.tcp[at..at + 4].copy_from_slice(&word);
-    }
-    Some((s, tcp_len))
+/// A packet's headers, copied to this CPU's scratch space.
+struct Segment {
+    s: &'static mut Scratch,
+    tcp_len: u32,
+    v6: bool,
 }
 
-impl Scratch {
+impl Segment {
     #[inline(always)]
-    fn src(&self) -> [u8; 4] {
-        [self.ip[12], self.ip[13], self.ip[14], self.ip[15]]
-    }
-
-    #[inline(always)]
-    fn dst(&self) -> [u8; 4] {
-        [self.ip[16], self.ip[17], self.ip[18], self.ip[19]]
+    fn read(packet: &Packet, tcp: &Tcp) -> Option<Self> {
+        let version = packet.u8_at(tcp.l3)? >> 4;
+        // SAFETY: this CPU's slot, used by this program run only.
+        let s = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
+        let v6 = match version {
+            // IPv4 options and IPv6 extension headers are not intercepted.
+            4 if tcp.l4 == tcp.l3 + 20 => {
+                let ip: [u8; 20] = packet.read(tcp.l3)?;
+                s.ip[..20].copy_from_slice(&ip);
+                false
+            }
+            6 if tcp.l4 == tcp.l3 + 40 => {
+                s.ip = packet.read(tcp.l3)?;
+                true
+            }
+            _ => return None,
+        };
+        let fixed: [u8; 20] = packet.read(tcp.l4)?;
+        let tcp_len = ((fixed[12] >> 4) as u32) * 4;
+        if tcp_len < 20 {
+            return None;
+        }
+        s.tcp = [0; 60];
+        s.tcp[..20].copy_from_slice(&fixed);
+        // Options, a word at a time; unrolled, so every index is constant.
+        for i in 0..10 {
+            let at = 20 + 4 * i;
+            if at as u32 >= tcp_len {
+                break;
+            }
+            let word: [u8; 4] = packet.read(tcp.l4 + at)?;
+            s.tcp[at..at + 4].copy_from_slice(&word);
+        }
+        Some(Self { s, tcp_len, v6 })
     }
 
     #[inline(always)]
     fn u32_at(&self, at: usize) -> u32 {
         u32::from_be_bytes([
-            self.tcp[at],
-            self.tcp[at + 1],
-            self.tcp[at + 2],
-            self.tcp[at + 3],
+            self.s.tcp[at],
+            self.s.tcp[at + 1],
+            self.s.tcp[at + 2],
+            self.s.tcp[at + 3],
         ])
     }
 
     #[inline(always)]
     fn window(&self) -> u16 {
-        u16::from_be_bytes([self.tcp[14], self.tcp[15]])
+        u16::from_be_bytes([self.s.tcp[14], self.s.tcp[15]])
     }
 
     #[inline(always)]
     fn ports(&self) -> ([u8; 2], [u8; 2]) {
-        ([self.tcp[0], self.tcp[1]], [self.tcp[2], self.tcp[3]])
+        (
+            [self.s.tcp[0], self.s.tcp[1]],
+            [self.s.tcp[2], self.s.tcp[3]],
+        )
     }
 }
 
@@ -121,17 +131,18 @@ impl Scratch {
 /// sequence number is a SYN cookie. Returns whether to transmit it.
 #[inline(never)]
 pub fn answer_syn(ctx: &XdpContext, tcp: &Tcp) -> bool {
-    let Some((seg, tcp_len)) = read_segment(&packet(ctx), tcp) else {
+    let Some(seg) = Segment::read(&packet(ctx), tcp) else {
         return false;
     };
+    let (ip, th) = (seg.s.ip.as_mut_ptr(), seg.s.tcp.as_mut_ptr() as *mut tcphdr);
     // SAFETY: both pointers are to our scratch copies, of the sizes the
-    // helper reads (20 bytes of IPv4, `tcp_len` <= 60 of TCP).
+    // helper reads (an IPv4 or IPv6 header, `tcp_len` <= 60 of TCP).
     let generated = unsafe {
-        bpf_tcp_raw_gen_syncookie_ipv4(
-            seg.ip.as_mut_ptr() as *mut iphdr,
-            seg.tcp.as_mut_ptr() as *mut tcphdr,
-            tcp_len,
-        )
+        if seg.v6 {
+            bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, th, seg.tcp_len)
+        } else {
+            bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut iphdr, th, seg.tcp_len)
+        }
     };
     if generated < 0 {
         return false;
@@ -148,8 +159,7 @@ pub fn answer_syn(ctx: &XdpContext, tcp: &Tcp) -> bool {
         flags: TCP_SYN | TCP_ACK,
         window: SYNACK_WINDOW,
     };
-    let (src, dst) = (seg.dst(), seg.src());
-    rewrite(ctx, tcp, seg, src, dst, segment, Some(mss), true)
+    rewrite(ctx, tcp, seg, segment, Some(mss), true)
 }
 
 /// An ACK that may carry a SYN cookie of ours. If the cookie is valid, the
@@ -157,13 +167,16 @@ pub fn answer_syn(ctx: &XdpContext, tcp: &Tcp) -> bool {
 /// the cookie and the client's window; else the packet is left alone.
 #[inline(never)]
 pub fn open_server_side(ctx: &XdpContext, tcp: &Tcp) -> Option<(u32, u16)> {
-    let (seg, _) = read_segment(&packet(ctx), tcp)?;
-    // SAFETY: as in `answer_syn`; the helper reads 20 bytes of each.
+    let seg = Segment::read(&packet(ctx), tcp)?;
+    let (ip, th) = (seg.s.ip.as_mut_ptr(), seg.s.tcp.as_mut_ptr() as *mut tcphdr);
+    // SAFETY: as in `answer_syn`; the helper reads the IP header and 20
+    // bytes of TCP.
     let checked = unsafe {
-        bpf_tcp_raw_check_syncookie_ipv4(
-            seg.ip.as_mut_ptr() as *mut iphdr,
-            seg.tcp.as_mut_ptr() as *mut tcphdr,
-        )
+        if seg.v6 {
+            bpf_tcp_raw_check_syncookie_ipv6(ip as *mut ipv6hdr, th)
+        } else {
+            bpf_tcp_raw_check_syncookie_ipv4(ip as *mut iphdr, th)
+        }
     };
     if checked != 0 {
         return None;
@@ -180,15 +193,19 @@ pub fn open_server_side(ctx: &XdpContext, tcp: &Tcp) -> Option<(u32, u16)> {
         flags: TCP_SYN,
         window,
     };
-    let (src, dst) = (seg.src(), seg.dst());
-    rewrite(ctx, tcp, seg, src, dst, syn, Some(MSS_TO_SERVER), false).then_some((cookie, window))
+    let mss = if seg.v6 {
+        MSS_TO_SERVER_V6
+    } else {
+        MSS_TO_SERVER_V4
+    };
+    rewrite(ctx, tcp, seg, syn, Some(mss), false).then_some((cookie, window))
 }
 
 /// The server's SYN-ACK to an intercepted client: answered in place with
 /// the ACK the client would have sent. Returns the server's ISN.
 #[inline(never)]
 pub fn complete_server_side(ctx: &XdpContext, tcp: &Tcp, window: u16) -> Option<u32> {
-    let (seg, _) = read_segment(&packet(ctx), tcp)?;
+    let seg = Segment::read(&packet(ctx), tcp)?;
     let server_isn = seg.u32_at(SEQ);
     let (server_port, client_port) = seg.ports();
     let ack = Header {
@@ -199,8 +216,7 @@ pub fn complete_server_side(ctx: &XdpContext, tcp: &Tcp, window: u16) -> Option<
         flags: TCP_ACK,
         window,
     };
-    let (src, dst) = (seg.dst(), seg.src());
-    rewrite(ctx, tcp, seg, src, dst, ack, None, true).then_some(server_isn)
+    rewrite(ctx, tcp, seg, ack, None, true).then_some(server_isn)
 }
 
 /// Adds `delta` to the 32-bit field at `field` (`SEQ` or `ACK`) of the TCP
@@ -233,21 +249,20 @@ struct Header {
     window: u16,
 }
 
-/// Makes the packet exactly an IPv4 header and `header` (with an MSS
-/// option when `mss` is given) from `src` to `dst`, with fresh checksums;
-/// `reply` also swaps the Ethernet addresses, for XDP_TX.
-#[allow(clippy::too_many_arguments)]
+/// Makes the packet exactly its IP header and `header` (with an MSS option
+/// when `mss` is given), with fresh checksums. A `reply` goes back where
+/// the packet came from (addresses swapped, for XDP_TX); otherwise it keeps
+/// its addresses (and is passed on).
 #[inline(always)]
 fn rewrite(
     ctx: &XdpContext,
     tcp: &Tcp,
-    s: &mut Scratch,
-    src: [u8; 4],
-    dst: [u8; 4],
+    seg: Segment,
     header: Header,
     mss: Option<u16>,
     reply: bool,
 ) -> bool {
+    let Segment { s, v6, .. } = seg;
     let th = &mut s.new_tcp;
     *th = [0; 24];
     th[0..2].copy_from_slice(&header.src_port);
@@ -265,20 +280,37 @@ fn rewrite(
         20
     };
     th[12] = ((tcp_len / 4) as u8) << 4;
-    let check = csum::tcp_v4(src, dst, &th[..tcp_len]);
-    th[16..18].copy_from_slice(&check.to_be_bytes());
 
     let ip = &mut s.new_ip;
-    *ip = [0; 20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
-    ip[6] = 0x40; // DF
-    ip[8] = TTL;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let check = csum::ipv4_header(ip);
-    ip[10..12].copy_from_slice(&check.to_be_bytes());
+    *ip = [0; 40];
+    let ip_len = if v6 {
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        ip[6] = 6;
+        ip[7] = TTL;
+        let (src, dst) = if reply { (24, 8) } else { (8, 24) };
+        ip[8..24].copy_from_slice(&s.ip[src..src + 16]);
+        ip[24..40].copy_from_slice(&s.ip[dst..dst + 16]);
+        40
+    } else {
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+        ip[6] = 0x40; // DF
+        ip[8] = TTL;
+        ip[9] = 6;
+        let (src, dst) = if reply { (16, 12) } else { (12, 16) };
+        ip[12..16].copy_from_slice(&s.ip[src..src + 4]);
+        ip[16..20].copy_from_slice(&s.ip[dst..dst + 4]);
+        let mut header = [0u8; 20];
+        header.copy_from_slice(&ip[..20]);
+        let check = csum::ipv4_header(&header);
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+        20
+    };
+    // The pseudo-header's addresses: source then destination, both ways.
+    let addresses = if v6 { &ip[8..40] } else { &ip[12..20] };
+    let check = csum::tcp(addresses, &th[..tcp_len]);
+    th[16..18].copy_from_slice(&check.to_be_bytes());
 
     if !resize(ctx, tcp.l4 + tcp_len) {
         return false;
@@ -294,14 +326,21 @@ fn rewrite(
         }
     }
     let header = s.new_tcp;
-    let written = if tcp_len == 24 {
+    let tcp_written = if tcp_len == 24 {
         packet.write(tcp.l4, header)
     } else {
         let mut short = [0u8; 20];
         short.copy_from_slice(&header[..20]);
         packet.write(tcp.l4, short)
     };
-    written.is_some() && packet.write(tcp.l3, s.new_ip).is_some()
+    let ip_written = if ip_len == 40 {
+        packet.write(tcp.l3, s.new_ip)
+    } else {
+        let mut short = [0u8; 20];
+        short.copy_from_slice(&s.new_ip[..20]);
+        packet.write(tcp.l3, short)
+    };
+    tcp_written.is_some() && ip_written.is_some()
 }
 
 /// Grows or shrinks the packet's tail so it is `len` bytes long.

@@ -90,8 +90,7 @@ pub fn track(ctx: &XdpContext) -> Verdict {
     // SAFETY: the value is copied out at once; the daemon replaces entries
     // whole, so at worst we read the previous limits.
     if let Some(limits) = unsafe { SERVERS.get(&key.server) } {
-        let v4 = matches!(src, Addr::V4(_));
-        return from_client(tcp, key, *limits, v4);
+        return from_client(tcp, key, *limits);
     }
     let Some(key) = flow_key(dst, src, tcp.dst_port, tcp.src_port) else {
         return Verdict::Pass;
@@ -103,7 +102,7 @@ pub fn track(ctx: &XdpContext) -> Verdict {
 }
 
 #[inline(always)]
-fn from_client(tcp: &Tcp, key: &FlowKey, limits: ServerLimits, v4: bool) -> Verdict {
+fn from_client(tcp: &Tcp, key: &FlowKey, limits: ServerLimits) -> Verdict {
     let flags = tcp.flags;
     let new_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match FLOWS.get_ptr_mut(key) {
@@ -151,20 +150,20 @@ fn from_client(tcp: &Tcp, key: &FlowKey, limits: ServerLimits, v4: bool) -> Verd
         // the ACK of a client we answered with a SYN cookie.
         None if !new_syn => {
             let pure_ack = flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK;
-            if v4 && pure_ack && limits.on_embryonic_limit == ON_LIMIT_INTERCEPT {
+            if pure_ack && limits.on_embryonic_limit == ON_LIMIT_INTERCEPT {
                 return verify_client(key, &limits);
             }
             return Verdict::Pass;
         }
         None => {}
     }
-    admit(key, &limits, v4)
+    admit(key, &limits)
 }
 
 /// A new SYN: dropped if a limit is reached (or, over an embryonic limit
 /// with `intercept`, answered with a SYN cookie), else tracked as embryonic.
 #[inline(always)]
-fn admit(key: &FlowKey, limits: &ServerLimits, v4: bool) -> Verdict {
+fn admit(key: &FlowKey, limits: &ServerLimits) -> Verdict {
     let s = conns::server(&key.server);
     let c = client_key(key).map(conns::client).unwrap_or_default();
     // Every limit that applies is checked, so the lowest one wins.
@@ -182,7 +181,7 @@ fn admit(key: &FlowKey, limits: &ServerLimits, v4: bool) -> Verdict {
     match reason {
         None => {}
         Some(DropReason::MaxEmbryonic | DropReason::PerClientEmbryonicMax)
-            if v4 && limits.on_embryonic_limit == ON_LIMIT_INTERCEPT =>
+            if limits.on_embryonic_limit == ON_LIMIT_INTERCEPT =>
         {
             return Verdict::AnswerSyn;
         }

@@ -45,7 +45,7 @@ pub enum OnEmbryonicLimit {
     Drop,
     /// TCP intercept, the original's behaviour: the kernel answers with a
     /// SYN cookie and opens the server side only for clients that return
-    /// it (IPv4; IPv6 SYNs over the limit are dropped).
+    /// it.
     #[default]
     Intercept,
 }

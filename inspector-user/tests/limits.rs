@@ -17,7 +17,7 @@ use std::{
 
 use inspector_lab::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
-    syn::{SPOOFED_V4, SynFlood},
+    syn::{SPOOFED_V4, SPOOFED_V6, SynFlood},
 };
 use support::{PinDir, PolicyFile, lab, start_daemon, start_daemon_with, stats_json, wait_until};
 
@@ -245,13 +245,23 @@ fn syn_flood_is_held_to_max_embryonic_and_expires() {
 /// (swaks) completes an SMTP session with a real server (Postfix's
 /// smtp-sink) through the SYN cookies the gateway answers with.
 #[test]
-fn intercept_lets_a_real_client_through_a_syn_flood() {
-    let lab = lab("intercept");
-    let pins = PinDir::new("intercept");
+fn intercept_lets_a_real_client_through_a_syn_flood_v4() {
+    intercept_through_flood("icept4", CLIENT_V4.into(), SERVER_V4.into());
+}
+
+/// The same over IPv6.
+#[test]
+fn intercept_lets_a_real_client_through_a_syn_flood_v6() {
+    intercept_through_flood("icept6", CLIENT_V6.into(), SERVER_V6.into());
+}
+
+fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr) {
+    let lab = lab(test);
+    let pins = PinDir::new(test);
     let policy = PolicyFile::new(
-        "intercept",
+        test,
         &format!(
-            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-embryonic = 20\nmax-conns = 50\n\
+            "[[server]]\naddress = \"{server}\"\nmax-embryonic = 20\nmax-conns = 50\n\
              on-embryonic-limit = \"intercept\"\n"
         ),
     );
@@ -272,47 +282,52 @@ fn intercept_lets_a_real_client_through_a_syn_flood() {
     lab.server
         .sysctl("net.ipv4.tcp_max_syn_backlog", "4096")
         .unwrap();
+    // Postfix's address syntax: [v6]:port.
+    let listen = match server {
+        IpAddr::V4(a) => format!("{a}:25"),
+        IpAddr::V6(a) => format!("[{a}]:25"),
+    };
     let _sink = lab
         .server
-        .spawn(lab.server.command("smtp-sink").args([
-            "-u",
-            "nobody",
-            &format!("{SERVER_V4}:25"),
-            "4096",
-        ]))
+        .spawn(
+            lab.server
+                .command("smtp-sink")
+                .args(["-u", "nobody", &listen, "4096"]),
+        )
         .expect("starting smtp-sink");
     assert!(
         wait_until(Duration::from_secs(5), || listening(&lab.server)),
         "smtp-sink listens"
     );
 
-    // Fill the embryonic limit, then keep flooding while the client talks.
-    let mut flood = SynFlood::new(&lab.client, SocketAddr::new(SERVER_V4.into(), PORT)).unwrap();
+    // Fill the embryonic limit, then keep flooding while the client talks,
+    // watching the server's SYN queue.
+    let mut flood = SynFlood::new(&lab.client, SocketAddr::new(server, PORT)).unwrap();
     flood.send(500).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flooding = {
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let mut sent = 0;
+    let stop = AtomicBool::new(false);
+    let (swaks, sent, most) = thread::scope(|scope| {
+        let flooding = scope.spawn(|| {
+            let (mut sent, mut most) = (500, 0);
             while !stop.load(Ordering::Relaxed) {
                 flood.send(100).unwrap();
                 sent += 100;
-                thread::sleep(Duration::from_millis(5));
+                most = most.max(syn_recv(&lab.server));
             }
-            sent
-        })
-    };
-    let swaks = lab
-        .client
-        .command("swaks")
-        .args(["--server", &SERVER_V4.to_string(), "--port", "25"])
-        .args(["--from", "sender@example.org", "--to", "rcpt@example.net"])
-        .args(["--timeout", "20", "--body", "through the flood"])
-        .output()
-        .unwrap();
-    let most = syn_recv(&lab.server);
-    stop.store(true, Ordering::Relaxed);
-    let sent = flooding.join().unwrap();
+            (sent, most)
+        });
+        let swaks = lab
+            .client
+            .command("swaks")
+            .args(["--server", &server.to_string(), "--port", "25"])
+            .args(["--local-interface", &client.to_string()])
+            .args(["--from", "sender@example.org", "--to", "rcpt@example.net"])
+            .args(["--timeout", "20", "--body", "through the flood"])
+            .output()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let (sent, most) = flooding.join().unwrap();
+        (swaks, sent, most)
+    });
     let transcript = String::from_utf8_lossy(&swaks.stdout);
     assert!(
         swaks.status.success(),
@@ -321,12 +336,13 @@ fn intercept_lets_a_real_client_through_a_syn_flood() {
         stats_json(pins.path())
     );
     assert!(transcript.contains("<-  250"), "{transcript}");
+    assert!(most > 0, "the flood reached the server at all");
     assert!(most <= 20, "the server held {most} half-open connections");
 
     let json = stats_json(pins.path());
     let intercept = &json["limits"]["intercept"];
     assert!(
-        intercept["syn-cookies-sent"].as_u64().unwrap() >= 500,
+        intercept["syn-cookies-sent"].as_u64().unwrap() >= 480,
         "{json}"
     );
     assert!(
@@ -392,9 +408,13 @@ fn counters_return_to_zero_after_10000_connections() {
 /// Sends the server's answers to spoofed sources back into the client
 /// namespace, where nothing answers them.
 fn route_spoofed_sources_to_client(lab: &Lab) {
-    let prefix = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
+    let v4 = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
+    let v6 = format!("{}/{}", SPOOFED_V6.0, SPOOFED_V6.1);
     lab.gateway
-        .ip(&["route", "add", &prefix, "via", &CLIENT_V4.to_string()])
+        .ip(&["route", "add", &v4, "via", &CLIENT_V4.to_string()])
+        .unwrap();
+    lab.gateway
+        .ip(&["-6", "route", "add", &v6, "via", &CLIENT_V6.to_string()])
         .unwrap();
 }
 

@@ -3,17 +3,20 @@
 //! sources are drawn from a prefix the caller routes back into the client
 //! namespace, where nothing answers, so every SYN stays half-open.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Context, Result};
+use inspector_common::csum;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::Netns;
 
-/// Spoofed sources: 198.19.0.0/16, inside the benchmarking range.
+/// Spoofed IPv4 sources: 198.19.0.0/16, inside the benchmarking range.
 pub const SPOOFED_V4: (Ipv4Addr, u8) = (Ipv4Addr::new(198, 19, 0, 0), 16);
+/// Spoofed IPv6 sources: 2001:2:0:ff00::/56, inside the benchmarking range.
+pub const SPOOFED_V6: (Ipv6Addr, u8) = (Ipv6Addr::new(0x2001, 2, 0, 0xff00, 0, 0, 0, 0), 56);
 
-/// A raw IPv4 socket opened in a namespace, sending SYNs.
+/// A raw socket opened in a namespace, sending SYNs to one address.
 pub struct SynFlood {
     socket: Socket,
     dst: SocketAddr,
@@ -22,15 +25,11 @@ pub struct SynFlood {
 
 impl SynFlood {
     pub fn new(ns: &Netns, dst: SocketAddr) -> Result<Self> {
-        // IPPROTO_RAW implies IP_HDRINCL: we write the IP header ourselves.
+        let domain = Domain::for_address(dst);
+        // IPPROTO_RAW implies IP_HDRINCL (IPV6_HDRINCL): we write the IP
+        // header ourselves.
         let socket = ns
-            .run(|| {
-                Socket::new(
-                    Domain::IPV4,
-                    Type::RAW,
-                    Some(Protocol::from(libc::IPPROTO_RAW)),
-                )
-            })?
+            .run(move || Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))))?
             .context("opening a raw socket (needs root)")?;
         Ok(Self {
             socket,
@@ -41,21 +40,23 @@ impl SynFlood {
 
     /// Sends `count` SYNs, each from a different spoofed address and port.
     pub fn send(&mut self, count: usize) -> Result<()> {
-        let IpAddr::V4(dst) = self.dst.ip() else {
-            anyhow::bail!("SYN floods are IPv4 only");
-        };
-        let to = SockAddr::from(self.dst);
+        // The kernel takes the port of a raw socket's address as the
+        // protocol: say 0, the header is ours.
+        let to = SockAddr::from(SocketAddr::new(self.dst.ip(), 0));
         for _ in 0..count {
             let r = self.next();
-            let host = r & ((1 << (32 - SPOOFED_V4.1)) - 1);
-            let src = Ipv4Addr::from(u32::from(SPOOFED_V4.0) | host.max(1));
-            let packet = syn_v4(
-                src,
-                1024 + (r >> 16) as u16 % 60000,
-                dst,
-                self.dst.port(),
-                r,
-            );
+            let sport = 1024 + ((r >> 16) as u16 % 60000);
+            let packet = match self.dst.ip() {
+                IpAddr::V4(dst) => {
+                    let host = r & ((1 << (32 - SPOOFED_V4.1)) - 1);
+                    let src = Ipv4Addr::from(u32::from(SPOOFED_V4.0) | host.max(1));
+                    syn_v4(src, sport, dst, self.dst.port(), r)
+                }
+                IpAddr::V6(dst) => {
+                    let src = Ipv6Addr::from(u128::from(SPOOFED_V6.0) | u128::from(r.max(1)));
+                    syn_v6(src, sport, dst, self.dst.port(), r)
+                }
+            };
             self.socket.send_to(&packet, &to).context("sending a SYN")?;
         }
         Ok(())
@@ -73,45 +74,40 @@ impl SynFlood {
     }
 }
 
-/// An IPv4 SYN with an MSS option and a valid TCP checksum (the kernel fills
-/// the IP checksum of raw packets).
+/// A TCP SYN with an MSS option and the checksum over `addresses` (source
+/// then destination).
+fn tcp_syn(addresses: &[u8], sport: u16, dport: u16, seq: u32, mss: u16) -> [u8; 24] {
+    let mut t = [0u8; 24];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 6 << 4; // 24 bytes
+    t[13] = 0x02; // SYN
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+    let check = csum::tcp(addresses, &t);
+    t[16..18].copy_from_slice(&check.to_be_bytes());
+    t
+}
+
+/// An IPv4 SYN (the kernel fills the IP checksum of raw packets).
 pub fn syn_v4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> Vec<u8> {
-    let tcp_len = 24u16;
-    let mut p = Vec::with_capacity(44);
-    // IPv4: version/IHL, TOS, total length, id, flags (DF), TTL, TCP, checksum.
-    p.extend_from_slice(&[0x45, 0]);
-    p.extend_from_slice(&(20 + tcp_len).to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+    let mut p = vec![0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 6, 0, 0];
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
-    // TCP: ports, seq, ack, data offset 6 words, SYN, window, checksum, urg.
-    p.extend_from_slice(&sport.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 0, 0x60, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
-    // MSS 1460.
-    p.extend_from_slice(&[2, 4, 0x05, 0xb4]);
-    let mut pseudo = Vec::with_capacity(12 + tcp_len as usize);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&tcp_len.to_be_bytes());
-    pseudo.extend_from_slice(&p[20..]);
-    let sum = checksum(&pseudo);
-    p[36..38].copy_from_slice(&sum.to_be_bytes());
+    let tcp = tcp_syn(&p[12..20], sport, dport, seq, 1460);
+    p.extend_from_slice(&tcp);
     p
 }
 
-/// The Internet checksum (RFC 1071).
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// An IPv6 SYN.
+pub fn syn_v6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, seq: u32) -> Vec<u8> {
+    let mut p = vec![0x60, 0, 0, 0, 0, 24, 6, 64];
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let tcp = tcp_syn(&p[8..40], sport, dport, seq, 1440);
+    p.extend_from_slice(&tcp);
+    p
 }
 
 #[cfg(test)]
@@ -119,7 +115,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn syn_checksum_verifies() {
+    fn syn_checksums_verify() {
         let p = syn_v4(
             Ipv4Addr::new(198, 19, 0, 7),
             4000,
@@ -127,12 +123,11 @@ mod tests {
             25,
             1,
         );
-        let mut pseudo = Vec::new();
-        pseudo.extend_from_slice(&p[12..20]);
-        pseudo.extend_from_slice(&[0, 6, 0, 24]);
-        pseudo.extend_from_slice(&p[20..]);
-        // A correct checksum makes the sum over everything 0xffff.
-        assert_eq!(checksum(&pseudo), 0);
+        // Over a correct segment, the checksum of the whole is zero.
+        assert_eq!(csum::tcp(&p[12..20], &p[20..]), 0);
         assert_eq!(p[33], 0x02, "SYN only");
+        let p = syn_v6(SPOOFED_V6.0, 4000, "2001:2:0:1::25".parse().unwrap(), 25, 1);
+        assert_eq!(csum::tcp(&p[8..40], &p[40..]), 0);
+        assert_eq!((p.len(), p[53]), (64, 0x02));
     }
 }

@@ -19,9 +19,11 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "nftables",
-    // Real SMTP peers: Postfix (and its smtp-sink/smtp-source), swaks.
+    // Real SMTP peers: Postfix (and its smtp-sink/smtp-source), swaks
+    // (which needs IO::Socket::INET6 to speak over IPv6).
     "postfix",
     "swaks",
+    "libio-socket-inet6-perl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
