@@ -10,6 +10,7 @@ mod acl;
 mod counters;
 mod packet;
 mod parse;
+mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use inspector_common::{Class, SMTP_PORT};
@@ -41,11 +42,7 @@ fn classify(packet: &Packet) -> Class {
         }) => {
             if acl::is_exempt(&src) || acl::is_exempt(&dst) {
                 Class::Exempt
-            } else if transport
-                == (Transport::Tcp {
-                    dst_port: SMTP_PORT,
-                })
-            {
+            } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
                 Class::Inspect
             } else {
                 Class::Pass

@@ -30,13 +30,23 @@ pub enum Addr {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
-    Tcp {
-        dst_port: u16,
-    },
+    Tcp(Tcp),
     Udp,
     /// Another protocol, or a non-first fragment (no transport header).
     Other,
 }
+
+/// What the limits need from a TCP header: ports in host order and flags.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Tcp {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The flags byte (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10).
+    pub flags: u8,
+}
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 pub enum Headers {
     /// ARP, LLDP and friends: not ours to judge.
@@ -167,9 +177,11 @@ fn transport(packet: &Packet, protocol: u8, l4: usize) -> Result<Transport, Malf
             }
             // Options must be there too (the header length says they are).
             packet.u8_at(l4 + header_len - 1).ok_or(Malformed)?;
-            Ok(Transport::Tcp {
+            Ok(Transport::Tcp(Tcp {
+                src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
                 dst_port: u16::from_be_bytes([tcp[2], tcp[3]]),
-            })
+                flags: tcp[13],
+            }))
         }
         IPPROTO_UDP => {
             packet.read::<[u8; 8]>(l4).ok_or(Malformed)?;

@@ -7,4 +7,7 @@ pub mod exempt;
 pub mod loader;
 pub mod lock;
 pub mod policy;
+pub mod proxy;
+pub mod routing;
 pub mod stats;
+pub mod steer;

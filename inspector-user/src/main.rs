@@ -42,6 +42,10 @@ enum Command {
         /// XDP attach mode: auto tries native and falls back to generic.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
+        /// Classify and count only: no ESMTP engine, no steering (flagged
+        /// SMTP is forwarded uninspected).
+        #[arg(long)]
+        no_engine: bool,
     },
     /// Manage exemptions live (hosts or networks never inspected).
     Exempt {
@@ -101,11 +105,13 @@ fn execute(cli: Cli) -> Result<()> {
             ifaces,
             policy,
             xdp_mode,
+            no_engine,
         } => daemon::run(RunOptions {
             ifaces,
             policy,
             pin_dir,
             mode: xdp_mode,
+            engine: !no_engine,
         }),
         Command::Exempt { action } => exempt_command(&pin_dir, action),
         Command::Stats { json } => {

@@ -13,13 +13,18 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::exempt;
+use crate::{
+    exempt,
+    proxy::config::{EngineConfig, EngineSection},
+};
 
 /// A validated policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub exempt: Vec<IpNet>,
     pub esmtp: EsmtpPolicy,
+    /// The `[engine]` table: the proxy's limits and the failure mode.
+    pub engine: EngineConfig,
 }
 
 #[derive(Deserialize)]
@@ -28,6 +33,7 @@ struct RawPolicy {
     #[serde(default)]
     exempt: Vec<RawExempt>,
     esmtp: Option<EsmtpSection>,
+    engine: Option<EngineSection>,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +110,17 @@ impl Policy {
             )?,
             None => EsmtpPolicy::default(),
         };
-        Ok(Self { exempt, esmtp })
+        let engine = match &raw.engine {
+            Some(section) => section
+                .compile()
+                .map_err(|(span, field, message)| at(Some(span), field, message))?,
+            None => EngineConfig::default(),
+        };
+        Ok(Self {
+            exempt,
+            esmtp,
+            engine,
+        })
     }
 }
 
@@ -196,6 +212,38 @@ mod tests {
         let err = parse("[[exempt]]\nnetwork = \n").unwrap_err();
         assert_eq!(err.line, 2);
         assert_eq!(err.field, "exempt.network");
+    }
+
+    #[test]
+    fn engine_section_defaults_and_values() {
+        let p = parse("").unwrap();
+        assert_eq!(p.engine, EngineConfig::default());
+        assert_eq!(p.engine.fail, crate::steer::FailMode::Open);
+        let p = parse("[engine]\nfail = \"closed\"\nmax-sessions = 7\ndata-timeout = 9\n").unwrap();
+        assert_eq!(p.engine.fail, crate::steer::FailMode::Closed);
+        assert_eq!(p.engine.max_sessions, 7);
+        assert_eq!(p.engine.timeouts.data, std::time::Duration::from_secs(9));
+        assert_eq!(
+            p.engine.timeouts.command,
+            std::time::Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn engine_section_errors_name_line_and_field() {
+        let err = parse("[engine]\nfail = \"open\"\n\ncommand-timeout = 0\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_str()),
+            (4, "engine.command-timeout")
+        );
+        let err = parse("[engine]\nfail = \"ajar\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "engine.fail"), "{err}");
+        let err = parse("[engine]\nmax-session = 3\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_str()),
+            (2, "engine.max-session"),
+            "{err}"
+        );
     }
 
     #[test]

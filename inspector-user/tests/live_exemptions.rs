@@ -24,7 +24,11 @@ fn lab(test: &str) -> Lab {
 /// attached to every interface in `ifaces`.
 fn start_daemon(lab: &Lab, pins: &PinDir, ifaces: &[&str], policy: Option<&Path>) -> ScopedChild {
     let mut cmd = lab.gateway.command(inspector_bin());
-    cmd.arg("--pin-dir").arg(pins.path()).arg("run");
+    // Classification only: these tests count the SYNs of refused connections.
+    cmd.arg("--pin-dir")
+        .arg(pins.path())
+        .arg("run")
+        .arg("--no-engine");
     for iface in ifaces {
         cmd.args(["--iface", iface]);
     }

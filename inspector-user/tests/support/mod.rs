@@ -32,6 +32,14 @@ impl PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = inspector::bpffs::remove_pins(&self.0, &inspector_common::maps::ALL);
+        // Steering links a killed daemon left pinned.
+        if let Ok(dir) = std::fs::read_dir(&self.0) {
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("steer-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let _ = std::fs::remove_dir(&self.0);
     }
 }
