@@ -39,8 +39,8 @@ pub const STEER_RULE_PRIORITY: u32 = 2525;
 /// [`SteerConfig::fail`]: with no engine listening, new SMTP flows go
 /// straight to the server, uninspected.
 pub const FAIL_OPEN: u32 = 0;
-/// [`SteerConfig::fail`]: with no engine listening, new SMTP flows are still
-/// delivered locally, where the kernel refuses them (RST).
+/// [`SteerConfig::fail`]: with no engine listening, the SYNs of new SMTP
+/// flows are dropped (the client retries later).
 pub const FAIL_CLOSED: u32 = 1;
 
 /// The steering program's settings, written by the daemon.

@@ -11,14 +11,16 @@
 //!   half-open socket matches its 4-tuple) is always marked, so sessions
 //!   already inspected stay with the engine whatever happens;
 //! - a SYN is marked when the engine's listener is there (it is the
-//!   engine's liveness: it vanishes with the process), or, without one,
-//!   when the policy says `fail = "closed"`: the kernel then refuses it
-//!   (RST). With `fail = "open"` it goes to the server uninspected;
+//!   engine's liveness: it vanishes with the process). Without one, the
+//!   policy's `fail` decides: `"closed"` drops the SYN (the client's
+//!   connect times out and its MTA retries later; the kernel cannot answer
+//!   RST for an address it does not own), `"open"` lets it go to the
+//!   server uninspected;
 //! - any other packet is not marked: it belongs to a flow that went
 //!   straight to the server.
 
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, bpf_sock_tuple},
+    bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
     helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
     macros::{classifier, map},
     maps::Array,
@@ -40,14 +42,37 @@ const TCP_LISTEN: u32 = 10;
 
 #[classifier]
 pub fn inspector_steer(ctx: TcContext) -> i32 {
-    if should_mark(&ctx) {
-        ctx.set_mark(STEER_MARK);
+    match verdict(&ctx) {
+        Verdict::Pass => TC_ACT_OK as i32,
+        Verdict::Steer => {
+            ctx.set_mark(STEER_MARK);
+            TC_ACT_OK as i32
+        }
+        Verdict::Drop => TC_ACT_SHOT as i32,
     }
-    TC_ACT_OK as i32
+}
+
+enum Verdict {
+    /// Forwarded (or delivered) as the kernel decides.
+    Pass,
+    /// Marked for local delivery to the engine.
+    Steer,
+    /// `fail = "closed"` with no engine.
+    Drop,
 }
 
 #[inline(always)]
-fn should_mark(ctx: &TcContext) -> bool {
+fn verdict(ctx: &TcContext) -> Verdict {
+    match should_mark(ctx) {
+        Some(true) => Verdict::Steer,
+        Some(false) => Verdict::Pass,
+        None => Verdict::Drop,
+    }
+}
+
+/// `Some(mark?)`, or `None` to drop.
+#[inline(always)]
+fn should_mark(ctx: &TcContext) -> Option<bool> {
     let packet = Packet::new(ctx.data(), ctx.data_end());
     let Ok(Headers::Ip {
         src,
@@ -55,18 +80,19 @@ fn should_mark(ctx: &TcContext) -> bool {
         transport: Transport::Tcp(tcp),
     }) = parse::headers(&packet)
     else {
-        return false;
+        return Some(false);
     };
     if tcp.dst_port != SMTP_PORT || acl::is_exempt(&src) || acl::is_exempt(&dst) {
-        return false;
+        return Some(false);
     }
     let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match socket_state(ctx, &src, &dst, tcp.src_port, tcp.dst_port) {
         // The engine's connection.
-        Some(state) if state != TCP_LISTEN => true,
+        Some(state) if state != TCP_LISTEN => Some(true),
         // The engine is listening: new flows go to it.
-        Some(_) => syn,
-        None => syn && fail_closed(),
+        Some(_) => Some(syn),
+        None if syn && fail_closed() => None,
+        None => Some(false),
     }
 }
 

@@ -1,9 +1,8 @@
 //! The steering program (`inspector_steer`, TC clsact ingress): attach,
 //! configure, detach. Its link is pinned in the pin directory
 //! (`steer-<iface>`), so it outlives a daemon that is killed: with
-//! `fail = "closed"` flagged SMTP is then still delivered locally, where no
-//! listener is left and the kernel refuses it; with `fail = "open"` it goes
-//! to the server uninspected (see `inspector-ebpf/src/steer.rs`). A clean
+//! `fail = "closed"` the SYNs of new flagged flows are then dropped; with
+//! `fail = "open"` they go to the server uninspected (see `inspector-ebpf/src/steer.rs`). A clean
 //! stop removes the link.
 
 use std::path::{Path, PathBuf};
@@ -26,7 +25,8 @@ pub enum FailMode {
     /// Forwarded to the server, uninspected.
     #[default]
     Open,
-    /// Refused (the kernel answers the SYN with RST).
+    /// Refused: the SYN is dropped, so the client's MTA keeps the message
+    /// and retries later.
     Closed,
 }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use inspector_lab::{Lab, OUTSIDE, SERVER_V4, ScopedChild};
+use inspector_lab::{Lab, MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4, ScopedChild};
 use support::{PinDir, inspector_bin};
 
 /// Sends each file named on the command line as one message, all in one
@@ -315,4 +315,223 @@ fn messages_are_inspected_and_delivered_once_and_intact() {
         );
     }
     eprintln!("5 messages (5.3 MB) through the inspector in {took:?}");
+}
+
+/// Runs a Python script in the client namespace; returns its stdout.
+fn client_py(f: &Fixture, script: &str) -> String {
+    let out = f
+        .lab
+        .client
+        .command("python3")
+        .args(["-c", script, &SERVER_V4.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "client script failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_policy_criterion_fires_through_the_real_path() {
+    let f = Fixture::new("criterion", "");
+    let mut m = b"Subject: long header\r\nX-Long: ".to_vec();
+    m.extend_from_slice(&[b'h'; 1200]);
+    m.extend_from_slice(b"\r\n\r\nbody\r\n");
+    let path = f.write("long.eml", &m);
+    let out = f.swaks(&SERVER_V4.to_string(), &["--data", path.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(
+        t.contains("421 4.7.0 Connection closed by security policy"),
+        "{t}"
+    );
+    assert!(f.stored().is_empty(), "the message reached the server");
+    let log = f.log();
+    assert!(log.contains("108004"), "no audit record: {log}");
+    assert!(log.contains("header line length gt 998"), "{log}");
+}
+
+#[test]
+fn exempt_traffic_never_reaches_the_engine() {
+    let f = Fixture::new("exempt", "[[exempt]]\nnetwork = \"198.18.1.26\"\n");
+    let out = f.swaks(&MAIL_GATEWAY_V4.to_string(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // smtp-sink's own banner: not the engine's.
+    assert!(!text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));
+    assert_eq!(f.sessions(), 0, "{}", f.log());
+
+    // Inspected, then exempted live: the next session bypasses the engine.
+    let server = SERVER_V4.to_string();
+    assert!(f.swaks(&server, &[]).status.success());
+    assert_eq!(f.sessions(), 1);
+    support::cli_ok(f.pins.path(), &["exempt", "add", &server]);
+    let out = f.swaks(&server, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));
+    assert_eq!(f.sessions(), 1, "{}", f.log());
+    assert_eq!(f.stored().len(), 3);
+}
+
+/// The client's half-close after its final `.` still gets the reply.
+#[test]
+fn client_half_close_after_the_final_dot_gets_the_reply() {
+    let f = Fixture::new("halfclose", "");
+    let out = client_py(
+        &f,
+        r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 25), timeout=30)
+buf = b""
+def wait(code):
+    global buf
+    while not any(l.startswith(code + b" ") for l in buf.split(b"\r\n")):
+        d = s.recv(65536)
+        if not d: raise SystemExit("closed early: %r" % buf)
+        buf += d
+    buf = b""
+wait(b"220")
+s.sendall(b"EHLO c\r\n"); wait(b"250")
+s.sendall(b"MAIL FROM:<a@c.test>\r\n"); wait(b"250")
+s.sendall(b"RCPT TO:<b@s.test>\r\n"); wait(b"250")
+s.sendall(b"DATA\r\n"); wait(b"354")
+s.sendall(b"Subject: hc\r\n\r\nhalf close\r\n.\r\n")
+s.shutdown(socket.SHUT_WR)
+rest = b""
+while True:
+    d = s.recv(65536)
+    if not d: break
+    rest += d
+print(rest.decode())
+"#,
+    );
+    assert!(out.starts_with("250"), "no reply to the message: {out:?}");
+    assert_eq!(f.stored().len(), 1);
+}
+
+#[test]
+fn server_killed_mid_data_never_gives_the_client_a_250() {
+    let mut f = Fixture::new("killserver", "");
+    let ready = f.dir.join("ready");
+    let go = f.dir.join("go");
+    let script = format!(
+        r#"
+import socket, sys, os, time
+s = socket.create_connection((sys.argv[1], 25), timeout=30)
+buf = b""
+def wait(code):
+    global buf
+    while not any(l.startswith(code + b" ") for l in buf.split(b"\r\n")):
+        d = s.recv(65536)
+        if not d: raise SystemExit("closed early: %r" % buf)
+        buf += d
+    buf = b""
+wait(b"220")
+s.sendall(b"EHLO c\r\n"); wait(b"250")
+s.sendall(b"MAIL FROM:<a@c.test>\r\n"); wait(b"250")
+s.sendall(b"RCPT TO:<b@s.test>\r\n"); wait(b"250")
+s.sendall(b"DATA\r\n"); wait(b"354")
+s.sendall(b"Subject: doomed\r\n\r\nfirst half\r\n")
+open("{ready}", "w").close()
+while not os.path.exists("{go}"): time.sleep(0.05)
+rest = b""
+try:
+    s.sendall(b"second half\r\n.\r\n")
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        rest += d
+except OSError as e:
+    rest += b"<error %s>" % str(e).encode()
+print(repr(rest))
+"#,
+        ready = ready.display(),
+        go = go.display()
+    );
+    let client = f
+        .lab
+        .client
+        .command("python3")
+        .args(["-c", &script, &SERVER_V4.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(|| ready.exists(), "the client in DATA");
+    // The server goes away in the middle of the message.
+    f.sink.take().unwrap().terminate().unwrap();
+    std::fs::write(&go, b"").unwrap();
+    let out = client.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        !t.contains("250"),
+        "the client was told the message was accepted: {t}"
+    );
+}
+
+fn kill_daemon(f: &mut Fixture) {
+    let mut daemon = f.daemon.take().unwrap();
+    daemon.child().kill().unwrap();
+    daemon.child().wait().unwrap();
+}
+
+#[test]
+fn fail_open_forwards_smtp_when_the_engine_is_gone() {
+    let mut f = Fixture::new("failopen", "[engine]\nfail = \"open\"\n");
+    let server = SERVER_V4.to_string();
+    assert!(f.swaks(&server, &[]).status.success());
+    kill_daemon(&mut f);
+    let out = f.swaks(&server, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));
+    assert_eq!(f.stored().len(), 2);
+}
+
+#[test]
+fn fail_closed_refuses_smtp_when_the_engine_is_gone() {
+    let mut f = Fixture::new("failclosed", "[engine]\nfail = \"closed\"\n");
+    let server = SERVER_V4.to_string();
+    assert!(f.swaks(&server, &[]).status.success());
+    kill_daemon(&mut f);
+    let out = f.swaks(&server, &["--timeout", "3"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // The SYN is dropped: the client's MTA keeps the message and retries.
+    assert!(text(&out).contains("connect: timeout"), "{}", text(&out));
+    assert_eq!(f.stored().len(), 1);
+    // Other traffic to the server is not affected.
+    let r = f
+        .lab
+        .client
+        .tcp_connect(
+            inspector_lab::CLIENT_V4.into(),
+            std::net::SocketAddr::new(SERVER_V4.into(), 26),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    assert_eq!(
+        r.expect_err("nothing listens on 26").kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
+}
+
+#[test]
+fn a_clean_stop_removes_the_steering() {
+    let mut f = Fixture::new("stop", "[engine]\nfail = \"closed\"\n");
+    let rules = |f: &Fixture| {
+        let out = f
+            .lab
+            .gateway
+            .command("ip")
+            .args(["rule", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(rules(&f).contains("lookup 2525"), "{}", rules(&f));
+    let status = f.daemon.take().unwrap().terminate().unwrap();
+    assert!(status.success(), "{status}: {}", f.log());
+    assert!(!rules(&f).contains("lookup 2525"), "{}", rules(&f));
+    assert!(!f.pins.path().join(format!("steer-{OUTSIDE}")).exists());
+    // SMTP flows straight to the server now.
+    let out = f.swaks(&SERVER_V4.to_string(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("<-  220 mail ESMTP"));
 }
