@@ -21,7 +21,8 @@ use support::{PinDir, inspector_bin};
 const SEND_PY: &str = r#"
 import smtplib, sys
 host = sys.argv[1]
-s = smtplib.SMTP(host, 25, timeout=60)
+s = smtplib.SMTP(timeout=60)
+print("banner:", s.connect(host, 25))
 print(s.ehlo()[0])
 for path in sys.argv[2:]:
     data = open(path, "rb").read()
@@ -35,6 +36,7 @@ struct Fixture {
     pins: PinDir,
     dir: PathBuf,
     sink: Option<ScopedChild>,
+    sink_v6: Option<ScopedChild>,
     daemon: Option<ScopedChild>,
 }
 
@@ -59,20 +61,22 @@ impl Fixture {
             pins,
             dir,
             sink: None,
+            sink_v6: None,
             daemon: None,
         };
-        f.start_sink();
+        f.sink = Some(f.start_sink("0.0.0.0:25"));
         f.start_daemon();
         f
     }
 
-    fn start_sink(&mut self) {
+    /// smtp-sink on `addr` (it listens on one address family).
+    fn start_sink(&self, addr: &str) -> ScopedChild {
         let template = self.dir.join("mail/m");
         let mut cmd = self.lab.server.command("smtp-sink");
         cmd.args(["-u", "nobody", "-d"])
             .arg(&template)
-            .args(["0.0.0.0:25", "64"]);
-        self.sink = Some(self.lab.server.spawn(&mut cmd).expect("starting smtp-sink"));
+            .args([addr, "64"]);
+        let sink = self.lab.server.spawn(&mut cmd).expect("starting smtp-sink");
         wait_for(
             || {
                 let out = self
@@ -82,10 +86,11 @@ impl Fixture {
                     .args(["-ltnH", "sport = :25"])
                     .output()
                     .unwrap();
-                !out.stdout.is_empty()
+                String::from_utf8_lossy(&out.stdout).contains(addr)
             },
             "smtp-sink listening",
         );
+        sink
     }
 
     fn start_daemon(&mut self) {
@@ -131,8 +136,12 @@ impl Fixture {
     }
 
     fn python(&self, args: &[&Path]) -> Output {
+        self.python_to(&SERVER_V4.to_string(), args)
+    }
+
+    fn python_to(&self, server: &str, args: &[&Path]) -> Output {
         let mut cmd = self.lab.client.command("python3");
-        cmd.arg(self.dir.join("send.py")).arg(SERVER_V4.to_string());
+        cmd.arg(self.dir.join("send.py")).arg(server);
         cmd.args(args);
         cmd.output().unwrap()
     }
@@ -161,6 +170,7 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         drop(self.daemon.take());
         drop(self.sink.take());
+        drop(self.sink_v6.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -534,4 +544,146 @@ fn a_clean_stop_removes_the_steering() {
     let out = f.swaks(&SERVER_V4.to_string(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("<-  220 mail ESMTP"));
+}
+
+/// The start of a transaction in Python, up to the first half of a message;
+/// then `ready` is created and the script waits for `go` before the rest.
+fn half_message_script(ready: &Path, go: &Path, after: &str) -> String {
+    format!(
+        r#"
+import socket, sys, os, time
+s = socket.create_connection((sys.argv[1], 25), timeout=30)
+buf = b""
+def wait(code):
+    global buf
+    while not any(l.startswith(code + b" ") for l in buf.split(b"\r\n")):
+        d = s.recv(65536)
+        if not d: raise SystemExit("closed early: %r" % buf)
+        buf += d
+    buf = b""
+wait(b"220")
+s.sendall(b"EHLO c\r\n"); wait(b"250")
+s.sendall(b"MAIL FROM:<a@c.test>\r\n"); wait(b"250")
+s.sendall(b"RCPT TO:<b@s.test>\r\n"); wait(b"250")
+s.sendall(b"DATA\r\n"); wait(b"354")
+s.sendall(b"Subject: halves\r\n\r\nfirst half\r\n")
+open("{ready}", "w").close()
+while not os.path.exists("{go}"): time.sleep(0.05)
+{after}
+"#,
+        ready = ready.display(),
+        go = go.display(),
+    )
+}
+
+const FINISH_AND_READ: &str = r#"
+rest = b""
+try:
+    s.sendall(b"second half\r\n.\r\n")
+    while True:
+        d = s.recv(65536)
+        if not d: break
+        rest += d
+except OSError as e:
+    rest += b"<error %s>" % str(e).encode()
+print(repr(rest))
+"#;
+
+#[test]
+fn a_stop_lets_a_message_in_data_finish() {
+    let mut f = Fixture::new("drain", "");
+    let (ready, go) = (f.dir.join("ready"), f.dir.join("go"));
+    let script = half_message_script(&ready, &go, FINISH_AND_READ);
+    let client = f
+        .lab
+        .client
+        .command("python3")
+        .args(["-c", &script, &SERVER_V4.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(|| ready.exists(), "the client in DATA");
+    let mut daemon = f.daemon.take().unwrap();
+    // SAFETY: kill on the pid of our own child, not yet reaped.
+    unsafe { libc::kill(daemon.child().id() as i32, libc::SIGTERM) };
+    wait_for(|| f.log().contains("SIGTERM received"), "the stop");
+    // While the engine drains, new SMTP goes straight to the server
+    // (fail open: its listener is closed).
+    wait_for(|| f.log().contains("session(s) open"), "the drain");
+    let out = f.swaks(&SERVER_V4.to_string(), &["--timeout", "5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("<-  220 mail ESMTP"));
+    std::fs::write(&go, b"").unwrap();
+    let out = client.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("250 "),
+        "the message in DATA did not finish: {t}"
+    );
+    assert!(t.contains("421 4.3.2"), "no shutdown notice after it: {t}");
+    let status = daemon.child().wait().unwrap();
+    assert!(status.success(), "{status}: {}", f.log());
+    assert_eq!(f.stored().len(), 2);
+}
+
+#[test]
+fn timeouts_and_max_sessions_apply() {
+    let f = Fixture::new(
+        "limits",
+        "[engine]\nmax-sessions = 1\ncommand-timeout = 2\n",
+    );
+    let out = client_py(
+        &f,
+        r#"
+import socket, sys, time
+a = socket.create_connection((sys.argv[1], 25), timeout=30)
+print("first:", a.recv(1000))
+b = socket.create_connection((sys.argv[1], 25), timeout=30)
+got = b""
+while True:
+    d = b.recv(1000)
+    if not d: break
+    got += d
+print("second:", got)
+start = time.time()
+got = b""
+while True:
+    d = a.recv(1000)
+    if not d: break
+    got += d
+print("idle: %r after %.1f s" % (got, time.time() - start))
+"#,
+    );
+    assert!(out.contains("first: b'220 mail ESMTP"), "{out}");
+    assert!(
+        out.contains("second: b'421 4.3.2 Too many sessions"),
+        "{out}"
+    );
+    assert!(out.contains("idle: b'421 4.4.2 Timeout"), "{out}");
+    let secs: f64 = out
+        .rsplit("after ")
+        .next()
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!((1.5..10.0).contains(&secs), "timed out after {secs} s");
+}
+
+#[test]
+fn ipv6_sessions_are_inspected_too() {
+    let mut f = Fixture::new("ipv6", "");
+    f.sink_v6 = Some(f.start_sink("[::]:25"));
+    let msg = f.write("v6.eml", b"Subject: over IPv6\r\n\r\nhello\r\n");
+    let out = f.python_to(&inspector_lab::SERVER_V6.to_string(), &[&msg]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("b'mail ESMTP'"), "{}", text(&out));
+    assert_eq!(f.sessions(), 1);
+    assert!(
+        f.log().contains("[2001:2:0:1::25]:25: inspecting"),
+        "{}",
+        f.log()
+    );
+    assert_eq!(f.stored().len(), 1);
 }
