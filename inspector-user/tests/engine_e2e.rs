@@ -14,7 +14,7 @@ use std::{
 };
 
 use inspector_lab::{Lab, MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4, ScopedChild};
-use support::{PinDir, inspector_bin};
+use support::{PinDir, inspector_bin, postfix::Postfix};
 
 /// Sends each file named on the command line as one message, all in one
 /// SMTP session, and prints the server's reply to each end of data.
@@ -41,7 +41,16 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// A lab with smtp-sink as the server and the inspector running.
     fn new(name: &str, policy: &str) -> Self {
+        let mut f = Self::bare(name, policy);
+        f.sink = Some(f.start_sink("0.0.0.0:25"));
+        f.start_daemon();
+        f
+    }
+
+    /// The lab and the directories, no server, no daemon.
+    fn bare(name: &str, policy: &str) -> Self {
         let prefix = format!("px{}-{name}", std::process::id());
         let lab = Lab::create(&prefix).expect("creating the lab (needs root)");
         let pins = PinDir::new(&format!("px-{name}"));
@@ -56,17 +65,14 @@ impl Fixture {
             .unwrap();
         std::fs::write(dir.join("policy.toml"), policy).unwrap();
         std::fs::write(dir.join("send.py"), SEND_PY).unwrap();
-        let mut f = Self {
+        Self {
             lab,
             pins,
             dir,
             sink: None,
             sink_v6: None,
             daemon: None,
-        };
-        f.sink = Some(f.start_sink("0.0.0.0:25"));
-        f.start_daemon();
-        f
+        }
     }
 
     /// smtp-sink on `addr` (it listens on one address family).
@@ -231,8 +237,14 @@ fn text(out: &Output) -> String {
 
 /// Messages of varied content, each with a unique marker.
 fn messages() -> Vec<Vec<u8>> {
+    varied(0, true)
+}
+
+/// Five kinds of content (the last one 5 MB, if `big`), markers from `base`.
+fn varied(base: usize, big: bool) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let header = |n: usize, extra: &str| {
+        let n = base + n;
         format!(
             "From: a@client.test\r\nTo: b@server.test\r\nSubject: message {n}\r\nX-Marker: m{n}\r\n{extra}\r\n"
         )
@@ -269,6 +281,9 @@ fn messages() -> Vec<Vec<u8>> {
     }
     m.extend_from_slice(b"--b1--\r\n");
     out.push(m);
+    if !big {
+        return out;
+    }
     // A 5 MB body.
     let mut m = header(4, "");
     let mut line = 0u64;
@@ -686,4 +701,76 @@ fn ipv6_sessions_are_inspected_too() {
         f.log()
     );
     assert_eq!(f.stored().len(), 1);
+}
+
+/// Postfix's maildir copy: its own trace headers (`Return-Path`,
+/// `X-Original-To`, `Delivered-To`, a 3-line `Received`), then the message
+/// with LF line endings.
+fn strip_postfix_headers(raw: &[u8]) -> Vec<u8> {
+    strip_sink_headers(raw)
+}
+
+#[test]
+fn two_hundred_messages_reach_postfix_once_and_intact() {
+    let mut f = Fixture::bare("postfix", "");
+    let postfix = Postfix::start(&f.lab.server, &f.dir.join("postfix"));
+    f.start_daemon();
+    // 200 messages: 40 of each kind, two of the 5 MB ones; in 4 sessions.
+    let mut msgs = Vec::new();
+    for round in 0..40 {
+        let big = round % 20 == 0;
+        let mut batch = varied(msgs.len(), big);
+        if !big {
+            // Keep five per round: a second 8-bit one instead of the big one.
+            let extra = varied(msgs.len() + 4, false).remove(0);
+            batch.push(extra);
+        }
+        msgs.extend(batch);
+    }
+    assert_eq!(msgs.len(), 200);
+    let paths: Vec<PathBuf> = msgs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| f.write(&format!("pf{i}.eml"), m))
+        .collect();
+    let started = Instant::now();
+    for chunk in paths.chunks(50) {
+        let refs: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
+        let out = f.python(&refs);
+        assert!(out.status.success(), "smtplib failed: {}", text(&out));
+        assert!(text(&out).contains("b'mail ESMTP'"), "{}", text(&out));
+    }
+    let took = started.elapsed();
+    assert_eq!(f.sessions(), 4, "{}", f.log());
+    wait_for(
+        || postfix.delivered().len() >= 200,
+        "Postfix delivering 200 messages",
+    );
+    sleep(Duration::from_millis(500));
+    let delivered: Vec<Vec<u8>> = postfix
+        .delivered()
+        .iter()
+        .map(|raw| strip_postfix_headers(raw))
+        .collect();
+    assert_eq!(delivered.len(), 200, "{}", postfix.log());
+    for (i, m) in msgs.iter().enumerate() {
+        let marker = format!("X-Marker: m{i}\n");
+        let found: Vec<&Vec<u8>> = delivered
+            .iter()
+            .filter(|d| find(d, marker.as_bytes()).is_some())
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "message {i} delivered {} times",
+            found.len()
+        );
+        assert!(
+            *found[0] == as_stored(m),
+            "message {i} differs ({} delivered bytes, {} sent)",
+            found[0].len(),
+            m.len()
+        );
+    }
+    eprintln!("200 messages through the inspector to Postfix in {took:?}");
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod packets;
+pub mod postfix;
 
 use std::{
     path::{Path, PathBuf},
