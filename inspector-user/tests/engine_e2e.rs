@@ -521,6 +521,22 @@ fn fail_closed_refuses_smtp_when_the_engine_is_gone() {
     // The SYN is dropped: the client's MTA keeps the message and retries.
     assert!(text(&out).contains("connect: timeout"), "{}", text(&out));
     assert_eq!(f.stored().len(), 1);
+    // A restart replaces what the killed daemon left (pinned link, rules)
+    // and inspects again.
+    f.start_daemon();
+    let out = f.swaks(&server, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));
+    assert_eq!(f.stored().len(), 2);
+    let rules = f
+        .lab
+        .gateway
+        .command("ip")
+        .args(["rule", "show"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+    assert_eq!(rules.matches("lookup 2525").count(), 1, "{rules}");
     // Other traffic to the server is not affected.
     let r = f
         .lab
@@ -773,4 +789,112 @@ fn two_hundred_messages_reach_postfix_once_and_intact() {
         );
     }
     eprintln!("200 messages through the inspector to Postfix in {took:?}");
+}
+
+/// Not a check: figures for the README. Run with
+/// `cargo test -p inspector-user --test engine_e2e -- --ignored --nocapture measure`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn measure_throughput_and_memory() {
+    let f = Fixture::new("measure", "[[exempt]]\nnetwork = \"198.18.1.26\"\n");
+    let big = varied(0, true).pop().unwrap();
+    let path = f.write("big.eml", &big);
+    let script = r#"
+import smtplib, sys, time
+host, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+data = open(path, "rb").read()
+for _ in range(n):
+    t = time.perf_counter()
+    s = smtplib.SMTP(host, 25, timeout=60)
+    s.sendmail("a@client.test", ["b@server.test"], data)
+    s.quit()
+    print(time.perf_counter() - t)
+"#;
+    let run = |host: &str| -> Vec<f64> {
+        let out = f
+            .lab
+            .client
+            .command("python3")
+            .args(["-c", script, host, path.to_str().unwrap(), "1"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let (mut inspected, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        inspected.extend(run(&SERVER_V4.to_string()));
+        direct.extend(run(&MAIL_GATEWAY_V4.to_string()));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (mi, md) = (median(&mut inspected), median(&mut direct));
+    let mb = big.len() as f64 / 1e6;
+    eprintln!(
+        "5 MB message, median of 7: inspected {:.3} s ({:.0} MB/s), direct {:.3} s ({:.0} MB/s), ratio {:.2}",
+        mi,
+        mb / mi,
+        md,
+        mb / md,
+        mi / md
+    );
+
+    // Memory: RSS of the daemon with 200 sessions open, each past EHLO.
+    // The daemon itself (nsenter, its parent, execs it: the same pid).
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("{} run", f.pins.path().display())])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("the daemon's pid")
+        .trim()
+        .to_string();
+    let rss = |pid: &str| -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = rss(&pid);
+    let hold = r#"
+import socket, sys, time
+conns = []
+for i in range(200):
+    s = socket.create_connection((sys.argv[1], 25), timeout=30)
+    s.recv(1000)
+    s.sendall(b"EHLO c\r\n")
+    got = b""
+    while b"250 " not in got:
+        got += s.recv(1000)
+    conns.append(s)
+print("ready", flush=True)
+time.sleep(5)
+"#;
+    let mut holder = f
+        .lab
+        .client
+        .command("python3")
+        .args(["-c", hold, &SERVER_V4.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let during = rss(&pid);
+    holder.wait().unwrap();
+    eprintln!(
+        "daemon RSS: {before} KiB idle, {during} KiB with 200 sessions past EHLO: {:.1} KiB per session",
+        (during.saturating_sub(before)) as f64 / 200.0
+    );
 }

@@ -139,8 +139,9 @@ impl Driver {
         let t = self.shared.config.timeouts;
         match phase {
             Phase::Greeting => t.greeting,
-            Phase::Idle | Phase::Command | Phase::Closing => t.command,
-            Phase::Data => t.data,
+            Phase::Idle | Phase::Command => t.command,
+            // Closing waits for the server's reply to a complete message.
+            Phase::Data | Phase::Closing => t.data,
             Phase::Opaque => t.idle,
         }
     }
