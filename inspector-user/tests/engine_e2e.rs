@@ -106,6 +106,7 @@ impl Fixture {
             .arg(self.pins.path())
             .args(["run", "--iface", OUTSIDE, "--policy"])
             .arg(self.dir.join("policy.toml"))
+            .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.daemon = Some(
             self.lab
@@ -897,4 +898,335 @@ time.sleep(5)
         "daemon RSS: {before} KiB idle, {during} KiB with 200 sessions past EHLO: {:.1} KiB per session",
         (during.saturating_sub(before)) as f64 / 200.0
     );
+}
+
+/// Plays a conversation: each step's bytes are sent, then one complete
+/// reply (or the close) is read. Prints one line per step: the reply, or
+/// `CLOSED`.
+const DIALOG_PY: &str = r#"
+import json, socket, sys
+steps = json.loads(open(sys.argv[2]).read())
+s = socket.create_connection((sys.argv[1], 25), timeout=30)
+buf = b""
+def reply():
+    global buf
+    while True:
+        lines = buf.split(b"\r\n")
+        for i, l in enumerate(lines[:-1]):
+            # The last line of a reply: no `-` after the code (a compat
+            # masked banner has `*` there).
+            if len(l) >= 3 and l[3:4] != b"-":
+                out = b"\r\n".join(lines[:i + 1])
+                buf = b"\r\n".join(lines[i + 1:])
+                return out.decode("latin-1")
+        try:
+            d = s.recv(65536)
+        except ConnectionResetError:
+            d = b""
+        if not d:
+            return "CLOSED"
+        buf += d
+print(json.dumps(reply()))
+for step in steps:
+    try:
+        s.sendall(step.encode("latin-1"))
+    except OSError:
+        print(json.dumps("CLOSED"))
+        break
+    r = reply()
+    print(json.dumps(r))
+    if r == "CLOSED":
+        break
+"#;
+
+impl Fixture {
+    /// Runs a dialog (see `DIALOG_PY`) to `server`; returns the greeting
+    /// and the reply to each step.
+    fn dialog(&self, server: &str, steps: &[String]) -> Vec<String> {
+        let script = self.write("dialog.py", DIALOG_PY.as_bytes());
+        let steps_file = self.dir.join(format!("steps-{}.json", steps.len()));
+        let json: Vec<String> = steps.iter().map(|s| json_str(s)).collect();
+        std::fs::write(&steps_file, format!("[{}]", json.join(","))).unwrap();
+        let out = self
+            .lab
+            .client
+            .command("python3")
+            .arg(&script)
+            .arg(server)
+            .arg(&steps_file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dialog failed: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<String>(l).unwrap())
+            .collect()
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn hello() -> Vec<String> {
+    vec!["EHLO client.test\r\n".into()]
+}
+
+fn transaction(from: &str, content: &str) -> Vec<String> {
+    vec![
+        format!("MAIL FROM:<{from}>\r\n"),
+        "RCPT TO:<b@server.test>\r\n".into(),
+        "DATA\r\n".into(),
+        format!("{content}\r\n.\r\n"),
+    ]
+}
+
+#[test]
+fn each_default_criterion_fires_through_the_real_path() {
+    let mut f = Fixture::new("criteria", "");
+    let server = SERVER_V4.to_string();
+    let closed_by_policy = |replies: &[String], what: &str| {
+        let last = replies.last().unwrap();
+        assert!(
+            last.starts_with("421 4.7.0") || last == "CLOSED",
+            "{what}: {replies:?}"
+        );
+        assert!(
+            replies
+                .iter()
+                .any(|r| r.starts_with("421 4.7.0 Connection closed by security policy")),
+            "{what}: {replies:?}"
+        );
+    };
+
+    // ehlo-reply-parameter others (mask): smtp-sink offers XCLIENT and
+    // XFORWARD; the client never sees them.
+    let r = f.dialog(&server, &hello());
+    assert!(r[0].starts_with("220 mail ESMTP"), "{r:?}");
+    assert!(
+        r[1].contains("PIPELINING") && !r[1].contains("XCLIENT"),
+        "{r:?}"
+    );
+
+    // cmd line length gt 512.
+    let mut steps = hello();
+    steps.push(format!("NOOP {}\r\n", "n".repeat(600)));
+    closed_by_policy(&f.dialog(&server, &steps), "cmd line length");
+
+    // cmd RCPT count gt 100.
+    let mut steps = hello();
+    steps.push("MAIL FROM:<a@client.test>\r\n".into());
+    for i in 0..101 {
+        steps.push(format!("RCPT TO:<r{i}@server.test>\r\n"));
+    }
+    closed_by_policy(&f.dialog(&server, &steps), "RCPT count");
+
+    // sender-address length gt 320.
+    let mut steps = hello();
+    steps.push(format!("MAIL FROM:<{}@client.test>\r\n", "s".repeat(330)));
+    closed_by_policy(&f.dialog(&server, &steps), "sender-address length");
+
+    // header line length gt 998.
+    let mut steps = hello();
+    steps.extend(transaction(
+        "a@client.test",
+        &format!("Subject: x\r\nX-Long: {}\r\n\r\nbody", "h".repeat(1200)),
+    ));
+    closed_by_policy(&f.dialog(&server, &steps), "header line length");
+
+    // MIME filename length gt 255.
+    let mut steps = hello();
+    steps.extend(transaction(
+        "a@client.test",
+        &format!(
+            "Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"{}.bin\"\r\n\r\ndata\r\n--b--",
+            "f".repeat(300)
+        ),
+    ));
+    closed_by_policy(&f.dialog(&server, &steps), "MIME filename length");
+
+    // body line length gt 998: log only, the message is delivered.
+    let mut steps = hello();
+    steps.extend(transaction(
+        "a@client.test",
+        &format!("Subject: long body line\r\n\r\n{}", "b".repeat(1500)),
+    ));
+    steps.push("QUIT\r\n".into());
+    let r = f.dialog(&server, &steps);
+    assert!(r[5].starts_with("250"), "{r:?}");
+    assert_eq!(f.stored().len(), 1, "only the log-only message is stored");
+
+    // Audit records, and the counters the daemon prints when it stops.
+    let log = f.log();
+    for needle in [
+        "%ASA-4-108004",
+        "matched Class 1: cmd line length gt 512",
+        "cmd RCPT count gt 100",
+        "sender-address length gt 320",
+        "header line length gt 998",
+        "MIME filename length gt 255",
+        "%ASA-6-108005",
+        "body line length gt 998",
+    ] {
+        assert!(log.contains(needle), "no `{needle}` in the log: {log}");
+    }
+    let status = f.daemon.take().unwrap().terminate().unwrap();
+    assert!(status.success());
+    let log = f.log();
+    for rule in [
+        "cmd line length gt 512",
+        "cmd RCPT count gt 100",
+        "body line length gt 998",
+        "header line length gt 998",
+        "sender-address length gt 320",
+        "MIME filename length gt 255",
+        "ehlo-reply-parameter others",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("match {rule}")))
+            .unwrap_or_else(|| panic!("no counter for {rule}: {log}"));
+        assert!(!line.ends_with("packet 0"), "{line}");
+    }
+    assert!(log.contains("drop 5,"), "{log}");
+}
+
+/// A lab with a private Postfix (with `extra` main.cf lines) as the server.
+fn with_postfix(name: &str, policy: &str, extra: &str) -> (Fixture, Postfix) {
+    let mut f = Fixture::bare(name, policy);
+    let pf = Postfix::start_with(&f.lab.server, &f.dir.join("postfix"), extra);
+    f.start_daemon();
+    (f, pf)
+}
+
+#[test]
+fn starttls_with_allow_tls_is_relayed_opaquely_to_postfix() {
+    let dir = std::env::temp_dir().join(format!("px{}-tlscert", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=server.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", text(&status));
+    let extra = format!(
+        "smtpd_tls_cert_file = {}\nsmtpd_tls_key_file = {}\nsmtpd_tls_security_level = may\n",
+        cert.display(),
+        key.display()
+    );
+    let (f, pf) = with_postfix("tls", "[esmtp]\nallow-tls = true\n", &extra);
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP(sys.argv[1], 25, timeout=30)
+print("ehlo:", s.ehlo()[1])
+s.starttls(context=ctx)
+print("tls:", s.sock.version(), s.sock.getpeercert(binary_form=True) is not None)
+print("ehlo in tls:", s.ehlo()[1])
+s.sendmail("a@client.test", ["b@server.test"], b"Subject: over TLS\r\nX-Marker: tls\r\n\r\nsecret\r\n")
+s.quit()
+"#;
+    let out = client_py(&f, script);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.contains("STARTTLS"), "STARTTLS not offered: {out}");
+    assert!(out.contains("tls: TLSv1."), "{out}");
+    assert!(
+        f.log().contains("108007"),
+        "no TLS audit record: {}",
+        f.log()
+    );
+    wait_for(|| pf.delivered().len() == 1, "the message over TLS");
+    let d = strip_postfix_headers(&pf.delivered()[0]);
+    assert!(
+        d.ends_with(b"X-Marker: tls\n\nsecret\n"),
+        "{}",
+        String::from_utf8_lossy(&d)
+    );
+}
+
+#[test]
+fn pipelining_and_bdat_clients_work_against_postfix() {
+    let (f, pf) = with_postfix("chunking", "", "");
+    // swaks with PIPELINING.
+    let out = f.swaks(
+        &SERVER_V4.to_string(),
+        &["--pipeline", "--header", "X-Marker: pipelined"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));
+    // BDAT (CHUNKING, shown in modern mode): two chunks, the last one LAST.
+    let (c1, c2) = (
+        "Subject: chunks\r\nX-Marker: bdat\r\n\r\nfirst chunk\r\n",
+        "second chunk, no dot stuffing\r\n.\r\n",
+    );
+    let steps = vec![
+        "EHLO client.test\r\n".to_string(),
+        "MAIL FROM:<a@client.test>\r\n".into(),
+        "RCPT TO:<b@server.test>\r\n".into(),
+        format!("BDAT {}\r\n{c1}", c1.len()),
+        format!("BDAT {} LAST\r\n{c2}", c2.len()),
+        "QUIT\r\n".into(),
+    ];
+    let r = f.dialog(&SERVER_V4.to_string(), &steps);
+    assert!(r[1].contains("CHUNKING"), "{r:?}");
+    assert!(r[4].starts_with("250") && r[5].starts_with("250"), "{r:?}");
+    wait_for(|| pf.delivered().len() == 2, "both messages");
+    let all: Vec<Vec<u8>> = pf
+        .delivered()
+        .iter()
+        .map(|d| strip_postfix_headers(d))
+        .collect();
+    let bdat = all
+        .iter()
+        .find(|d| find(d, b"X-Marker: bdat").is_some())
+        .expect("the BDAT message");
+    assert!(
+        bdat.ends_with(b"first chunk\nsecond chunk, no dot stuffing\n.\n"),
+        "{}",
+        String::from_utf8_lossy(bdat)
+    );
+    assert!(
+        all.iter()
+            .any(|d| find(d, b"X-Marker: pipelined").is_some())
+    );
+}
+
+#[test]
+fn compat_and_modern_as_a_real_client_sees_them() {
+    let steps = vec!["EHLO client.test\r\n".to_string(), "FOOBAR x\r\n".into()];
+    let server = SERVER_V4.to_string();
+
+    let modern = Fixture::new("modern", "");
+    let r = modern.dialog(&server, &steps);
+    assert_eq!(r[0], "220 mail ESMTP", "{r:?}");
+    assert!(
+        r[1].contains("PIPELINING") && !r[1].contains("XCLIENT"),
+        "{r:?}"
+    );
+    assert_eq!(r[2], "500 5.5.1 Command unrecognized", "{r:?}");
+    drop(modern);
+
+    let policy = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/compat.toml"),
+    )
+    .unwrap();
+    let compat = Fixture::new("compat", &policy);
+    let r = compat.dialog(&server, &steps);
+    // Every character but 2, 0, CR, LF masked.
+    assert!(r[0].starts_with("220*"), "{r:?}");
+    assert!(r[0].chars().all(|c| matches!(c, '2' | '0' | '*')), "{r:?}");
+    // Unknown keywords become Xs, ending in the Nth letter.
+    assert!(!r[1].contains("XCLIENT"), "{r:?}");
+    assert!(r[1].contains("XXXXXXXA\r\n250-"), "{r:?}");
+    // The command reaches the server as Xs; the server answers it.
+    assert!(r[2].starts_with("5"), "{r:?}");
+    assert!(!r[2].contains("5.5.1 Command unrecognized"), "{r:?}");
 }

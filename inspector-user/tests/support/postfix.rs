@@ -20,6 +20,11 @@ const NOBODY: u32 = 65534;
 
 impl Postfix {
     pub fn start(ns: &Netns, dir: &Path) -> Self {
+        Self::start_with(ns, dir, "")
+    }
+
+    /// With `extra` lines appended to main.cf.
+    pub fn start_with(ns: &Netns, dir: &Path, extra: &str) -> Self {
         let etc = dir.join("etc");
         for sub in ["etc", "queue", "data", "mail"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -72,6 +77,7 @@ virtual_minimum_uid = 100
 message_size_limit = 0
 virtual_mailbox_limit = 0
 biff = no
+{extra}
 "
             ),
         )
