@@ -22,6 +22,10 @@ const PACKAGES: &[&str] = &[
     // Real SMTP peers: Postfix (and its smtp-sink/smtp-source), swaks.
     "postfix",
     "swaks",
+    // The end-to-end tests' other client (smtplib) and their test
+    // certificate; `ss` (iproute2) waits for listeners.
+    "python3",
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
