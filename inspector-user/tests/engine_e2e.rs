@@ -1230,3 +1230,34 @@ fn compat_and_modern_as_a_real_client_sees_them() {
     assert!(r[2].starts_with("5"), "{r:?}");
     assert!(!r[2].contains("5.5.1 Command unrecognized"), "{r:?}");
 }
+
+#[test]
+fn a_reset_action_resets_the_client() {
+    let f = Fixture::new(
+        "reset",
+        "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"reset log\"\n",
+    );
+    let out = client_py(
+        &f,
+        r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 25), timeout=30)
+print(s.recv(1000))
+s.sendall(b"EHLO c\r\n")
+time.sleep(0.5)
+print(s.recv(1000)[:3])
+s.sendall(b"VRFY root\r\n")
+try:
+    while True:
+        d = s.recv(1000)
+        if not d:
+            print("FIN")
+            break
+        print("data", d)
+except ConnectionResetError:
+    print("RST")
+"#,
+    );
+    assert!(out.trim_end().ends_with("RST"), "{out}");
+    assert!(f.log().contains("Reset connection for"), "{}", f.log());
+}

@@ -66,9 +66,17 @@ pub async fn run(
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    Driver::new(client, server, peers, shared, shutdown)
-        .drive()
-        .await
+    let mut driver = Driver::new(client, server, peers, shared, shutdown);
+    let end = driver.drive().await;
+    if end == End::Reset {
+        // Close without a FIN first: dropping a write half would shut it
+        // down; forgetting it leaves the close (with SO_LINGER 0: a RST) to
+        // the read half.
+        let Driver { cw, sw, .. } = driver;
+        cw.forget();
+        sw.forget();
+    }
+    end
 }
 
 /// Writes `reply` and closes (bounded by a short timeout).
@@ -146,7 +154,7 @@ impl Driver {
         }
     }
 
-    async fn drive(mut self) -> End {
+    async fn drive(&mut self) -> End {
         let mut cbuf = vec![0u8; READ_BUF];
         let mut sbuf = vec![0u8; READ_BUF];
         loop {
