@@ -18,6 +18,11 @@
 //!   server uninspected;
 //! - any other packet is not marked: it belongs to a flow that went
 //!   straight to the server.
+//!
+//! On the interface facing the servers, a packet *from* port 25 is marked
+//! when it matches one of the engine's connections: with `upstream-source =
+//! "client"` the engine connects from the client's address, and the
+//! server's answers, addressed to the client, must come back to it.
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
@@ -82,7 +87,17 @@ fn should_mark(ctx: &TcContext) -> Option<bool> {
     else {
         return Some(false);
     };
-    if tcp.dst_port != SMTP_PORT || acl::is_exempt(&src) || acl::is_exempt(&dst) {
+    if acl::is_exempt(&src) || acl::is_exempt(&dst) {
+        return Some(false);
+    }
+    if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
+        // A server's answer: ours only if it matches the engine's socket.
+        return Some(matches!(
+            socket_state(ctx, &src, &dst, tcp.src_port, tcp.dst_port),
+            Some(state) if state != TCP_LISTEN
+        ));
+    }
+    if tcp.dst_port != SMTP_PORT {
         return Some(false);
     }
     let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;

@@ -101,8 +101,9 @@ async fn engine(opts: &RunOptions, policy: &Policy, ebpf: &mut aya::Ebpf) -> Res
         counters: Counters::default(),
     });
     log::info!(
-        "engine listening on port {SMTP_PORT} (fail {:?}, max-sessions {}, timeouts {:?})",
+        "engine listening on port {SMTP_PORT} (fail {:?}, upstream source {:?}, max-sessions {}, timeouts {:?})",
         policy.engine.fail,
+        policy.engine.upstream_source,
         policy.engine.max_sessions,
         policy.engine.timeouts
     );

@@ -221,11 +221,20 @@ mod tests {
         assert_eq!(p.engine.fail, crate::steer::FailMode::Open);
         let p = parse("[engine]\nfail = \"closed\"\nmax-sessions = 7\ndata-timeout = 9\n").unwrap();
         assert_eq!(p.engine.fail, crate::steer::FailMode::Closed);
+        assert_eq!(
+            p.engine.upstream_source,
+            crate::proxy::UpstreamSource::Gateway
+        );
         assert_eq!(p.engine.max_sessions, 7);
         assert_eq!(p.engine.timeouts.data, std::time::Duration::from_secs(9));
         assert_eq!(
             p.engine.timeouts.command,
             std::time::Duration::from_secs(300)
+        );
+        let p = parse("[engine]\nupstream-source = \"client\"\n").unwrap();
+        assert_eq!(
+            p.engine.upstream_source,
+            crate::proxy::UpstreamSource::Client
         );
     }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use inspector_lab::{Lab, MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4, ScopedChild};
+use inspector_lab::{INSIDE, Lab, MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4, ScopedChild};
 use support::{PinDir, inspector_bin, postfix::Postfix};
 
 /// Sends each file named on the command line as one message, all in one
@@ -100,11 +100,17 @@ impl Fixture {
     }
 
     fn start_daemon(&mut self) {
+        self.start_daemon_on(&[OUTSIDE]);
+    }
+
+    fn start_daemon_on(&mut self, ifaces: &[&str]) {
         let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
         let mut cmd = self.lab.gateway.command(inspector_bin());
-        cmd.arg("--pin-dir")
-            .arg(self.pins.path())
-            .args(["run", "--iface", OUTSIDE, "--policy"])
+        cmd.arg("--pin-dir").arg(self.pins.path()).arg("run");
+        for iface in ifaces {
+            cmd.args(["--iface", iface]);
+        }
+        cmd.arg("--policy")
             .arg(self.dir.join("policy.toml"))
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -128,12 +134,18 @@ impl Fixture {
     /// The messages smtp-sink stored: their content, as sent (smtp-sink
     /// stores LF line endings after its own trace headers).
     fn stored(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.dir.join("mail")).unwrap() {
-            let raw = std::fs::read(entry.unwrap().path()).unwrap();
-            out.push(strip_sink_headers(&raw));
-        }
-        out
+        self.stored_raw()
+            .iter()
+            .map(|raw| strip_sink_headers(raw))
+            .collect()
+    }
+
+    /// smtp-sink's dumps whole, its `X-Client-Addr:` line included.
+    fn stored_raw(&self) -> Vec<Vec<u8>> {
+        std::fs::read_dir(self.dir.join("mail"))
+            .unwrap()
+            .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+            .collect()
     }
 
     fn write(&self, name: &str, content: &[u8]) -> PathBuf {
@@ -338,6 +350,14 @@ fn messages_are_inspected_and_delivered_once_and_intact() {
             "message {i} differs ({} stored bytes, {} sent)",
             found[0].len(),
             m.len()
+        );
+    }
+    // The server saw the gateway's address (the default upstream source).
+    for raw in f.stored_raw() {
+        assert!(
+            find(&raw, b"X-Client-Addr: 198.18.1.1\n").is_some(),
+            "{}",
+            String::from_utf8_lossy(&raw[..200.min(raw.len())])
         );
     }
     eprintln!("5 messages (5.3 MB) through the inspector in {took:?}");
@@ -1260,4 +1280,24 @@ except ConnectionResetError:
     );
     assert!(out.trim_end().ends_with("RST"), "{out}");
     assert!(f.log().contains("Reset connection for"), "{}", f.log());
+}
+
+#[test]
+fn upstream_source_client_keeps_the_clients_address() {
+    let mut f = Fixture::bare("tsource", "[engine]\nupstream-source = \"client\"\n");
+    f.sink = Some(f.start_sink("0.0.0.0:25"));
+    // The server's answers to the client's address come back through the
+    // steering program on the inside interface.
+    f.start_daemon_on(&[OUTSIDE, INSIDE]);
+    let out = f.swaks(&SERVER_V4.to_string(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));
+    assert_eq!(f.sessions(), 1, "{}", f.log());
+    let raw = f.stored_raw();
+    assert_eq!(raw.len(), 1);
+    assert!(
+        find(&raw[0], b"X-Client-Addr: 198.18.0.2\n").is_some(),
+        "{}",
+        String::from_utf8_lossy(&raw[0])
+    );
 }

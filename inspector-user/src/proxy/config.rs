@@ -11,11 +11,29 @@ use crate::steer::FailMode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
     pub fail: FailMode,
+    /// The source address of the connection to the server.
+    pub upstream_source: UpstreamSource,
     /// Sessions at once; more are answered `421 4.3.2` and closed.
     pub max_sessions: usize,
     pub timeouts: Timeouts,
     /// How long a stop waits for sessions in DATA to finish.
     pub shutdown_grace: Duration,
+}
+
+/// Where the engine's connection to the server comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamSource {
+    /// The gateway's own address (chosen by the route to the server): the
+    /// server's answers come back by ordinary routing.
+    #[default]
+    Gateway,
+    /// The client's address (`IP_TRANSPARENT`), so a server's IP-based rules
+    /// still see the client. The server's answers must reach the gateway:
+    /// the steering program must run on the interface facing the servers
+    /// too (`inspector run --iface OUTSIDE --iface INSIDE`), and the server's
+    /// route to the clients must go through the gateway.
+    Client,
 }
 
 /// Inactivity limits: how long a session may go without a byte from either
@@ -39,6 +57,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             fail: FailMode::Open,
+            upstream_source: UpstreamSource::Gateway,
             max_sessions: 1024,
             timeouts: Timeouts::default(),
             shutdown_grace: Duration::from_secs(60),
@@ -64,6 +83,8 @@ impl Default for Timeouts {
 pub(crate) struct EngineSection {
     #[serde(default)]
     fail: FailMode,
+    #[serde(default)]
+    upstream_source: UpstreamSource,
     max_sessions: Option<Spanned<u64>>,
     connect_timeout: Option<Spanned<u64>>,
     greeting_timeout: Option<Spanned<u64>>,
@@ -93,6 +114,7 @@ impl EngineSection {
         };
         Ok(EngineConfig {
             fail: self.fail,
+            upstream_source: self.upstream_source,
             max_sessions: positive(&self.max_sessions, "max-sessions", d.max_sessions as u64)?
                 as usize,
             timeouts: Timeouts {

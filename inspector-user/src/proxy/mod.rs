@@ -5,7 +5,9 @@
 //!
 //! The upstream connection leaves from the gateway's own address (the
 //! kernel picks it by route), so the server's replies come back to the
-//! gateway by ordinary routing and need no steering.
+//! gateway by ordinary routing and need no steering; or, with
+//! `upstream-source = "client"`, from the client's address (see
+//! [`UpstreamSource`]).
 
 pub mod config;
 pub mod session;
@@ -23,7 +25,7 @@ use inspector_esmtp::{Peers, PolicyStats, policy::EsmtpPolicy};
 use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-pub use config::{EngineConfig, Timeouts};
+pub use config::{EngineConfig, Timeouts, UpstreamSource};
 
 /// Sent to a client over `max-sessions`.
 const TOO_MANY: &[u8] = b"421 4.3.2 Too many sessions, try again later\r\n";

@@ -20,7 +20,7 @@ use tokio::{
     time::{Instant, sleep_until, timeout},
 };
 
-use super::Shared;
+use super::{Shared, UpstreamSource};
 
 /// Bytes read from one side at a time.
 pub const READ_BUF: usize = 16 * 1024;
@@ -53,7 +53,8 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> End {
     let t = shared.config.timeouts;
-    let server = match timeout(t.connect, TcpStream::connect(peers.server)).await {
+    let source = shared.config.upstream_source;
+    let server = match timeout(t.connect, connect(peers, source)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             log::info!("{}: cannot connect to the server: {e}", show(peers));
@@ -77,6 +78,28 @@ pub async fn run(
         sw.forget();
     }
     end
+}
+
+/// Connects to the original destination, from the gateway's address or
+/// (transparently) from the client's.
+async fn connect(peers: Peers, source: UpstreamSource) -> std::io::Result<TcpStream> {
+    if source == UpstreamSource::Gateway {
+        return TcpStream::connect(peers.server).await;
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(peers.server),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    if peers.server.is_ipv6() {
+        socket.set_ip_transparent_v6(true)?;
+    } else {
+        socket.set_ip_transparent_v4(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(peers.client.ip(), 0).into())?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(peers.server).await
 }
 
 /// Writes `reply` and closes (bounded by a short timeout).
