@@ -42,8 +42,12 @@ use crate::{
 #[map]
 static STEER_CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
 
-/// `TCP_LISTEN` and `TCP_NEW_SYN_RECV` from the kernel's `tcp_states.h`.
+/// `TCP_LISTEN` from the kernel's `tcp_states.h`.
 const TCP_LISTEN: u32 = 10;
+
+/// Bytes made linear before parsing: Ethernet, two VLAN tags, IPv6 with
+/// some extension headers, and TCP with options.
+const PULL_LEN: u32 = 256;
 
 #[classifier]
 pub fn inspector_steer(ctx: TcContext) -> i32 {
@@ -78,6 +82,13 @@ fn verdict(ctx: &TcContext) -> Verdict {
 /// `Some(mark?)`, or `None` to drop.
 #[inline(always)]
 fn should_mark(ctx: &TcContext) -> Option<bool> {
+    // Headers outside the linear part of the skb would be unreadable, and a
+    // packet of an engine's flow left unmarked would reach the server; make
+    // them linear first (a no-op for the usual packet).
+    let want = core::cmp::min(ctx.len(), PULL_LEN);
+    if ctx.data_end() - ctx.data() < want as usize {
+        let _ = ctx.pull_data(want);
+    }
     let packet = Packet::new(ctx.data(), ctx.data_end());
     let Ok(Headers::Ip {
         src,
