@@ -66,13 +66,6 @@ pub async fn install(handle: &Handle) -> Result<()> {
         .execute()
         .await
         .context("adding `local 0.0.0.0/0 dev lo` to the steering table")?;
-    handle
-        .route()
-        .add(local_route_v6(lo))
-        .replace()
-        .execute()
-        .await
-        .context("adding `local ::/0 dev lo` to the steering table")?;
     let rule = || {
         handle
             .rule()
@@ -87,11 +80,25 @@ pub async fn install(handle: &Handle) -> Result<()> {
         .execute()
         .await
         .context("adding the IPv4 fwmark rule")?;
-    rule()
-        .v6()
-        .execute()
-        .await
-        .context("adding the IPv6 fwmark rule")?;
+    // IPv6 may be disabled on the host: then only IPv4 SMTP is steered
+    // (the steering program's IPv6 marks stay without effect).
+    let v6 = async {
+        handle
+            .route()
+            .add(local_route_v6(lo))
+            .replace()
+            .execute()
+            .await
+            .context("adding `local ::/0 dev lo` to the steering table")?;
+        rule()
+            .v6()
+            .execute()
+            .await
+            .context("adding the IPv6 fwmark rule")
+    };
+    if let Err(e) = v6.await {
+        log::warn!("no IPv6 steering ({e:#}): IPv6 SMTP is not inspected");
+    }
     Ok(())
 }
 
@@ -106,11 +113,16 @@ fn is_ours(rule: &RuleMessage) -> bool {
 /// Our rules present now, both IP versions.
 pub async fn rules(handle: &Handle) -> Result<Vec<RuleMessage>> {
     let mut ours = Vec::new();
-    for version in [IpVersion::V4, IpVersion::V6] {
+    for (version, required) in [(IpVersion::V4, true), (IpVersion::V6, false)] {
         let mut stream = handle.rule().get(version).execute();
-        while let Some(rule) = stream.try_next().await.context("listing rules")? {
-            if is_ours(&rule) {
-                ours.push(rule);
+        loop {
+            match stream.try_next().await {
+                Ok(Some(rule)) if is_ours(&rule) => ours.push(rule),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                // IPv6 may be disabled: nothing of ours there.
+                Err(_) if !required => break,
+                Err(e) => return Err(e).context("listing rules"),
             }
         }
     }
@@ -128,11 +140,13 @@ pub async fn remove(handle: &Handle) -> Result<()> {
             .context("deleting a steering rule")?;
     }
     let lo = loopback_index()?;
-    for route in [local_route_v4(lo), local_route_v6(lo)] {
+    for (route, required) in [(local_route_v4(lo), true), (local_route_v6(lo), false)] {
         match handle.route().del(route).execute().await {
             Ok(()) => {}
             Err(rtnetlink::Error::NetlinkError(e))
                 if e.raw_code().abs() == libc::ESRCH || e.raw_code().abs() == libc::ENOENT => {}
+            // IPv6 may be disabled: no route of ours there.
+            Err(_) if !required => {}
             Err(e) => return Err(e).context("deleting a steering route"),
         }
     }

@@ -1301,3 +1301,22 @@ fn upstream_source_client_keeps_the_clients_address() {
         String::from_utf8_lossy(&raw[0])
     );
 }
+
+#[test]
+fn without_ipv6_on_the_gateway_ipv4_is_still_inspected() {
+    let mut f = Fixture::bare("noipv6", "");
+    for key in [
+        "net.ipv6.conf.all.disable_ipv6",
+        "net.ipv6.conf.default.disable_ipv6",
+        "net.ipv6.conf.lo.disable_ipv6",
+    ] {
+        f.lab.gateway.sysctl(key, "1").unwrap();
+    }
+    f.sink = Some(f.start_sink("0.0.0.0:25"));
+    f.start_daemon();
+    let out = f.swaks(&SERVER_V4.to_string(), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));
+    let status = f.daemon.take().unwrap().terminate().unwrap();
+    assert!(status.success(), "{status}: {}", f.log());
+}
