@@ -44,6 +44,35 @@ pub mod maps {
 /// Program names as they appear in the object file.
 pub mod programs {
     pub const XDP_CLASSIFY: &str = "inspector_xdp";
+    /// TC (clsact ingress) program marking flagged flows for the engine.
+    pub const TC_STEER: &str = "inspector_steer";
+}
+
+/// Name of the steering program's settings map (one [`SteerConfig`] at
+/// index 0). Not pinned: each daemon start writes it.
+pub const STEER_CONFIG_MAP: &str = "STEER_CONFIG";
+
+/// The fwmark the steering program gives flagged packets; the daemon's
+/// policy-routing rule sends marked packets to [`STEER_TABLE`].
+pub const STEER_MARK: u32 = 0x2525;
+/// The routing table holding `local 0.0.0.0/0 dev lo` (and `::/0`).
+pub const STEER_TABLE: u32 = 2525;
+/// The priority of the daemon's `fwmark` rules (before `main`, 32766).
+pub const STEER_RULE_PRIORITY: u32 = 2525;
+
+/// [`SteerConfig::fail`]: with no engine listening, new SMTP flows go
+/// straight to the server, uninspected.
+pub const FAIL_OPEN: u32 = 0;
+/// [`SteerConfig::fail`]: with no engine listening, the SYNs of new SMTP
+/// flows are dropped (the client retries later).
+pub const FAIL_CLOSED: u32 = 1;
+
+/// The steering program's settings, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerConfig {
+    /// [`FAIL_OPEN`] or [`FAIL_CLOSED`].
+    pub fail: u32,
 }
 
 /// Capacity of each exemption trie (rules per IP version).
@@ -292,6 +321,7 @@ const _: () = {
     assert!(size_of::<ClientKey>() == 32);
     assert!(size_of::<ConnCounts>() == 16);
     assert!(offset_of!(ConnCounts, established) == 8);
+    assert!(size_of::<SteerConfig>() == 4);
 };
 
 #[cfg(feature = "user")]
@@ -305,4 +335,5 @@ mod pod {
     unsafe impl aya::Pod for super::FlowEntry {}
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::ConnCounts {}
+    unsafe impl aya::Pod for super::SteerConfig {}
 }

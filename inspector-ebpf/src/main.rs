@@ -19,6 +19,7 @@ mod intercept;
 mod limits;
 mod packet;
 mod parse;
+mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use inspector_common::{Class, InterceptEvent, SMTP_PORT};

@@ -20,5 +20,5 @@ pub mod session;
 pub mod stats;
 
 pub use audit::{AuditEvent, AuditKind, Peers};
-pub use session::{Close, Output, SESSION_MEMORY_BOUND, Session};
+pub use session::{Close, Output, Phase, SESSION_MEMORY_BOUND, Session};
 pub use stats::PolicyStats;

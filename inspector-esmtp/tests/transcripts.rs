@@ -6,8 +6,8 @@
 mod common;
 
 use common::{Transcript, both, policy, second};
-use inspector_esmtp::Close;
 use inspector_esmtp::policy::EsmtpPolicy;
+use inspector_esmtp::{Close, Phase};
 
 const UNRECOGNIZED: &str = "500 5.5.1 Command unrecognized\r\n";
 const POLICY_CLOSE: &str = "421 4.7.0 Connection closed by security policy\r\n";
@@ -1211,5 +1211,63 @@ fn a_final_dot_next_to_a_bare_lf_ends_the_session_not_the_message() {
         t.hello(&[]);
         to_data(t);
         t.pass("a\nb\n\r\n.\r\n").reply("250 queued\r\n");
+    });
+}
+
+#[test]
+fn client_eof_after_the_final_dot_still_gets_the_servers_reply() {
+    both(modern, |t| {
+        t.hello(&[]);
+        to_data(t);
+        t.c("Subject: x\r\n\r\nbody\r\n.\r\n")
+            .server_got("Subject: x\r\n\r\nbody\r\n.\r\n");
+        assert_eq!(t.session.phase(), Phase::Data);
+        t.client_eof();
+        assert_eq!(t.close, None, "closed before the message's reply");
+        t.s("250 2.0.0 Ok: queued as 1234\r\n")
+            .client_got("250 2.0.0 Ok: queued as 1234\r\n");
+        assert_eq!(t.close, Some(Close::Fin));
+        assert_eq!(t.stats.drop.load(std::sync::atomic::Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
+fn client_eof_with_pipelined_messages_waits_for_every_reply() {
+    both(modern, |t| {
+        t.hello(&["PIPELINING", "CHUNKING"]);
+        t.c("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nBDAT 3 LAST\r\nabc");
+        t.take_server();
+        t.client_eof();
+        assert_eq!(t.close, None);
+        t.s("250 ok\r\n250 ok\r\n");
+        assert_eq!(t.close, None);
+        t.s("250 2.0.0 queued\r\n");
+        assert_eq!(t.close, Some(Close::Fin));
+    });
+}
+
+#[test]
+fn client_eof_between_commands_closes_at_once() {
+    both(modern, |t| {
+        t.hello(&[]);
+        assert_eq!(t.session.phase(), Phase::Idle);
+        t.client_eof();
+        assert_eq!(t.close, Some(Close::Fin));
+        assert_eq!(t.session.phase(), Phase::Closing);
+    });
+}
+
+#[test]
+fn phases_follow_the_session() {
+    both(modern, |t| {
+        assert_eq!(t.session.phase(), Phase::Greeting);
+        t.hello(&[]);
+        assert_eq!(t.session.phase(), Phase::Idle);
+        t.pass("MAIL FROM:<a@x>\r\n");
+        assert_eq!(t.session.phase(), Phase::Command);
+        t.reply("250 ok\r\n");
+        t.pass("RCPT TO:<b@y>\r\n").reply("250 ok\r\n");
+        t.pass("DATA\r\n").reply("354 go\r\n");
+        assert_eq!(t.session.phase(), Phase::Data);
     });
 }

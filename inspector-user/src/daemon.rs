@@ -1,8 +1,12 @@
-//! `inspector run`: load, apply the policy, attach, wait for a signal, detach.
+//! `inspector run`: load, apply the policy, attach, run the engine, wait for
+//! a signal, drain, detach.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
+use inspector_common::SMTP_PORT;
+use inspector_esmtp::PolicyStats;
+use tokio::sync::watch;
 
 use crate::{
     bpffs,
@@ -11,6 +15,8 @@ use crate::{
     loader::{self, AttachMode},
     lock::IfaceLock,
     policy::{OnEmbryonicLimit, Policy},
+    proxy::{self, Counters, Shared},
+    routing, steer,
     sweeper::{self, Sweeper},
 };
 
@@ -19,6 +25,9 @@ pub struct RunOptions {
     pub policy: Option<PathBuf>,
     pub pin_dir: PathBuf,
     pub mode: AttachMode,
+    /// Run the ESMTP engine and steer flagged flows to it (the default);
+    /// `false` only classifies and counts.
+    pub engine: bool,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -66,35 +75,105 @@ pub fn run(opts: RunOptions) -> Result<()> {
         log::info!("{iface}: classifier attached ({mode} XDP)");
     }
 
-    run_until_signal(sweeper)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Runs whenever the runtime does, with or without the engine.
+    runtime.spawn(sweep_forever(sweeper));
+    if !opts.engine {
+        runtime.block_on(wait_for_signal())?;
+        log::info!(
+            "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
+        );
+        return Ok(());
+    }
+    steer::load(&mut ebpf, policy.engine.fail)?;
+    let result = runtime.block_on(engine(&opts, &policy, &mut ebpf));
+    // Whatever happened: no steering is left behind by a clean exit.
+    let cleanup = runtime.block_on(unsteer(&opts));
     log::info!(
         "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
     );
     drop(ebpf);
+    result.and(cleanup)
+}
+
+async fn engine(opts: &RunOptions, policy: &Policy, ebpf: &mut aya::Ebpf) -> Result<()> {
+    // Listening first: the steering program treats the listener as the
+    // engine's liveness.
+    let listeners = proxy::listeners(SMTP_PORT)?;
+    let netlink = routing::connect()?;
+    routing::install(&netlink)
+        .await
+        .context("installing the policy routing for flagged flows")?;
+    for iface in &opts.ifaces {
+        steer::attach(ebpf, iface, &opts.pin_dir)?;
+        log::info!("{iface}: steering attached (TC ingress)");
+    }
+    let esmtp = Arc::new(policy.esmtp.clone());
+    let shared = Arc::new(Shared {
+        stats: Arc::new(PolicyStats::new(&esmtp)),
+        policy: esmtp,
+        config: policy.engine.clone(),
+        counters: Counters::default(),
+    });
+    log::info!(
+        "engine listening on port {SMTP_PORT} (fail {:?}, upstream source {:?}, max-sessions {}, timeouts {:?})",
+        policy.engine.fail,
+        policy.engine.upstream_source,
+        policy.engine.max_sessions,
+        policy.engine.timeouts
+    );
+    let (stop, stopped) = watch::channel(false);
+    let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
+    wait_for_signal().await?;
+    let _ = stop.send(true);
+    serve.await.context("the engine task failed")??;
+    let c = &shared.counters;
+    log::info!(
+        "engine stopped: {} session(s) inspected, {} refused",
+        c.accepted.load(std::sync::atomic::Ordering::Relaxed),
+        c.refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    print!("{}", shared.stats.render(&shared.policy));
     Ok(())
 }
 
-/// Sweeps the flow table every [`sweeper::INTERVAL`] until SIGINT/SIGTERM.
-fn run_until_signal(mut sweeper: Sweeper) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut tick = tokio::time::interval(sweeper::INTERVAL);
-        loop {
-            tokio::select! {
-                _ = term.recv() => { log::info!("SIGTERM received"); break }
-                _ = int.recv() => { log::info!("SIGINT received"); break }
-                _ = tick.tick() => match sweeper.sweep(sweeper::monotonic_ns()) {
-                    Ok(sweep) if sweep.expired > 0 => log::debug!("sweeper: {sweep:?}"),
-                    Ok(_) => {}
-                    Err(e) => log::warn!("sweeper: {e:#}"),
-                },
-            }
+/// Removes the steering links and the policy routing.
+async fn unsteer(opts: &RunOptions) -> Result<()> {
+    let mut result = Ok(());
+    for iface in &opts.ifaces {
+        if let Err(e) = steer::detach(&steer::link_pin(&opts.pin_dir, iface)) {
+            result = Err(e);
         }
-        Ok(())
-    })
+    }
+    let netlink = routing::connect()?;
+    routing::remove(&netlink)
+        .await
+        .context("removing the policy routing")?;
+    result
+}
+
+/// Sweeps the flow table every [`sweeper::INTERVAL`].
+async fn sweep_forever(mut sweeper: Sweeper) {
+    let mut tick = tokio::time::interval(sweeper::INTERVAL);
+    loop {
+        tick.tick().await;
+        match sweeper.sweep(sweeper::monotonic_ns()) {
+            Ok(sweep) if sweep.expired > 0 => log::debug!("sweeper: {sweep:?}"),
+            Ok(_) => {}
+            Err(e) => log::warn!("sweeper: {e:#}"),
+        }
+    }
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
+    }
+    Ok(())
 }

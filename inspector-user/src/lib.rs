@@ -8,5 +8,8 @@ pub mod limits;
 pub mod loader;
 pub mod lock;
 pub mod policy;
+pub mod proxy;
+pub mod routing;
 pub mod stats;
+pub mod steer;
 pub mod sweeper;

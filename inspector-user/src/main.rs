@@ -43,6 +43,10 @@ enum Command {
         /// XDP attach mode: auto tries native and falls back to generic.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
+        /// Classify and count only: no ESMTP engine, no steering (flagged
+        /// SMTP is forwarded uninspected).
+        #[arg(long)]
+        no_engine: bool,
     },
     /// Manage exemptions live (hosts or networks never inspected).
     Exempt {
@@ -106,11 +110,13 @@ fn execute(cli: Cli) -> Result<()> {
             ifaces,
             policy,
             xdp_mode,
+            no_engine,
         } => daemon::run(RunOptions {
             ifaces,
             policy,
             pin_dir,
             mode: xdp_mode,
+            engine: !no_engine,
         }),
         Command::Exempt { action } => exempt_command(&pin_dir, action),
         Command::Stats { json, top } => {
@@ -160,6 +166,14 @@ fn execute(cli: Cli) -> Result<()> {
                     h.iface,
                     pin_dir.display()
                 );
+            }
+            // Steering links a killed daemon left pinned.
+            if let Ok(dir) = std::fs::read_dir(&pin_dir) {
+                for entry in dir.flatten() {
+                    if entry.file_name().to_string_lossy().starts_with("steer-") {
+                        inspector::steer::detach(&entry.path())?;
+                    }
+                }
             }
             let removed = bpffs::remove_pins(&pin_dir, &inspector_common::maps::ALL)?;
             println!(

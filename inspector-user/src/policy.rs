@@ -15,7 +15,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::exempt;
+use crate::{
+    exempt,
+    proxy::config::{EngineConfig, EngineSection},
+};
 
 /// A validated policy.
 #[derive(Debug, Clone)]
@@ -24,6 +27,8 @@ pub struct Policy {
     pub servers: Vec<Server>,
     pub timeouts: Timeouts,
     pub esmtp: EsmtpPolicy,
+    /// The `[engine]` table: the proxy's limits and the failure mode.
+    pub engine: EngineConfig,
 }
 
 /// A protected server and its connection limits (0 = unlimited).
@@ -81,6 +86,7 @@ struct RawPolicy {
     server: Vec<RawServer>,
     timeouts: Option<RawTimeouts>,
     esmtp: Option<EsmtpSection>,
+    engine: Option<EngineSection>,
 }
 
 // Not `#[serde(flatten)]` into `Server`: flattening loses the spans that
@@ -247,11 +253,18 @@ impl Policy {
             )?,
             None => EsmtpPolicy::default(),
         };
+        let engine = match &raw.engine {
+            Some(section) => section
+                .compile()
+                .map_err(|(span, field, message)| at(Some(span), field, message))?,
+            None => EngineConfig::default(),
+        };
         Ok(Self {
             exempt,
             servers,
             timeouts,
             esmtp,
+            engine,
         })
     }
 }
@@ -386,6 +399,30 @@ mod tests {
     }
 
     #[test]
+    fn engine_section_defaults_and_values() {
+        let p = parse("").unwrap();
+        assert_eq!(p.engine, EngineConfig::default());
+        assert_eq!(p.engine.fail, crate::steer::FailMode::Open);
+        let p = parse("[engine]\nfail = \"closed\"\nmax-sessions = 7\ndata-timeout = 9\n").unwrap();
+        assert_eq!(p.engine.fail, crate::steer::FailMode::Closed);
+        assert_eq!(
+            p.engine.upstream_source,
+            crate::proxy::UpstreamSource::Gateway
+        );
+        assert_eq!(p.engine.max_sessions, 7);
+        assert_eq!(p.engine.timeouts.data, std::time::Duration::from_secs(9));
+        assert_eq!(
+            p.engine.timeouts.command,
+            std::time::Duration::from_secs(300)
+        );
+        let p = parse("[engine]\nupstream-source = \"client\"\n").unwrap();
+        assert_eq!(
+            p.engine.upstream_source,
+            crate::proxy::UpstreamSource::Client
+        );
+    }
+
+    #[test]
     fn bad_server_entries_name_file_line_and_field() {
         let err = parse("[[server]]\naddress = \"198.18.1.0/24\"\n").unwrap_err();
         assert_eq!((err.line, err.field.as_str()), (2, "server[0].address"));
@@ -417,6 +454,23 @@ mod tests {
         let err = parse("[timeouts]\nhalf-open = 5\n").unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.message.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn engine_section_errors_name_line_and_field() {
+        let err = parse("[engine]\nfail = \"open\"\n\ncommand-timeout = 0\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_str()),
+            (4, "engine.command-timeout")
+        );
+        let err = parse("[engine]\nfail = \"ajar\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "engine.fail"), "{err}");
+        let err = parse("[engine]\nmax-session = 3\n").unwrap_err();
+        assert_eq!(
+            (err.line, err.field.as_str()),
+            (2, "engine.max-session"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -78,9 +78,14 @@ Lab {LAB_PREFIX} is up:
 
 Try, in another terminal:
   {client} swaks --server {SERVER_V4} --from a@client.test --to b@server.test
-  {cli} stats                      # the session was classified `inspect`
+      # inspected: the banner is the engine's `220 mail ESMTP`, and the
+      # inspector's log here shows `session 1: 198.18.0.2:… -> {SERVER_V4}:25: inspecting`
+  {client} swaks --server {SERVER_V4} --from a@client.test --to b@server.test --header \"X-Long: $(head -c 1200 /dev/zero | tr '\\0' x)\"
+      # a policy criterion: `421 4.7.0 Connection closed by security policy`, audit 108004 here
+  {cli} stats                      # the sessions were classified `inspect`
   {cli} exempt add {SERVER_V4}       # exempt the server, live
   {client} swaks --server {SERVER_V4} --from a@client.test --to b@server.test
+      # not inspected: smtp-sink's own banner
   {cli} stats                      # now `exempt`
   {cli} exempt list
   {cli} exempt del {SERVER_V4}

@@ -24,6 +24,10 @@ const PACKAGES: &[&str] = &[
     "postfix",
     "swaks",
     "libio-socket-inet6-perl",
+    // The end-to-end tests' other client (smtplib) and their test
+    // certificate; `ss` (iproute2) waits for listeners.
+    "python3",
+    "openssl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

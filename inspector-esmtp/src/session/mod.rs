@@ -88,6 +88,27 @@ struct Closing {
     reply: &'static [u8],
     /// Message-completing replies still awaited.
     owed: usize,
+    /// The client ended the session (EOF), not the policy: not counted as
+    /// a drop, and no `421` is sent.
+    eof: bool,
+}
+
+/// Where the session is, for the driver's timers and graceful shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// The server's greeting has not arrived yet.
+    Greeting,
+    /// Between commands: no reply is owed and no message is in transfer.
+    Idle,
+    /// Commands are awaiting replies (none of them completes a message).
+    Command,
+    /// Message content is arriving (DATA or BDAT), or the server owes the
+    /// reply to a complete message.
+    Data,
+    /// After STARTTLS: bytes are relayed unchanged.
+    Opaque,
+    /// Closed, or closing once owed replies are relayed.
+    Closing,
 }
 
 /// What one call produced.
@@ -240,7 +261,26 @@ impl Session {
 
     /// The client closed its side: an incomplete command or message is
     /// discarded (the server never completes a message it did not fully get).
+    /// If the server owes the reply to a message it received in full, the
+    /// session stays open until that reply is relayed (a client that
+    /// half-closed after its final `.` still learns the message's fate);
+    /// only then does it close.
     pub fn on_client_eof(&mut self, now: Instant) -> Output {
+        self.now = Some(now);
+        if self.closed || self.closing.is_some() {
+            return self.finish(Output::default());
+        }
+        let owed = self.owed_message_replies();
+        if owed > 0 && !self.opaque {
+            self.closing = Some(Closing {
+                how: Close::Fin,
+                reply: b"",
+                owed,
+                eof: true,
+            });
+            self.cbuf = Vec::new();
+            return self.finish(Output::default());
+        }
         self.on_eof(now)
     }
 
@@ -259,6 +299,23 @@ impl Session {
             self.sbuf = Vec::new();
         }
         self.finish(out)
+    }
+
+    /// Where the session is (see [`Phase`]).
+    pub fn phase(&self) -> Phase {
+        if self.stopped() {
+            Phase::Closing
+        } else if self.opaque {
+            Phase::Opaque
+        } else if self.pipeline.head() == Some(Pending::Greeting) {
+            Phase::Greeting
+        } else if self.mode != ClientMode::Command || self.pipeline.message_ends() > 0 {
+            Phase::Data
+        } else if self.pipeline.head().is_some() {
+            Phase::Command
+        } else {
+            Phase::Idle
+        }
     }
 
     /// Whether the session relays raw bytes (after STARTTLS).

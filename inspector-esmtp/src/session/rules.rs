@@ -232,8 +232,24 @@ impl Session {
         if self.stopped() {
             return;
         }
-        // A BDAT LAST whose chunk is still arriving is not complete at the
-        // server: its reply is not waited for.
+        let owed = self.owed_message_replies();
+        if owed > 0 {
+            self.closing = Some(Closing {
+                how,
+                reply,
+                owed,
+                eof: false,
+            });
+            self.cbuf = Vec::new();
+            return;
+        }
+        self.close_now(how, reply, out);
+    }
+
+    /// Replies the server owes to messages it received in full. A BDAT LAST
+    /// whose chunk is still arriving is not complete at the server: its
+    /// reply is not waited for.
+    pub(super) fn owed_message_replies(&self) -> usize {
         let in_progress = matches!(
             self.mode,
             ClientMode::Raw {
@@ -241,16 +257,9 @@ impl Session {
                 ..
             }
         );
-        let owed = self
-            .pipeline
+        self.pipeline
             .message_ends()
-            .saturating_sub(usize::from(in_progress));
-        if owed > 0 {
-            self.closing = Some(Closing { how, reply, owed });
-            self.cbuf = Vec::new();
-            return;
-        }
-        self.close_now(how, reply, out);
+            .saturating_sub(usize::from(in_progress))
     }
 
     /// The server answered a complete message: close if it was the last
@@ -261,8 +270,16 @@ impl Session {
         };
         c.owed = c.owed.saturating_sub(1);
         if c.owed == 0 {
-            let (how, reply) = (c.how, c.reply);
-            self.close_now(how, reply, out);
+            let (how, reply, eof) = (c.how, c.reply, c.eof);
+            if eof {
+                self.closing = None;
+                self.closed = true;
+                out.close = Some(Close::Fin);
+                self.cbuf = Vec::new();
+                self.sbuf = Vec::new();
+            } else {
+                self.close_now(how, reply, out);
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod packets;
+pub mod postfix;
 
 use std::{
     path::{Path, PathBuf},
@@ -36,6 +37,14 @@ impl PinDir {
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = inspector::bpffs::remove_pins(&self.0, &inspector_common::maps::ALL);
+        // Steering links a killed daemon left pinned.
+        if let Ok(dir) = std::fs::read_dir(&self.0) {
+            for entry in dir.flatten() {
+                if entry.file_name().to_string_lossy().starts_with("steer-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let _ = std::fs::remove_dir(&self.0);
     }
 }
@@ -90,7 +99,13 @@ pub fn start_daemon_with(
     args: &[&str],
 ) -> ScopedChild {
     let mut cmd = lab.gateway.command(inspector_bin());
-    cmd.arg("--pin-dir").arg(pins.path()).arg("run").args(args);
+    // The kernel programs only: these tests count and limit the packets of
+    // connections to the lab's servers, which the engine would terminate.
+    cmd.arg("--pin-dir")
+        .arg(pins.path())
+        .arg("run")
+        .arg("--no-engine")
+        .args(args);
     for iface in ifaces {
         cmd.args(["--iface", iface]);
     }

@@ -1,0 +1,182 @@
+//! Steering: a TC (clsact ingress) program that gives flagged flows (TCP to
+//! port 25, not exempt) the fwmark [`STEER_MARK`]. The daemon's rule
+//! `fwmark STEER_MARK lookup STEER_TABLE` and the route `local 0.0.0.0/0 dev
+//! lo table STEER_TABLE` then deliver them locally, to the engine's
+//! `IP_TRANSPARENT` listener on port 25; other traffic is forwarded as
+//! before.
+//!
+//! The decision uses the kernel's own socket table, so it is stable per
+//! flow and needs no state of its own:
+//! - a packet of a connection the engine holds (an established or
+//!   half-open socket matches its 4-tuple) is always marked, so sessions
+//!   already inspected stay with the engine whatever happens;
+//! - a SYN is marked when the engine's listener is there (it is the
+//!   engine's liveness: it vanishes with the process). Without one, the
+//!   policy's `fail` decides: `"closed"` drops the SYN (the client's
+//!   connect times out and its MTA retries later; the kernel cannot answer
+//!   RST for an address it does not own), `"open"` lets it go to the
+//!   server uninspected;
+//! - any other packet is not marked: it belongs to a flow that went
+//!   straight to the server.
+//!
+//! On the interface facing the servers, a packet *from* port 25 is marked
+//! when it matches one of the engine's connections: with `upstream-source =
+//! "client"` the engine connects from the client's address, and the
+//! server's answers, addressed to the client, must come back to it.
+
+use aya_ebpf::{
+    bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
+    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
+    macros::{classifier, map},
+    maps::Array,
+    programs::TcContext,
+};
+use inspector_common::{FAIL_CLOSED, SMTP_PORT, STEER_MARK, SteerConfig};
+
+use crate::{
+    acl,
+    packet::Packet,
+    parse::{self, Addr, Headers, TCP_ACK, TCP_SYN, Transport},
+};
+
+#[map]
+static STEER_CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
+
+/// `TCP_LISTEN` from the kernel's `tcp_states.h`.
+const TCP_LISTEN: u32 = 10;
+
+/// Bytes made linear before parsing: Ethernet, two VLAN tags, IPv6 with
+/// some extension headers, and TCP with options.
+const PULL_LEN: u32 = 256;
+
+#[classifier]
+pub fn inspector_steer(ctx: TcContext) -> i32 {
+    match verdict(&ctx) {
+        Verdict::Pass => TC_ACT_OK as i32,
+        Verdict::Steer => {
+            ctx.set_mark(STEER_MARK);
+            TC_ACT_OK as i32
+        }
+        Verdict::Drop => TC_ACT_SHOT as i32,
+    }
+}
+
+enum Verdict {
+    /// Forwarded (or delivered) as the kernel decides.
+    Pass,
+    /// Marked for local delivery to the engine.
+    Steer,
+    /// `fail = "closed"` with no engine.
+    Drop,
+}
+
+#[inline(always)]
+fn verdict(ctx: &TcContext) -> Verdict {
+    match should_mark(ctx) {
+        Some(true) => Verdict::Steer,
+        Some(false) => Verdict::Pass,
+        None => Verdict::Drop,
+    }
+}
+
+/// `Some(mark?)`, or `None` to drop.
+#[inline(always)]
+fn should_mark(ctx: &TcContext) -> Option<bool> {
+    // Headers outside the linear part of the skb would be unreadable, and a
+    // packet of an engine's flow left unmarked would reach the server; make
+    // them linear first (a no-op for the usual packet).
+    let want = core::cmp::min(ctx.len(), PULL_LEN);
+    if ctx.data_end() - ctx.data() < want as usize {
+        let _ = ctx.pull_data(want);
+    }
+    let packet = Packet::new(ctx.data(), ctx.data_end());
+    let Ok(Headers::Ip {
+        src,
+        dst,
+        transport: Transport::Tcp(tcp),
+    }) = parse::headers(&packet)
+    else {
+        return Some(false);
+    };
+    if acl::is_exempt(&src) || acl::is_exempt(&dst) {
+        return Some(false);
+    }
+    if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
+        // A server's answer: ours only if it matches the engine's socket.
+        return Some(matches!(
+            socket_state(ctx, &src, &dst, tcp.src_port, tcp.dst_port),
+            Some(state) if state != TCP_LISTEN
+        ));
+    }
+    if tcp.dst_port != SMTP_PORT {
+        return Some(false);
+    }
+    let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    match socket_state(ctx, &src, &dst, tcp.src_port, tcp.dst_port) {
+        // The engine's connection.
+        Some(state) if state != TCP_LISTEN => Some(true),
+        // The engine is listening: new flows go to it.
+        Some(_) => Some(syn),
+        None if syn && fail_closed() => None,
+        None => Some(false),
+    }
+}
+
+#[inline(always)]
+fn fail_closed() -> bool {
+    STEER_CONFIG.get(0).is_some_and(|c| c.fail == FAIL_CLOSED)
+}
+
+/// The state of the local socket a packet with this 4-tuple would reach
+/// (established, half-open, time-wait or listening), if any.
+#[inline(always)]
+fn socket_state(ctx: &TcContext, src: &Addr, dst: &Addr, sport: u16, dport: u16) -> Option<u32> {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = match (src, dst) {
+        (Addr::V4(s), Addr::V4(d)) => {
+            // SAFETY: writing plain integers into the union's IPv4 member.
+            unsafe {
+                let t = &mut tuple.__bindgen_anon_1.ipv4;
+                t.saddr = u32::from_ne_bytes(*s);
+                t.daddr = u32::from_ne_bytes(*d);
+                t.sport = sport.to_be();
+                t.dport = dport.to_be();
+            }
+            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv4 })
+        }
+        (Addr::V6(s), Addr::V6(d)) => {
+            // SAFETY: as above, the IPv6 member.
+            unsafe {
+                let t = &mut tuple.__bindgen_anon_1.ipv6;
+                for i in 0..4 {
+                    t.saddr[i] =
+                        u32::from_ne_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+                    t.daddr[i] =
+                        u32::from_ne_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]);
+                }
+                t.sport = sport.to_be();
+                t.dport = dport.to_be();
+            }
+            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv6 })
+        }
+        _ => return None,
+    };
+    // SAFETY: the helper reads `size` bytes of the tuple; the socket it
+    // returns is released before this function returns, on every path.
+    unsafe {
+        let sk = bpf_skc_lookup_tcp(
+            ctx.skb.skb as *mut _,
+            &mut tuple,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return None;
+        }
+        let state = (*sk).state;
+        bpf_sk_release(sk as *mut _);
+        Some(state)
+    }
+}

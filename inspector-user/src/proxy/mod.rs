@@ -1,0 +1,192 @@
+//! The proxy runtime (tokio): accepts the flagged sessions the kernel
+//! steers to the engine's transparent listeners, and runs one task per
+//! session that drives the sans-IO engine (`inspector_esmtp::Session`)
+//! between the client and a connection to the original destination.
+//!
+//! The upstream connection leaves from the gateway's own address (the
+//! kernel picks it by route), so the server's replies come back to the
+//! gateway by ordinary routing and need no steering; or, with
+//! `upstream-source = "client"`, from the client's address (see
+//! [`UpstreamSource`]).
+
+pub mod config;
+pub mod session;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use anyhow::{Context, Result};
+use inspector_esmtp::{Peers, PolicyStats, policy::EsmtpPolicy};
+use socket2::{Domain, Socket, Type};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+pub use config::{EngineConfig, Timeouts, UpstreamSource};
+
+/// Sent to a client over `max-sessions`.
+const TOO_MANY: &[u8] = b"421 4.3.2 Too many sessions, try again later\r\n";
+/// Sent to a client that connected to the gateway itself.
+const LOOP: &[u8] = b"421 4.3.0 Not a mail server\r\n";
+
+/// What every session shares.
+pub struct Shared {
+    pub policy: Arc<EsmtpPolicy>,
+    pub stats: Arc<PolicyStats>,
+    pub config: EngineConfig,
+    pub counters: Counters,
+}
+
+/// Session counters (for the log and the tests).
+#[derive(Default)]
+pub struct Counters {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub active: AtomicU64,
+}
+
+/// The engine's listeners on port 25, IPv4 and IPv6, with `IP_TRANSPARENT`
+/// so they accept connections to any address the policy route delivers
+/// locally; `getsockname()` of an accepted socket is the original
+/// destination.
+pub fn listeners(port: u16) -> Result<Vec<TcpListener>> {
+    let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+    let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+    let mut out = vec![listener(v4)?];
+    match listener(v6) {
+        Ok(l) => out.push(l),
+        Err(e) => log::warn!("no IPv6 listener ({e:#}): IPv6 SMTP is not inspected"),
+    }
+    Ok(out)
+}
+
+fn listener(addr: SocketAddr) -> Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+        socket.set_ip_transparent_v6(true)?;
+    } else {
+        socket.set_ip_transparent_v4(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("binding the engine's listener to {addr}"))?;
+    socket.listen(1024)?;
+    Ok(TcpListener::from_std(socket.into())?)
+}
+
+/// Whether `ip` is one of this host's own addresses (a client that
+/// connected to the gateway itself must not be relayed to it again).
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Accepts and runs sessions until `shutdown` turns true, then stops
+/// accepting, lets sessions in DATA finish (others end at their next
+/// command boundary) and returns when all ended or after the configured
+/// grace period.
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_sessions));
+    let mut sessions = JoinSet::new();
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
+    let mut acceptors = JoinSet::new();
+    for l in listeners {
+        let tx = accepted_tx.clone();
+        acceptors.spawn(async move {
+            loop {
+                let r = l.accept().await;
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(accepted_tx);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(r) = accepted_rx.recv() => {
+                let (stream, client) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        continue;
+                    }
+                };
+                let server = match session::original_destination(&stream) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        log::warn!("getsockname: {e}");
+                        continue;
+                    }
+                };
+                let client = normalize(client);
+                if is_local(server.ip()) {
+                    shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    log::info!("{client} -> {server}: the gateway's own address, refused");
+                    sessions.spawn(session::refuse(stream, LOOP));
+                    continue;
+                }
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("{client} -> {server}: max-sessions reached, refused");
+                    sessions.spawn(session::refuse(stream, TOO_MANY));
+                    continue;
+                };
+                let peers = Peers { client, server };
+                let n = shared.counters.accepted.fetch_add(1, Ordering::Relaxed) + 1;
+                log::info!("session {n}: {client} -> {server}: inspecting");
+                let shared = shared.clone();
+                let stop = shutdown.clone();
+                sessions.spawn(async move {
+                    shared.counters.active.fetch_add(1, Ordering::Relaxed);
+                    let end = session::run(stream, peers, shared.clone(), stop).await;
+                    shared.counters.active.fetch_sub(1, Ordering::Relaxed);
+                    log::info!("session {n}: {client} -> {server}: ended ({end:?})");
+                    drop(permit);
+                    end
+                });
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    acceptors.shutdown().await;
+    let open = sessions.len();
+    if open > 0 {
+        log::info!(
+            "stopping: {open} session(s) open; those in DATA get up to {:?} to finish",
+            shared.config.shutdown_grace
+        );
+    }
+    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!(
+            "stopping: {} session(s) still open after the grace period, closed",
+            sessions.len()
+        );
+        sessions.shutdown().await;
+    }
+    Ok(())
+}
+
+fn normalize(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        a => a,
+    }
+}

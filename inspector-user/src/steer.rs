@@ -1,0 +1,86 @@
+//! The steering program (`inspector_steer`, TC clsact ingress): attach,
+//! configure, detach. Its link is pinned in the pin directory
+//! (`steer-<iface>`), so it outlives a daemon that is killed: with
+//! `fail = "closed"` the SYNs of new flagged flows are then dropped; with
+//! `fail = "open"` they go to the server uninspected (see `inspector-ebpf/src/steer.rs`). A clean
+//! stop removes the link.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+    },
+};
+use inspector_common::{FAIL_CLOSED, FAIL_OPEN, STEER_CONFIG_MAP, SteerConfig, programs};
+
+/// What happens to new flagged flows when the engine is not listening.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Forwarded to the server, uninspected.
+    #[default]
+    Open,
+    /// Refused: the SYN is dropped, so the client's MTA keeps the message
+    /// and retries later.
+    Closed,
+}
+
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("steer-{iface}"))
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(programs::TC_STEER)
+        .context("the object has no steering program")?
+        .try_into()?)
+}
+
+/// Verifies the program and writes its settings.
+pub fn load(ebpf: &mut Ebpf, fail: FailMode) -> Result<()> {
+    program(ebpf)?
+        .load()
+        .context("verifying the steering program")?;
+    let mut config: Array<_, SteerConfig> = Array::try_from(
+        ebpf.map_mut(STEER_CONFIG_MAP)
+            .context("the object has no steering settings map")?,
+    )?;
+    let fail = match fail {
+        FailMode::Open => FAIL_OPEN,
+        FailMode::Closed => FAIL_CLOSED,
+    };
+    config.set(0, SteerConfig { fail }, 0)?;
+    Ok(())
+}
+
+/// Attaches to `iface`'s ingress (TCX) and pins the link, replacing the
+/// link a killed daemon left.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<()> {
+    let pin = link_pin(pin_dir, iface);
+    detach(&pin)?;
+    let prog = program(ebpf)?;
+    let id = prog
+        .attach(iface, TcAttachType::Ingress)
+        .with_context(|| format!("attaching the steering program to {iface}"))?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the steering link at {}", pin.display()))?;
+    Ok(())
+}
+
+/// Removes a pinned link (detaching the program); absent is fine.
+pub fn detach(pin: &Path) -> Result<()> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(pin)
+        .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    link.unpin()
+        .with_context(|| format!("unpinning {}", pin.display()))?;
+    Ok(())
+}

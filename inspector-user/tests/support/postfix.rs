@@ -1,0 +1,176 @@
+//! A private Postfix instance in a network namespace: its own config,
+//! queue and data directories under `dir`, delivering every recipient of
+//! `server.test` to one maildir (`dir/mail/inbox/`). Stopped on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use inspector_lab::Netns;
+
+pub struct Postfix {
+    netns: PathBuf,
+    dir: PathBuf,
+}
+
+const NOBODY: u32 = 65534;
+
+impl Postfix {
+    pub fn start(ns: &Netns, dir: &Path) -> Self {
+        Self::start_with(ns, dir, "")
+    }
+
+    /// With `extra` lines appended to main.cf.
+    pub fn start_with(ns: &Netns, dir: &Path, extra: &str) -> Self {
+        let etc = dir.join("etc");
+        for sub in ["etc", "queue", "data", "mail"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        chown(&dir.join("data"), "postfix");
+        // The map types Debian builds as plugins (postfix check needs these).
+        let _ = std::fs::copy("/etc/postfix/dynamicmaps.cf", etc.join("dynamicmaps.cf"));
+        let _ = Command::new("cp")
+            .arg("-r")
+            .arg("/etc/postfix/dynamicmaps.cf.d")
+            .arg(&etc)
+            .status();
+        chown(&dir.join("mail"), "nobody");
+        // Debian's services, without chroot (the queue is not a chroot jail).
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").expect("postfix installed");
+        let master: String = master
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if !l.starts_with(|c: char| c.is_ascii_alphabetic()) || f.len() < 8 {
+                    return format!("{l}\n");
+                }
+                let mut f = f;
+                f[4] = "n";
+                format!("{}\n", f.join(" "))
+            })
+            .collect();
+        std::fs::write(etc.join("master.cf"), master).unwrap();
+        let d = dir.display();
+        std::fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = all
+inet_protocols = all
+myhostname = server.test
+mydestination =
+mynetworks = 198.18.0.0/15, 127.0.0.0/8, [2001:2::]/48
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+virtual_mailbox_domains = server.test
+virtual_mailbox_base = {d}/mail
+virtual_mailbox_maps = static:inbox/
+virtual_uid_maps = static:{NOBODY}
+virtual_gid_maps = static:{NOBODY}
+virtual_minimum_uid = 100
+message_size_limit = 0
+virtual_mailbox_limit = 0
+biff = no
+{extra}
+"
+            ),
+        )
+        .unwrap();
+        let pf = Self {
+            netns: ns.path(),
+            dir: dir.to_path_buf(),
+        };
+        let out = ns
+            .command("postfix")
+            .arg("-c")
+            .arg(&etc)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "postfix start failed: {}{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            pf.log()
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = ns
+                .command("ss")
+                .args(["-ltnH", "sport = :25"])
+                .output()
+                .unwrap();
+            if !out.stdout.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "postfix not listening: {}",
+                pf.log()
+            );
+            sleep(Duration::from_millis(50));
+        }
+        pf
+    }
+
+    /// The queue (what is not delivered yet), for failure messages. (No
+    /// log file: Postfix's `maillog_file` needs its log daemon, which is
+    /// not up before `postfix start` returns.)
+    pub fn log(&self) -> String {
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(self.dir.join("etc"))
+            .arg("-p")
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The messages delivered so far, raw.
+    pub fn delivered(&self) -> Vec<Vec<u8>> {
+        let new = self.dir.join("mail/inbox/new");
+        let Ok(entries) = std::fs::read_dir(new) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| std::fs::read(e.path()).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg("postfix")
+            .arg("-c")
+            .arg(self.dir.join("etc"))
+            .arg("stop")
+            .status();
+        // Whatever is left of the master (and its children) after stop.
+        let pid = std::fs::read_to_string(self.dir.join("queue/pid/master.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid
+            && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "master")
+        {
+            // SAFETY: kill on the pid of this instance's master, checked above.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn chown(path: &Path, user: &str) {
+    let status = Command::new("chown").arg(user).arg(path).status().unwrap();
+    assert!(status.success());
+}
