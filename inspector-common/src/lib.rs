@@ -73,6 +73,9 @@ pub const FAIL_CLOSED: u32 = 1;
 pub struct SteerConfig {
     /// [`FAIL_OPEN`] or [`FAIL_CLOSED`].
     pub fail: u32,
+    /// 1 when the daemon runs the engine: TCP intercept then leaves the
+    /// flows the engine terminates to its listener.
+    pub engine: u32,
 }
 
 /// Capacity of each exemption trie (rules per IP version).
@@ -321,7 +324,7 @@ const _: () = {
     assert!(size_of::<ClientKey>() == 32);
     assert!(size_of::<ConnCounts>() == 16);
     assert!(offset_of!(ConnCounts, established) == 8);
-    assert!(size_of::<SteerConfig>() == 4);
+    assert!(size_of::<SteerConfig>() == 8);
 };
 
 #[cfg(feature = "user")]

@@ -28,6 +28,7 @@ use crate::{
     intercept,
     packet::Packet,
     parse::{self, Addr, Headers, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, Transport},
+    sockets,
 };
 
 /// The protected servers and their limits, written by the daemon.
@@ -220,6 +221,17 @@ pub fn opening(src: &Addr, dst: &Addr, tcp: &Tcp, cookie: u32, window: u16) {
         track_new(key, flow_state::OPENING, cookie, window as u32);
     }
     count_intercept(InterceptEvent::ClientVerified);
+}
+
+/// A client the engine's listener accepted beyond the embryonic limit (the
+/// kernel, not us, answered its SYN): counted from its handshake-completing
+/// ACK on, so `max-conns` still holds.
+#[inline(never)]
+pub fn adopt(src: &Addr, dst: &Addr, tcp: &Tcp) {
+    if let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) {
+        track_new(key, flow_state::EMBRYONIC, 0, 0);
+        established(key);
+    }
 }
 
 /// Counts a TCP intercept event.

@@ -19,6 +19,7 @@ mod intercept;
 mod limits;
 mod packet;
 mod parse;
+mod sockets;
 mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -53,13 +54,21 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     match limits::track(&ctx) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        verdict => intercept(&ctx, verdict),
+        verdict => intercept(&ctx, verdict, class == Class::Inspect),
     }
 }
 
 /// The TCP intercept rewrites `limits` asked for (see `intercept`).
+///
+/// Not for a session the engine terminates: its listener stands in front
+/// of the server, the kernel's own SYN cookies protect that listener, and
+/// the server sees a connection only when the engine opens one. Answering
+/// here too would answer for the listener. (The engine runs in the
+/// daemon's process, which also holds this program: while this runs, a
+/// daemon started with the engine has it.)
 #[inline(always)]
-fn intercept(ctx: &XdpContext, verdict: Verdict) -> u32 {
+fn intercept(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
+    let engines = || inspected && steer::engine_runs();
     // Parsed again rather than kept: this keeps the main frame small.
     let packet = Packet::new(ctx.data(), ctx.data_end());
     let Ok(Headers::Ip {
@@ -71,6 +80,11 @@ fn intercept(ctx: &XdpContext, verdict: Verdict) -> u32 {
         return xdp_action::XDP_DROP;
     };
     let done = match verdict {
+        Verdict::AnswerSyn if engines() => true,
+        Verdict::VerifyClient if engines() => {
+            limits::adopt(&src, &dst, &tcp);
+            true
+        }
         Verdict::AnswerSyn => {
             let sent = intercept::answer_syn(ctx, &tcp);
             if sent {

@@ -25,8 +25,7 @@
 //! server's answers, addressed to the client, must come back to it.
 
 use aya_ebpf::{
-    bindings::{BPF_F_CURRENT_NETNS, TC_ACT_OK, TC_ACT_SHOT, bpf_sock_tuple},
-    helpers::{bpf_sk_release, bpf_skc_lookup_tcp},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, map},
     maps::Array,
     programs::TcContext,
@@ -36,14 +35,12 @@ use inspector_common::{FAIL_CLOSED, SMTP_PORT, STEER_MARK, SteerConfig};
 use crate::{
     acl,
     packet::Packet,
-    parse::{self, Addr, Headers, TCP_ACK, TCP_SYN, Transport},
+    parse::{self, Headers, TCP_ACK, TCP_SYN, Transport},
+    sockets::{self, TCP_LISTEN},
 };
 
 #[map]
 static STEER_CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
-
-/// `TCP_LISTEN` from the kernel's `tcp_states.h`.
-const TCP_LISTEN: u32 = 10;
 
 /// Bytes made linear before parsing: Ethernet, two VLAN tags, IPv6 with
 /// some extension headers, and TCP with options.
@@ -103,20 +100,36 @@ fn should_mark(ctx: &TcContext) -> Option<bool> {
     }
     if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
         // A server's answer: ours only if it matches the engine's socket.
-        return Some(matches!(
-            socket_state(ctx, &src, &dst, tcp.src_port, tcp.dst_port),
-            Some(state) if state != TCP_LISTEN
-        ));
+        return Some(
+            sockets::lookup(
+                ctx.skb.skb as *mut _,
+                &src,
+                &dst,
+                tcp.src_port,
+                tcp.dst_port,
+                |_, state| state != TCP_LISTEN,
+            )
+            .unwrap_or(false),
+        );
     }
     if tcp.dst_port != SMTP_PORT {
         return Some(false);
     }
     let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    match socket_state(ctx, &src, &dst, tcp.src_port, tcp.dst_port) {
-        // The engine's connection.
-        Some(state) if state != TCP_LISTEN => Some(true),
-        // The engine is listening: new flows go to it.
-        Some(_) => Some(syn),
+    match sockets::lookup(
+        ctx.skb.skb as *mut _,
+        &src,
+        &dst,
+        tcp.src_port,
+        tcp.dst_port,
+        |sk, state| {
+            // The engine's connection; a new flow while it listens; or the ACK
+            // that completes a handshake its listener answered with a SYN
+            // cookie (under a flood it keeps no half-open socket to find).
+            state != TCP_LISTEN || syn || sockets::is_valid_syncookie(&packet, &tcp, sk)
+        },
+    ) {
+        Some(mark) => Some(mark),
         None if syn && fail_closed() => None,
         None => Some(false),
     }
@@ -127,56 +140,8 @@ fn fail_closed() -> bool {
     STEER_CONFIG.get(0).is_some_and(|c| c.fail == FAIL_CLOSED)
 }
 
-/// The state of the local socket a packet with this 4-tuple would reach
-/// (established, half-open, time-wait or listening), if any.
+/// Whether the daemon runs the engine (it says so when it loads us).
 #[inline(always)]
-fn socket_state(ctx: &TcContext, src: &Addr, dst: &Addr, sport: u16, dport: u16) -> Option<u32> {
-    // SAFETY: an all-zero tuple is a valid value of this plain C union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let size = match (src, dst) {
-        (Addr::V4(s), Addr::V4(d)) => {
-            // SAFETY: writing plain integers into the union's IPv4 member.
-            unsafe {
-                let t = &mut tuple.__bindgen_anon_1.ipv4;
-                t.saddr = u32::from_ne_bytes(*s);
-                t.daddr = u32::from_ne_bytes(*d);
-                t.sport = sport.to_be();
-                t.dport = dport.to_be();
-            }
-            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv4 })
-        }
-        (Addr::V6(s), Addr::V6(d)) => {
-            // SAFETY: as above, the IPv6 member.
-            unsafe {
-                let t = &mut tuple.__bindgen_anon_1.ipv6;
-                for i in 0..4 {
-                    t.saddr[i] =
-                        u32::from_ne_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-                    t.daddr[i] =
-                        u32::from_ne_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]);
-                }
-                t.sport = sport.to_be();
-                t.dport = dport.to_be();
-            }
-            core::mem::size_of_val(unsafe { &tuple.__bindgen_anon_1.ipv6 })
-        }
-        _ => return None,
-    };
-    // SAFETY: the helper reads `size` bytes of the tuple; the socket it
-    // returns is released before this function returns, on every path.
-    unsafe {
-        let sk = bpf_skc_lookup_tcp(
-            ctx.skb.skb as *mut _,
-            &mut tuple,
-            size as u32,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        );
-        if sk.is_null() {
-            return None;
-        }
-        let state = (*sk).state;
-        bpf_sk_release(sk as *mut _);
-        Some(state)
-    }
+pub fn engine_runs() -> bool {
+    STEER_CONFIG.get(0).is_some_and(|c| c.engine != 0)
 }

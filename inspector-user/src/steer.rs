@@ -54,7 +54,7 @@ pub fn load(ebpf: &mut Ebpf, fail: FailMode) -> Result<()> {
         FailMode::Open => FAIL_OPEN,
         FailMode::Closed => FAIL_CLOSED,
     };
-    config.set(0, SteerConfig { fail }, 0)?;
+    config.set(0, SteerConfig { fail, engine: 1 }, 0)?;
     Ok(())
 }
 

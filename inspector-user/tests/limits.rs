@@ -246,16 +246,25 @@ fn syn_flood_is_held_to_max_embryonic_and_expires() {
 /// smtp-sink) through the SYN cookies the gateway answers with.
 #[test]
 fn intercept_lets_a_real_client_through_a_syn_flood_v4() {
-    intercept_through_flood("icept4", CLIENT_V4.into(), SERVER_V4.into());
+    intercept_through_flood("icept4", CLIENT_V4.into(), SERVER_V4.into(), false);
 }
 
 /// The same over IPv6.
 #[test]
 fn intercept_lets_a_real_client_through_a_syn_flood_v6() {
-    intercept_through_flood("icept6", CLIENT_V6.into(), SERVER_V6.into());
+    intercept_through_flood("icept6", CLIENT_V6.into(), SERVER_V6.into(), false);
 }
 
-fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr) {
+/// With the engine running, the SMTP sessions it terminates are left to its
+/// listener (the kernel's own SYN cookies when its queue is full): the XDP
+/// program answers none of those SYNs, the client still gets through the
+/// flood, and the server still never holds more than the limit.
+#[test]
+fn intercept_leaves_inspected_sessions_to_the_engine() {
+    intercept_through_flood("icepte", CLIENT_V4.into(), SERVER_V4.into(), true);
+}
+
+fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, engine: bool) {
     let lab = lab(test);
     let pins = PinDir::new(test);
     let policy = PolicyFile::new(
@@ -270,14 +279,21 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr) {
     // which enabling GRO on the peer did not bring about here; generic mode
     // sends them through the device like any packet. NIC drivers have no
     // such condition.
+    let mode = ["--xdp-mode", "generic"];
+    let no_engine = ["--no-engine", "--xdp-mode", "generic"];
     let _daemon = start_daemon_with(
         &lab,
         &pins,
         &[OUTSIDE, INSIDE],
         Some(policy.path()),
-        &["--xdp-mode", "generic"],
+        if engine { &mode } else { &no_engine },
     );
     route_spoofed_sources_to_client(&lab);
+    if engine {
+        // The engine's listener answers every SYN with a cookie, so the
+        // client's completing ACK is one the steering must recognise.
+        lab.gateway.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
+    }
     lab.server.sysctl("net.ipv4.tcp_syncookies", "0").unwrap();
     lab.server
         .sysctl("net.ipv4.tcp_max_syn_backlog", "4096")
@@ -336,11 +352,26 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr) {
         stats_json(pins.path())
     );
     assert!(transcript.contains("<-  250"), "{transcript}");
-    assert!(most > 0, "the flood reached the server at all");
-    assert!(most <= 20, "the server held {most} half-open connections");
+    if engine {
+        // The flood ends at the engine's listener; the server sees only
+        // the engine's own connection.
+        assert!(most <= 1, "the server held {most} half-open connections");
+    } else {
+        assert!(most > 0, "the flood reached the server at all");
+        assert!(most <= 20, "the server held {most} half-open connections");
+    }
 
     let json = stats_json(pins.path());
     let intercept = &json["limits"]["intercept"];
+    if engine {
+        assert!(
+            syncookies_received(&lab.gateway) >= 1,
+            "the listener's cookie"
+        );
+        assert_eq!(intercept["syn-cookies-sent"], 0, "{json}");
+        assert_eq!(json["limits"]["drops"]["max-embryonic"], 0, "{json}");
+        return;
+    }
     assert!(
         intercept["syn-cookies-sent"].as_u64().unwrap() >= 480,
         "{json}"
@@ -416,6 +447,20 @@ fn route_spoofed_sources_to_client(lab: &Lab) {
     lab.gateway
         .ip(&["-6", "route", "add", &v6, "via", &CLIENT_V6.to_string()])
         .unwrap();
+}
+
+/// Valid SYN cookies the kernel's listeners in `ns` have received.
+fn syncookies_received(ns: &Netns) -> u64 {
+    let out = ns
+        .command("nstat")
+        .args(["-az", "TcpExtSyncookiesRecv"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("TcpExtSyncookiesRecv"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("nstat shows TcpExtSyncookiesRecv")
 }
 
 /// Half-open connections in the server's SYN queue.

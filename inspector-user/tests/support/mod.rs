@@ -87,7 +87,9 @@ pub fn start_daemon(
     ifaces: &[&str],
     policy: Option<&Path>,
 ) -> ScopedChild {
-    start_daemon_with(lab, pins, ifaces, policy, &[])
+    // The kernel programs only: these tests count and limit the packets of
+    // connections to the lab's servers, which the engine would terminate.
+    start_daemon_with(lab, pins, ifaces, policy, &["--no-engine"])
 }
 
 /// [`start_daemon`] with more arguments for `inspector run`.
@@ -99,13 +101,7 @@ pub fn start_daemon_with(
     args: &[&str],
 ) -> ScopedChild {
     let mut cmd = lab.gateway.command(inspector_bin());
-    // The kernel programs only: these tests count and limit the packets of
-    // connections to the lab's servers, which the engine would terminate.
-    cmd.arg("--pin-dir")
-        .arg(pins.path())
-        .arg("run")
-        .arg("--no-engine")
-        .args(args);
+    cmd.arg("--pin-dir").arg(pins.path()).arg("run").args(args);
     for iface in ifaces {
         cmd.args(["--iface", iface]);
     }
