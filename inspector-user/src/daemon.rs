@@ -1,16 +1,20 @@
 //! `inspector run`: load, apply the policy, attach, wait for a signal, detach.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
 
 use crate::{
+    audit::{AuditLog, SinkSpec},
     bpffs,
+    esmtp_state::EsmtpState,
     exempt::ExemptTable,
     limits,
     loader::{self, AttachMode},
     lock::IfaceLock,
+    metrics::{self, MetricsAddr},
     policy::{OnEmbryonicLimit, Policy},
+    stats_socket::StatsSocket,
     sweeper::{self, Sweeper},
 };
 
@@ -19,6 +23,11 @@ pub struct RunOptions {
     pub policy: Option<PathBuf>,
     pub pin_dir: PathBuf,
     pub mode: AttachMode,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsAddr,
+    /// Where the ESMTP audit records go, and how many may wait for it.
+    pub audit: SinkSpec,
+    pub audit_queue: usize,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -35,6 +44,19 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .iter()
         .map(|iface| IfaceLock::acquire(iface, &opts.pin_dir))
         .collect::<Result<Vec<_>>>()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // The state the ESMTP proxy's sessions share with the metrics endpoint
+    // and `inspector stats`.
+    let audit = AuditLog::start(&opts.audit, opts.audit_queue)?;
+    let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
+    let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
+    let metrics_listener = match opts.metrics {
+        MetricsAddr::Off => None,
+        MetricsAddr::Listen(addr) => Some(runtime.block_on(metrics::bind(addr))?),
+    };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
     ExemptTable::open(&opts.pin_dir)?
@@ -66,7 +88,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
         log::info!("{iface}: classifier attached ({mode} XDP)");
     }
 
-    run_until_signal(sweeper)?;
+    let services = Services {
+        metrics: metrics_listener
+            .map(|l| (l, Arc::new(metrics::registry(&opts.pin_dir, esmtp.clone())))),
+        esmtp,
+        stats_socket,
+    };
+    run_until_signal(&runtime, sweeper, services)?;
     log::info!(
         "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
     );
@@ -74,12 +102,42 @@ pub fn run(opts: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// Sweeps the flow table every [`sweeper::INTERVAL`] until SIGINT/SIGTERM.
-fn run_until_signal(mut sweeper: Sweeper) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+/// What the daemon serves besides the kernel programs.
+struct Services {
+    esmtp: Arc<EsmtpState>,
+    stats_socket: StatsSocket,
+    metrics: Option<(
+        tokio::net::TcpListener,
+        Arc<prometheus_client::registry::Registry>,
+    )>,
+}
+
+/// Serves the metrics endpoint and the stats socket, and sweeps the flow
+/// table every [`sweeper::INTERVAL`], until SIGINT/SIGTERM.
+fn run_until_signal(
+    runtime: &tokio::runtime::Runtime,
+    mut sweeper: Sweeper,
+    services: Services,
+) -> Result<()> {
     runtime.block_on(async {
+        let Services {
+            esmtp,
+            stats_socket,
+            metrics,
+        } = services;
+        let stats_socket = Arc::new(stats_socket);
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn({
+            let (socket, esmtp) = (stats_socket.clone(), esmtp.clone());
+            async move { socket.serve(esmtp).await }
+        });
+        if let Some((listener, registry)) = metrics {
+            log::info!(
+                "metrics endpoint on http://{}/metrics",
+                listener.local_addr()?
+            );
+            tasks.spawn(metrics::serve(listener, registry));
+        }
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -95,6 +153,7 @@ fn run_until_signal(mut sweeper: Sweeper) -> Result<()> {
                 },
             }
         }
+        tasks.shutdown().await;
         Ok(())
     })
 }
