@@ -44,6 +44,8 @@ pub mod maps {
 /// Program names as they appear in the object file.
 pub mod programs {
     pub const XDP_CLASSIFY: &str = "inspector_xdp";
+    /// `XDP_PASS` and nothing else: the benchmark's baseline.
+    pub const XDP_EMPTY: &str = "inspector_xdp_empty";
 }
 
 /// Capacity of each exemption trie (rules per IP version).
