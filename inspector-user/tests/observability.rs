@@ -53,6 +53,71 @@ fn get(m: &BTreeMap<String, f64>, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} not scraped; got {:#?}", m.keys()))
 }
 
+/// The kernel families of one scrape equal what `inspector stats --json`
+/// reads from the maps, taken between two identical scrapes (so no packet
+/// crossed in between).
+fn assert_scrape_matches_cli(lab: &Lab, pins: &PinDir) {
+    let kernel = |m: &BTreeMap<String, f64>| -> Vec<(String, f64)> {
+        m.iter()
+            .filter(|(k, _)| !k.starts_with("inspector_esmtp") && !k.starts_with("inspector_audit"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    };
+    for _ in 0..20 {
+        let first = scrape(lab);
+        let json = stats_json(pins.path());
+        if kernel(&first) != kernel(&scrape(lab)) {
+            continue; // traffic in between: try again
+        }
+        for class in ["pass", "inspect", "exempt", "malformed"] {
+            for (family, field) in [("packets", "packets"), ("bytes", "bytes")] {
+                assert_eq!(
+                    get(
+                        &first,
+                        &format!(r#"inspector_{family}_total{{class="{class}"}}"#)
+                    ),
+                    json["classes"][class][field].as_f64().unwrap(),
+                    "{family} of {class}: scrape vs stats --json {json}"
+                );
+            }
+        }
+        for (reason, n) in json["limits"]["drops"].as_object().unwrap() {
+            assert_eq!(
+                get(
+                    &first,
+                    &format!(r#"inspector_limit_drops_total{{reason="{reason}"}}"#)
+                ),
+                n.as_f64().unwrap()
+            );
+        }
+        for (event, n) in json["limits"]["intercept"].as_object().unwrap() {
+            assert_eq!(
+                get(
+                    &first,
+                    &format!(r#"inspector_intercept_events_total{{event="{event}"}}"#)
+                ),
+                n.as_f64().unwrap()
+            );
+        }
+        for server in json["limits"]["servers"].as_array().unwrap() {
+            for state in ["embryonic", "established"] {
+                assert_eq!(
+                    get(
+                        &first,
+                        &format!(
+                            r#"inspector_server_connections{{server="{}",state="{state}"}}"#,
+                            server["address"].as_str().unwrap()
+                        )
+                    ),
+                    server[state].as_f64().unwrap()
+                );
+            }
+        }
+        return;
+    }
+    panic!("no two identical scrapes in 20 tries");
+}
+
 #[test]
 fn metrics_move_with_real_traffic() {
     let lab = lab("obsmetrics");
@@ -135,6 +200,7 @@ fn metrics_move_with_real_traffic() {
         );
     }
     assert_eq!(curl(&lab, "/nothing").0, 404);
+    assert_scrape_matches_cli(&lab, &pins);
 
     // `inspector stats` reads the daemon's ESMTP counters over its socket.
     let text = cli_ok(pins.path(), &["stats"]);
