@@ -68,6 +68,17 @@ impl FromStr for SinkSpec {
     }
 }
 
+impl std::fmt::Display for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::Stdout => f.write_str("stdout"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+            Self::Syslog(socket) => write!(f, "syslog:{}", socket.display()),
+        }
+    }
+}
+
 /// One record as queued: the event and when it happened.
 struct Queued {
     time: SystemTime,

@@ -25,9 +25,10 @@ pub struct RunOptions {
     pub mode: AttachMode,
     /// The Prometheus endpoint.
     pub metrics: MetricsAddr,
-    /// Where the ESMTP audit records go, and how many may wait for it.
-    pub audit: SinkSpec,
-    pub audit_queue: usize,
+    /// Where the ESMTP audit records go, and how many may wait for it;
+    /// `None`: the policy's `[audit]`, else stdout and 4096.
+    pub audit: Option<SinkSpec>,
+    pub audit_queue: Option<usize>,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -50,7 +51,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .build()?;
     // The state the ESMTP proxy's sessions share with the metrics endpoint
     // and `inspector stats`.
-    let audit = AuditLog::start(&opts.audit, opts.audit_queue)?;
+    let sink = (opts.audit.clone())
+        .or_else(|| policy.audit.sink.clone())
+        .unwrap_or(SinkSpec::Stdout);
+    let queue = (opts.audit_queue)
+        .or(policy.audit.queue)
+        .unwrap_or(crate::audit::DEFAULT_QUEUE)
+        .max(1);
+    let audit = AuditLog::start(&sink, queue)?;
+    log::info!("audit records: {sink} (queue {queue})");
     let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
     let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
     let metrics_listener = match opts.metrics {

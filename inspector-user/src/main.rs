@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use inspector::{
-    audit::{self, SinkSpec},
+    audit::SinkSpec,
     bpffs,
     daemon::{self, RunOptions},
     exempt::{self, ExemptTable, Origin},
@@ -50,13 +50,15 @@ enum Command {
         #[arg(long, default_value = metrics::DEFAULT_ADDR)]
         metrics: MetricsAddr,
         /// ESMTP audit records: `stdout` or `file:PATH` (JSON lines),
-        /// `syslog` or `syslog:SOCKET` (RFC 5424, default socket /dev/log), or `off`.
-        #[arg(long, default_value = "stdout")]
-        audit: SinkSpec,
+        /// `syslog` or `syslog:SOCKET` (RFC 5424, default socket /dev/log), or
+        /// `off`. Overrides the policy's `[audit] sink`; default stdout.
+        #[arg(long)]
+        audit: Option<SinkSpec>,
         /// Audit records that may wait for a slow sink; more are dropped and
-        /// counted (inspector_audit_dropped_total).
-        #[arg(long, default_value_t = audit::DEFAULT_QUEUE)]
-        audit_queue: usize,
+        /// counted (inspector_audit_dropped_total). Overrides the policy's
+        /// `[audit] queue`; default 4096.
+        #[arg(long)]
+        audit_queue: Option<usize>,
     },
     /// Manage exemptions live (hosts or networks never inspected).
     Exempt {
@@ -131,7 +133,7 @@ fn execute(cli: Cli) -> Result<()> {
             mode: xdp_mode,
             metrics,
             audit,
-            audit_queue: audit_queue.max(1),
+            audit_queue,
         }),
         Command::Exempt { action } => exempt_command(&pin_dir, action),
         Command::Stats { json, top } => {

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::exempt;
+use crate::{audit::SinkSpec, exempt};
 
 /// A validated policy.
 #[derive(Debug, Clone)]
@@ -24,6 +24,14 @@ pub struct Policy {
     pub servers: Vec<Server>,
     pub timeouts: Timeouts,
     pub esmtp: EsmtpPolicy,
+    pub audit: AuditSettings,
+}
+
+/// The `[audit]` table; `inspector run --audit`/`--audit-queue` override it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub sink: Option<SinkSpec>,
+    pub queue: Option<usize>,
 }
 
 /// A protected server and its connection limits (0 = unlimited).
@@ -81,6 +89,14 @@ struct RawPolicy {
     server: Vec<RawServer>,
     timeouts: Option<RawTimeouts>,
     esmtp: Option<EsmtpSection>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    sink: Option<Spanned<String>>,
+    queue: Option<Spanned<u64>>,
 }
 
 // Not `#[serde(flatten)]` into `Server`: flattening loses the spans that
@@ -247,11 +263,32 @@ impl Policy {
             )?,
             None => EsmtpPolicy::default(),
         };
+        let mut audit = AuditSettings::default();
+        if let Some(raw_audit) = &raw.audit {
+            if let Some(sink) = &raw_audit.sink {
+                let spec = sink
+                    .get_ref()
+                    .parse()
+                    .map_err(|m| at(Some(sink.span()), "audit.sink".into(), m))?;
+                audit.sink = Some(spec);
+            }
+            if let Some(queue) = &raw_audit.queue {
+                if *queue.get_ref() == 0 {
+                    return Err(at(
+                        Some(queue.span()),
+                        "audit.queue".into(),
+                        "must be at least 1 (records)".into(),
+                    ));
+                }
+                audit.queue = Some(*queue.get_ref() as usize);
+            }
+        }
         Ok(Self {
             exempt,
             servers,
             timeouts,
             esmtp,
+            audit,
         })
     }
 }
@@ -417,6 +454,24 @@ mod tests {
         let err = parse("[timeouts]\nhalf-open = 5\n").unwrap_err();
         assert_eq!(err.line, 2);
         assert!(err.message.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn audit_section_parses_and_names_bad_fields() {
+        let p = parse("[audit]\nsink = \"syslog\"\nqueue = 100\n").unwrap();
+        assert_eq!(
+            p.audit,
+            AuditSettings {
+                sink: Some(SinkSpec::Syslog(crate::audit::DEV_LOG.into())),
+                queue: Some(100),
+            }
+        );
+        assert_eq!(parse("").unwrap().audit, AuditSettings::default());
+        let err = parse("[audit]\nqueue = 1\nsink = \"json\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (3, "audit.sink"));
+        assert!(err.message.contains("file:PATH"), "{err}");
+        let err = parse("[audit]\nqueue = 0\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "audit.queue"));
     }
 
     #[test]

@@ -246,3 +246,63 @@ fn metrics_off_binds_nothing() {
     let json = stats_json(pins.path());
     assert_eq!(json["esmtp"].as_array().map(Vec::len), Some(1), "{json}");
 }
+
+/// The policy's `[audit]` section chooses the sink, `--audit` overrides it:
+/// a syslog socket that does not exist fails the start and is named.
+#[test]
+fn audit_sink_comes_from_the_policy_unless_overridden() {
+    let lab = lab("obsaudit");
+    let pins = PinDir::new("obsaudit");
+    let socket =
+        std::env::temp_dir().join(format!("inspector-test-{}-absent.sock", std::process::id()));
+    let policy = PolicyFile::new(
+        "obsaudit",
+        &format!("[audit]\nsink = \"syslog:{}\"\n", socket.display()),
+    );
+    let run = |extra: &[&str]| {
+        lab.gateway
+            .command(support::inspector_bin())
+            .arg("--pin-dir")
+            .arg(pins.path())
+            .args(["run", "--iface", OUTSIDE, "--metrics", "off", "--policy"])
+            .arg(policy.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without its syslog socket");
+    assert!(
+        stderr.contains(&format!("connecting to syslog at {}", socket.display())),
+        "{stderr}"
+    );
+    // `--audit off` overrides the policy: the daemon starts and attaches.
+    let mut daemon = lab
+        .gateway
+        .spawn(
+            lab.gateway
+                .command(support::inspector_bin())
+                .arg("--pin-dir")
+                .arg(pins.path())
+                .args([
+                    "run",
+                    "--iface",
+                    OUTSIDE,
+                    "--metrics",
+                    "off",
+                    "--audit",
+                    "off",
+                    "--policy",
+                ])
+                .arg(policy.path()),
+        )
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || support::xdp_attached(
+            &lab, OUTSIDE
+        )),
+        "the daemon attached with --audit off: {:?}",
+        daemon.child().try_wait()
+    );
+}
