@@ -140,6 +140,9 @@ fn run_until_signal(
             let (socket, esmtp) = (stats_socket.clone(), esmtp.clone());
             async move { socket.serve(esmtp).await }
         });
+        // The ESMTP proxy (steered sessions) joins here as one more task
+        // sharing `esmtp`: per session `esmtp.session_started()`,
+        // `esmtp.new_session(peers)` and `esmtp.audit_all(out.audit)`.
         if let Some((listener, registry)) = metrics {
             log::info!(
                 "metrics endpoint on http://{}/metrics",

@@ -200,6 +200,18 @@ fn execute(cli: Cli) -> Result<()> {
                 t.idle.as_secs(),
                 t.half_closed.as_secs()
             );
+            println!(
+                "audit: sink {}, queue {}",
+                policy
+                    .audit
+                    .sink
+                    .as_ref()
+                    .map_or("stdout (default)".to_string(), ToString::to_string),
+                policy
+                    .audit
+                    .queue
+                    .map_or("4096 (default)".to_string(), |q| q.to_string())
+            );
             // The ESMTP policy as `show service-policy` will show it.
             let esmtp = &policy.esmtp;
             println!("esmtp mode: {}", format!("{:?}", esmtp.mode).to_lowercase());
