@@ -281,7 +281,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
             Ok((stream, _)) => {
                 let registry = registry.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &registry).await {
+                    if let Err(e) = handle(stream, registry).await {
                         log::debug!("metrics: {e}");
                     }
                 });
@@ -295,7 +295,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
 }
 
 /// A minimal HTTP/1.x server: one request per connection, then close.
-async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, registry: Arc<Registry>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -312,7 +312,11 @@ async fn handle(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
     let (status, content_type, body) = match read {
         Err(_) => ("408 Request Timeout", "text/plain", "timeout\n".to_string()),
         Ok(Err(e)) => return Err(e),
-        Ok(Ok(())) => route(&buf, registry),
+        // Reading the maps is a handful of syscalls: off the runtime's
+        // thread, so a scrape never holds up the sessions.
+        Ok(Ok(())) => tokio::task::spawn_blocking(move || route(&buf, &registry))
+            .await
+            .map_err(std::io::Error::other)?,
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -29,12 +29,12 @@ pub fn run() -> Result<()> {
         "flood_bench",
     ])?;
     let kernel = json_of(
-        Command::new(workspace_root().join("target/release/examples/kernel_bench"))
+        Command::new(target_dir().join("release/examples/kernel_bench"))
             .args(["--repeats", &REPEATS.to_string()]),
     )?;
     eprintln!("bench: SYN flood on the lab, XDP vs nftables");
     let flood = json_of(
-        Command::new(workspace_root().join("target/release/examples/flood_bench"))
+        Command::new(target_dir().join("release/examples/flood_bench"))
             .args(["--repeats", &FLOOD_REPEATS.to_string()])
             .args(["--syns", &FLOOD_SYNS.to_string()]),
     )?;
@@ -50,6 +50,13 @@ pub fn run() -> Result<()> {
     std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: wrote {}", path.display());
     Ok(())
+}
+
+/// Where cargo builds: `CARGO_TARGET_DIR` when set, else `target/`.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
