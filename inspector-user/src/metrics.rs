@@ -363,6 +363,49 @@ mod tests {
         assert!("9725".parse::<MetricsAddr>().is_err());
     }
 
+    /// A real engine session, driven as the proxy will, moves the ESMTP
+    /// families of the next scrape.
+    #[test]
+    fn esmtp_families_follow_the_sessions() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            esmtp: inspector_esmtp::policy::EsmtpSection,
+        }
+        let file: File = toml::from_str(
+            "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"drop-connection log\"\n",
+        )
+        .unwrap();
+        let state = Arc::new(EsmtpState::new(
+            file.esmtp.compile().unwrap(),
+            AuditLog::off(),
+        ));
+        let reg = registry(Path::new("/nonexistent/inspector"), state.clone());
+        let mut guard = state.session_started();
+        assert!(render(&reg).contains("\ninspector_esmtp_sessions_active 1\n"));
+        let mut session = state.new_session(inspector_esmtp::Peers {
+            client: "198.18.0.2:40000".parse().unwrap(),
+            server: "198.18.1.25:25".parse().unwrap(),
+        });
+        let now = std::time::Instant::now();
+        session.on_server_data(b"220 mx ESMTP\r\n", now);
+        let out = session.on_client_data(b"VRFY root\r\n", now);
+        state.audit_all(out.audit);
+        guard.set_outcome(SessionOutcome::from_close(out.close));
+        drop(guard);
+        let body = render(&reg);
+        for line in [
+            "inspector_esmtp_sessions_active 0",
+            "inspector_esmtp_sessions_total{outcome=\"dropped\"} 1",
+            "inspector_esmtp_closed_total{action=\"drop-connection\"} 1",
+            "inspector_esmtp_matches_total{criterion=\"match cmd verb VRFY\",action=\"drop-connection log\"} 1",
+        ] {
+            assert!(
+                body.contains(&format!("\n{line}\n")),
+                "{line} not in {body}"
+            );
+        }
+    }
+
     #[test]
     fn routes() {
         let state = Arc::new(EsmtpState::new(Default::default(), AuditLog::off()));
