@@ -16,6 +16,7 @@ const FLOOD_SYNS: u32 = 200_000;
 const COMMAND: &str = "cargo xtask bench";
 
 pub fn run() -> Result<()> {
+    let started = std::time::Instant::now();
     let machine = machine();
     eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
     cargo(&[
@@ -44,7 +45,12 @@ pub fn run() -> Result<()> {
     eprintln!("bench: SMTP through the inspector vs direct, RSS per session: needs the proxy");
 
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
-    let report = render(&machine, date.trim(), &kernel, &flood, &engine)?;
+    let mut report = render(&machine, date.trim(), &kernel, &flood, &engine)?;
+    writeln!(
+        report,
+        "\nThis run of `{COMMAND}` took {} s, builds included.",
+        started.elapsed().as_secs()
+    )?;
     println!("{report}");
     let path = workspace_root().join("docs/benchmarks.md");
     std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
