@@ -46,6 +46,8 @@ pub mod programs {
     pub const XDP_CLASSIFY: &str = "inspector_xdp";
     /// TC (clsact ingress) program marking flagged flows for the engine.
     pub const TC_STEER: &str = "inspector_steer";
+    /// `XDP_PASS` and nothing else: the benchmark's baseline.
+    pub const XDP_EMPTY: &str = "inspector_xdp_empty";
 }
 
 /// Name of the steering program's settings map (one [`SteerConfig`] at

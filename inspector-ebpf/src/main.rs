@@ -31,6 +31,13 @@ use crate::{
     parse::{Headers, Transport},
 };
 
+/// Passes every packet and does nothing else: the baseline the benchmark
+/// (`cargo xtask bench`) measures the classifier against. Never attached.
+#[xdp]
+pub fn inspector_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());

@@ -6,6 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::policy::EsmtpPolicy;
 
+/// The hits of one criterion of a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriterionHits {
+    /// e.g. `match cmd RCPT count gt 100`, `mask-banner`.
+    pub criterion: String,
+    /// e.g. `drop-connection log`.
+    pub action: String,
+    pub hits: u64,
+}
+
 /// Counters of one policy; share one `Arc<PolicyStats>` across sessions.
 #[derive(Debug, Default)]
 pub struct PolicyStats {
@@ -48,6 +58,57 @@ impl PolicyStats {
         self.rules
             .get(index)
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// One entry per criterion of `policy` that counts its hits (the
+    /// parameters first, then the `match` lines in order), with its action
+    /// as the policy writes it: the rows of `show service-policy` and of
+    /// the `inspector_esmtp_matches_total` metric.
+    pub fn criteria(&self, policy: &EsmtpPolicy) -> Vec<CriterionHits> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = Vec::new();
+        if policy.mask_banner {
+            out.push(CriterionHits {
+                criterion: "mask-banner".into(),
+                action: "mask".into(),
+                hits: get(&self.mask_banner),
+            });
+        }
+        if let Some(relay) = &policy.mail_relay {
+            out.push(CriterionHits {
+                criterion: format!("mail-relay {}", relay.domain),
+                action: relay.actions.to_string(),
+                hits: get(&self.mail_relay),
+            });
+        }
+        if let Some(actions) = &policy.special_character {
+            out.push(CriterionHits {
+                criterion: "special-character".into(),
+                action: actions.to_string(),
+                hits: get(&self.special_character),
+            });
+        }
+        if let Some(log) = policy.allow_tls {
+            out.push(CriterionHits {
+                criterion: "allow-tls".into(),
+                action: if log { "allow log" } else { "allow" }.into(),
+                hits: get(&self.allow_tls),
+            });
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            out.push(CriterionHits {
+                criterion: rule.text(),
+                action: rule.actions.to_string(),
+                hits: self.rule_hits(i),
+            });
+        }
+        out
+    }
+
+    /// `(packet, drop, reset-drop)`: the first line of `show service-policy`.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (get(&self.packet), get(&self.drop), get(&self.reset_drop))
     }
 
     /// The `show service-policy inspect esmtp` view of `policy`, which must

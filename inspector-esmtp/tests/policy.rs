@@ -177,3 +177,29 @@ fn every_parameter_and_its_show_line() {
          \x20 match not cmd verb NOOP             rate-limit 10 log, packet 0\n"
     );
 }
+
+#[test]
+fn criteria_list_the_show_lines_with_their_actions() {
+    let p = load(
+        "[esmtp]\nallow-tls = \"log\"\nmail-relay = { domain = \"example.com\", action = \"log\" }\n\
+         [[esmtp.match]]\nmatch = \"cmd RCPT count gt 100\"\naction = \"drop-connection log\"\n",
+    )
+    .unwrap();
+    let stats = PolicyStats::new(&p);
+    let rows: Vec<(String, String, u64)> = stats
+        .criteria(&p)
+        .into_iter()
+        .map(|c| (c.criterion, c.action, c.hits))
+        .collect();
+    let row = |c: &str, a: &str| (c.to_string(), a.to_string(), 0);
+    assert_eq!(
+        rows,
+        [
+            row("mask-banner", "mask"),
+            row("mail-relay example.com", "log"),
+            row("allow-tls", "allow log"),
+            row("match cmd RCPT count gt 100", "drop-connection log"),
+        ]
+    );
+    assert_eq!(stats.totals(), (0, 0, 0));
+}

@@ -5,18 +5,22 @@ use std::{path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
 use inspector_common::SMTP_PORT;
-use inspector_esmtp::PolicyStats;
 use tokio::sync::watch;
 
 use crate::{
+    audit::{AuditLog, SinkSpec},
     bpffs,
+    esmtp_state::EsmtpState,
     exempt::ExemptTable,
     limits,
     loader::{self, AttachMode},
     lock::IfaceLock,
+    metrics::{self, MetricsAddr},
     policy::{OnEmbryonicLimit, Policy},
     proxy::{self, Counters, Shared},
-    routing, steer,
+    routing,
+    stats_socket::StatsSocket,
+    steer,
     sweeper::{self, Sweeper},
 };
 
@@ -28,6 +32,12 @@ pub struct RunOptions {
     /// Run the ESMTP engine and steer flagged flows to it (the default);
     /// `false` only classifies and counts.
     pub engine: bool,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsAddr,
+    /// Where the ESMTP audit records go, and how many may wait for it;
+    /// `None`: the policy's `[audit]`, else stdout and 4096.
+    pub audit: Option<SinkSpec>,
+    pub audit_queue: Option<usize>,
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -44,6 +54,27 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .iter()
         .map(|iface| IfaceLock::acquire(iface, &opts.pin_dir))
         .collect::<Result<Vec<_>>>()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // What the engine's sessions share with the metrics endpoint and
+    // `inspector stats`.
+    let sink = (opts.audit.clone())
+        .or_else(|| policy.audit.sink.clone())
+        .unwrap_or(SinkSpec::Stdout);
+    let queue = (opts.audit_queue)
+        .or(policy.audit.queue)
+        .unwrap_or(crate::audit::DEFAULT_QUEUE)
+        .max(1);
+    let audit = AuditLog::start(&sink, queue)?;
+    log::info!("audit records: {sink} (queue {queue})");
+    let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
+    let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
+    let metrics_listener = match opts.metrics {
+        MetricsAddr::Off => None,
+        MetricsAddr::Listen(addr) => Some(runtime.block_on(metrics::bind(addr))?),
+    };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
     ExemptTable::open(&opts.pin_dir)?
@@ -75,11 +106,20 @@ pub fn run(opts: RunOptions) -> Result<()> {
         log::info!("{iface}: classifier attached ({mode} XDP)");
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    // Runs whenever the runtime does, with or without the engine.
+    // These run whenever the runtime does, with or without the engine.
     runtime.spawn(sweep_forever(sweeper));
+    runtime.spawn({
+        let esmtp = esmtp.clone();
+        async move { stats_socket.serve(esmtp).await }
+    });
+    if let Some(listener) = metrics_listener {
+        log::info!(
+            "metrics endpoint on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let registry = Arc::new(metrics::registry(&opts.pin_dir, esmtp.clone()));
+        runtime.spawn(metrics::serve(listener, registry));
+    }
     if !opts.engine {
         runtime.block_on(wait_for_signal())?;
         log::info!(
@@ -88,7 +128,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         return Ok(());
     }
     steer::load(&mut ebpf, policy.engine.fail)?;
-    let result = runtime.block_on(engine(&opts, &policy, &mut ebpf));
+    let result = runtime.block_on(engine(&opts, &policy, esmtp, &mut ebpf));
     // Whatever happened: no steering is left behind by a clean exit.
     let cleanup = runtime.block_on(unsteer(&opts));
     log::info!(
@@ -98,7 +138,12 @@ pub fn run(opts: RunOptions) -> Result<()> {
     result.and(cleanup)
 }
 
-async fn engine(opts: &RunOptions, policy: &Policy, ebpf: &mut aya::Ebpf) -> Result<()> {
+async fn engine(
+    opts: &RunOptions,
+    policy: &Policy,
+    esmtp: Arc<EsmtpState>,
+    ebpf: &mut aya::Ebpf,
+) -> Result<()> {
     // Listening first: the steering program treats the listener as the
     // engine's liveness.
     let listeners = proxy::listeners(SMTP_PORT)?;
@@ -110,10 +155,8 @@ async fn engine(opts: &RunOptions, policy: &Policy, ebpf: &mut aya::Ebpf) -> Res
         steer::attach(ebpf, iface, &opts.pin_dir)?;
         log::info!("{iface}: steering attached (TC ingress)");
     }
-    let esmtp = Arc::new(policy.esmtp.clone());
     let shared = Arc::new(Shared {
-        stats: Arc::new(PolicyStats::new(&esmtp)),
-        policy: esmtp,
+        esmtp,
         config: policy.engine.clone(),
         counters: Counters::default(),
     });
@@ -135,7 +178,7 @@ async fn engine(opts: &RunOptions, policy: &Policy, ebpf: &mut aya::Ebpf) -> Res
         c.accepted.load(std::sync::atomic::Ordering::Relaxed),
         c.refused.load(std::sync::atomic::Ordering::Relaxed)
     );
-    print!("{}", shared.stats.render(&shared.policy));
+    print!("{}", shared.esmtp.stats.render(&shared.esmtp.policy));
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-const LOCK_DIR: &str = "/run/inspector";
+pub const LOCK_DIR: &str = "/run/inspector";
 
 pub struct IfaceLock {
     _file: File,

@@ -5,14 +5,17 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use inspector::{
+    audit::SinkSpec,
     bpffs,
     daemon::{self, RunOptions},
     exempt::{self, ExemptTable, Origin},
     limits::{self, LimitStats},
     loader::AttachMode,
     lock::IfaceLock,
+    metrics::{self, MetricsAddr},
     policy::Policy,
     stats::ClassStats,
+    stats_socket,
 };
 use inspector_esmtp::stats::PolicyStats;
 
@@ -47,14 +50,28 @@ enum Command {
         /// SMTP is forwarded uninspected).
         #[arg(long)]
         no_engine: bool,
+        /// Prometheus endpoint (`GET /metrics`): ADDRESS:PORT, or `off`.
+        #[arg(long, default_value = metrics::DEFAULT_ADDR)]
+        metrics: MetricsAddr,
+        /// ESMTP audit records: `stdout` or `file:PATH` (JSON lines),
+        /// `syslog` or `syslog:SOCKET` (RFC 5424, default socket /dev/log), or
+        /// `off`. Overrides the policy's `[audit] sink`; default stdout.
+        #[arg(long)]
+        audit: Option<SinkSpec>,
+        /// Audit records that may wait for a slow sink; more are dropped and
+        /// counted (inspector_audit_dropped_total). Overrides the policy's
+        /// `[audit] queue`; default 4096.
+        #[arg(long)]
+        audit_queue: Option<usize>,
     },
     /// Manage exemptions live (hosts or networks never inspected).
     Exempt {
         #[command(subcommand)]
         action: ExemptAction,
     },
-    /// Print the kernel's per-class counters and the connection limits'
-    /// live view (per server, the top clients, SYNs dropped by reason).
+    /// Print the kernel's per-class counters, the connection limits' live
+    /// view (per server, the top clients, SYNs dropped by reason), and the
+    /// running daemon's ESMTP counters as `show service-policy inspect esmtp`.
     Stats {
         #[arg(long)]
         json: bool,
@@ -111,23 +128,61 @@ fn execute(cli: Cli) -> Result<()> {
             policy,
             xdp_mode,
             no_engine,
+            metrics,
+            audit,
+            audit_queue,
         } => daemon::run(RunOptions {
             ifaces,
             policy,
             pin_dir,
             mode: xdp_mode,
             engine: !no_engine,
+            metrics,
+            audit,
+            audit_queue,
         }),
         Command::Exempt { action } => exempt_command(&pin_dir, action),
         Command::Stats { json, top } => {
             let classes = ClassStats::read(&pin_dir)?;
             let limits = LimitStats::read(&pin_dir, top)?;
+            let esmtp = stats_socket::read_all(&pin_dir);
             if json {
                 let mut out = classes.to_json();
                 out["limits"] = limits.to_json();
+                out["esmtp"] = esmtp
+                    .iter()
+                    .map(|(pid, snap)| match snap {
+                        Ok(snap) => serde_json::json!(snap),
+                        Err(e) => serde_json::json!({"pid": pid, "error": format!("{e:#}")}),
+                    })
+                    .collect();
                 println!("{out}");
             } else {
                 print!("{}{}", classes.to_text(), limits.to_text());
+                println!();
+                if esmtp.is_empty() {
+                    println!("ESMTP: no daemon is running with {}", pin_dir.display());
+                }
+                for (pid, snap) in esmtp {
+                    match snap {
+                        Ok(snap) => {
+                            println!("ESMTP (daemon pid {pid})");
+                            print!("{}", snap.show);
+                            let ended: Vec<String> = snap
+                                .sessions
+                                .iter()
+                                .map(|(k, v)| format!("{k} {v}"))
+                                .collect();
+                            println!(
+                                "  sessions: active {}, ended: {}; audit records dropped {}",
+                                snap.sessions_active,
+                                ended.join(", "),
+                                snap.audit_dropped
+                            );
+                        }
+                        Err(e) => println!("ESMTP (daemon pid {pid}): {e:#}"),
+                    }
+                }
             }
             Ok(())
         }
@@ -150,6 +205,18 @@ fn execute(cli: Cli) -> Result<()> {
                 t.embryonic.as_secs(),
                 t.idle.as_secs(),
                 t.half_closed.as_secs()
+            );
+            println!(
+                "audit: sink {}, queue {}",
+                policy
+                    .audit
+                    .sink
+                    .as_ref()
+                    .map_or("stdout (default)".to_string(), ToString::to_string),
+                policy
+                    .audit
+                    .queue
+                    .map_or("4096 (default)".to_string(), |q| q.to_string())
             );
             // The ESMTP policy as `show service-policy` will show it.
             let esmtp = &policy.esmtp;

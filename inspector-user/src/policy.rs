@@ -16,6 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    audit::SinkSpec,
     exempt,
     proxy::config::{EngineConfig, EngineSection},
 };
@@ -29,6 +30,14 @@ pub struct Policy {
     pub esmtp: EsmtpPolicy,
     /// The `[engine]` table: the proxy's limits and the failure mode.
     pub engine: EngineConfig,
+    pub audit: AuditSettings,
+}
+
+/// The `[audit]` table; `inspector run --audit`/`--audit-queue` override it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub sink: Option<SinkSpec>,
+    pub queue: Option<usize>,
 }
 
 /// A protected server and its connection limits (0 = unlimited).
@@ -87,6 +96,14 @@ struct RawPolicy {
     timeouts: Option<RawTimeouts>,
     esmtp: Option<EsmtpSection>,
     engine: Option<EngineSection>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    sink: Option<Spanned<String>>,
+    queue: Option<Spanned<u64>>,
 }
 
 // Not `#[serde(flatten)]` into `Server`: flattening loses the spans that
@@ -259,12 +276,33 @@ impl Policy {
                 .map_err(|(span, field, message)| at(Some(span), field, message))?,
             None => EngineConfig::default(),
         };
+        let mut audit = AuditSettings::default();
+        if let Some(raw_audit) = &raw.audit {
+            if let Some(sink) = &raw_audit.sink {
+                let spec = sink
+                    .get_ref()
+                    .parse()
+                    .map_err(|m| at(Some(sink.span()), "audit.sink".into(), m))?;
+                audit.sink = Some(spec);
+            }
+            if let Some(queue) = &raw_audit.queue {
+                if *queue.get_ref() == 0 {
+                    return Err(at(
+                        Some(queue.span()),
+                        "audit.queue".into(),
+                        "must be at least 1 (records)".into(),
+                    ));
+                }
+                audit.queue = Some(*queue.get_ref() as usize);
+            }
+        }
         Ok(Self {
             exempt,
             servers,
             timeouts,
             esmtp,
             engine,
+            audit,
         })
     }
 }
@@ -471,6 +509,24 @@ mod tests {
             (2, "engine.max-session"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn audit_section_parses_and_names_bad_fields() {
+        let p = parse("[audit]\nsink = \"syslog\"\nqueue = 100\n").unwrap();
+        assert_eq!(
+            p.audit,
+            AuditSettings {
+                sink: Some(SinkSpec::Syslog(crate::audit::DEV_LOG.into())),
+                queue: Some(100),
+            }
+        );
+        assert_eq!(parse("").unwrap().audit, AuditSettings::default());
+        let err = parse("[audit]\nqueue = 1\nsink = \"json\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (3, "audit.sink"));
+        assert!(err.message.contains("file:PATH"), "{err}");
+        let err = parse("[audit]\nqueue = 0\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "audit.queue"));
     }
 
     #[test]

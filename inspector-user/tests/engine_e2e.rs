@@ -1083,16 +1083,17 @@ fn each_default_criterion_fires_through_the_real_path() {
     assert!(r[5].starts_with("250"), "{r:?}");
     assert_eq!(f.stored().len(), 1, "only the log-only message is stored");
 
-    // Audit records, and the counters the daemon prints when it stops.
+    // Audit records (JSON lines on stdout), and the counters the daemon
+    // prints when it stops.
     let log = f.log();
     for needle in [
-        "%ASA-4-108004",
+        "\"id\":108004",
         "matched Class 1: cmd line length gt 512",
         "cmd RCPT count gt 100",
         "sender-address length gt 320",
         "header line length gt 998",
         "MIME filename length gt 255",
-        "%ASA-6-108005",
+        "\"id\":108005",
         "body line length gt 998",
     ] {
         assert!(log.contains(needle), "no `{needle}` in the log: {log}");

@@ -290,6 +290,15 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, engine: b
     );
     route_spoofed_sources_to_client(&lab);
     if engine {
+        // The engine starts after the XDP programs: flood only once its
+        // steering is attached, or the first SYNs go straight to the server.
+        assert!(
+            // The daemon pins each steering link once attached.
+            wait_until(Duration::from_secs(10), || [OUTSIDE, INSIDE]
+                .iter()
+                .all(|i| inspector::steer::link_pin(pins.path(), i).exists())),
+            "steering attached"
+        );
         // The engine's listener answers every SYN with a cookie, so the
         // client's completing ACK is one the steering must recognise.
         lab.gateway.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();

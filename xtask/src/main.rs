@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks. The README's two commands are
 //! `cargo xtask run` and `cargo xtask test`; both install what is missing.
 
+mod bench;
 mod lab_run;
 mod setup;
 mod test;
@@ -39,6 +40,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure (XDP per packet vs an empty program, kernel memory, the
+    /// engine vs memchr), print a table and write docs/benchmarks.md. Needs root.
+    Bench,
 }
 
 fn main() -> Result<()> {
@@ -57,6 +61,10 @@ fn main() -> Result<()> {
         Task::Test { args } => {
             setup::install_missing()?;
             test::run(&args)
+        }
+        Task::Bench => {
+            setup::install_missing()?;
+            bench::run()
         }
     }
 }

@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "nftables",
+    // A real HTTP client for the metrics endpoint's tests.
+    "curl",
     // Real SMTP peers: Postfix (and its smtp-sink/smtp-source), swaks
     // (which needs IO::Socket::INET6 to speak over IPv6).
     "postfix",

@@ -21,9 +21,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use inspector_esmtp::{Peers, PolicyStats, policy::EsmtpPolicy};
+use inspector_esmtp::Peers;
 use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+use crate::esmtp_state::EsmtpState;
 
 pub use config::{EngineConfig, Timeouts, UpstreamSource};
 
@@ -34,18 +36,17 @@ const LOOP: &[u8] = b"421 4.3.0 Not a mail server\r\n";
 
 /// What every session shares.
 pub struct Shared {
-    pub policy: Arc<EsmtpPolicy>,
-    pub stats: Arc<PolicyStats>,
+    /// The policy, its counters, the session gauges and the audit log.
+    pub esmtp: Arc<EsmtpState>,
     pub config: EngineConfig,
     pub counters: Counters,
 }
 
-/// Session counters (for the log and the tests).
+/// Sessions accepted and refused, for the log.
 #[derive(Default)]
 pub struct Counters {
     pub accepted: AtomicU64,
     pub refused: AtomicU64,
-    pub active: AtomicU64,
 }
 
 /// The engine's listeners on port 25, IPv4 and IPv6, with `IP_TRANSPARENT`
@@ -148,9 +149,10 @@ pub async fn serve(
                 let shared = shared.clone();
                 let stop = shutdown.clone();
                 sessions.spawn(async move {
-                    shared.counters.active.fetch_add(1, Ordering::Relaxed);
+                    let mut counted = shared.esmtp.session_started();
                     let end = session::run(stream, peers, shared.clone(), stop).await;
-                    shared.counters.active.fetch_sub(1, Ordering::Relaxed);
+                    counted.set_outcome(end.outcome());
+                    drop(counted);
                     log::info!("session {n}: {client} -> {server}: ended ({end:?})");
                     drop(permit);
                     end

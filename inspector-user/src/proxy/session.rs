@@ -21,6 +21,7 @@ use tokio::{
 };
 
 use super::{Shared, UpstreamSource};
+use crate::esmtp_state::SessionOutcome;
 
 /// Bytes read from one side at a time.
 pub const READ_BUF: usize = 16 * 1024;
@@ -35,8 +36,11 @@ const SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down, closing connecti
 /// How a session ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// Both sides closed, or the engine closed (policy or protocol).
+    /// Both sides closed.
     Closed,
+    /// The engine closed it on what a side sent (a policy's
+    /// `drop-connection`, or a protocol violation).
+    Dropped,
     Reset,
     Timeout(Phase),
     Shutdown,
@@ -44,6 +48,18 @@ pub enum End {
     Unreachable,
     /// A write to one side failed.
     Broken,
+}
+
+impl End {
+    /// As `inspector_esmtp_sessions_total{outcome}` counts it.
+    pub fn outcome(self) -> SessionOutcome {
+        match self {
+            End::Closed | End::Shutdown => SessionOutcome::Closed,
+            End::Dropped => SessionOutcome::Dropped,
+            End::Reset => SessionOutcome::Reset,
+            End::Timeout(_) | End::Unreachable | End::Broken => SessionOutcome::Error,
+        }
+    }
 }
 
 pub async fn run(
@@ -135,6 +151,8 @@ struct Driver {
     client_open: bool,
     server_open: bool,
     stopping: bool,
+    /// The engine decided to close on what a side sent.
+    dropped: bool,
     last: Instant,
 }
 
@@ -148,7 +166,7 @@ impl Driver {
     ) -> Self {
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();
-        let session = Session::new(shared.policy.clone(), shared.stats.clone(), peers);
+        let session = shared.esmtp.new_session(peers);
         let stopping = *shutdown.borrow();
         Self {
             cr,
@@ -162,6 +180,7 @@ impl Driver {
             client_open: true,
             server_open: true,
             stopping,
+            dropped: false,
             last: Instant::now(),
         }
     }
@@ -219,7 +238,7 @@ impl Driver {
                 }
                 Event::Client(Ok(n)) if n > 0 => {
                     self.last = Instant::now();
-                    self.session.on_client_data(&cbuf[..n], now)
+                    self.on_data(true, &cbuf[..n], now)
                 }
                 Event::Client(_) => {
                     self.client_open = false;
@@ -235,7 +254,7 @@ impl Driver {
                 }
                 Event::Server(Ok(n)) if n > 0 => {
                     self.last = Instant::now();
-                    self.session.on_server_data(&sbuf[..n], now)
+                    self.on_data(false, &sbuf[..n], now)
                 }
                 Event::Server(_) => {
                     self.server_open = false;
@@ -255,11 +274,22 @@ impl Driver {
         }
     }
 
+    /// Feeds bytes from the client (`true`) or the server to the engine,
+    /// noting when it decides to close on them.
+    fn on_data(&mut self, from_client: bool, bytes: &[u8], now: std::time::Instant) -> Output {
+        let out = if from_client {
+            self.session.on_client_data(bytes, now)
+        } else {
+            self.session.on_server_data(bytes, now)
+        };
+        self.dropped |= out.close == Some(Close::Fin);
+        out
+    }
+
     /// Sends what the engine produced, and closes if it says so.
-    async fn apply(&mut self, out: Output) -> Option<End> {
-        for event in &out.audit {
-            log::warn!("%ASA-{}-{}: {event}", event.severity(), event.id());
-        }
+    async fn apply(&mut self, mut out: Output) -> Option<End> {
+        // Never blocks: a slow sink drops (and counts) records.
+        self.shared.esmtp.audit_all(std::mem::take(&mut out.audit));
         if !out.to_server.is_empty() && self.server_open {
             let limit = self.limit(self.session.phase());
             if !matches!(
@@ -284,6 +314,7 @@ impl Driver {
             Some(how) => {
                 self.close(how).await;
                 Some(match how {
+                    Close::Fin if self.dropped => End::Dropped,
                     Close::Fin => End::Closed,
                     Close::Reset => End::Reset,
                 })

@@ -1,0 +1,92 @@
+//! How `inspector stats` reads the ESMTP counters, which live in the
+//! daemon's memory (the kernel counters are read from the pinned maps).
+//!
+//! Each daemon listens on a unix socket `/run/inspector/<pid>.stats`; a
+//! client connects, the daemon writes one JSON [`EsmtpSnapshot`] and closes.
+//! The CLI finds the daemons of a pin directory through their interface
+//! locks (see [`crate::lock`]), so it works across network namespaces and
+//! whether or not the metrics endpoint is on.
+
+use std::{
+    io::Read,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tokio::{io::AsyncWriteExt, net::UnixListener};
+
+use crate::{
+    esmtp_state::{EsmtpSnapshot, EsmtpState},
+    lock::{IfaceLock, LOCK_DIR},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+pub fn path_of(pid: u32) -> PathBuf {
+    Path::new(LOCK_DIR).join(format!("{pid}.stats"))
+}
+
+/// The daemon's side; the socket file is removed on drop.
+pub struct StatsSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl StatsSocket {
+    pub fn bind() -> Result<Self> {
+        std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+        let path = path_of(std::process::id());
+        let _ = std::fs::remove_file(&path); // a leftover of a killed daemon with our pid
+        let listener =
+            UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        Ok(Self { listener, path })
+    }
+
+    /// Answers every connection with a snapshot of `state`.
+    pub async fn serve(&self, state: Arc<EsmtpState>) {
+        loop {
+            match self.listener.accept().await {
+                Ok((mut stream, _)) => {
+                    let mut body = serde_json::to_vec(&state.snapshot()).unwrap_or_default();
+                    body.push(b'\n');
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(TIMEOUT, stream.write_all(&body)).await;
+                    });
+                }
+                Err(e) => {
+                    log::warn!("stats socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StatsSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The ESMTP counters of one daemon.
+pub fn read(pid: u32) -> Result<EsmtpSnapshot> {
+    let path = path_of(pid);
+    let mut stream =
+        UnixStream::connect(&path).with_context(|| format!("connecting to {}", path.display()))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    serde_json::from_str(&body).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The ESMTP counters of every daemon running with `pin_dir` (normally one),
+/// by pid.
+pub fn read_all(pin_dir: &Path) -> Vec<(u32, Result<EsmtpSnapshot>)> {
+    let mut pids: Vec<u32> = IfaceLock::holders(pin_dir).iter().map(|h| h.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter().map(|pid| (pid, read(pid))).collect()
+}
