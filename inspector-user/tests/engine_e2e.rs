@@ -462,42 +462,8 @@ print(rest.decode())
 #[test]
 fn server_killed_mid_data_never_gives_the_client_a_250() {
     let mut f = Fixture::new("killserver", "");
-    let ready = f.dir.join("ready");
-    let go = f.dir.join("go");
-    let script = format!(
-        r#"
-import socket, sys, os, time
-s = socket.create_connection((sys.argv[1], 25), timeout=30)
-buf = b""
-def wait(code):
-    global buf
-    while not any(l.startswith(code + b" ") for l in buf.split(b"\r\n")):
-        d = s.recv(65536)
-        if not d: raise SystemExit("closed early: %r" % buf)
-        buf += d
-    buf = b""
-wait(b"220")
-s.sendall(b"EHLO c\r\n"); wait(b"250")
-s.sendall(b"MAIL FROM:<a@c.test>\r\n"); wait(b"250")
-s.sendall(b"RCPT TO:<b@s.test>\r\n"); wait(b"250")
-s.sendall(b"DATA\r\n"); wait(b"354")
-s.sendall(b"Subject: doomed\r\n\r\nfirst half\r\n")
-open("{ready}", "w").close()
-while not os.path.exists("{go}"): time.sleep(0.05)
-rest = b""
-try:
-    s.sendall(b"second half\r\n.\r\n")
-    while True:
-        d = s.recv(65536)
-        if not d: break
-        rest += d
-except OSError as e:
-    rest += b"<error %s>" % str(e).encode()
-print(repr(rest))
-"#,
-        ready = ready.display(),
-        go = go.display()
-    );
+    let (ready, go) = (f.dir.join("ready"), f.dir.join("go"));
+    let script = half_message_script(&ready, &go, FINISH_AND_READ);
     let client = f
         .lab
         .client
