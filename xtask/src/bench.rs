@@ -372,7 +372,9 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
          transaction is MAIL, RCPT, DATA, 1 KiB of content and the final `.` on an \
          open session ({} per path in all); a session is connect, greeting, QUIT \
          ({} per path in all). Median and p99 over all of them; \"added\" is \
-         inspected minus direct.\n",
+         inspected minus direct. The p99 rows compare two tails (not the tail of \
+         a difference) of these samples on shared cores: they are \
+         noisy, and a p99 difference can come out negative.\n",
         lat["transactions"], lat["sessions"]
     )?;
     writeln!(
