@@ -76,6 +76,29 @@ impl IfaceLock {
     }
 }
 
+/// Removes what a killed daemon `pid` left: its lock files (the kernel
+/// released the locks; the files stay; only files nobody holds go) and its
+/// stats socket.
+pub fn remove_leftovers_of(pid: u32) {
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        let _ = fs::remove_file(crate::stats_socket::path_of(pid));
+    }
+    let Ok(entries) = fs::read_dir(LOCK_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(mut file) = File::open(entry.path()) else {
+            continue;
+        };
+        if entry.path().extension().is_some_and(|e| e == "lock")
+            && try_lock(&file)
+            && read_owner(&mut file).0 == pid
+        {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Drop for IfaceLock {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);

@@ -38,6 +38,7 @@ pub struct StatsSocket {
 impl StatsSocket {
     pub fn bind() -> Result<Self> {
         std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+        remove_leftovers();
         let path = path_of(std::process::id());
         let _ = std::fs::remove_file(&path); // a leftover of a killed daemon with our pid
         let listener =
@@ -68,6 +69,27 @@ impl StatsSocket {
 impl Drop for StatsSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes the sockets of daemons that died without removing theirs
+/// (killed): a process that is gone cannot come back to use it.
+fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".stats"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -488,8 +488,11 @@ fn server_killed_mid_data_never_gives_the_client_a_250() {
 
 fn kill_daemon(f: &mut Fixture) {
     let mut daemon = f.daemon.take().unwrap();
+    let pid = daemon.child().id();
     daemon.child().kill().unwrap();
     daemon.child().wait().unwrap();
+    // What only a clean exit removes: its lock files and stats socket.
+    inspector::lock::remove_leftovers_of(pid);
 }
 
 #[test]
