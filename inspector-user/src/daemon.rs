@@ -44,6 +44,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
     for iface in &opts.ifaces {
         loader::check_iface_name(iface)?;
     }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Caught from here on: a SIGTERM during the start still ends in a clean
+    // stop (nothing attached or installed is left behind).
+    let mut signals = {
+        let _runtime = runtime.enter();
+        Signals::new()?
+    };
     let policy = match &opts.policy {
         Some(path) => Policy::load(path)?,
         None => Policy::parse(std::path::Path::new("(built-in default)"), "")?,
@@ -55,9 +64,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .map(|iface| IfaceLock::acquire(iface, &opts.pin_dir))
         .collect::<Result<Vec<_>>>()?;
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     // What the engine's sessions share with the metrics endpoint and
     // `inspector stats`.
     let sink = (opts.audit.clone())
@@ -121,14 +127,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         runtime.spawn(metrics::serve(listener, registry));
     }
     if !opts.engine {
-        runtime.block_on(wait_for_signal())?;
+        runtime.block_on(signals.wait());
         log::info!(
             "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
         );
         return Ok(());
     }
     steer::load(&mut ebpf, policy.engine.fail)?;
-    let result = runtime.block_on(engine(&opts, &policy, esmtp, &mut ebpf));
+    let result = runtime.block_on(engine(&opts, &policy, esmtp, &mut ebpf, &mut signals));
     // Whatever happened: no steering is left behind by a clean exit.
     let cleanup = runtime.block_on(unsteer(&opts));
     log::info!(
@@ -143,6 +149,7 @@ async fn engine(
     policy: &Policy,
     esmtp: Arc<EsmtpState>,
     ebpf: &mut aya::Ebpf,
+    signals: &mut Signals,
 ) -> Result<()> {
     // Listening first: the steering program treats the listener as the
     // engine's liveness.
@@ -169,7 +176,7 @@ async fn engine(
     );
     let (stop, stopped) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
-    wait_for_signal().await?;
+    signals.wait().await;
     let _ = stop.send(true);
     serve.await.context("the engine task failed")??;
     let c = &shared.counters;
@@ -210,13 +217,26 @@ async fn sweep_forever(mut sweeper: Sweeper) {
     }
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => log::info!("SIGTERM received"),
-        _ = int.recv() => log::info!("SIGINT received"),
+/// SIGTERM and SIGINT, the daemon's stop.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Needs a runtime context; from then on the signals are caught.
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => log::info!("SIGTERM received"),
+            _ = self.int.recv() => log::info!("SIGINT received"),
+        }
+    }
 }

@@ -316,4 +316,20 @@ fn audit_sink_comes_from_the_policy_unless_overridden() {
         "the daemon attached with --audit off: {:?}",
         daemon.child().try_wait()
     );
+    // Stopped while its engine may still be starting: a clean stop all the
+    // same, with nothing left under /run/inspector.
+    let pid = daemon.child().id();
+    assert!(daemon.terminate().unwrap().success());
+    let left: Vec<_> = std::fs::read_dir(inspector::lock::LOCK_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_string_lossy() == format!("{pid}.stats")
+                || std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.lines().next() == Some(&pid.to_string()))
+        })
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
