@@ -427,24 +427,8 @@ fn exempt_traffic_never_reaches_the_engine() {
 #[test]
 fn client_half_close_after_the_final_dot_gets_the_reply() {
     let f = Fixture::new("halfclose", "");
-    let out = client_py(
-        &f,
-        r#"
-import socket, sys
-s = socket.create_connection((sys.argv[1], 25), timeout=30)
-buf = b""
-def wait(code):
-    global buf
-    while not any(l.startswith(code + b" ") for l in buf.split(b"\r\n")):
-        d = s.recv(65536)
-        if not d: raise SystemExit("closed early: %r" % buf)
-        buf += d
-    buf = b""
-wait(b"220")
-s.sendall(b"EHLO c\r\n"); wait(b"250")
-s.sendall(b"MAIL FROM:<a@c.test>\r\n"); wait(b"250")
-s.sendall(b"RCPT TO:<b@s.test>\r\n"); wait(b"250")
-s.sendall(b"DATA\r\n"); wait(b"354")
+    let script = format!(
+        r#"{TO_DATA}
 s.sendall(b"Subject: hc\r\n\r\nhalf close\r\n.\r\n")
 s.shutdown(socket.SHUT_WR)
 rest = b""
@@ -453,8 +437,9 @@ while True:
     if not d: break
     rest += d
 print(rest.decode())
-"#,
+"#
     );
+    let out = client_py(&f, &script);
     assert!(out.starts_with("250"), "no reply to the message: {out:?}");
     assert_eq!(f.stored().len(), 1);
 }
@@ -574,12 +559,10 @@ fn a_clean_stop_removes_the_steering() {
     assert!(!text(&out).contains("<-  220 mail ESMTP"));
 }
 
-/// The start of a transaction in Python, up to the first half of a message;
-/// then `ready` is created and the script waits for `go` before the rest.
-fn half_message_script(ready: &Path, go: &Path, after: &str) -> String {
-    format!(
-        r#"
-import socket, sys, os, time
+/// Python: a connection to the server given as the first argument, a
+/// `wait(code)` for a reply, and EHLO, MAIL, RCPT and DATA up to the 354.
+const TO_DATA: &str = r#"
+import socket, sys
 s = socket.create_connection((sys.argv[1], 25), timeout=30)
 buf = b""
 def wait(code):
@@ -594,6 +577,14 @@ s.sendall(b"EHLO c\r\n"); wait(b"250")
 s.sendall(b"MAIL FROM:<a@c.test>\r\n"); wait(b"250")
 s.sendall(b"RCPT TO:<b@s.test>\r\n"); wait(b"250")
 s.sendall(b"DATA\r\n"); wait(b"354")
+"#;
+
+/// The start of a transaction in Python, up to the first half of a message;
+/// then `ready` is created and the script waits for `go` before the rest.
+fn half_message_script(ready: &Path, go: &Path, after: &str) -> String {
+    format!(
+        r#"{TO_DATA}
+import os, time
 s.sendall(b"Subject: halves\r\n\r\nfirst half\r\n")
 open("{ready}", "w").close()
 while not os.path.exists("{go}"): time.sleep(0.05)
