@@ -197,15 +197,12 @@ mod tests {
     use super::*;
 
     fn policy() -> EsmtpPolicy {
-        #[derive(serde::Deserialize)]
-        struct File {
-            esmtp: inspector_esmtp::policy::EsmtpSection,
-        }
-        let file: File = toml::from_str(
+        crate::policy::Policy::parse(
+            std::path::Path::new("test.toml"),
             "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"drop-connection log\"\n",
         )
-        .unwrap();
-        file.esmtp.compile().unwrap()
+        .unwrap()
+        .esmtp
     }
 
     /// A real engine session counts into the daemon's state.

@@ -367,18 +367,12 @@ mod tests {
     /// families of the next scrape.
     #[test]
     fn esmtp_families_follow_the_sessions() {
-        #[derive(serde::Deserialize)]
-        struct File {
-            esmtp: inspector_esmtp::policy::EsmtpSection,
-        }
-        let file: File = toml::from_str(
+        let policy = crate::policy::Policy::parse(
+            std::path::Path::new("test.toml"),
             "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"drop-connection log\"\n",
         )
         .unwrap();
-        let state = Arc::new(EsmtpState::new(
-            file.esmtp.compile().unwrap(),
-            AuditLog::off(),
-        ));
+        let state = Arc::new(EsmtpState::new(policy.esmtp, AuditLog::off()));
         let reg = registry(Path::new("/nonexistent/inspector"), state.clone());
         let mut guard = state.session_started();
         assert!(render(&reg).contains("\ninspector_esmtp_sessions_active 1\n"));
