@@ -30,7 +30,7 @@ use inspector::{
     policy::Policy,
     sweeper::{self, Sweeper},
 };
-use inspector_common::{DropReason, maps};
+use inspector_common::DropReason;
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, OUTSIDE, SERVER_V4,
     syn::{SPOOFED_V4, SynFlood},
@@ -38,16 +38,6 @@ use inspector_lab::{
 
 const LIMIT: u32 = 100;
 const NFT_TABLE: &str = "inspector_bench";
-
-/// The bench's own pin directory, removed on drop.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = bpffs::remove_pins(&self.0, &maps::ALL);
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 fn main() -> Result<()> {
     let (mut repeats, mut syns, mut seconds) = (5usize, 200_000usize, 2usize);
@@ -63,10 +53,9 @@ fn main() -> Result<()> {
     }
     let pid = std::process::id();
     let lab = Lab::create(&format!("bf{pid}"))?;
-    let pins = Pins(PathBuf::from(format!(
+    let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
         "/sys/fs/bpf/inspector-bench-flood-{pid}"
-    )));
-    bpffs::prepare(&pins.0)?;
+    )))?;
     // The server's answers to spoofed sources go into the client namespace,
     // where nothing answers them: every SYN that passes stays half-open.
     let prefix = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
@@ -87,12 +76,12 @@ fn main() -> Result<()> {
     let (mut xdp, mut nft) = (Vec::new(), Vec::new());
     for _ in 0..repeats {
         // Our XDP limit on the gateway's outside interface.
-        let mut ebpf = loader::load(&pins.0)?;
-        limits::apply_policy(&pins.0, &policy.servers)?;
+        let mut ebpf = loader::load(pins.path())?;
+        limits::apply_policy(pins.path(), &policy.servers)?;
         lab.gateway
             .run(|| loader::attach_xdp(&mut ebpf, OUTSIDE, AttachMode::Native).map(drop))??;
         let xdp_drops = || -> Result<u64> {
-            Ok(LimitStats::read(&pins.0, 0)?.drops[DropReason::MaxEmbryonic as usize])
+            Ok(LimitStats::read(pins.path(), 0)?.drops[DropReason::MaxEmbryonic as usize])
         };
         xdp.push(measure(&mut flood, syns, xdp_drops)?);
         drop(ebpf); // detaches
@@ -141,10 +130,9 @@ fn sessions_through_flood(
     seconds: usize,
 ) -> Result<serde_json::Value> {
     let pid = std::process::id();
-    let pins = Pins(PathBuf::from(format!(
+    let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
         "/sys/fs/bpf/inspector-bench-intercept-{pid}"
-    )));
-    bpffs::prepare(&pins.0)?;
+    )))?;
     let policy = Policy::parse(
         Path::new("(bench)"),
         &format!(
@@ -152,8 +140,8 @@ fn sessions_through_flood(
              on-embryonic-limit = \"intercept\"\n"
         ),
     )?;
-    let mut ebpf = loader::load(&pins.0)?;
-    limits::apply_policy(&pins.0, &policy.servers)?;
+    let mut ebpf = loader::load(pins.path())?;
+    limits::apply_policy(pins.path(), &policy.servers)?;
     // Generic XDP, as in the intercept test: native XDP_TX on a veth needs
     // NAPI on its peer.
     for iface in [OUTSIDE, INSIDE] {
@@ -179,13 +167,13 @@ fn sessions_through_flood(
     let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
     let mut syns_sent = 0usize;
     let mut flood_secs = 0.0;
-    let mut sweeper = Sweeper::open(&pins.0, policy.timeouts)?;
+    let mut sweeper = Sweeper::open(pins.path(), policy.timeouts)?;
     for _ in 0..repeats {
         // Start from an empty embryonic count: expire what the last flood
         // left (as the daemon's sweeper would after the embryonic timeout).
         let later = policy.timeouts.embryonic + Duration::from_secs(1);
         sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
-        let embryonic = LimitStats::read(&pins.0, 0)?.servers[0].embryonic;
+        let embryonic = LimitStats::read(pins.path(), 0)?.servers[0].embryonic;
         if embryonic != 0 {
             bail!("{embryonic} embryonic connections left after the sweep");
         }
@@ -210,7 +198,7 @@ fn sessions_through_flood(
         syns_sent += sent?;
         flood_secs += window.as_secs_f64() + 0.2;
     }
-    let stats = LimitStats::read(&pins.0, 0)?;
+    let stats = LimitStats::read(pins.path(), 0)?;
     let cookies = stats.intercepts[inspector_common::InterceptEvent::CookieSent as usize];
     if cookies == 0 {
         bail!("no SYN cookie was sent: the flood did not reach the intercept limit");

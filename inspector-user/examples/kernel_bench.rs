@@ -44,16 +44,6 @@ const EXEMPT_HOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 9);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const PROTECTED: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 25);
 
-/// The bench's own pin directory, removed on drop.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = bpffs::remove_pins(&self.0, &maps::ALL);
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 fn main() -> Result<()> {
     let mut repeats = 9usize;
     let mut args = std::env::args().skip(1);
@@ -63,19 +53,18 @@ fn main() -> Result<()> {
             _ => bail!("unknown argument {arg}"),
         }
     }
-    let pins = Pins(PathBuf::from(format!(
+    let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
         "/sys/fs/bpf/inspector-bench-{}",
         std::process::id()
-    )));
-    bpffs::prepare(&pins.0)?;
-    let mut ebpf = loader::load(&pins.0)?;
+    )))?;
+    let mut ebpf = loader::load(pins.path())?;
     let empty: &mut Xdp = ebpf
         .program_mut(programs::XDP_EMPTY)
         .context("the object has no empty XDP program")?
         .try_into()?;
     empty.load()?;
 
-    ExemptTable::open(&pins.0)?.add(
+    ExemptTable::open(pins.path())?.add(
         &parse_network(&EXEMPT_HOST.to_string()).unwrap(),
         Origin::Live,
     )?;
@@ -83,7 +72,7 @@ fn main() -> Result<()> {
         Path::new("(bench)"),
         &format!("[[server]]\naddress = \"{PROTECTED}\"\n"),
     )?;
-    limits::apply_policy(&pins.0, &policy.servers)?;
+    limits::apply_policy(pins.path(), &policy.servers)?;
 
     let truncated_v4 = frame(&[&ethernet(&[], ETH_P_IP), &[0x45, 0, 0, 40, 0, 1]]);
     let workloads: [(&str, Vec<u8>); 6] = [
@@ -130,10 +119,10 @@ fn main() -> Result<()> {
         }));
     }
 
-    let flows = map_memory(&pins.0, maps::FLOWS)?;
-    let v4_before = map_memory(&pins.0, maps::EXEMPT_V4)?;
-    let v6_before = map_memory(&pins.0, maps::EXEMPT_V6)?;
-    let mut table = ExemptTable::open(&pins.0)?;
+    let flows = map_memory(pins.path(), maps::FLOWS)?;
+    let v4_before = map_memory(pins.path(), maps::EXEMPT_V4)?;
+    let v6_before = map_memory(pins.path(), maps::EXEMPT_V6)?;
+    let mut table = ExemptTable::open(pins.path())?;
     for i in 0..RULES {
         let [_, _, a, b] = i.to_be_bytes();
         let v4 = parse_network(&format!("198.19.{a}.{b}")).unwrap();
@@ -141,8 +130,8 @@ fn main() -> Result<()> {
         table.add(&v4, Origin::Live)?;
         table.add(&v6, Origin::Live)?;
     }
-    let v4_after = map_memory(&pins.0, maps::EXEMPT_V4)?;
-    let v6_after = map_memory(&pins.0, maps::EXEMPT_V6)?;
+    let v4_after = map_memory(pins.path(), maps::EXEMPT_V4)?;
+    let v6_after = map_memory(pins.path(), maps::EXEMPT_V6)?;
     let per_rule = |before: (u64, u32), after: (u64, u32)| {
         after.0.saturating_sub(before.0) as f64 / f64::from(RULES)
     };

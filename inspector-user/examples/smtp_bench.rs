@@ -36,7 +36,6 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use inspector::bpffs;
-use inspector_common::maps;
 use inspector_lab::{Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4, ScopedChild};
 
 const SMALL_SESSIONS: usize = 10;
@@ -47,22 +46,12 @@ const LARGE_BYTES: usize = 10 << 20;
 const TRANSACTIONS: usize = 200;
 const SESSIONS: usize = 200;
 
-/// The bench's pin directory and scratch directory, removed on drop.
-struct Dirs {
-    pins: PathBuf,
-    scratch: PathBuf,
-}
+/// The bench's scratch directory, removed on drop.
+struct Scratch(PathBuf);
 
-impl Drop for Dirs {
+impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = bpffs::remove_pins(&self.pins, &maps::ALL);
-        if let Ok(dir) = std::fs::read_dir(&self.pins) {
-            for entry in dir.flatten() {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.pins);
-        let _ = std::fs::remove_dir_all(&self.scratch);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -97,13 +86,12 @@ fn main() -> Result<()> {
 
     let pid = std::process::id();
     let lab = Lab::create(&format!("bs{pid}"))?;
-    let dirs = Dirs {
-        pins: PathBuf::from(format!("/sys/fs/bpf/inspector-bench-smtp-{pid}")),
-        scratch: std::env::temp_dir().join(format!("inspector-bench-smtp-{pid}")),
-    };
-    bpffs::prepare(&dirs.pins)?;
-    std::fs::create_dir_all(&dirs.scratch)?;
-    let policy = dirs.scratch.join("policy.toml");
+    let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
+        "/sys/fs/bpf/inspector-bench-smtp-{pid}"
+    )))?;
+    let scratch = Scratch(std::env::temp_dir().join(format!("inspector-bench-smtp-{pid}")));
+    std::fs::create_dir_all(&scratch.0)?;
+    let policy = scratch.0.join("policy.toml");
     std::fs::write(
         &policy,
         format!(
@@ -127,8 +115,8 @@ fn main() -> Result<()> {
         "0.0.0.0:25",
         "4096",
     ]))?;
-    let log = dirs.scratch.join("daemon.log");
-    let mut daemon = start_daemon(&lab, &inspector, &dirs.pins, &policy, &log)?;
+    let log = scratch.0.join("daemon.log");
+    let mut daemon = start_daemon(&lab, &inspector, pins.path(), &policy, &log)?;
     let inspected = SocketAddr::new(SERVER_V4.into(), 25);
     let direct = SocketAddr::new(MAIL_GATEWAY_V4.into(), 25);
     for server in [inspected, direct] {

@@ -93,6 +93,34 @@ pub fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
 
 /// Removes the pins in `names` and then the directory if it is empty.
 /// Returns the pins that existed.
+/// Removes everything the daemon pins in `pin_dir`: steering links a killed
+/// daemon left, then the maps (returned), then the directory.
+pub fn unload(pin_dir: &Path) -> Result<Vec<PathBuf>> {
+    crate::steer::detach_all(pin_dir)?;
+    remove_pins(pin_dir, &inspector_common::maps::ALL)
+}
+
+/// A pin directory of one run (a test, a benchmark): prepared when made,
+/// unloaded when dropped.
+pub struct OwnedPinDir(PathBuf);
+
+impl OwnedPinDir {
+    pub fn new(path: PathBuf) -> Result<Self> {
+        prepare(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for OwnedPinDir {
+    fn drop(&mut self) {
+        let _ = unload(&self.0);
+    }
+}
+
 pub fn remove_pins(pin_dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     for name in names {

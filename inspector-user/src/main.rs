@@ -234,15 +234,7 @@ fn execute(cli: Cli) -> Result<()> {
                     pin_dir.display()
                 );
             }
-            // Steering links a killed daemon left pinned.
-            if let Ok(dir) = std::fs::read_dir(&pin_dir) {
-                for entry in dir.flatten() {
-                    if entry.file_name().to_string_lossy().starts_with("steer-") {
-                        inspector::steer::detach(&entry.path())?;
-                    }
-                }
-            }
-            let removed = bpffs::remove_pins(&pin_dir, &inspector_common::maps::ALL)?;
+            let removed = bpffs::unload(&pin_dir)?;
             println!(
                 "removed {} pinned map(s) from {}",
                 removed.len(),

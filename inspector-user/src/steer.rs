@@ -30,8 +30,11 @@ pub enum FailMode {
     Closed,
 }
 
+/// The start of a steering link pin's name: `steer-<iface>`.
+const LINK_PREFIX: &str = "steer-";
+
 pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
-    pin_dir.join(format!("steer-{iface}"))
+    pin_dir.join(format!("{LINK_PREFIX}{iface}"))
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
@@ -74,6 +77,19 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<()> {
 }
 
 /// Removes a pinned link (detaching the program); absent is fine.
+/// Detaches every steering link pinned in `pin_dir` (a killed daemon's).
+pub fn detach_all(pin_dir: &Path) -> Result<()> {
+    let Ok(dir) = std::fs::read_dir(pin_dir) else {
+        return Ok(());
+    };
+    for entry in dir.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(LINK_PREFIX) {
+            detach(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 pub fn detach(pin: &Path) -> Result<()> {
     if !pin.exists() {
         return Ok(());

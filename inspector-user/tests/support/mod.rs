@@ -17,7 +17,7 @@ use inspector_lab::{Lab, ScopedChild};
 
 /// A bpffs directory of its own per test, so tests run in parallel and never
 /// touch a real deployment's maps. Unloaded on drop.
-pub struct PinDir(pub PathBuf);
+pub struct PinDir(inspector::bpffs::OwnedPinDir);
 
 impl PinDir {
     pub fn new(test: &str) -> Self {
@@ -25,27 +25,14 @@ impl PinDir {
             "/sys/fs/bpf/inspector-test-{}-{test}",
             std::process::id()
         ));
-        inspector::bpffs::prepare(&dir).expect("preparing bpffs (these tests need root)");
-        Self(dir)
+        Self(
+            inspector::bpffs::OwnedPinDir::new(dir)
+                .expect("preparing bpffs (these tests need root)"),
+        )
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = inspector::bpffs::remove_pins(&self.0, &inspector_common::maps::ALL);
-        // Steering links a killed daemon left pinned.
-        if let Ok(dir) = std::fs::read_dir(&self.0) {
-            for entry in dir.flatten() {
-                if entry.file_name().to_string_lossy().starts_with("steer-") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
+        self.0.path()
     }
 }
 
