@@ -27,8 +27,7 @@ use crate::{
     conns::{self, Kind},
     intercept,
     packet::Packet,
-    parse::{self, Addr, Headers, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp, Transport},
-    sockets,
+    parse::{self, Addr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp},
 };
 
 /// The protected servers and their limits, written by the daemon.
@@ -76,12 +75,7 @@ pub enum Verdict {
 /// non-TCP paths, which the verifier rejects.
 #[inline(never)]
 pub fn track(ctx: &XdpContext) -> Verdict {
-    let Ok(Headers::Ip {
-        src,
-        dst,
-        transport: Transport::Tcp(tcp),
-    }) = parse::headers(&Packet::new(ctx.data(), ctx.data_end()))
-    else {
+    let Some((src, dst, tcp)) = parse::tcp(&Packet::new(ctx.data(), ctx.data_end())) else {
         return Verdict::Pass;
     };
     let (src, dst, tcp) = (&src, &dst, &tcp);

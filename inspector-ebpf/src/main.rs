@@ -78,12 +78,7 @@ fn intercept(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
     let engines = || inspected && steer::engine_runs();
     // Parsed again rather than kept: this keeps the main frame small.
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let Ok(Headers::Ip {
-        src,
-        dst,
-        transport: Transport::Tcp(tcp),
-    }) = parse::headers(&packet)
-    else {
+    let Some((src, dst, tcp)) = parse::tcp(&packet) else {
         return xdp_action::XDP_DROP;
     };
     let done = match verdict {

@@ -76,6 +76,20 @@ pub fn headers(packet: &Packet) -> Result<Headers, Malformed> {
     }
 }
 
+/// The addresses and TCP header of a TCP packet; `None` for anything else
+/// (other protocols, non-IP, malformed).
+#[inline(always)]
+pub fn tcp(packet: &Packet) -> Option<(Addr, Addr, Tcp)> {
+    match headers(packet) {
+        Ok(Headers::Ip {
+            src,
+            dst,
+            transport: Transport::Tcp(tcp),
+        }) => Some((src, dst, tcp)),
+        _ => None,
+    }
+}
+
 /// Returns the EtherType after any VLAN tags, and the offset of the L3 header.
 #[inline(always)]
 fn ethernet(packet: &Packet) -> Result<(u16, usize), Malformed> {

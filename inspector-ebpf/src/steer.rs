@@ -35,7 +35,7 @@ use inspector_common::{FAIL_CLOSED, SMTP_PORT, STEER_MARK, SteerConfig};
 use crate::{
     acl,
     packet::Packet,
-    parse::{self, Headers, TCP_ACK, TCP_SYN, Transport},
+    parse::{self, TCP_ACK, TCP_SYN},
     sockets::{self, TCP_LISTEN},
 };
 
@@ -87,12 +87,7 @@ fn should_mark(ctx: &TcContext) -> Option<bool> {
         let _ = ctx.pull_data(want);
     }
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let Ok(Headers::Ip {
-        src,
-        dst,
-        transport: Transport::Tcp(tcp),
-    }) = parse::headers(&packet)
-    else {
+    let Some((src, dst, tcp)) = parse::tcp(&packet) else {
         return Some(false);
     };
     if acl::is_exempt(&src) || acl::is_exempt(&dst) {
