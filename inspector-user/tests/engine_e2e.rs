@@ -447,18 +447,7 @@ print(rest.decode())
 #[test]
 fn server_killed_mid_data_never_gives_the_client_a_250() {
     let mut f = Fixture::new("killserver", "");
-    let (ready, go) = (f.dir.join("ready"), f.dir.join("go"));
-    let script = half_message_script(&ready, &go, FINISH_AND_READ);
-    let client = f
-        .lab
-        .client
-        .command("python3")
-        .args(["-c", &script, &SERVER_V4.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(|| ready.exists(), "the client in DATA");
+    let (client, go) = client_in_data(&f);
     // The server goes away in the middle of the message.
     f.sink.take().unwrap().terminate().unwrap();
     std::fs::write(&go, b"").unwrap();
@@ -579,23 +568,17 @@ s.sendall(b"RCPT TO:<b@s.test>\r\n"); wait(b"250")
 s.sendall(b"DATA\r\n"); wait(b"354")
 "#;
 
-/// The start of a transaction in Python, up to the first half of a message;
-/// then `ready` is created and the script waits for `go` before the rest.
-fn half_message_script(ready: &Path, go: &Path, after: &str) -> String {
-    format!(
+/// A client in the middle of a message's DATA: it has sent the first half;
+/// once the returned `go` file exists it sends the rest and prints what it
+/// then reads (or the error it gets).
+fn client_in_data(f: &Fixture) -> (std::process::Child, PathBuf) {
+    let (ready, go) = (f.dir.join("ready"), f.dir.join("go"));
+    let script = format!(
         r#"{TO_DATA}
 import os, time
 s.sendall(b"Subject: halves\r\n\r\nfirst half\r\n")
 open("{ready}", "w").close()
 while not os.path.exists("{go}"): time.sleep(0.05)
-{after}
-"#,
-        ready = ready.display(),
-        go = go.display(),
-    )
-}
-
-const FINISH_AND_READ: &str = r#"
 rest = b""
 try:
     s.sendall(b"second half\r\n.\r\n")
@@ -606,13 +589,10 @@ try:
 except OSError as e:
     rest += b"<error %s>" % str(e).encode()
 print(repr(rest))
-"#;
-
-#[test]
-fn a_stop_lets_a_message_in_data_finish() {
-    let mut f = Fixture::new("drain", "");
-    let (ready, go) = (f.dir.join("ready"), f.dir.join("go"));
-    let script = half_message_script(&ready, &go, FINISH_AND_READ);
+"#,
+        ready = ready.display(),
+        go = go.display(),
+    );
     let client = f
         .lab
         .client
@@ -623,6 +603,13 @@ fn a_stop_lets_a_message_in_data_finish() {
         .spawn()
         .unwrap();
     wait_for(|| ready.exists(), "the client in DATA");
+    (client, go)
+}
+
+#[test]
+fn a_stop_lets_a_message_in_data_finish() {
+    let mut f = Fixture::new("drain", "");
+    let (client, go) = client_in_data(&f);
     let mut daemon = f.daemon.take().unwrap();
     // SAFETY: kill on the pid of our own child, not yet reaped.
     unsafe { libc::kill(daemon.child().id() as i32, libc::SIGTERM) };
