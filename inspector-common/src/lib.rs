@@ -1,5 +1,5 @@
 //! Types shared by the kernel programs (`inspector-ebpf`) and userspace
-//! (`inspector-user`). Every type here crosses the kernel/user boundary
+//! (`inspector`). Every type here crosses the kernel/user boundary
 //! through a BPF map, so each is `#[repr(C)]`, has no implicit padding, and
 //! its size is asserted at compile time on both sides.
 #![no_std]

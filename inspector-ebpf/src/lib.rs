@@ -1,4 +1,4 @@
-// Empty library target: it lets inspector-user name this crate as a build
+// Empty library target: it lets the inspector crate name this crate as a build
 // dependency, so cargo rebuilds the object when its sources change. The
 // programs live in the `inspector` binary target (main.rs).
 #![no_std]

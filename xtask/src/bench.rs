@@ -24,7 +24,7 @@ pub fn run() -> Result<()> {
         "build",
         "--release",
         "-p",
-        "inspector-user",
+        "inspector",
         "--example",
         "kernel_bench",
         "--example",

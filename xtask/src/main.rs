@@ -77,7 +77,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 fn build_release() -> Result<()> {
-    cargo(&["build", "--release", "--package", "inspector-user"])
+    cargo(&["build", "--release", "--package", "inspector"])
 }
 
 /// The release `inspector` binary that `build_release` produces.

@@ -14,7 +14,7 @@ const FUZZ_TARGETS: [&str; 2] = ["client", "server"];
 pub fn run(extra: &[String]) -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     // The default members only: the eBPF crate builds for the BPF target
-    // alone (inspector-user's build script compiles it).
+    // alone (the inspector crate's build script compiles it).
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
     // Unit tests, BPF_PROG_TEST_RUN tests and the namespace tests. The
     // privileged ones fail (never skip) when they cannot run.

@@ -12,7 +12,7 @@
 //! spoofed flood and without it (the flood's half-open entries expired
 //! first): the median sessions per second of each.
 //!
-//! `cargo run --release -p inspector-user --example flood_bench -- --repeats 5`
+//! `cargo run --release -p inspector --example flood_bench -- --repeats 5`
 
 use std::{
     io::{BufRead, BufReader, Write},

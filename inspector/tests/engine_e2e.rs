@@ -767,7 +767,7 @@ fn two_hundred_messages_reach_postfix_once_and_intact() {
 }
 
 /// Not a check: figures for the README. Run with
-/// `cargo test -p inspector-user --test engine_e2e -- --ignored --nocapture measure`.
+/// `cargo test -p inspector --test engine_e2e -- --ignored --nocapture measure`.
 #[test]
 #[ignore = "a measurement, not a check"]
 fn measure_throughput_and_memory() {

@@ -6,7 +6,7 @@
 //! - the kernel memory per flow-table entry and per exemption rule, from
 //!   the maps' `memlock` (fdinfo) as the kernel accounts it.
 //!
-//! `cargo run --release -p inspector-user --example kernel_bench -- --repeats 9`
+//! `cargo run --release -p inspector --example kernel_bench -- --repeats 9`
 
 #[path = "../tests/support/packets.rs"]
 #[allow(dead_code)]

@@ -22,7 +22,7 @@
 //! all, it measures as many as fit, in whole hundreds, and says so in the
 //! JSON (`requested_sessions`, `nofile_limit`).
 //!
-//! `cargo build --release -p inspector-user --bin inspector --example
+//! `cargo build --release -p inspector --bin inspector --example
 //! smtp_bench`, then `target/release/examples/smtp_bench --repeats 5
 //! --sessions 10000` (`--inspector PATH` if the `inspector` binary is not
 //! next to `examples/`).
