@@ -25,6 +25,7 @@ use inspector_common::{
 
 use crate::{
     conns::{self, Kind},
+    counters::{count_intercept, count_limit_drop},
     intercept,
     packet::Packet,
     parse::{self, Addr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp},
@@ -38,12 +39,6 @@ static SERVERS: HashMap<Addr16, ServerLimits> = HashMap::pinned(MAX_SERVERS, 0);
 /// flow is evicted (its counts are corrected by the sweeper).
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
-
-#[map]
-static LIMIT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
-
-#[map]
-static INTERCEPTS: PerCpuArray<u64> = PerCpuArray::pinned(InterceptEvent::COUNT, 0);
 
 const IPPROTO_TCP: u8 = 6;
 
@@ -181,7 +176,7 @@ fn admit(key: &FlowKey, limits: &ServerLimits) -> Verdict {
             return Verdict::AnswerSyn;
         }
         Some(reason) => {
-            count(&LIMIT_DROPS, reason as u32);
+            count_limit_drop(reason);
             return Verdict::Drop;
         }
     }
@@ -226,12 +221,6 @@ pub fn adopt(src: &Addr, dst: &Addr, tcp: &Tcp) {
         track_new(key, flow_state::EMBRYONIC, 0, 0);
         established(key);
     }
-}
-
-/// Counts a TCP intercept event.
-#[inline(always)]
-pub fn count_intercept(event: InterceptEvent) {
-    count(&INTERCEPTS, event as u32);
 }
 
 /// Starts tracking a flow, counted as embryonic.
@@ -344,14 +333,6 @@ fn release(key: &FlowKey, state: u32) {
 #[inline(always)]
 fn reached(limit: u32, count: u64) -> bool {
     limit != 0 && count >= limit as u64
-}
-
-#[inline(always)]
-fn count(counters: &PerCpuArray<u64>, index: u32) {
-    if let Some(count) = counters.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot; nothing else writes it during this run.
-        unsafe { *count += 1 };
-    }
 }
 
 #[inline(always)]

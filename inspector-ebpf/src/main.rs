@@ -12,9 +12,9 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
-mod acl;
 mod conns;
 mod counters;
+mod exempt;
 mod intercept;
 mod limits;
 mod packet;
@@ -23,7 +23,7 @@ mod sockets;
 mod steer;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use inspector_common::{Class, InterceptEvent, SMTP_PORT};
+use inspector_common::{Class, InterceptEvent};
 
 use crate::{
     limits::Verdict,
@@ -43,7 +43,7 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
     let (class, tcp) = match parse::headers(&packet) {
         Ok(headers) => (
-            classify(&headers),
+            exempt::classify(&headers),
             matches!(
                 headers,
                 Headers::Ip {
@@ -54,7 +54,7 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
         ),
         Err(_) => (Class::Malformed, false),
     };
-    counters::count(class, packet.len());
+    counters::count_class(class, packet.len());
     if !tcp {
         return xdp_action::XDP_PASS;
     }
@@ -90,7 +90,7 @@ fn intercept(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
         Verdict::AnswerSyn => {
             let sent = intercept::answer_syn(ctx, &tcp);
             if sent {
-                limits::count_intercept(InterceptEvent::CookieSent);
+                counters::count_intercept(InterceptEvent::CookieSent);
                 return xdp_action::XDP_TX;
             }
             false
@@ -114,28 +114,6 @@ fn intercept(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
         xdp_action::XDP_PASS
     } else {
         xdp_action::XDP_DROP
-    }
-}
-
-/// The exemption ACL first (it matches any IP packet, like `permit ip`),
-/// then SMTP. (Malformed packets never get here.)
-#[inline(always)]
-fn classify(headers: &Headers) -> Class {
-    match headers {
-        Headers::NotIp => Class::Pass,
-        Headers::Ip {
-            src,
-            dst,
-            transport,
-        } => {
-            if acl::is_exempt(src) || acl::is_exempt(dst) {
-                Class::Exempt
-            } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
-                Class::Inspect
-            } else {
-                Class::Pass
-            }
-        }
     }
 }
 

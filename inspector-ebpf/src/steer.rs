@@ -33,7 +33,7 @@ use aya_ebpf::{
 use inspector_common::{FAIL_CLOSED, SMTP_PORT, STEER_MARK, SteerConfig};
 
 use crate::{
-    acl,
+    exempt,
     packet::Packet,
     parse::{self, TCP_ACK, TCP_SYN},
     sockets::{self, TCP_LISTEN},
@@ -90,7 +90,7 @@ fn should_mark(ctx: &TcContext) -> Option<bool> {
     let Some((src, dst, tcp)) = parse::tcp(&packet) else {
         return Some(false);
     };
-    if acl::is_exempt(&src) || acl::is_exempt(&dst) {
+    if exempt::is_exempt(&src) || exempt::is_exempt(&dst) {
         return Some(false);
     }
     if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
