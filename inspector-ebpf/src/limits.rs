@@ -11,6 +11,8 @@
 //! timeouts release those flows), and must be for TCP intercept, whose
 //! flows are rewritten in both directions (`intercept`).
 
+mod conns;
+
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::bpf_ktime_get_ns,
@@ -23,8 +25,8 @@ use inspector_common::{
     MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state, v4_mapped,
 };
 
+use self::conns::Kind;
 use crate::{
-    conns::{self, Kind},
     counters::{count_intercept, count_limit_drop},
     intercept,
     packet::Packet,
@@ -43,8 +45,8 @@ static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(FLOW_TABLE_SIZ
 const IPPROTO_TCP: u8 = 6;
 
 /// What to do with the packet. The TCP intercept rewrites are left to the
-/// caller, so that the rewrites' stack frames never stack on this module's
-/// (together they would not fit the BPF stack).
+/// caller (`intercept::apply`), so that the rewrites' stack frames never
+/// stack on this module's (together they would not fit the BPF stack).
 pub enum Verdict {
     Pass,
     Drop,
