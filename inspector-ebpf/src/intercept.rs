@@ -1,4 +1,5 @@
-//! TCP intercept, the packet rewrites (IPv4, and IPv6 without extension
+//! TCP intercept: what to do with each verdict of `limits` that asks for
+//! it (`apply`), and the packet rewrites (IPv4, and IPv6 without extension
 //! headers). Over an embryonic limit the kernel answers a client's SYN
 //! itself with a SYN cookie and keeps no state. A client that returns a
 //! valid cookie has its ACK turned into a SYN to the server (from the
@@ -6,7 +7,7 @@
 //! completes the server's handshake. From then on the client knows the
 //! cookie as the server's ISN, so every later packet of the flow is shifted
 //! by the difference (`shift`). Which packets to rewrite and the flow state
-//! are decided in `limits`.
+//! are decided in `limits`; the flows this opens are recorded there.
 //!
 //! Only MSS is negotiated on either side (no window scaling, SACK or
 //! timestamps): the cookie check does not say which MSS the client sent,
@@ -17,7 +18,7 @@
 //! would not fit the 512-byte limit.
 
 use aya_ebpf::{
-    bindings::{iphdr, ipv6hdr, tcphdr},
+    bindings::{iphdr, ipv6hdr, tcphdr, xdp_action},
     helpers::{
         bpf_tcp_raw_check_syncookie_ipv4, bpf_tcp_raw_check_syncookie_ipv6,
         bpf_tcp_raw_gen_syncookie_ipv4, bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
@@ -26,11 +27,14 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::XdpContext,
 };
-use inspector_common::csum;
+use inspector_common::{InterceptEvent, csum};
 
 use crate::{
+    counters::count_intercept,
+    limits::{self, Verdict},
     packet::Packet,
-    parse::{TCP_ACK, TCP_SYN, Tcp},
+    parse::{self, TCP_ACK, TCP_SYN, Tcp},
+    steer,
 };
 
 /// The MSS offered to the server for an intercepted client.
@@ -42,6 +46,57 @@ const TTL: u8 = 64;
 /// Offsets of the sequence and acknowledgment numbers in the TCP header.
 pub const SEQ: usize = 4;
 pub const ACK: usize = 8;
+
+/// Carries out a TCP intercept verdict of `limits`; returns the XDP action.
+///
+/// Not for a session the engine terminates: its listener stands in front
+/// of the server, the kernel's own SYN cookies protect that listener, and
+/// the server sees a connection only when the engine opens one. Answering
+/// here too would answer for the listener. (The engine runs in the
+/// daemon's process, which also holds this program: while this runs, a
+/// daemon started with the engine has it.)
+#[inline(always)]
+pub fn apply(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
+    let engines = || inspected && steer::engine_runs();
+    // Parsed again rather than kept: this keeps the main frame small.
+    let packet = packet(ctx);
+    let Some((src, dst, tcp)) = parse::tcp(&packet) else {
+        return xdp_action::XDP_DROP;
+    };
+    let done = match verdict {
+        Verdict::AnswerSyn if engines() => true,
+        Verdict::VerifyClient if engines() => {
+            limits::adopt(&src, &dst, &tcp);
+            true
+        }
+        Verdict::AnswerSyn => {
+            if answer_syn(ctx, &tcp) {
+                count_intercept(InterceptEvent::CookieSent);
+                return xdp_action::XDP_TX;
+            }
+            false
+        }
+        Verdict::VerifyClient => {
+            if let Some((cookie, window)) = open_server_side(ctx, &tcp) {
+                limits::opening(&src, &dst, &tcp, cookie, window);
+            }
+            true
+        }
+        Verdict::CompleteServer(window) => {
+            if complete_server_side(ctx, &tcp, window).is_some() {
+                return xdp_action::XDP_TX;
+            }
+            false
+        }
+        Verdict::Shift(field, delta) => shift(ctx, &tcp, field, delta),
+        Verdict::Pass | Verdict::Drop => true,
+    };
+    if done {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
+}
 
 /// Working memory of one rewrite: the packet's IP header (IPv4 without
 /// options in the first 20 bytes, or IPv6) and TCP header (always 60 bytes,
@@ -130,7 +185,7 @@ impl Segment {
 /// A SYN over the embryonic limit: answered in place with a SYN-ACK whose
 /// sequence number is a SYN cookie. Returns whether to transmit it.
 #[inline(never)]
-pub fn answer_syn(ctx: &XdpContext, tcp: &Tcp) -> bool {
+fn answer_syn(ctx: &XdpContext, tcp: &Tcp) -> bool {
     let Some(seg) = Segment::read(&packet(ctx), tcp) else {
         return false;
     };
@@ -166,7 +221,7 @@ pub fn answer_syn(ctx: &XdpContext, tcp: &Tcp) -> bool {
 /// ACK becomes the client's SYN to the server (passed on) and this returns
 /// the cookie and the client's window; else the packet is left alone.
 #[inline(never)]
-pub fn open_server_side(ctx: &XdpContext, tcp: &Tcp) -> Option<(u32, u16)> {
+fn open_server_side(ctx: &XdpContext, tcp: &Tcp) -> Option<(u32, u16)> {
     let seg = Segment::read(&packet(ctx), tcp)?;
     let (ip, th) = (seg.s.ip.as_mut_ptr(), seg.s.tcp.as_mut_ptr() as *mut tcphdr);
     // SAFETY: as in `answer_syn`; the helper reads the IP header and 20
@@ -204,7 +259,7 @@ pub fn open_server_side(ctx: &XdpContext, tcp: &Tcp) -> Option<(u32, u16)> {
 /// The server's SYN-ACK to an intercepted client: answered in place with
 /// the ACK the client would have sent. Returns the server's ISN.
 #[inline(never)]
-pub fn complete_server_side(ctx: &XdpContext, tcp: &Tcp, window: u16) -> Option<u32> {
+fn complete_server_side(ctx: &XdpContext, tcp: &Tcp, window: u16) -> Option<u32> {
     let seg = Segment::read(&packet(ctx), tcp)?;
     let server_isn = seg.u32_at(SEQ);
     let (server_port, client_port) = seg.ports();
@@ -222,7 +277,7 @@ pub fn complete_server_side(ctx: &XdpContext, tcp: &Tcp, window: u16) -> Option<
 /// Adds `delta` to the 32-bit field at `field` (`SEQ` or `ACK`) of the TCP
 /// header, updating the checksum incrementally.
 #[inline(always)]
-pub fn shift(ctx: &XdpContext, tcp: &Tcp, field: usize, delta: u32) -> bool {
+fn shift(ctx: &XdpContext, tcp: &Tcp, field: usize, delta: u32) -> bool {
     // SEQ or ACK; the mask shows the verifier the offset is bounded.
     let field = field & 0b1100;
     let packet = packet(ctx);

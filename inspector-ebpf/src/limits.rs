@@ -11,6 +11,8 @@
 //! timeouts release those flows), and must be for TCP intercept, whose
 //! flows are rewritten in both directions (`intercept`).
 
+mod conns;
+
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::bpf_ktime_get_ns,
@@ -23,8 +25,9 @@ use inspector_common::{
     MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state, v4_mapped,
 };
 
+use self::conns::Kind;
 use crate::{
-    conns::{self, Kind},
+    counters::{count_intercept, count_limit_drop},
     intercept,
     packet::Packet,
     parse::{self, Addr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp},
@@ -39,17 +42,11 @@ static SERVERS: HashMap<Addr16, ServerLimits> = HashMap::pinned(MAX_SERVERS, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
 
-#[map]
-static LIMIT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
-
-#[map]
-static INTERCEPTS: PerCpuArray<u64> = PerCpuArray::pinned(InterceptEvent::COUNT, 0);
-
 const IPPROTO_TCP: u8 = 6;
 
 /// What to do with the packet. The TCP intercept rewrites are left to the
-/// caller, so that the rewrites' stack frames never stack on this module's
-/// (together they would not fit the BPF stack).
+/// caller (`intercept::apply`), so that the rewrites' stack frames never
+/// stack on this module's (together they would not fit the BPF stack).
 pub enum Verdict {
     Pass,
     Drop,
@@ -181,7 +178,7 @@ fn admit(key: &FlowKey, limits: &ServerLimits) -> Verdict {
             return Verdict::AnswerSyn;
         }
         Some(reason) => {
-            count(&LIMIT_DROPS, reason as u32);
+            count_limit_drop(reason);
             return Verdict::Drop;
         }
     }
@@ -226,12 +223,6 @@ pub fn adopt(src: &Addr, dst: &Addr, tcp: &Tcp) {
         track_new(key, flow_state::EMBRYONIC, 0, 0);
         established(key);
     }
-}
-
-/// Counts a TCP intercept event.
-#[inline(always)]
-pub fn count_intercept(event: InterceptEvent) {
-    count(&INTERCEPTS, event as u32);
 }
 
 /// Starts tracking a flow, counted as embryonic.
@@ -344,14 +335,6 @@ fn release(key: &FlowKey, state: u32) {
 #[inline(always)]
 fn reached(limit: u32, count: u64) -> bool {
     limit != 0 && count >= limit as u64
-}
-
-#[inline(always)]
-fn count(counters: &PerCpuArray<u64>, index: u32) {
-    if let Some(count) = counters.get_ptr_mut(index) {
-        // SAFETY: this CPU's slot; nothing else writes it during this run.
-        unsafe { *count += 1 };
-    }
 }
 
 #[inline(always)]

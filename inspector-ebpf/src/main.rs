@@ -1,142 +1,88 @@
-//! The inspector's kernel programs.
+//! The inspector's kernel programs: every entry point is here, and each
+//! reads as the path of a packet through the modules that do the work.
 //!
-//! `inspector_xdp` runs on ingress of the protected interface: it parses
-//! every packet, decides its [`Class`] and counts it. TCP packets to and
-//! from a protected server go through the connection limits, which drop
-//! SYNs over a limit or, with TCP intercept, answer them with SYN cookies
-//! and rewrite the flows of the clients that prove themselves; nothing
-//! else is dropped or rewritten.
+//! - `inspector_xdp` (XDP, ingress of the protected interfaces): parse the
+//!   headers (`parse`), give the packet its [`Class`] (`exempt`: the
+//!   exemption ACL, then SMTP), count it (`counters`); a TCP packet to or
+//!   from a protected server then goes through the connection limits
+//!   (`limits`), which pass it, drop a SYN over a limit, or ask TCP
+//!   intercept (`intercept`) to answer it with a SYN cookie or rewrite it.
+//!   Nothing else is dropped or rewritten.
+//! - `inspector_steer` (TC clsact ingress, the same interfaces): parse,
+//!   leave exempt traffic alone, and mark the flows the engine inspects for
+//!   local delivery (`steer`).
+//! - `inspector_xdp_empty`: the benchmark's baseline.
+//!
+//! `packet` is the only module that touches packet memory; every read and
+//! write elsewhere goes through its bounds checks.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the BPF target has atomic adds but no `fetch_add` (see conns.rs).
+// `atomic_xadd`: the BPF target has atomic adds but no `fetch_add` (see
+// limits/conns.rs).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
-mod acl;
-mod conns;
 mod counters;
+mod exempt;
 mod intercept;
 mod limits;
 mod packet;
 mod parse;
-mod sockets;
 mod steer;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use inspector_common::{Class, InterceptEvent, SMTP_PORT};
-
-use crate::{
-    limits::Verdict,
-    packet::Packet,
-    parse::{Headers, Transport},
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
+use inspector_common::{Class, STEER_MARK};
 
-/// Passes every packet and does nothing else: the baseline the benchmark
-/// (`cargo xtask bench`) measures the classifier against. Never attached.
-#[xdp]
-pub fn inspector_xdp_empty(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
+use crate::{limits::Verdict, packet::Packet};
 
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
     let (class, tcp) = match parse::headers(&packet) {
-        Ok(headers) => (
-            classify(&headers),
-            matches!(
-                headers,
-                Headers::Ip {
-                    transport: Transport::Tcp(_),
-                    ..
-                }
-            ),
-        ),
+        Ok(headers) => (exempt::classify(&headers), headers.is_tcp()),
         Err(_) => (Class::Malformed, false),
     };
-    counters::count(class, packet.len());
+    counters::count_class(class, packet.len());
     if !tcp {
         return xdp_action::XDP_PASS;
     }
     match limits::track(&ctx) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        verdict => intercept(&ctx, verdict, class == Class::Inspect),
+        verdict => intercept::apply(&ctx, verdict, class == Class::Inspect),
     }
 }
 
-/// The TCP intercept rewrites `limits` asked for (see `intercept`).
-///
-/// Not for a session the engine terminates: its listener stands in front
-/// of the server, the kernel's own SYN cookies protect that listener, and
-/// the server sees a connection only when the engine opens one. Answering
-/// here too would answer for the listener. (The engine runs in the
-/// daemon's process, which also holds this program: while this runs, a
-/// daemon started with the engine has it.)
-#[inline(always)]
-fn intercept(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
-    let engines = || inspected && steer::engine_runs();
-    // Parsed again rather than kept: this keeps the main frame small.
+#[classifier]
+pub fn inspector_steer(ctx: TcContext) -> i32 {
+    steer::pull_headers(&ctx);
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let Some((src, dst, tcp)) = parse::tcp(&packet) else {
-        return xdp_action::XDP_DROP;
+    // `Some(mark?)`, or `None` to drop (see `steer::decide`).
+    let mark = match parse::tcp(&packet) {
+        Some((src, dst, tcp)) if !(exempt::is_exempt(&src) || exempt::is_exempt(&dst)) => {
+            steer::decide(&ctx, &packet, &src, &dst, &tcp)
+        }
+        _ => Some(false),
     };
-    let done = match verdict {
-        Verdict::AnswerSyn if engines() => true,
-        Verdict::VerifyClient if engines() => {
-            limits::adopt(&src, &dst, &tcp);
-            true
+    match mark {
+        Some(true) => {
+            ctx.set_mark(STEER_MARK);
+            TC_ACT_OK as i32
         }
-        Verdict::AnswerSyn => {
-            let sent = intercept::answer_syn(ctx, &tcp);
-            if sent {
-                limits::count_intercept(InterceptEvent::CookieSent);
-                return xdp_action::XDP_TX;
-            }
-            false
-        }
-        Verdict::VerifyClient => {
-            if let Some((cookie, window)) = intercept::open_server_side(ctx, &tcp) {
-                limits::opening(&src, &dst, &tcp, cookie, window);
-            }
-            true
-        }
-        Verdict::CompleteServer(window) => {
-            if intercept::complete_server_side(ctx, &tcp, window).is_some() {
-                return xdp_action::XDP_TX;
-            }
-            false
-        }
-        Verdict::Shift(field, delta) => intercept::shift(ctx, &tcp, field, delta),
-        Verdict::Pass | Verdict::Drop => true,
-    };
-    if done {
-        xdp_action::XDP_PASS
-    } else {
-        xdp_action::XDP_DROP
+        Some(false) => TC_ACT_OK as i32,
+        None => TC_ACT_SHOT as i32,
     }
 }
 
-/// The exemption ACL first (it matches any IP packet, like `permit ip`),
-/// then SMTP. (Malformed packets never get here.)
-#[inline(always)]
-fn classify(headers: &Headers) -> Class {
-    match headers {
-        Headers::NotIp => Class::Pass,
-        Headers::Ip {
-            src,
-            dst,
-            transport,
-        } => {
-            if acl::is_exempt(src) || acl::is_exempt(dst) {
-                Class::Exempt
-            } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
-                Class::Inspect
-            } else {
-                Class::Pass
-            }
-        }
-    }
+/// Passes every packet and does nothing else: the baseline the benchmark
+/// (`cargo xtask bench`) measures the classifier against. Never attached.
+#[xdp]
+pub fn inspector_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

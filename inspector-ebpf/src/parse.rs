@@ -63,6 +63,19 @@ pub enum Headers {
     },
 }
 
+impl Headers {
+    #[inline(always)]
+    pub fn is_tcp(&self) -> bool {
+        matches!(
+            self,
+            Headers::Ip {
+                transport: Transport::Tcp(_),
+                ..
+            }
+        )
+    }
+}
+
 /// A header we could not read.
 pub struct Malformed;
 

@@ -1,12 +1,13 @@
-//! Steering: a TC (clsact ingress) program that gives flagged flows (TCP to
-//! port 25, not exempt) the fwmark [`STEER_MARK`]. The daemon's rule
+//! Steering: the decision of the TC (clsact ingress) program
+//! `inspector_steer`, which gives flagged flows (TCP to port 25, not exempt)
+//! the fwmark `STEER_MARK`. The daemon's rule
 //! `fwmark STEER_MARK lookup STEER_TABLE` and the route `local 0.0.0.0/0 dev
 //! lo table STEER_TABLE` then deliver them locally, to the engine's
 //! `IP_TRANSPARENT` listener on port 25; other traffic is forwarded as
 //! before.
 //!
-//! The decision uses the kernel's own socket table, so it is stable per
-//! flow and needs no state of its own:
+//! The decision uses the kernel's own socket table (`sockets`), so it is
+//! stable per flow and needs no state of its own:
 //! - a packet of a connection the engine holds (an established or
 //!   half-open socket matches its 4-tuple) is always marked, so sessions
 //!   already inspected stay with the engine whatever happens;
@@ -24,19 +25,15 @@
 //! "client"` the engine connects from the client's address, and the
 //! server's answers, addressed to the client, must come back to it.
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    macros::{classifier, map},
-    maps::Array,
-    programs::TcContext,
-};
-use inspector_common::{FAIL_CLOSED, SMTP_PORT, STEER_MARK, SteerConfig};
+mod sockets;
 
+use aya_ebpf::{macros::map, maps::Array, programs::TcContext};
+use inspector_common::{FAIL_CLOSED, SMTP_PORT, SteerConfig};
+
+use self::sockets::TCP_LISTEN;
 use crate::{
-    acl,
     packet::Packet,
-    parse::{self, TCP_ACK, TCP_SYN},
-    sockets::{self, TCP_LISTEN},
+    parse::{Addr, TCP_ACK, TCP_SYN, Tcp},
 };
 
 #[map]
@@ -46,66 +43,33 @@ static STEER_CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
 /// some extension headers, and TCP with options.
 const PULL_LEN: u32 = 256;
 
-#[classifier]
-pub fn inspector_steer(ctx: TcContext) -> i32 {
-    match verdict(&ctx) {
-        Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Steer => {
-            ctx.set_mark(STEER_MARK);
-            TC_ACT_OK as i32
-        }
-        Verdict::Drop => TC_ACT_SHOT as i32,
-    }
-}
-
-enum Verdict {
-    /// Forwarded (or delivered) as the kernel decides.
-    Pass,
-    /// Marked for local delivery to the engine.
-    Steer,
-    /// `fail = "closed"` with no engine.
-    Drop,
-}
-
+/// Makes the headers linear before they are parsed (a no-op for the usual
+/// packet): outside the linear part of the skb they would be unreadable,
+/// and a packet of an engine's flow left unmarked would reach the server.
 #[inline(always)]
-fn verdict(ctx: &TcContext) -> Verdict {
-    match should_mark(ctx) {
-        Some(true) => Verdict::Steer,
-        Some(false) => Verdict::Pass,
-        None => Verdict::Drop,
-    }
-}
-
-/// `Some(mark?)`, or `None` to drop.
-#[inline(always)]
-fn should_mark(ctx: &TcContext) -> Option<bool> {
-    // Headers outside the linear part of the skb would be unreadable, and a
-    // packet of an engine's flow left unmarked would reach the server; make
-    // them linear first (a no-op for the usual packet).
+pub fn pull_headers(ctx: &TcContext) {
     let want = core::cmp::min(ctx.len(), PULL_LEN);
     if ctx.data_end() - ctx.data() < want as usize {
         let _ = ctx.pull_data(want);
     }
-    let packet = Packet::new(ctx.data(), ctx.data_end());
-    let Some((src, dst, tcp)) = parse::tcp(&packet) else {
-        return Some(false);
-    };
-    if acl::is_exempt(&src) || acl::is_exempt(&dst) {
-        return Some(false);
-    }
+}
+
+/// Whether to mark a TCP packet that is not exempt: `Some(mark?)`, or
+/// `None` to drop it (`fail = "closed"` with no engine). Unmarked packets
+/// are forwarded (or delivered) as the kernel decides.
+#[inline(always)]
+pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tcp) -> Option<bool> {
     if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
         // A server's answer: ours only if it matches the engine's socket.
-        return Some(
-            sockets::lookup(
-                ctx.skb.skb as *mut _,
-                &src,
-                &dst,
-                tcp.src_port,
-                tcp.dst_port,
-                |_, state| state != TCP_LISTEN,
-            )
-            .unwrap_or(false),
+        let engines = sockets::lookup(
+            ctx.skb.skb as *mut _,
+            src,
+            dst,
+            tcp.src_port,
+            tcp.dst_port,
+            |_, state| state != TCP_LISTEN,
         );
+        return Some(engines.unwrap_or(false));
     }
     if tcp.dst_port != SMTP_PORT {
         return Some(false);
@@ -113,15 +77,15 @@ fn should_mark(ctx: &TcContext) -> Option<bool> {
     let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match sockets::lookup(
         ctx.skb.skb as *mut _,
-        &src,
-        &dst,
+        src,
+        dst,
         tcp.src_port,
         tcp.dst_port,
         |sk, state| {
             // The engine's connection; a new flow while it listens; or the ACK
             // that completes a handshake its listener answered with a SYN
             // cookie (under a flood it keeps no half-open socket to find).
-            state != TCP_LISTEN || syn || sockets::is_valid_syncookie(&packet, &tcp, sk)
+            state != TCP_LISTEN || syn || sockets::is_valid_syncookie(packet, tcp, sk)
         },
     ) {
         Some(mark) => Some(mark),

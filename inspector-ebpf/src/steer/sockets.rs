@@ -1,7 +1,7 @@
 //! The kernel's own socket table, as the programs see it: which local
 //! socket a packet would reach. The engine's listener and its connections
-//! live there, so steering and TCP intercept ask it whether a flow is the
-//! engine's, and the socket vanishes with the process that holds it.
+//! live there, so steering asks it whether a flow is the engine's, and the
+//! socket vanishes with the process that holds it.
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple, tcphdr},
