@@ -16,9 +16,11 @@
 pub mod audit;
 pub mod mime;
 pub mod policy;
-pub mod session;
+mod session;
 pub mod stats;
 
 pub use audit::{AuditEvent, AuditKind, Peers};
-pub use session::{Close, Output, Phase, SESSION_MEMORY_BOUND, Session};
+pub use session::{
+    Close, MAX_HOLD, MAX_LINE, MAX_PENDING, Output, Phase, SESSION_MEMORY_BOUND, Session,
+};
 pub use stats::PolicyStats;

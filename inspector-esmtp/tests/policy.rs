@@ -2,28 +2,16 @@
 //! file. Errors name the field and carry the span of the offending value.
 
 use inspector_esmtp::PolicyStats;
-use inspector_esmtp::policy::{EsmtpPolicy, EsmtpSection, FieldError, Mode};
+use inspector_esmtp::policy::{EsmtpPolicy, FieldError, Mode};
 
-/// The `[esmtp]` table of a policy file; the rest of the file (exemptions,
-/// servers, timeouts) is the daemon's, validated by its own tests.
-#[derive(serde::Deserialize)]
-struct File {
-    esmtp: Option<EsmtpSection>,
-}
-
+/// The rest of a policy file (exemptions, servers, timeouts) is the
+/// daemon's, validated by its own tests.
 fn load(text: &str) -> Result<EsmtpPolicy, String> {
-    let file: File = toml::from_str(text).map_err(|e| e.message().to_string())?;
-    match file.esmtp {
-        Some(s) => s
-            .compile()
-            .map_err(|e| format!("{}: {}", e.field, e.message)),
-        None => Ok(EsmtpPolicy::default()),
-    }
+    EsmtpPolicy::from_toml(text).map_err(|e| e.to_string())
 }
 
 fn field_error(text: &str) -> FieldError {
-    let file: File = toml::from_str(text).unwrap();
-    file.esmtp.unwrap().compile().unwrap_err()
+    EsmtpPolicy::from_toml(text).unwrap_err()
 }
 
 fn shipped(name: &str) -> String {

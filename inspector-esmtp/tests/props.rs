@@ -214,12 +214,7 @@ proptest! {
             .into_iter()
             .map(|(client, b)| if client { Step::Client(b) } else { Step::Server(b) })
             .collect();
-        let policy = Arc::new(if compat {
-            let text = include_str!("../../policies/compat.toml");
-            policy(text.split_once("[esmtp]\n").unwrap().1)
-        } else {
-            EsmtpPolicy::default()
-        });
+        let policy = Arc::new(if compat { common::compat() } else { common::modern() });
         play(&policy, &steps, &cuts);
     }
 }

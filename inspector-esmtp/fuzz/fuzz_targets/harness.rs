@@ -5,16 +5,11 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use inspector_esmtp::policy::{EsmtpPolicy, EsmtpSection};
+use inspector_esmtp::policy::EsmtpPolicy;
 use inspector_esmtp::{Peers, PolicyStats, SESSION_MEMORY_BOUND, Session};
 
 fn shipped(text: &str) -> EsmtpPolicy {
-    #[derive(serde::Deserialize)]
-    struct File {
-        esmtp: EsmtpSection,
-    }
-    let file: File = toml::from_str(text).expect("shipped policy parses");
-    file.esmtp.compile().expect("shipped policy compiles")
+    EsmtpPolicy::from_toml(text).expect("shipped policy compiles")
 }
 
 /// The policies, compiled once (compiling per input would dominate).

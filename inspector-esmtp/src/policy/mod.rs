@@ -1,10 +1,13 @@
 //! The `[esmtp]` section of a policy file: its TOML form (`EsmtpSection`),
 //! validated and compiled into the `EsmtpPolicy` the engine enforces.
+//! `EsmtpPolicy::from_toml` does both for a whole policy document.
 
 pub mod actions;
 pub mod criteria;
+mod document;
 pub mod parse;
 
+use std::fmt;
 use std::ops::Range;
 
 use serde::Deserialize;
@@ -13,15 +16,26 @@ use toml::Spanned;
 pub use actions::{Actions, Primary};
 pub use criteria::{Criterion, EhloParam, MimeEncodingKw};
 
-/// A policy value that is well-formed TOML but not a valid setting. The
-/// policy loader turns `span` (byte offsets into the file) into a line.
+/// What is wrong with one field of a policy: a value that is not a valid
+/// setting, or (from `EsmtpPolicy::from_toml`) one that is not even the
+/// right TOML. The policy loader turns `span` (byte offsets into the file)
+/// into a line and column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     pub span: Option<Range<usize>>,
-    /// Dotted path of the offending field, e.g. `esmtp.match[2].action`.
+    /// Dotted path of the offending field, e.g. `esmtp.match[2].action`;
+    /// `(document)` for a TOML syntax error.
     pub field: String,
     pub message: String,
 }
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
 
 impl FieldError {
     fn at<T>(value: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -200,13 +214,12 @@ const MAX_NAME_LEN: usize = 64;
 impl Default for EsmtpPolicy {
     /// `_default_esmtp_map` in modern mode.
     fn default() -> Self {
-        #[derive(Deserialize)]
-        struct File {
-            esmtp: EsmtpSection,
-        }
         // The embedded text is fixed and covered by tests.
-        let file: File = toml::from_str(DEFAULT_POLICY_TOML).expect("default policy parses");
-        file.esmtp.compile().expect("default policy compiles")
+        document::section(DEFAULT_POLICY_TOML)
+            .expect("default policy parses")
+            .expect("default policy has an [esmtp] table")
+            .compile()
+            .expect("default policy compiles")
     }
 }
 

@@ -1,17 +1,14 @@
-//! Message content: DATA (dot-stuffed, ends at a line holding only `.`) and
-//! BDAT/XEXCH50 (counted bytes). Content is relayed exactly as received;
-//! the MIME scanner sees it un-stuffed, and the header/body/MIME criteria are
-//! evaluated on its events before the bytes that produced them are relayed,
-//! so a message that must be dropped is never completed at the server.
+//! Message content: where DATA ends (dot-stuffed, at a line holding only
+//! `.`), found byte by byte and never guessed, and the MIME scan of the
+//! message in progress, on whose events the content rules are evaluated.
+//! The session relays content exactly as received, once inspected, so a
+//! message that must be dropped is never completed at the server.
 
 use memchr::memmem;
 
-use super::rules::{Value, Verdict};
-use super::{ClientMode, MIME_EVENTS_KEPT, MIME_LIMITS, MIME_SLICE, Output, RawKind, Session};
-use crate::audit::{AuditEvent, AuditKind};
+use super::rules::{Judge, Verdict};
+use super::{MIME_EVENTS_KEPT, MIME_LIMITS};
 use crate::mime::{MimeEvent, MimeScanner};
-use crate::policy::Criterion;
-use crate::policy::criteria::exceeds;
 
 /// Where DATA content stands, byte by byte, to find the final `.` exactly.
 /// `crlf`: the line before ended in CRLF (true for the first line).
@@ -122,7 +119,7 @@ pub struct MessageScan {
 }
 
 impl MessageScan {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             mime: MimeScanner::new(MIME_LIMITS),
             events: Vec::new(),
@@ -132,185 +129,57 @@ impl MessageScan {
         }
     }
 
+    /// A message starts: its counters from zero, and a fresh scanner if
+    /// the last message was abandoned.
+    pub fn restart(&mut self) {
+        if self.dirty {
+            *self = Self::new();
+        }
+        self.to_fields = 0;
+        self.size = 0;
+    }
+
+    /// Content bytes seen (un-stuffed), for SIZE.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Counts `len` more content bytes.
+    pub fn grow(&mut self, len: usize) {
+        self.size = self.size.saturating_add(len as u64);
+    }
+
+    /// Scans one slice of content; its events wait for `judge`.
+    pub fn feed(&mut self, slice: &[u8]) {
+        self.dirty = true;
+        self.mime.feed(slice, &mut self.events);
+    }
+
+    /// The end of the message; its last events wait for `judge`.
+    pub fn finish(&mut self) {
+        self.mime.finish(&mut self.events);
+        self.dirty = false;
+    }
+
+    /// Evaluates the content rules on the events found so far, each with
+    /// the count of `To:` fields up to it, and keeps the event buffer small.
+    pub fn judge(&mut self, judge: Judge<'_>) -> Verdict {
+        let to_fields = &mut self.to_fields;
+        let events = self.events.drain(..).map(|ev| {
+            if let MimeEvent::ToField = ev {
+                *to_fields = to_fields.saturating_add(1);
+            }
+            (ev, *to_fields)
+        });
+        let verdict = judge.content(events);
+        if self.events.capacity() > MIME_EVENTS_KEPT {
+            self.events.shrink_to(MIME_EVENTS_KEPT);
+        }
+        verdict
+    }
+
     pub fn heap_bytes(&self) -> usize {
         self.mime.heap_bytes() + self.events.capacity() * std::mem::size_of::<MimeEvent>()
-    }
-}
-
-impl Session {
-    /// A message starts (DATA accepted with 354, or the first BDAT).
-    pub(super) fn start_message(&mut self) {
-        if self.tx.in_message {
-            return;
-        }
-        self.tx.in_message = true;
-        let scan = self.message.get_or_insert_with(MessageScan::new);
-        if scan.dirty {
-            *scan = MessageScan::new();
-        }
-        scan.to_fields = 0;
-        scan.size = 0;
-        self.fired.iter_mut().for_each(|f| *f = false);
-    }
-
-    /// DATA content up to and including the final `.` line.
-    pub(super) fn step_data(&mut self, input: &[u8], out: &mut Output) -> usize {
-        let ClientMode::Data(mut dots) = self.mode else {
-            return 0;
-        };
-        let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
-        // Inspected before relayed: a close keeps this read from the server.
-        let (used, found) = dots.scan(input, |c| self.inspect_content(&mut scan, c, out));
-        self.mode = ClientMode::Data(dots);
-        match found {
-            DotEnd::End if !self.stopped() => self.end_message(&mut scan, out),
-            DotEnd::Ambiguous => self.anomaly("bare LF next to the final dot", out),
-            _ => {}
-        }
-        self.message = Some(scan);
-        if self.stopped() {
-            return 0;
-        }
-        out.to_server
-            .extend_from_slice(input.get(..used).unwrap_or(input));
-        if found == DotEnd::End {
-            self.mode = ClientMode::Command;
-            self.push(super::Pending::DataEnd, out);
-        }
-        used
-    }
-
-    /// A BDAT chunk or an XEXCH50 blob: exactly the announced bytes.
-    pub(super) fn step_raw(&mut self, input: &[u8], out: &mut Output) -> usize {
-        let ClientMode::Raw { remaining, kind } = self.mode else {
-            return 0;
-        };
-        let n = usize::try_from(remaining)
-            .unwrap_or(usize::MAX)
-            .min(input.len());
-        let chunk = input.get(..n).unwrap_or(input);
-        let remaining = remaining - n as u64;
-        match kind {
-            RawKind::Bdat { last, relay: true } => {
-                let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
-                self.inspect_content(&mut scan, chunk, out);
-                if remaining == 0 && last && !self.stopped() {
-                    self.end_message(&mut scan, out);
-                }
-                self.message = Some(scan);
-                if self.stopped() {
-                    return 0;
-                }
-                out.to_server.extend_from_slice(chunk);
-            }
-            // A refused BDAT: the chunk is skipped so it is not taken for commands.
-            RawKind::Bdat { relay: false, .. } => {}
-            RawKind::Xexch50 => out.to_server.extend_from_slice(chunk),
-        }
-        self.mode = if remaining == 0 {
-            ClientMode::Command
-        } else {
-            ClientMode::Raw { remaining, kind }
-        };
-        n
-    }
-
-    /// Feeds content to the MIME scanner and evaluates its events, slice by
-    /// slice, so the event buffer stays small whatever the read size.
-    fn inspect_content(&mut self, scan: &mut MessageScan, content: &[u8], out: &mut Output) {
-        scan.size = scan.size.saturating_add(content.len() as u64);
-        for slice in content.chunks(MIME_SLICE) {
-            if self.stopped() {
-                return;
-            }
-            scan.dirty = true;
-            scan.mime.feed(slice, &mut scan.events);
-            self.inspect_events(scan, out);
-        }
-    }
-
-    /// The whole message has been seen (and not yet completed at the server).
-    pub(super) fn end_message(&mut self, scan: &mut MessageScan, out: &mut Output) {
-        scan.mime.finish(&mut scan.events);
-        scan.dirty = false;
-        self.inspect_events(scan, out);
-        if let Some(declared) = self.tx.declared_size
-            && scan.size > declared
-        {
-            out.audit.push(AuditEvent {
-                peers: self.peers,
-                kind: AuditKind::SizeViolation {
-                    declared,
-                    actual: scan.size,
-                },
-            });
-        }
-        // The transaction ends here, in the client's order: with PIPELINING
-        // the next one may be under way before the server's reply comes.
-        self.tx = super::Transaction::default();
-        crate::stats::PolicyStats::bump(&self.stats.packet);
-    }
-
-    /// Evaluates the header, body and MIME criteria on the scanner's events.
-    /// Each rule fires at most once per message.
-    fn inspect_events(&mut self, scan: &mut MessageScan, out: &mut Output) {
-        let policy = std::sync::Arc::clone(&self.policy);
-        let mut v = Verdict::default();
-        for ev in scan.events.drain(..) {
-            if let MimeEvent::ToField = ev {
-                scan.to_fields = scan.to_fields.saturating_add(1);
-            }
-            for (i, rule) in policy.rules.iter().enumerate() {
-                if self.fired.get(i).copied().unwrap_or(true) || v.close.is_some() {
-                    continue;
-                }
-                let Some((hit, value)) = content_hit(&rule.criterion, &ev, scan.to_fields) else {
-                    continue;
-                };
-                if rule.matches(hit) {
-                    if let Some(f) = self.fired.get_mut(i) {
-                        *f = true;
-                    }
-                    self.hit(i, value, &mut v, out);
-                }
-            }
-        }
-        if scan.events.capacity() > MIME_EVENTS_KEPT {
-            scan.events.shrink_to(MIME_EVENTS_KEPT);
-        }
-        self.conclude(&v, out);
-    }
-}
-
-/// Whether a content criterion applies to `ev`, and if so its outcome and
-/// the value that decided it.
-fn content_hit<'a>(c: &Criterion, ev: &'a MimeEvent, to_fields: u64) -> Option<(bool, Value<'a>)> {
-    let n = |len: usize| len as u64;
-    let count = |len: u64, limit: &u64| Some((exceeds(len, *limit), Value::Num(len)));
-    match (c, ev) {
-        (Criterion::HeaderLineLength(l), MimeEvent::HeaderLine { len }) => count(n(*len), l),
-        (Criterion::HeaderLength(l), MimeEvent::HeaderEnd { len }) => count(n(*len), l),
-        (Criterion::HeaderToFieldsCount(l), MimeEvent::HeaderEnd { .. }) => count(to_fields, l),
-        (Criterion::BodyLineLength(l), MimeEvent::BodyLine { len }) => count(n(*len), l),
-        (Criterion::BodyLength(l), MimeEvent::BodyEnd { len }) => count(n(*len), l),
-        // MIME criteria look at parts that hold content, not at containers.
-        (_, MimeEvent::Part(p)) if p.content_type.starts_with("multipart/") => None,
-        (Criterion::MimeFiletypeRegex(r), MimeEvent::Part(p)) => Some((
-            r.is_match(&p.content_type),
-            Value::Bytes(p.content_type.as_bytes()),
-        )),
-        (Criterion::MimeFilenameLength(l), MimeEvent::Part(p)) => {
-            let len = p.filename_len?;
-            count(n(len), l)
-        }
-        (Criterion::MimeEncoding(encs), MimeEvent::Part(p)) => {
-            let kw = p.encoding.keyword();
-            Some((
-                encs.iter().any(|e| e.word() == kw),
-                Value::Bytes(kw.as_bytes()),
-            ))
-        }
-        _ => None,
     }
 }
 

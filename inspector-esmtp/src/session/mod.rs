@@ -2,16 +2,25 @@
 //! each side, a close decision and audit records. No sockets, no clock (the
 //! caller passes the time in).
 //!
+//! `Session` is the state machine; its helpers each do one thing and know
+//! nothing of it: `command` and `reply` read (and rewrite) lines, `data`
+//! finds the end of message content and scans it, `pipeline` keeps the
+//! replies owed in command order, `rules` evaluates the policy on one item
+//! into a verdict, `close` is how a session ends, and `replies` holds the
+//! engine's own reply texts.
+//!
 //! The path of a client command: `on_client_data` → `feed_client` (waits
 //! while a reply is owed, see `Pipeline::must_wait`) → `step_command`
-//! (bounded line reassembly) → `command::on_command` (policy, then forward
-//! or refuse) → a `Pending` entry that the server's reply resolves in
-//! `reply::on_reply_line`. Message content goes through `data` instead and
-//! is relayed unchanged.
+//! (bounded line reassembly) → `on_command` (the rules' verdict, then
+//! forward or refuse) → a `Pending` entry that the server's reply resolves
+//! in `on_reply_line`. Message content goes through `step_data` and
+//! `step_raw` instead and is relayed unchanged.
 
+mod close;
 mod command;
 mod data;
 mod pipeline;
+mod replies;
 mod reply;
 mod rules;
 
@@ -20,15 +29,22 @@ use std::time::Instant;
 
 use memchr::memchr;
 
-use crate::audit::{AuditEvent, Peers};
+use crate::audit::{self, AuditEvent, AuditKind, Peers};
 use crate::mime::{MimeEvent, MimeLimits};
-use crate::policy::{EsmtpPolicy, Mode};
+use crate::policy::{EsmtpPolicy, Mode, TLS_VERBS};
 use crate::stats::PolicyStats;
 
-use data::{DotScanner, MessageScan};
+use close::Ending;
+use command::{Command, bdat_args, is_program_address, size_param, xexch50_size};
+use data::{DotEnd, DotScanner, MessageScan};
 pub use pipeline::MAX_PENDING;
 use pipeline::{Pending, Pipeline};
-use rules::RateWindow;
+use replies::{
+    CHUNK_AFTER_REFUSAL, LINE_TOO_LONG, POLICY_CLOSE, PROTOCOL_CLOSE, RATE_LIMITED, TOO_MANY_RCPTS,
+    UNRECOGNIZED,
+};
+use reply::{EhloRewrite, Extensions, code_of, ehlo_keyword};
+use rules::{Judge, RuleState, Verdict};
 
 /// Longest command or reply line the engine reassembles, line ending
 /// included. A longer command is answered `500 5.5.2` without being
@@ -78,19 +94,6 @@ pub enum Close {
     /// the server's reply to a message the close waited for, which the
     /// client must get.
     Reset,
-}
-
-/// A close decided while the server still owes replies to messages it
-/// received in full (see `Session::close`).
-#[derive(Debug, Clone, Copy)]
-struct Closing {
-    how: Close,
-    reply: &'static [u8],
-    /// Message-completing replies still awaited.
-    owed: usize,
-    /// The client ended the session (EOF), not the policy: not counted as
-    /// a drop, and no `421` is sent.
-    eof: bool,
 }
 
 /// Where the session is, for the driver's timers and graceful shutdown.
@@ -149,11 +152,15 @@ enum RawKind {
     Xexch50,
 }
 
-/// Extensions the client was shown in the last EHLO reply (after masking).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Extensions {
-    pipelining: bool,
-    chunking: bool,
+/// What happens to a command after the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Forward,
+    /// Compat: `X`s to the server (the server answers 500); modern: this
+    /// reply from the engine.
+    Refuse(&'static [u8]),
+    /// The engine's reply in either mode (modern-only settings).
+    Reject(&'static [u8]),
 }
 
 /// The mail transaction in progress.
@@ -171,20 +178,8 @@ struct Transaction {
     bdat_refused: bool,
 }
 
-/// Lines of the reply being relayed.
-#[derive(Debug, Default)]
-struct ReplyState {
-    /// Index of the next line within the reply.
-    line: usize,
-    /// Modern EHLO masking holds one line back, so that removing the final
-    /// line can turn the previous one into the final one.
-    ehlo_held: Option<Vec<u8>>,
-    /// Compat EHLO masking: keywords masked so far (`XXXXXXXA`, `…B`, …).
-    masked: u8,
-    /// Extensions seen in this EHLO reply, committed at its end.
-    ext: Extensions,
-}
-
+/// One inspected ESMTP session: the state machine between a client and the
+/// protected server.
 pub struct Session {
     policy: Arc<EsmtpPolicy>,
     stats: Arc<PolicyStats>,
@@ -197,21 +192,20 @@ pub struct Session {
     overlong: Option<(u64, bool)>,
     /// A partial reply line.
     sbuf: Vec<u8>,
-    reply: ReplyState,
+    /// Index of the next line within the reply being relayed.
+    reply_line: usize,
+    /// The EHLO reply being relayed; its extensions are committed at its end.
+    ehlo: EhloRewrite,
     pipeline: Pipeline,
+    /// Extensions the client was shown in the last EHLO reply.
     ext: Extensions,
     tx: Transaction,
     message: Option<MessageScan>,
-    /// Rules that already matched in the current message (each fires once).
-    fired: Vec<bool>,
+    rules: RuleState,
     /// RCPTs the server rejected (5xx) in this session.
     invalid_rcpts: u64,
-    rate: Vec<RateWindow>,
-    /// Set: the session closes once these replies are relayed, and client
-    /// bytes are discarded meanwhile.
-    closing: Option<Closing>,
+    ending: Ending,
     opaque: bool,
-    closed: bool,
 }
 
 impl Session {
@@ -219,7 +213,8 @@ impl Session {
         let mut pipeline = Pipeline::default();
         // An empty queue cannot be full.
         let _ = pipeline.push(Pending::Greeting);
-        let rules = policy.rules.len();
+        let modern = policy.mode == Mode::Modern;
+        let rules = RuleState::new(policy.rules.len());
         Self {
             policy,
             stats,
@@ -229,17 +224,16 @@ impl Session {
             cbuf: Vec::new(),
             overlong: None,
             sbuf: Vec::new(),
-            reply: ReplyState::default(),
+            reply_line: 0,
+            ehlo: EhloRewrite::new(modern),
             pipeline,
             ext: Extensions::default(),
             tx: Transaction::default(),
             message: None,
-            fired: vec![false; rules],
+            rules,
             invalid_rcpts: 0,
-            rate: Vec::new(),
-            closing: None,
+            ending: Ending::new(modern),
             opaque: false,
-            closed: false,
         }
     }
 
@@ -267,36 +261,24 @@ impl Session {
     /// only then does it close.
     pub fn on_client_eof(&mut self, now: Instant) -> Output {
         self.now = Some(now);
-        if self.closed || self.closing.is_some() {
-            return self.finish(Output::default());
+        let mut out = Output::default();
+        let owed = if self.opaque {
+            0
+        } else {
+            self.owed_message_replies()
+        };
+        if self.ending.client_eof(owed, &mut out) {
+            self.release();
         }
-        let owed = self.owed_message_replies();
-        if owed > 0 && !self.opaque {
-            self.closing = Some(Closing {
-                how: Close::Fin,
-                reply: b"",
-                owed,
-                eof: true,
-            });
-            self.cbuf = Vec::new();
-            return self.finish(Output::default());
-        }
-        self.on_eof(now)
+        self.finish(out)
     }
 
     /// The server closed its side: an incomplete reply line is discarded.
     pub fn on_server_eof(&mut self, now: Instant) -> Output {
-        self.on_eof(now)
-    }
-
-    fn on_eof(&mut self, now: Instant) -> Output {
         self.now = Some(now);
         let mut out = Output::default();
-        if !self.closed {
-            self.closed = true;
-            out.close = Some(Close::Fin);
-            self.cbuf = Vec::new();
-            self.sbuf = Vec::new();
+        if self.ending.eof(&mut out) {
+            self.release();
         }
         self.finish(out)
     }
@@ -324,27 +306,19 @@ impl Session {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-
-    /// Closed, or closing: no more client bytes go to the server.
-    fn stopped(&self) -> bool {
-        self.closed || self.closing.is_some()
+        self.ending.is_closed()
     }
 
     /// Heap bytes held now (always below `SESSION_MEMORY_BOUND`).
     pub fn heap_bytes(&self) -> usize {
         self.cbuf.capacity()
             + self.sbuf.capacity()
-            + self.reply.ehlo_held.as_ref().map_or(0, Vec::capacity)
+            + self.ehlo.heap_bytes()
             + self.pipeline.heap_bytes()
             + self.message.as_ref().map_or(0, MessageScan::heap_bytes)
     }
 
-    fn finish(&mut self, mut out: Output) -> Output {
-        out.opaque = self.opaque;
-        out
-    }
+    // ---- Client bytes ----
 
     fn feed_client(&mut self, mut input: &[u8], out: &mut Output) {
         while !input.is_empty() && !self.stopped() {
@@ -463,8 +437,173 @@ impl Session {
         }
     }
 
+    /// One complete command line (with its line ending): the rules decide,
+    /// then the command is forwarded (and its reply awaited) or refused.
+    /// Refusing means `X`s of the same length to the server in compat mode
+    /// (the server answers 500), and the engine's own reply in modern mode.
+    fn on_command(&mut self, line: &[u8], out: &mut Output) {
+        PolicyStats::bump(&self.stats.packet);
+        let cmd = Command::parse(line);
+        if cmd.verb == "RCPT" {
+            self.tx.rcpt_count = self.tx.rcpt_count.saturating_add(1);
+        }
+        let rcpt_count = self.tx.rcpt_count;
+        let v = self.judge(&mut out.audit).command(&cmd, rcpt_count);
+        if self.conclude(&v, out) {
+            return;
+        }
+        if let Some(p) = &cmd.path {
+            if is_program_address(p.address) {
+                out.audit.push(AuditEvent {
+                    peers: self.peers,
+                    kind: AuditKind::MaliciousAddress {
+                        address: audit::excerpt(p.address),
+                    },
+                });
+                self.close(Close::Fin, POLICY_CLOSE, out);
+                return;
+            }
+            let params = self.judge(&mut out.audit).address(&cmd.verb, p.address);
+            if self.conclude(&params, out) {
+                return;
+            }
+        }
+
+        let verb = cmd.verb.as_str();
+        let outcome = if !self.verb_allowed(verb) || v.mask {
+            Outcome::Refuse(UNRECOGNIZED)
+        } else if v.rate_limited {
+            Outcome::Refuse(RATE_LIMITED)
+        } else if verb == "BDAT" && self.tx.bdat_refused {
+            Outcome::Refuse(CHUNK_AFTER_REFUSAL)
+        } else if v.reject_rcpt {
+            Outcome::Reject(TOO_MANY_RCPTS)
+        } else {
+            Outcome::Forward
+        };
+        if verb == "BDAT" && matches!(outcome, Outcome::Refuse(_)) {
+            self.tx.bdat_refused = true;
+        }
+        match outcome {
+            Outcome::Forward => self.forward(&cmd, out),
+            Outcome::Reject(reply) => self.push(Pending::Local(reply), out),
+            Outcome::Refuse(reply) if self.modern() => {
+                self.push(Pending::Local(reply), out);
+                // The payload of a refused BDAT follows anyway: skip it.
+                if verb == "BDAT"
+                    && let Some((size, last)) = bdat_args(cmd.content)
+                    && size > 0
+                {
+                    self.mode = ClientMode::Raw {
+                        remaining: size,
+                        kind: RawKind::Bdat { last, relay: false },
+                    };
+                }
+            }
+            Outcome::Refuse(_) => {
+                out.to_server
+                    .resize(out.to_server.len() + cmd.content.len(), b'X');
+                out.to_server.extend_from_slice(cmd.eol);
+                self.push(Pending::Other, out);
+            }
+        }
+        self.flush_local(out);
+    }
+
+    /// A command line longer than `MAX_LINE`: only its length was kept.
+    fn on_overlong_command(&mut self, len: u64, out: &mut Output) {
+        PolicyStats::bump(&self.stats.packet);
+        let v = self.judge(&mut out.audit).overlong(len);
+        if !self.conclude(&v, out) {
+            self.push(Pending::Local(LINE_TOO_LONG), out);
+            self.flush_local(out);
+        }
+    }
+
+    /// Whether the verb may reach the server in the session's state.
+    fn verb_allowed(&self, verb: &str) -> bool {
+        if !self.policy.allows_verb(verb) {
+            return false;
+        }
+        match verb {
+            // Only when the client was shown CHUNKING.
+            "BDAT" => self.ext.chunking,
+            _ => true,
+        }
+    }
+
+    /// Sends an accepted command on and records the reply it is owed.
+    fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) {
+        let verb = cmd.verb.as_str();
+        let pending = match verb {
+            "EHLO" => Pending::Ehlo,
+            "HELO" => Pending::Helo,
+            "MAIL" => {
+                self.tx.rcpt_count = 0;
+                self.tx.declared_size = cmd.path.as_ref().and_then(|p| size_param(p.params));
+                Pending::Mail
+            }
+            "RCPT" => Pending::Rcpt,
+            "DATA" => Pending::Data,
+            "BDAT" => match bdat_args(cmd.content) {
+                Some((size, last)) => {
+                    self.start_message();
+                    if size == 0 && last {
+                        // The empty last chunk completes the message: inspect
+                        // before the server gets it.
+                        if let Some(mut scan) = self.message.take() {
+                            self.end_message(&mut scan, out);
+                            self.message = Some(scan);
+                        }
+                        if self.stopped() {
+                            return;
+                        }
+                    } else if size > 0 {
+                        self.mode = ClientMode::Raw {
+                            remaining: size,
+                            kind: RawKind::Bdat { last, relay: true },
+                        };
+                    }
+                    Pending::Bdat { last }
+                }
+                // Malformed: the server rejects it and reads commands on, as we do.
+                None => Pending::Other,
+            },
+            "XEXCH50" => match xexch50_size(cmd.content) {
+                Some(size) => Pending::Xexch50 { size },
+                None => Pending::Other,
+            },
+            "AUTH" | "X-EXPS" => Pending::Auth,
+            "RSET" => {
+                // In the client's order: commands pipelined after RSET
+                // belong to the next transaction.
+                self.tx = Transaction::default();
+                Pending::Other
+            }
+            "QUIT" => Pending::Quit,
+            _ if TLS_VERBS.contains(&verb) => Pending::StartTls,
+            _ => Pending::Other,
+        };
+        match &cmd.path {
+            // The original replaced `|` in addresses by a space (108002).
+            Some(p) if self.policy.mode == Mode::Compat && p.address.contains(&b'|') => {
+                let rewritten = command::write_without_pipes(cmd, p, &mut out.to_server);
+                out.audit.push(AuditEvent {
+                    peers: self.peers,
+                    kind: AuditKind::Replaced {
+                        data: audit::excerpt(rewritten),
+                    },
+                });
+            }
+            _ => out.to_server.extend_from_slice(cmd.line),
+        }
+        self.push(pending, out);
+    }
+
+    // ---- Server bytes ----
+
     fn feed_server(&mut self, mut input: &[u8], out: &mut Output) {
-        while !input.is_empty() && !self.closed {
+        while !input.is_empty() && !self.is_closed() {
             if self.opaque {
                 out.to_client.extend_from_slice(input);
                 return;
@@ -496,9 +635,329 @@ impl Session {
     /// The server broke its reply framing: nothing it says can be trusted
     /// any more, so the session ends at once.
     fn reply_too_long(&mut self, out: &mut Output) {
-        self.audit_anomaly("server reply line too long", out);
-        self.close_now(Close::Fin, rules::PROTOCOL_CLOSE, out);
+        out.audit
+            .push(close::anomaly(self.peers, "server reply line too long"));
+        self.close_now(Close::Fin, PROTOCOL_CLOSE, out);
     }
+
+    /// One complete reply line (with its line ending). Each reply answers
+    /// the oldest pending command.
+    fn on_reply_line(&mut self, line: &[u8], out: &mut Output) {
+        let (content, _) = split_eol(line);
+        let code = code_of(content);
+        // A line without a code ends the reply, so the queue cannot stall.
+        let last = !(code.is_some() && content.get(3) == Some(&b'-'));
+        let head = self.pipeline.head();
+        match head {
+            Some(Pending::Greeting) if code == Some(220) && self.policy.mask_banner => {
+                self.mask_banner_line(line, last, out);
+            }
+            Some(Pending::Ehlo) if code == Some(250) => {
+                self.ehlo_line(line, content, last, out);
+                if self.is_closed() {
+                    return;
+                }
+            }
+            _ => {
+                self.ehlo.flush(&mut out.to_client);
+                out.to_client.extend_from_slice(line);
+            }
+        }
+        self.reply_line += 1;
+        if last {
+            self.reply_line = 0;
+            PolicyStats::bump(&self.stats.packet);
+            self.on_reply_end(head, code, out);
+        }
+    }
+
+    /// `mask-banner`: compat turns the greeting into asterisks, modern
+    /// replaces it with `220 <banner-name> ESMTP`.
+    fn mask_banner_line(&mut self, line: &[u8], last: bool, out: &mut Output) {
+        if self.modern() {
+            if last {
+                replies::banner(&self.policy.banner_name, &mut out.to_client);
+            }
+        } else {
+            reply::asterisks(line, &mut out.to_client);
+        }
+        if last {
+            PolicyStats::bump(&self.stats.mask_banner);
+        }
+    }
+
+    /// A line of a 250 EHLO reply: the first names the server, each other
+    /// one an extension, which `ehlo-reply-parameter` rules may mask.
+    fn ehlo_line(&mut self, line: &[u8], content: &[u8], last: bool, out: &mut Output) {
+        if self.reply_line == 0 {
+            self.ehlo.start(line, last, &mut out.to_client);
+            return;
+        }
+        let keyword = ehlo_keyword(content);
+        let v = self.judge(&mut out.audit).ehlo_keyword(&keyword);
+        if self.conclude(&v, out) {
+            return;
+        }
+        self.ehlo
+            .extension(line, &keyword, last, v.mask, &mut out.to_client);
+    }
+
+    /// A complete reply: the command it answers takes effect.
+    fn on_reply_end(&mut self, head: Option<Pending>, code: Option<u16>, out: &mut Output) {
+        if head.is_some() {
+            self.pipeline.pop();
+        }
+        let code = code.unwrap_or(0);
+        let positive = (200..400).contains(&code);
+        match head {
+            Some(Pending::Ehlo) if positive => {
+                self.ext = self.ehlo.extensions();
+                self.tx = Transaction::default();
+            }
+            Some(Pending::Helo) if positive => {
+                self.ext = Extensions::default();
+                self.tx = Transaction::default();
+            }
+            Some(Pending::Rcpt) if (500..600).contains(&code) => self.invalid_recipient(out),
+            Some(Pending::Data) if code == 354 => {
+                self.start_message();
+                self.mode = ClientMode::Data(DotScanner::new());
+            }
+            Some(Pending::Xexch50 { size }) if code == 354 && size > 0 => {
+                self.mode = ClientMode::Raw {
+                    remaining: size,
+                    kind: RawKind::Xexch50,
+                };
+            }
+            Some(Pending::Auth) if code == 334 => self.mode = ClientMode::AuthResponse,
+            Some(Pending::StartTls) if code == 220 => {
+                // Bytes the client sent before this reply are plaintext
+                // injected ahead of the handshake (RFC 3207 section 4.2,
+                // CVE-2011-0411): discarded, as the server would.
+                self.cbuf = Vec::new();
+                self.opaque = true;
+                PolicyStats::bump(&self.stats.allow_tls);
+                out.audit.push(AuditEvent {
+                    peers: self.peers,
+                    kind: AuditKind::TlsStarted,
+                });
+            }
+            _ => {}
+        }
+        if head.is_some_and(Pending::ends_message) && self.ending.message_answered(&self.stats, out)
+        {
+            self.release();
+        }
+        if self.is_closed() {
+            return;
+        }
+        self.flush_local(out);
+        self.release_held(out);
+    }
+
+    /// The server rejected a RCPT: `invalid-recipients count gt N`.
+    fn invalid_recipient(&mut self, out: &mut Output) {
+        self.invalid_rcpts = self.invalid_rcpts.saturating_add(1);
+        let n = self.invalid_rcpts;
+        let v = self.judge(&mut out.audit).invalid_recipients(n);
+        self.conclude(&v, out);
+    }
+
+    // ---- Message content ----
+
+    /// A message starts (DATA accepted with 354, or the first BDAT).
+    fn start_message(&mut self) {
+        if self.tx.in_message {
+            return;
+        }
+        self.tx.in_message = true;
+        self.message.get_or_insert_with(MessageScan::new).restart();
+        self.rules.new_message();
+    }
+
+    /// DATA content up to and including the final `.` line.
+    fn step_data(&mut self, input: &[u8], out: &mut Output) -> usize {
+        let ClientMode::Data(mut dots) = self.mode else {
+            return 0;
+        };
+        let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
+        // Inspected before relayed: a close keeps this read from the server.
+        let (used, found) = dots.scan(input, |c| self.inspect_content(&mut scan, c, out));
+        self.mode = ClientMode::Data(dots);
+        match found {
+            DotEnd::End if !self.stopped() => self.end_message(&mut scan, out),
+            DotEnd::Ambiguous => self.anomaly("bare LF next to the final dot", out),
+            _ => {}
+        }
+        self.message = Some(scan);
+        if self.stopped() {
+            return 0;
+        }
+        out.to_server
+            .extend_from_slice(input.get(..used).unwrap_or(input));
+        if found == DotEnd::End {
+            self.mode = ClientMode::Command;
+            self.push(Pending::DataEnd, out);
+        }
+        used
+    }
+
+    /// A BDAT chunk or an XEXCH50 blob: exactly the announced bytes.
+    fn step_raw(&mut self, input: &[u8], out: &mut Output) -> usize {
+        let ClientMode::Raw { remaining, kind } = self.mode else {
+            return 0;
+        };
+        let n = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(input.len());
+        let chunk = input.get(..n).unwrap_or(input);
+        let remaining = remaining - n as u64;
+        match kind {
+            RawKind::Bdat { last, relay: true } => {
+                let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
+                self.inspect_content(&mut scan, chunk, out);
+                if remaining == 0 && last && !self.stopped() {
+                    self.end_message(&mut scan, out);
+                }
+                self.message = Some(scan);
+                if self.stopped() {
+                    return 0;
+                }
+                out.to_server.extend_from_slice(chunk);
+            }
+            // A refused BDAT: the chunk is skipped so it is not taken for commands.
+            RawKind::Bdat { relay: false, .. } => {}
+            RawKind::Xexch50 => out.to_server.extend_from_slice(chunk),
+        }
+        self.mode = if remaining == 0 {
+            ClientMode::Command
+        } else {
+            ClientMode::Raw { remaining, kind }
+        };
+        n
+    }
+
+    /// Feeds content to the MIME scanner and evaluates its events, slice by
+    /// slice, so the event buffer stays small whatever the read size.
+    fn inspect_content(&mut self, scan: &mut MessageScan, content: &[u8], out: &mut Output) {
+        scan.grow(content.len());
+        for slice in content.chunks(MIME_SLICE) {
+            if self.stopped() {
+                return;
+            }
+            scan.feed(slice);
+            self.inspect_events(scan, out);
+        }
+    }
+
+    /// The whole message has been seen (and not yet completed at the server).
+    fn end_message(&mut self, scan: &mut MessageScan, out: &mut Output) {
+        scan.finish();
+        self.inspect_events(scan, out);
+        if let Some(declared) = self.tx.declared_size
+            && scan.size() > declared
+        {
+            out.audit.push(AuditEvent {
+                peers: self.peers,
+                kind: AuditKind::SizeViolation {
+                    declared,
+                    actual: scan.size(),
+                },
+            });
+        }
+        // The transaction ends here, in the client's order: with PIPELINING
+        // the next one may be under way before the server's reply comes.
+        self.tx = Transaction::default();
+        PolicyStats::bump(&self.stats.packet);
+    }
+
+    /// The header, body and MIME rules on the scanner's events so far.
+    fn inspect_events(&mut self, scan: &mut MessageScan, out: &mut Output) {
+        let v = scan.judge(self.judge(&mut out.audit));
+        self.conclude(&v, out);
+    }
+
+    // ---- Verdicts and closing ----
+
+    /// The policy's rules, ready to evaluate one item.
+    fn judge<'a>(&'a mut self, audit: &'a mut Vec<AuditEvent>) -> Judge<'a> {
+        Judge {
+            policy: &self.policy,
+            stats: &self.stats,
+            peers: self.peers,
+            now: self.now,
+            state: &mut self.rules,
+            audit,
+        }
+    }
+
+    /// Closes the session if the verdict says so; returns whether it did.
+    fn conclude(&mut self, v: &Verdict, out: &mut Output) -> bool {
+        match v.close {
+            Some(how) => {
+                self.close(how, POLICY_CLOSE, out);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A protocol anomaly the session cannot continue after: audited
+    /// (108004) and closed.
+    fn anomaly(&mut self, what: &'static str, out: &mut Output) {
+        out.audit.push(close::anomaly(self.peers, what));
+        self.close(Close::Fin, PROTOCOL_CLOSE, out);
+    }
+
+    /// Ends the session once the server has answered every message it
+    /// already received in full (see `close`).
+    fn close(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
+        let owed = self.owed_message_replies();
+        if self.ending.close(how, reply, owed, &self.stats, out) {
+            self.release();
+        }
+    }
+
+    /// Ends the session now.
+    fn close_now(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
+        if self.ending.close_now(how, reply, &self.stats, out) {
+            self.release();
+        }
+    }
+
+    /// After the session stopped or closed: a stopped session holds no
+    /// client bytes, a closed one no bytes at all.
+    fn release(&mut self) {
+        if self.ending.stopped() {
+            self.cbuf = Vec::new();
+        }
+        if self.ending.is_closed() {
+            self.sbuf = Vec::new();
+        }
+    }
+
+    /// Replies the server owes to messages it received in full. A BDAT LAST
+    /// whose chunk is still arriving is not complete at the server: its
+    /// reply is not waited for.
+    fn owed_message_replies(&self) -> usize {
+        let in_progress = matches!(
+            self.mode,
+            ClientMode::Raw {
+                kind: RawKind::Bdat { last: true, .. },
+                ..
+            }
+        );
+        self.pipeline
+            .message_ends()
+            .saturating_sub(usize::from(in_progress))
+    }
+
+    /// Closed, or closing: no more client bytes go to the server.
+    fn stopped(&self) -> bool {
+        self.ending.stopped()
+    }
+
+    // ---- Helpers ----
 
     /// Queues the reply a command is owed; a client that never reads its
     /// replies ends the session.
@@ -517,6 +976,12 @@ impl Session {
 
     fn modern(&self) -> bool {
         self.policy.mode == Mode::Modern
+    }
+
+    /// What a call returns.
+    fn finish(&mut self, mut out: Output) -> Output {
+        out.opaque = self.opaque;
+        out
     }
 }
 

@@ -1,25 +1,23 @@
-//! What a match does: counters, audit records, and the effect on the
-//! session (close, mask, rate-limit, 452), for rules and parameters alike.
+//! Rule evaluation: which of the policy's rules and parameters match one
+//! item (a command, an address, an EHLO keyword, a rejected recipient, an
+//! event of message content), with their counters and audit records, and
+//! the combined `Verdict` of what they ask for. What a verdict does to the
+//! session (close, refuse, mask) is the session's to carry out.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use super::{ClientMode, Close, Closing, Output, RawKind, Session};
-use crate::audit::{self, AuditEvent, AuditKind, Classification, Source};
-use crate::policy::{Actions, Criterion, Primary};
+use super::Close;
+use super::command::{Command, domain_of};
+use crate::audit::{self, AuditEvent, AuditKind, Classification, Peers, Source};
+use crate::mime::MimeEvent;
+use crate::policy::criteria::exceeds;
+use crate::policy::{Actions, Criterion, EsmtpPolicy, Primary};
 use crate::stats::PolicyStats;
 
-/// Replies the engine sends itself. Never a success: the engine only
-/// refuses, it never answers for the server.
-pub const UNRECOGNIZED: &[u8] = b"500 5.5.1 Command unrecognized\r\n";
-pub const LINE_TOO_LONG: &[u8] = b"500 5.5.2 Line too long\r\n";
-pub const TOO_MANY_RCPTS: &[u8] = b"452 4.5.3 Too many recipients\r\n";
-pub const RATE_LIMITED: &[u8] = b"450 4.7.0 Rate limit exceeded, try again later\r\n";
-pub const CHUNK_AFTER_REFUSAL: &[u8] =
-    b"503 5.5.1 Transaction failed: an earlier BDAT chunk was refused\r\n";
-pub const POLICY_CLOSE: &[u8] = b"421 4.7.0 Connection closed by security policy\r\n";
-pub const PROTOCOL_CLOSE: &[u8] = b"421 4.5.0 Protocol error, closing connection\r\n";
+/// Characters `special-character` looks for in addresses.
+const SPECIAL_CHARACTERS: &[u8] = b"|`\0";
 
 /// The combined effect of the rules that matched one item.
 #[derive(Debug, Default)]
@@ -30,25 +28,32 @@ pub struct Verdict {
     pub reject_rcpt: bool,
 }
 
-/// The value a criterion was evaluated on, formatted only when logged.
-#[derive(Debug, Clone, Copy)]
-pub enum Value<'a> {
-    Num(u64),
-    Bytes(&'a [u8]),
+/// The rule state a session keeps between items.
+#[derive(Debug)]
+pub struct RuleState {
+    /// Per rule, created on the first `rate-limit` hit.
+    rate: Vec<RateWindow>,
+    /// Rules that already matched in the current message (each fires once).
+    fired: Vec<bool>,
 }
 
-impl Value<'_> {
-    fn excerpt(self) -> String {
-        match self {
-            Self::Num(n) => n.to_string(),
-            Self::Bytes(b) => audit::excerpt(b),
+impl RuleState {
+    pub fn new(rules: usize) -> Self {
+        Self {
+            rate: Vec::new(),
+            fired: vec![false; rules],
         }
+    }
+
+    /// A message starts: every content rule may fire again.
+    pub fn new_message(&mut self) {
+        self.fired.iter_mut().for_each(|f| *f = false);
     }
 }
 
 /// Matching commands of a `rate-limit N` rule in the current second.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RateWindow {
+struct RateWindow {
     start: Option<Instant>,
     count: u32,
 }
@@ -67,6 +72,22 @@ impl RateWindow {
         }
         self.count = self.count.saturating_add(1);
         self.count <= limit
+    }
+}
+
+/// The value a criterion was evaluated on, formatted only when logged.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Num(u64),
+    Bytes(&'a [u8]),
+}
+
+impl Value<'_> {
+    fn excerpt(self) -> String {
+        match self {
+            Self::Num(n) => n.to_string(),
+            Self::Bytes(b) => audit::excerpt(b),
+        }
     }
 }
 
@@ -92,16 +113,158 @@ impl fmt::Display for Negated<'_> {
     }
 }
 
-impl Session {
+/// The policy's rules, ready to evaluate one item: what they need of the
+/// session. Each method evaluates the criteria that apply to its kind of
+/// item, in policy order, and returns the verdict.
+pub struct Judge<'a> {
+    pub policy: &'a EsmtpPolicy,
+    pub stats: &'a PolicyStats,
+    pub peers: Peers,
+    /// For `rate-limit`.
+    pub now: Option<Instant>,
+    pub state: &'a mut RuleState,
+    /// Where the matches' audit records go.
+    pub audit: &'a mut Vec<AuditEvent>,
+}
+
+impl Judge<'_> {
+    /// The `cmd …` and `sender-address …` rules; `rcpt_count` counts the
+    /// RCPTs of the transaction, this one included.
+    pub fn command(mut self, cmd: &Command<'_>, rcpt_count: u64) -> Verdict {
+        let mut v = Verdict::default();
+        let policy = self.policy;
+        let len = cmd.content.len() as u64;
+        let sender = cmd.sender();
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if v.close.is_some() {
+                break;
+            }
+            let (hit, value) = match (&rule.criterion, sender) {
+                (Criterion::CmdLineLength(l), _) => (exceeds(len, *l), Value::Num(len)),
+                (Criterion::CmdVerb(verbs), _) => {
+                    (verbs.contains(&cmd.verb), Value::Bytes(cmd.verb.as_bytes()))
+                }
+                (Criterion::CmdRcptCount(l), _) if cmd.verb == "RCPT" => {
+                    (exceeds(rcpt_count, *l), Value::Num(rcpt_count))
+                }
+                (Criterion::SenderAddressLength(l), Some(a)) => {
+                    let n = a.len() as u64;
+                    (exceeds(n, *l), Value::Num(n))
+                }
+                (Criterion::SenderAddressRegex(r), Some(a)) => {
+                    (r.is_match(&String::from_utf8_lossy(a)), Value::Bytes(a))
+                }
+                _ => continue,
+            };
+            if rule.matches(hit) {
+                self.hit(i, value, &mut v);
+            }
+        }
+        v
+    }
+
+    /// The `special-character` and `mail-relay` parameters on the address
+    /// of a MAIL or RCPT. They only close or log.
+    pub fn address(mut self, verb: &str, address: &[u8]) -> Verdict {
+        let mut v = Verdict::default();
+        let policy = self.policy;
+        if let Some(actions) = policy.special_character
+            && address.iter().any(|b| SPECIAL_CHARACTERS.contains(b))
+        {
+            let value = Value::Bytes(address);
+            self.param_hit(
+                actions,
+                |s| &s.special_character,
+                &"special-character",
+                value,
+                &mut v,
+            );
+        }
+        if let Some(relay) = &policy.mail_relay
+            && verb == "RCPT"
+            && domain_of(address).is_some_and(|d| d != relay.domain)
+        {
+            let text = format!("mail-relay {}", relay.domain);
+            let value = Value::Bytes(address);
+            self.param_hit(relay.actions, |s| &s.mail_relay, &text, value, &mut v);
+        }
+        v
+    }
+
+    /// `cmd line length` on a line too long to buffer (`len` bytes): every
+    /// such rule is evaluated, whatever the first one does.
+    pub fn overlong(mut self, len: u64) -> Verdict {
+        let mut v = Verdict::default();
+        let policy = self.policy;
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if let Criterion::CmdLineLength(limit) = rule.criterion
+                && rule.matches(exceeds(len, limit))
+            {
+                self.hit(i, Value::Num(len), &mut v);
+            }
+        }
+        v
+    }
+
+    /// `ehlo-reply-parameter` on one keyword (upper case) of an EHLO reply.
+    pub fn ehlo_keyword(mut self, keyword: &str) -> Verdict {
+        let mut v = Verdict::default();
+        let policy = self.policy;
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if let Criterion::EhloReplyParameter(params) = &rule.criterion
+                && v.close.is_none()
+                && rule.matches(policy.keyword_in(keyword, params))
+            {
+                self.hit(i, Value::Bytes(keyword.as_bytes()), &mut v);
+            }
+        }
+        v
+    }
+
+    /// `invalid-recipients count` once the server rejected the `n`th RCPT.
+    pub fn invalid_recipients(mut self, n: u64) -> Verdict {
+        let mut v = Verdict::default();
+        let policy = self.policy;
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if let Criterion::InvalidRecipientsCount(limit) = rule.criterion
+                && v.close.is_none()
+                && rule.matches(exceeds(n, limit))
+            {
+                self.hit(i, Value::Num(n), &mut v);
+            }
+        }
+        v
+    }
+
+    /// The header, body and MIME rules on the scanner's events, each with
+    /// the count of `To:` fields up to it. Each rule fires at most once
+    /// per message.
+    pub fn content(mut self, events: impl Iterator<Item = (MimeEvent, u64)>) -> Verdict {
+        let mut v = Verdict::default();
+        let policy = self.policy;
+        for (ev, to_fields) in events {
+            for (i, rule) in policy.rules.iter().enumerate() {
+                let fired = self.state.fired.get(i).copied().unwrap_or(true);
+                if fired || v.close.is_some() {
+                    continue;
+                }
+                let Some((hit, value)) = content_hit(&rule.criterion, &ev, to_fields) else {
+                    continue;
+                };
+                if rule.matches(hit) {
+                    if let Some(f) = self.state.fired.get_mut(i) {
+                        *f = true;
+                    }
+                    self.hit(i, value, &mut v);
+                }
+            }
+        }
+        v
+    }
+
     /// Rule `index` (0-based) matched on `value`.
-    pub(super) fn hit(
-        &mut self,
-        index: usize,
-        value: Value<'_>,
-        v: &mut Verdict,
-        out: &mut Output,
-    ) {
-        let policy = Arc::clone(&self.policy);
+    fn hit(&mut self, index: usize, value: Value<'_>, v: &mut Verdict) {
+        let policy = self.policy;
         let Some(rule) = policy.rules.get(index) else {
             return;
         };
@@ -120,11 +283,12 @@ impl Session {
             Some(Primary::Reset) => Effect::Close(Close::Reset),
             Some(Primary::Mask) => Effect::Mask,
             Some(Primary::RateLimit(limit)) => {
-                if self.rate.len() <= index {
-                    self.rate.resize(index + 1, RateWindow::default());
+                let rate = &mut self.state.rate;
+                if rate.len() <= index {
+                    rate.resize(index + 1, RateWindow::default());
                 }
                 let now = self.now.unwrap_or_else(Instant::now);
-                let within = self.rate.get_mut(index).is_none_or(|w| w.allow(now, limit));
+                let within = rate.get_mut(index).is_none_or(|w| w.allow(now, limit));
                 if within {
                     Effect::Nothing
                 } else {
@@ -133,44 +297,27 @@ impl Session {
             }
         };
         let criterion = Negated(rule.negate, &rule.criterion);
-        self.apply(
-            effect,
-            &rule.actions,
-            Source::Class(index + 1),
-            &criterion,
-            value,
-            v,
-            out,
-        );
+        let source = Source::Class(index + 1);
+        self.apply(effect, &rule.actions, source, &criterion, value, v);
     }
 
     /// A parameter (`mail-relay`, `special-character`) matched.
-    pub(super) fn param_hit(
+    fn param_hit(
         &mut self,
         actions: Actions,
-        counter: fn(&PolicyStats) -> &std::sync::atomic::AtomicU64,
+        counter: fn(&PolicyStats) -> &AtomicU64,
         criterion: &dyn fmt::Display,
         value: Value<'_>,
         v: &mut Verdict,
-        out: &mut Output,
     ) {
-        PolicyStats::bump(counter(&self.stats));
+        PolicyStats::bump(counter(self.stats));
         let effect = match actions.primary {
             Some(Primary::DropConnection) => Effect::Close(Close::Fin),
             _ => Effect::Nothing,
         };
-        self.apply(
-            effect,
-            &actions,
-            Source::Parameter,
-            criterion,
-            value,
-            v,
-            out,
-        );
+        self.apply(effect, &actions, Source::Parameter, criterion, value, v);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         effect: Effect,
@@ -179,7 +326,6 @@ impl Session {
         criterion: &dyn fmt::Display,
         value: Value<'_>,
         v: &mut Verdict,
-        out: &mut Output,
     ) {
         let verdict = match effect {
             Effect::Nothing if actions.primary.is_some() => None,
@@ -200,7 +346,7 @@ impl Session {
             Effect::Nothing => {}
         }
         if let (true, Some(verdict)) = (actions.log, verdict) {
-            out.audit.push(AuditEvent {
+            self.audit.push(AuditEvent {
                 peers: self.peers,
                 kind: AuditKind::Classification(Classification {
                     verdict,
@@ -212,115 +358,36 @@ impl Session {
             });
         }
     }
+}
 
-    /// Closes the session if the verdict says so; returns whether it did.
-    pub(super) fn conclude(&mut self, v: &Verdict, out: &mut Output) -> bool {
-        match v.close {
-            Some(how) => {
-                self.close(how, POLICY_CLOSE, out);
-                true
-            }
-            None => false,
+/// Whether a content criterion applies to `ev`, and if so its outcome and
+/// the value that decided it.
+fn content_hit<'a>(c: &Criterion, ev: &'a MimeEvent, to_fields: u64) -> Option<(bool, Value<'a>)> {
+    let n = |len: usize| len as u64;
+    let count = |len: u64, limit: &u64| Some((exceeds(len, *limit), Value::Num(len)));
+    match (c, ev) {
+        (Criterion::HeaderLineLength(l), MimeEvent::HeaderLine { len }) => count(n(*len), l),
+        (Criterion::HeaderLength(l), MimeEvent::HeaderEnd { len }) => count(n(*len), l),
+        (Criterion::HeaderToFieldsCount(l), MimeEvent::HeaderEnd { .. }) => count(to_fields, l),
+        (Criterion::BodyLineLength(l), MimeEvent::BodyLine { len }) => count(n(*len), l),
+        (Criterion::BodyLength(l), MimeEvent::BodyEnd { len }) => count(n(*len), l),
+        // MIME criteria look at parts that hold content, not at containers.
+        (_, MimeEvent::Part(p)) if p.content_type.starts_with("multipart/") => None,
+        (Criterion::MimeFiletypeRegex(r), MimeEvent::Part(p)) => Some((
+            r.is_match(&p.content_type),
+            Value::Bytes(p.content_type.as_bytes()),
+        )),
+        (Criterion::MimeFilenameLength(l), MimeEvent::Part(p)) => {
+            let len = p.filename_len?;
+            count(n(len), l)
         }
-    }
-
-    /// Ends the session, once the server has answered every message it
-    /// already received in full: closing before those replies reach the
-    /// client would make it send the message again (a duplicate). Until
-    /// then the client's bytes are discarded and replies relayed.
-    pub(super) fn close(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
-        if self.stopped() {
-            return;
+        (Criterion::MimeEncoding(encs), MimeEvent::Part(p)) => {
+            let kw = p.encoding.keyword();
+            Some((
+                encs.iter().any(|e| e.word() == kw),
+                Value::Bytes(kw.as_bytes()),
+            ))
         }
-        let owed = self.owed_message_replies();
-        if owed > 0 {
-            self.closing = Some(Closing {
-                how,
-                reply,
-                owed,
-                eof: false,
-            });
-            self.cbuf = Vec::new();
-            return;
-        }
-        self.close_now(how, reply, out);
-    }
-
-    /// Replies the server owes to messages it received in full. A BDAT LAST
-    /// whose chunk is still arriving is not complete at the server: its
-    /// reply is not waited for.
-    pub(super) fn owed_message_replies(&self) -> usize {
-        let in_progress = matches!(
-            self.mode,
-            ClientMode::Raw {
-                kind: RawKind::Bdat { last: true, .. },
-                ..
-            }
-        );
-        self.pipeline
-            .message_ends()
-            .saturating_sub(usize::from(in_progress))
-    }
-
-    /// The server answered a complete message: close if it was the last
-    /// one a pending close waited for.
-    pub(super) fn message_answered(&mut self, out: &mut Output) {
-        let Some(c) = &mut self.closing else {
-            return;
-        };
-        c.owed = c.owed.saturating_sub(1);
-        if c.owed == 0 {
-            let (how, reply, eof) = (c.how, c.reply, c.eof);
-            if eof {
-                self.closing = None;
-                self.closed = true;
-                out.close = Some(Close::Fin);
-                self.cbuf = Vec::new();
-                self.sbuf = Vec::new();
-            } else {
-                self.close_now(how, reply, out);
-            }
-        }
-    }
-
-    /// Ends the session now. Modern mode tells the client why with a `421`
-    /// (the original closed silently).
-    pub(super) fn close_now(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
-        if self.closed {
-            return;
-        }
-        self.closed = true;
-        self.closing = None;
-        out.close = Some(how);
-        match how {
-            Close::Fin => PolicyStats::bump(&self.stats.drop),
-            Close::Reset => PolicyStats::bump(&self.stats.reset_drop),
-        }
-        if how == Close::Fin && self.modern() {
-            out.to_client.extend_from_slice(reply);
-        }
-        self.cbuf = Vec::new();
-        self.sbuf = Vec::new();
-    }
-
-    /// A protocol anomaly the session cannot continue after: audited
-    /// (108004) and closed.
-    pub(super) fn anomaly(&mut self, what: &'static str, out: &mut Output) {
-        self.audit_anomaly(what, out);
-        self.close(Close::Fin, PROTOCOL_CLOSE, out);
-    }
-
-    /// The 108004 record of an anomaly.
-    pub(super) fn audit_anomaly(&self, what: &'static str, out: &mut Output) {
-        out.audit.push(AuditEvent {
-            peers: self.peers,
-            kind: AuditKind::Classification(Classification {
-                verdict: audit::Verdict::Dropped,
-                source: Source::Anomaly,
-                criterion: what.to_string(),
-                action: "drop-connection log".to_string(),
-                value: String::new(),
-            }),
-        });
+        _ => None,
     }
 }

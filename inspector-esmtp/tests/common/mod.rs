@@ -1,12 +1,13 @@
 //! The transcript harness: plays a scripted conversation through a Session
 //! and checks the exact bytes each side receives. Every script runs twice:
 //! with each write in one call, and one byte per call (a telnet user).
+//! Also the policies the tests share, read as the daemon reads them.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use inspector_esmtp::policy::{EsmtpPolicy, EsmtpSection};
+use inspector_esmtp::policy::EsmtpPolicy;
 use inspector_esmtp::{AuditEvent, Close, Output, Peers, PolicyStats, Session};
 
 pub fn peers() -> Peers {
@@ -16,15 +17,39 @@ pub fn peers() -> Peers {
     }
 }
 
+/// The engine's own replies, as the client sees them.
+pub const UNRECOGNIZED: &str = "500 5.5.1 Command unrecognized\r\n";
+pub const POLICY_CLOSE: &str = "421 4.7.0 Connection closed by security policy\r\n";
+
 /// Compiles the body of an `[esmtp]` table.
 pub fn policy(esmtp_body: &str) -> EsmtpPolicy {
-    #[derive(serde::Deserialize)]
-    struct File {
-        esmtp: EsmtpSection,
-    }
-    let text = format!("[esmtp]\n{esmtp_body}");
-    let file: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
-    file.esmtp.compile().unwrap_or_else(|e| panic!("{e:?}"))
+    EsmtpPolicy::from_toml(&format!("[esmtp]\n{esmtp_body}")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The default policy: `_default_esmtp_map` in modern mode.
+pub fn modern() -> EsmtpPolicy {
+    EsmtpPolicy::default()
+}
+
+/// The shipped policy that reproduces the original byte for byte.
+pub fn compat() -> EsmtpPolicy {
+    shipped(include_str!("../../../policies/compat.toml"))
+}
+
+/// The shipped Exchange preset.
+pub fn exchange() -> EsmtpPolicy {
+    shipped(include_str!("../../../policies/exchange.toml"))
+}
+
+fn shipped(text: &str) -> EsmtpPolicy {
+    EsmtpPolicy::from_toml(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A policy with one rule.
+pub fn rule(mode: &str, criterion: &str, action: &str) -> EsmtpPolicy {
+    policy(&format!(
+        "mode = \"{mode}\"\n[[esmtp.match]]\nmatch = '{criterion}'\naction = \"{action}\"\n"
+    ))
 }
 
 pub struct Transcript {
@@ -171,6 +196,16 @@ pub fn both(policy: impl Fn() -> EsmtpPolicy, script: impl Fn(&mut Transcript)) 
         let mut t = Transcript::new(policy(), bytewise);
         script(&mut t);
     }
+}
+
+/// MAIL + RCPT + DATA accepted, ready for content (server without PIPELINING).
+pub fn to_data(t: &mut Transcript) {
+    t.pass("MAIL FROM:<a@client.example>\r\n")
+        .reply("250 2.1.0 Ok\r\n");
+    t.pass("RCPT TO:<b@mx.example.net>\r\n")
+        .reply("250 2.1.5 Ok\r\n");
+    t.pass("DATA\r\n")
+        .reply("354 End data with <CR><LF>.<CR><LF>\r\n");
 }
 
 pub fn second() -> Duration {
