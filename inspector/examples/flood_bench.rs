@@ -24,11 +24,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use inspector::{
-    bpffs, limits,
-    limits::LimitStats,
-    loader::{self, AttachMode},
-    policy::Policy,
-    sweeper::{self, Sweeper},
+    config::Policy,
+    kernel::{
+        bpffs, limits,
+        limits::LimitStats,
+        loader::{self, AttachMode},
+        sweeper::{self, Sweeper},
+    },
 };
 use inspector_common::DropReason;
 use inspector_lab::{

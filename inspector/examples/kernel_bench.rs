@@ -26,10 +26,12 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use inspector::{
-    bpffs,
-    exempt::{ExemptTable, Origin, parse_network},
-    limits, loader,
-    policy::Policy,
+    config::{Policy, parse_network},
+    kernel::{
+        bpffs,
+        exempt::{ExemptTable, Origin},
+        limits, loader,
+    },
 };
 use inspector_common::{maps, programs};
 use packets::*;

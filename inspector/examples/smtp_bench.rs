@@ -35,7 +35,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use inspector::bpffs;
+use inspector::kernel::bpffs;
 use inspector_lab::{Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4, ScopedChild};
 
 const SMALL_SESSIONS: usize = 10;

@@ -466,7 +466,7 @@ fn kill_daemon(f: &mut Fixture) {
     daemon.child().kill().unwrap();
     daemon.child().wait().unwrap();
     // What only a clean exit removes: its lock files and stats socket.
-    inspector::lock::remove_leftovers_of(pid);
+    inspector::daemon::lock::remove_leftovers_of(pid);
 }
 
 #[test]

@@ -294,9 +294,9 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, engine: b
         // steering is attached, or the first SYNs go straight to the server.
         assert!(
             // The daemon pins each steering link once attached.
-            wait_until(Duration::from_secs(10), || [OUTSIDE, INSIDE]
-                .iter()
-                .all(|i| inspector::steer::link_pin(pins.path(), i).exists())),
+            wait_until(Duration::from_secs(10), || [OUTSIDE, INSIDE].iter().all(
+                |i| inspector::kernel::steer::link_pin(pins.path(), i).exists()
+            )),
             "steering attached"
         );
         // The engine's listener answers every SYN with a cookie, so the

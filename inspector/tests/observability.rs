@@ -320,7 +320,7 @@ fn audit_sink_comes_from_the_policy_unless_overridden() {
     // same, with nothing left under /run/inspector.
     let pid = daemon.child().id();
     assert!(daemon.terminate().unwrap().success());
-    let left: Vec<_> = std::fs::read_dir(inspector::lock::LOCK_DIR)
+    let left: Vec<_> = std::fs::read_dir(inspector::RUN_DIR)
         .into_iter()
         .flatten()
         .flatten()

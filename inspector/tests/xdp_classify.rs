@@ -11,9 +11,12 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use inspector::{
-    exempt::{ExemptTable, Origin, parse_network},
-    loader,
-    stats::ClassStats,
+    config::parse_network,
+    kernel::{
+        counters::ClassStats,
+        exempt::{ExemptTable, Origin},
+        loader,
+    },
 };
 use inspector_common::Class;
 use support::{PinDir, packets::*};

@@ -17,7 +17,7 @@ use inspector_lab::{Lab, ScopedChild};
 
 /// A bpffs directory of its own per test, so tests run in parallel and never
 /// touch a real deployment's maps. Unloaded on drop.
-pub struct PinDir(inspector::bpffs::OwnedPinDir);
+pub struct PinDir(inspector::kernel::bpffs::OwnedPinDir);
 
 impl PinDir {
     pub fn new(test: &str) -> Self {
@@ -26,7 +26,7 @@ impl PinDir {
             std::process::id()
         ));
         Self(
-            inspector::bpffs::OwnedPinDir::new(dir)
+            inspector::kernel::bpffs::OwnedPinDir::new(dir)
                 .expect("preparing bpffs (these tests need root)"),
         )
     }

@@ -11,7 +11,8 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use inspector_common::{Addr16, ClientKey, ConnCounts, FlowEntry, FlowKey, flow_state, maps};
 
-use crate::{bpffs, policy::Timeouts};
+use super::bpffs;
+use crate::config::FlowTimeouts;
 
 /// How often the daemon sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -20,7 +21,7 @@ pub struct Sweeper {
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     servers: HashMap<MapData, Addr16, ConnCounts>,
     clients: HashMap<MapData, ClientKey, ConnCounts>,
-    timeouts: Timeouts,
+    timeouts: FlowTimeouts,
 }
 
 /// What one sweep did.
@@ -33,7 +34,7 @@ pub struct Sweep {
 }
 
 impl Sweeper {
-    pub fn open(pin_dir: &Path, timeouts: Timeouts) -> Result<Self> {
+    pub fn open(pin_dir: &Path, timeouts: FlowTimeouts) -> Result<Self> {
         Ok(Self {
             flows: bpffs::open_map(pin_dir, maps::FLOWS)?.try_into()?,
             servers: bpffs::open_map(pin_dir, maps::SERVER_CONNS)?.try_into()?,

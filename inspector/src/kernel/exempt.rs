@@ -16,32 +16,7 @@ use inspector_common::{ExemptRule, RuleOrigin, maps};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::bpffs;
-
-/// Parses an exemption network: a CIDR (`198.18.1.0/24`, `2001:2::/48`) or a
-/// bare address (a host: /32 or /128). Host bits must be zero, as `ip route`
-/// requires, so a typo does not silently exempt a different network.
-pub fn parse_network(text: &str) -> Result<IpNet, String> {
-    let text = text.trim();
-    let net = match text.parse::<IpNet>() {
-        Ok(net) => net,
-        Err(_) => match text.parse::<IpAddr>() {
-            Ok(addr) => IpNet::from(addr),
-            Err(_) => {
-                return Err(format!(
-                    "`{text}` is not a network: expected an IPv4 or IPv6 address with an optional /prefix, e.g. 198.18.1.26/32 or 2001:2::/48"
-                ));
-            }
-        },
-    };
-    if net.trunc() != net {
-        return Err(format!(
-            "`{text}` has host bits set; the network is {}",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
+use super::bpffs;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Rule {
@@ -186,50 +161,4 @@ fn rule(addr: IpAddr, prefix_len: u32, value: ExemptRule) -> Result<Rule> {
         network: IpNet::new(addr, prefix)?,
         origin: Origin::from_value(value),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_cidrs_and_hosts() {
-        assert_eq!(
-            parse_network("198.18.1.26/32").unwrap().to_string(),
-            "198.18.1.26/32"
-        );
-        assert_eq!(
-            parse_network("198.18.1.26").unwrap().to_string(),
-            "198.18.1.26/32"
-        );
-        assert_eq!(
-            parse_network("2001:2::/48").unwrap().to_string(),
-            "2001:2::/48"
-        );
-        assert_eq!(
-            parse_network(" 2001:2::1 ").unwrap().to_string(),
-            "2001:2::1/128"
-        );
-        assert_eq!(parse_network("0.0.0.0/0").unwrap().to_string(), "0.0.0.0/0");
-    }
-
-    #[test]
-    fn rejects_bad_networks_clearly() {
-        for bad in [
-            "",
-            "198.18.1",
-            "198.18.1.0/33",
-            "host",
-            "2001:2::/129",
-            "198.18.1.0/-1",
-        ] {
-            let err = parse_network(bad).unwrap_err();
-            assert!(err.contains("is not a network"), "{bad}: {err}");
-        }
-        let err = parse_network("198.18.1.26/24").unwrap_err();
-        assert!(
-            err.contains("host bits") && err.contains("198.18.1.0/24"),
-            "{err}"
-        );
-    }
 }

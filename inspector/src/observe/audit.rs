@@ -11,8 +11,6 @@ use std::{
     fs::OpenOptions,
     io::{self, Write},
     os::unix::net::UnixDatagram,
-    path::PathBuf,
-    str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -25,59 +23,13 @@ use std::{
 use anyhow::{Context, Result};
 use inspector_esmtp::{AuditEvent, AuditKind, audit::Source};
 
-/// The conventional local syslog socket.
-pub const DEV_LOG: &str = "/dev/log";
-/// Records waiting for the sink before new ones are dropped.
-pub const DEFAULT_QUEUE: usize = 4096;
+use crate::config::SinkSpec;
+
 /// `local4`, the facility the original logs to by default.
 const FACILITY_LOCAL4: u8 = 20;
 /// RFC 5424 structured-data id; 32473 is the enterprise number reserved
 /// for documentation (RFC 5612).
 const SD_ID: &str = "esmtp@32473";
-
-/// Where audit records go (`inspector run --audit SPEC`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkSpec {
-    /// `off`: records are counted, not written.
-    Off,
-    /// `stdout`: JSON lines on standard output.
-    Stdout,
-    /// `file:PATH`: JSON lines appended to PATH.
-    File(PathBuf),
-    /// `syslog` or `syslog:SOCKET`: RFC 5424 datagrams to the local syslog
-    /// socket (default `/dev/log`).
-    Syslog(PathBuf),
-}
-
-impl FromStr for SinkSpec {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(Self::Off),
-            "stdout" => Ok(Self::Stdout),
-            "syslog" => Ok(Self::Syslog(DEV_LOG.into())),
-            _ => match s.split_once(':') {
-                Some(("file", path)) if !path.is_empty() => Ok(Self::File(path.into())),
-                Some(("syslog", path)) if !path.is_empty() => Ok(Self::Syslog(path.into())),
-                _ => Err(format!(
-                    "`{s}`: expected off, stdout, file:PATH, syslog or syslog:SOCKET"
-                )),
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for SinkSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Off => f.write_str("off"),
-            Self::Stdout => f.write_str("stdout"),
-            Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Syslog(socket) => write!(f, "syslog:{}", socket.display()),
-        }
-    }
-}
 
 /// One record as queued: the event and when it happened.
 struct Queued {
@@ -402,17 +354,5 @@ mod tests {
         );
         let tls = syslog_message(t(), "", 1, &event(AuditKind::TlsStarted));
         assert!(tls.starts_with("<166>1 2026-11-23T11:13:36.500000Z - inspector 1 108007 "));
-    }
-
-    #[test]
-    fn specs_parse() {
-        assert_eq!("off".parse(), Ok(SinkSpec::Off));
-        assert_eq!("syslog".parse(), Ok(SinkSpec::Syslog(DEV_LOG.into())));
-        assert_eq!(
-            "file:/var/log/a.json".parse(),
-            Ok(SinkSpec::File("/var/log/a.json".into()))
-        );
-        assert!("file:".parse::<SinkSpec>().is_err());
-        assert!("json".parse::<SinkSpec>().is_err());
     }
 }

@@ -1,26 +1,40 @@
-//! The engine's settings: the `[engine]` table of the policy file.
+//! `[proxy]` (formerly `[engine]`): the proxy that carries flagged sessions
+//! through the ESMTP engine: its limits, timeouts and failure mode.
 
 use std::time::Duration;
 
+use inspector_esmtp::policy::FieldError;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::steer::FailMode;
+use super::{Section, field_error};
+
+/// What happens to new flagged flows when the proxy is not listening.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Forwarded to the server, uninspected.
+    #[default]
+    Open,
+    /// Refused: the SYN is dropped, so the client's MTA keeps the message
+    /// and retries later.
+    Closed,
+}
 
 /// Settings of the proxy that carries flagged sessions through the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EngineConfig {
+pub struct ProxyConfig {
     pub fail: FailMode,
     /// The source address of the connection to the server.
     pub upstream_source: UpstreamSource,
     /// Sessions at once; more are answered `421 4.3.2` and closed.
     pub max_sessions: usize,
-    pub timeouts: Timeouts,
+    pub timeouts: SessionTimeouts,
     /// How long a stop waits for sessions in DATA to finish.
     pub shutdown_grace: Duration,
 }
 
-/// Where the engine's connection to the server comes from.
+/// Where the proxy's connection to the server comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamSource {
@@ -39,7 +53,7 @@ pub enum UpstreamSource {
 /// Inactivity limits: how long a session may go without a byte from either
 /// side, depending on where it is. RFC 5321 section 4.5.3.2 values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
+pub struct SessionTimeouts {
     /// Connecting to the server.
     pub connect: Duration,
     /// Until the server's greeting (RFC 5321: 5 minutes).
@@ -53,19 +67,19 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
-impl Default for EngineConfig {
+impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             fail: FailMode::Open,
             upstream_source: UpstreamSource::Gateway,
             max_sessions: 1024,
-            timeouts: Timeouts::default(),
+            timeouts: SessionTimeouts::default(),
             shutdown_grace: Duration::from_secs(60),
         }
     }
 }
 
-impl Default for Timeouts {
+impl Default for SessionTimeouts {
     fn default() -> Self {
         Self {
             connect: Duration::from_secs(30),
@@ -77,10 +91,14 @@ impl Default for Timeouts {
     }
 }
 
-/// The `[engine]` table as written.
+/// The `[proxy]` table as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct EngineSection {
+pub struct ProxySection {
+    /// The table's name in the file, for errors: `proxy`, or `engine` for
+    /// a file that still uses the old name.
+    #[serde(skip, default = "ProxySection::name")]
+    pub(super) table: &'static str,
     #[serde(default)]
     fail: FailMode,
     #[serde(default)]
@@ -94,30 +112,39 @@ pub(crate) struct EngineSection {
     shutdown_grace: Option<Spanned<u64>>,
 }
 
-/// A bad value: its span, field and message.
-pub(crate) type SectionError = (std::ops::Range<usize>, String, String);
+impl ProxySection {
+    pub const NAME: &str = "proxy";
+    /// The name `[proxy]` had before; still accepted, with a warning.
+    pub const OLD_NAME: &str = "engine";
 
-impl EngineSection {
-    pub(crate) fn compile(&self) -> Result<EngineConfig, SectionError> {
-        let d = EngineConfig::default();
+    fn name() -> &'static str {
+        Self::NAME
+    }
+}
+
+impl Section for ProxySection {
+    type Compiled = ProxyConfig;
+
+    fn compile(&self) -> Result<ProxyConfig, FieldError> {
+        let d = ProxyConfig::default();
         let positive = |v: &Option<Spanned<u64>>, field: &str, default: u64| match v {
             None => Ok(default),
-            Some(s) if *s.get_ref() == 0 || *s.get_ref() > 86_400 * 7 => Err((
-                s.span(),
-                format!("engine.{field}"),
-                "must be between 1 and 604800".to_string(),
+            Some(s) if *s.get_ref() == 0 || *s.get_ref() > 86_400 * 7 => Err(field_error(
+                s,
+                format!("{}.{field}", self.table),
+                "must be between 1 and 604800",
             )),
             Some(s) => Ok(*s.get_ref()),
         };
         let secs = |v, field, default: Duration| {
             positive(v, field, default.as_secs()).map(Duration::from_secs)
         };
-        Ok(EngineConfig {
+        Ok(ProxyConfig {
             fail: self.fail,
             upstream_source: self.upstream_source,
             max_sessions: positive(&self.max_sessions, "max-sessions", d.max_sessions as u64)?
                 as usize,
-            timeouts: Timeouts {
+            timeouts: SessionTimeouts {
                 connect: secs(&self.connect_timeout, "connect-timeout", d.timeouts.connect)?,
                 greeting: secs(
                     &self.greeting_timeout,

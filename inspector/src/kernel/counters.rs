@@ -7,7 +7,7 @@ use aya::maps::{MapData, PerCpuArray};
 use inspector_common::{Class, ClassCounters, maps};
 use serde::Serialize;
 
-use crate::bpffs;
+use super::bpffs;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counter {
@@ -37,23 +37,5 @@ impl ClassStats {
 
     pub fn get(&self, class: Class) -> Counter {
         self.0[class as usize]
-    }
-
-    /// `{"classes": {"pass": {"packets": N, "bytes": N}, ...}}`
-    pub fn to_json(&self) -> serde_json::Value {
-        let classes: serde_json::Map<String, serde_json::Value> = Class::ALL
-            .iter()
-            .map(|&c| (c.name().to_string(), serde_json::json!(self.get(c))))
-            .collect();
-        serde_json::json!({ "classes": classes })
-    }
-
-    pub fn to_text(&self) -> String {
-        let mut out = format!("{:<10} {:>14} {:>18}\n", "class", "packets", "bytes");
-        for class in Class::ALL {
-            let c = self.get(class);
-            out += &format!("{:<10} {:>14} {:>18}\n", class.name(), c.packets, c.bytes);
-        }
-        out
     }
 }

@@ -1,5 +1,5 @@
 //! One daemon per interface: an flock'ed file per (network namespace,
-//! interface) under /run/inspector, released by the kernel if the daemon dies.
+//! interface) under [`RUN_DIR`], released by the kernel if the daemon dies.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-pub const LOCK_DIR: &str = "/run/inspector";
+use crate::{RUN_DIR, observe::stats_socket};
 
 pub struct IfaceLock {
     _file: File,
@@ -25,11 +25,11 @@ pub struct Holder {
 
 impl IfaceLock {
     pub fn acquire(iface: &str, pin_dir: &Path) -> Result<Self> {
-        fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+        fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
         let netns = fs::metadata("/proc/self/ns/net")
             .context("reading this process's network namespace")?
             .ino();
-        let path = Path::new(LOCK_DIR).join(format!("{netns}-{iface}.lock"));
+        let path = Path::new(RUN_DIR).join(format!("{netns}-{iface}.lock"));
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -56,7 +56,7 @@ impl IfaceLock {
 
     /// Daemons currently running with `pin_dir`.
     pub fn holders(pin_dir: &Path) -> Vec<Holder> {
-        let Ok(entries) = fs::read_dir(LOCK_DIR) else {
+        let Ok(entries) = fs::read_dir(RUN_DIR) else {
             return Vec::new();
         };
         let mut holders = Vec::new();
@@ -81,9 +81,9 @@ impl IfaceLock {
 /// stats socket.
 pub fn remove_leftovers_of(pid: u32) {
     if !Path::new(&format!("/proc/{pid}")).exists() {
-        let _ = fs::remove_file(crate::stats_socket::path_of(pid));
+        let _ = fs::remove_file(stats_socket::path_of(pid));
     }
-    let Ok(entries) = fs::read_dir(LOCK_DIR) else {
+    let Ok(entries) = fs::read_dir(RUN_DIR) else {
         return;
     };
     for entry in entries.flatten() {

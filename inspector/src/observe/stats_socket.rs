@@ -4,8 +4,8 @@
 //! Each daemon listens on a unix socket `/run/inspector/<pid>.stats`; a
 //! client connects, the daemon writes one JSON [`EsmtpSnapshot`] and closes.
 //! The CLI finds the daemons of a pin directory through their interface
-//! locks (see [`crate::lock`]), so it works across network namespaces and
-//! whether or not the metrics endpoint is on.
+//! locks (see [`crate::daemon::lock`]), so it works across network
+//! namespaces and whether or not the metrics endpoint is on.
 
 use std::{
     io::Read,
@@ -18,15 +18,13 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::{io::AsyncWriteExt, net::UnixListener};
 
-use crate::{
-    esmtp_state::{EsmtpSnapshot, EsmtpState},
-    lock::{IfaceLock, LOCK_DIR},
-};
+use super::esmtp::{EsmtpSnapshot, EsmtpState};
+use crate::RUN_DIR;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn path_of(pid: u32) -> PathBuf {
-    Path::new(LOCK_DIR).join(format!("{pid}.stats"))
+    Path::new(RUN_DIR).join(format!("{pid}.stats"))
 }
 
 /// The daemon's side; the socket file is removed on drop.
@@ -37,7 +35,7 @@ pub struct StatsSocket {
 
 impl StatsSocket {
     pub fn bind() -> Result<Self> {
-        std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+        std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
         remove_leftovers();
         let path = path_of(std::process::id());
         let _ = std::fs::remove_file(&path); // a leftover of a killed daemon with our pid
@@ -75,7 +73,7 @@ impl Drop for StatsSocket {
 /// Removes the sockets of daemons that died without removing theirs
 /// (killed): a process that is gone cannot come back to use it.
 fn remove_leftovers() {
-    let Ok(entries) = std::fs::read_dir(LOCK_DIR) else {
+    let Ok(entries) = std::fs::read_dir(RUN_DIR) else {
         return;
     };
     for entry in entries.flatten() {
@@ -102,13 +100,4 @@ pub fn read(pid: u32) -> Result<EsmtpSnapshot> {
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
     serde_json::from_str(&body).with_context(|| format!("reading {}", path.display()))
-}
-
-/// The ESMTP counters of every daemon running with `pin_dir` (normally one),
-/// by pid.
-pub fn read_all(pin_dir: &Path) -> Vec<(u32, Result<EsmtpSnapshot>)> {
-    let mut pids: Vec<u32> = IfaceLock::holders(pin_dir).iter().map(|h| h.pid).collect();
-    pids.sort_unstable();
-    pids.dedup();
-    pids.into_iter().map(|pid| (pid, read(pid))).collect()
 }

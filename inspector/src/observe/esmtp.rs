@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # use std::{sync::Arc, time::Instant};
-//! # use inspector::esmtp_state::{EsmtpState, SessionOutcome};
+//! # use inspector::observe::esmtp::{EsmtpState, SessionOutcome};
 //! # fn f(state: Arc<EsmtpState>, peers: inspector_esmtp::Peers, bytes: &[u8]) {
 //! let mut guard = state.session_started(); // sessions_active + 1
 //! let mut session = state.new_session(peers);
@@ -25,7 +25,7 @@ use std::sync::{
 use inspector_esmtp::{AuditEvent, Close, Peers, PolicyStats, Session, policy::EsmtpPolicy};
 use serde::Serialize;
 
-use crate::audit::AuditLog;
+use super::audit::AuditLog;
 
 /// How an inspected session ended (`inspector_esmtp_sessions_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,7 +197,7 @@ mod tests {
     use super::*;
 
     fn policy() -> EsmtpPolicy {
-        crate::policy::Policy::parse(
+        crate::config::Policy::parse(
             std::path::Path::new("test.toml"),
             "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"drop-connection log\"\n",
         )

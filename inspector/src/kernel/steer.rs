@@ -18,17 +18,7 @@ use aya::{
 };
 use inspector_common::{FAIL_CLOSED, FAIL_OPEN, STEER_CONFIG_MAP, SteerConfig, programs};
 
-/// What happens to new flagged flows when the engine is not listening.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailMode {
-    /// Forwarded to the server, uninspected.
-    #[default]
-    Open,
-    /// Refused: the SYN is dropped, so the client's MTA keeps the message
-    /// and retries later.
-    Closed,
-}
+use crate::config::FailMode;
 
 /// The start of a steering link pin's name: `steer-<iface>`.
 const LINK_PREFIX: &str = "steer-";

@@ -14,10 +14,8 @@ use inspector_common::{
 };
 use serde::Serialize;
 
-use crate::{
-    bpffs,
-    policy::{OnEmbryonicLimit, Server},
-};
+use super::bpffs;
+use crate::config::{OnEmbryonicLimit, Server};
 
 pub fn addr16(addr: IpAddr) -> Addr16 {
     match addr {
@@ -44,29 +42,6 @@ pub fn server_limits(server: &Server) -> ServerLimits {
         },
         _pad: 0,
     }
-}
-
-/// One line for `inspector policy check`.
-pub fn describe(server: &Server) -> String {
-    let limit = |n: u32| {
-        if n == 0 {
-            "unlimited".to_string()
-        } else {
-            n.to_string()
-        }
-    };
-    format!(
-        "{}: max-conns {}, max-embryonic {}, per-client-max {}, per-client-embryonic-max {}, on-embryonic-limit {}",
-        server.address,
-        limit(server.max_conns),
-        limit(server.max_embryonic),
-        limit(server.per_client_max),
-        limit(server.per_client_embryonic_max),
-        match server.on_embryonic_limit {
-            OnEmbryonicLimit::Drop => "drop",
-            OnEmbryonicLimit::Intercept => "intercept",
-        }
-    )
 }
 
 /// Counts as the kernel keeps them: u64 moved by atomic adds, briefly
@@ -208,79 +183,6 @@ impl LimitStats {
             drops,
             intercepts,
         })
-    }
-
-    pub fn to_json(&self) -> serde_json::Value {
-        let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
-            .iter()
-            .map(|&r| (r.name().to_string(), self.drops[r as usize].into()))
-            .collect();
-        let intercept: serde_json::Map<String, serde_json::Value> = InterceptEvent::ALL
-            .iter()
-            .map(|&e| (e.name().to_string(), self.intercepts[e as usize].into()))
-            .collect();
-        serde_json::json!({
-            "servers": self.servers,
-            "clients": self.clients,
-            "drops": drops,
-            "intercept": intercept,
-        })
-    }
-
-    pub fn to_text(&self) -> String {
-        let limit = |n: u32| {
-            if n == 0 {
-                "-".to_string()
-            } else {
-                n.to_string()
-            }
-        };
-        let mut out = format!(
-            "\n{:<39} {:>10} {:>11} {:>9} {:>13} {:>10} {:>14}\n",
-            "server",
-            "embryonic",
-            "established",
-            "max-conns",
-            "max-embryonic",
-            "per-client",
-            "per-client-emb"
-        );
-        for s in &self.servers {
-            out += &format!(
-                "{:<39} {:>10} {:>11} {:>9} {:>13} {:>10} {:>14}\n",
-                s.address,
-                s.embryonic,
-                s.established,
-                limit(s.max_conns),
-                limit(s.max_embryonic),
-                limit(s.per_client_max),
-                limit(s.per_client_embryonic_max)
-            );
-        }
-        if self.servers.is_empty() {
-            out += "(no protected servers)\n";
-        }
-        if !self.clients.is_empty() {
-            out += &format!(
-                "\n{:<39} {:<39} {:>10} {:>11}\n",
-                "client", "server", "embryonic", "established"
-            );
-            for c in &self.clients {
-                out += &format!(
-                    "{:<39} {:<39} {:>10} {:>11}\n",
-                    c.client, c.server, c.embryonic, c.established
-                );
-            }
-        }
-        out += "\nSYNs dropped\n";
-        for reason in DropReason::ALL {
-            out += &format!(
-                "{:<26} {:>14}\n",
-                reason.name(),
-                self.drops[reason as usize]
-            );
-        }
-        out
     }
 }
 

@@ -28,9 +28,8 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{
-    esmtp_state::EsmtpState, esmtp_state::SessionOutcome, limits::LimitStats, stats::ClassStats,
-};
+use super::esmtp::{EsmtpState, SessionOutcome};
+use crate::kernel::{counters::ClassStats, limits::LimitStats};
 
 /// The default address of the endpoint: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9725";
@@ -351,7 +350,7 @@ fn route(request: &[u8], registry: &Registry) -> (&'static str, &'static str, St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditLog;
+    use crate::observe::audit::AuditLog;
 
     #[test]
     fn addresses_parse() {
@@ -367,7 +366,7 @@ mod tests {
     /// families of the next scrape.
     #[test]
     fn esmtp_families_follow_the_sessions() {
-        let policy = crate::policy::Policy::parse(
+        let policy = crate::config::Policy::parse(
             std::path::Path::new("test.toml"),
             "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"drop-connection log\"\n",
         )

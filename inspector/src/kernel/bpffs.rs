@@ -96,7 +96,7 @@ pub fn open_map(pin_dir: &Path, name: &str) -> Result<Map> {
 /// Removes everything the daemon pins in `pin_dir`: steering links a killed
 /// daemon left, then the maps (returned), then the directory.
 pub fn unload(pin_dir: &Path) -> Result<Vec<PathBuf>> {
-    crate::steer::detach_all(pin_dir)?;
+    super::steer::detach_all(pin_dir)?;
     remove_pins(pin_dir, &inspector_common::maps::ALL)
 }
 

@@ -1,5 +1,8 @@
-//! `inspector run`: load, apply the policy, attach, run the engine, wait for
+//! `inspector run`: load, apply the policy, attach, run the proxy, wait for
 //! a signal, drain, detach.
+
+pub mod lock;
+mod signals;
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -7,21 +10,24 @@ use anyhow::{Context, Result};
 use inspector_common::SMTP_PORT;
 use tokio::sync::watch;
 
+use self::{lock::IfaceLock, signals::Signals};
 use crate::{
-    audit::{AuditLog, SinkSpec},
-    bpffs,
-    esmtp_state::EsmtpState,
-    exempt::ExemptTable,
-    limits,
-    loader::{self, AttachMode},
-    lock::IfaceLock,
-    metrics::{self, MetricsAddr},
-    policy::{OnEmbryonicLimit, Policy},
+    config::{DEFAULT_QUEUE, OnEmbryonicLimit, Policy, SinkSpec},
+    kernel::{
+        bpffs,
+        exempt::ExemptTable,
+        limits,
+        loader::{self, AttachMode},
+        routing, steer,
+        sweeper::{self, Sweeper},
+    },
+    observe::{
+        audit::AuditLog,
+        esmtp::EsmtpState,
+        metrics::{self, MetricsAddr},
+        stats_socket::StatsSocket,
+    },
     proxy::{self, Counters, Shared},
-    routing,
-    stats_socket::StatsSocket,
-    steer,
-    sweeper::{self, Sweeper},
 };
 
 pub struct RunOptions {
@@ -29,9 +35,9 @@ pub struct RunOptions {
     pub policy: Option<PathBuf>,
     pub pin_dir: PathBuf,
     pub mode: AttachMode,
-    /// Run the ESMTP engine and steer flagged flows to it (the default);
-    /// `false` only classifies and counts.
-    pub engine: bool,
+    /// Run the proxy and steer flagged flows to it (the default); `false`
+    /// only classifies and counts.
+    pub proxy: bool,
     /// The Prometheus endpoint.
     pub metrics: MetricsAddr,
     /// Where the ESMTP audit records go, and how many may wait for it;
@@ -64,14 +70,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .map(|iface| IfaceLock::acquire(iface, &opts.pin_dir))
         .collect::<Result<Vec<_>>>()?;
 
-    // What the engine's sessions share with the metrics endpoint and
+    // What the proxy's sessions share with the metrics endpoint and
     // `inspector stats`.
     let sink = (opts.audit.clone())
         .or_else(|| policy.audit.sink.clone())
         .unwrap_or(SinkSpec::Stdout);
     let queue = (opts.audit_queue)
         .or(policy.audit.queue)
-        .unwrap_or(crate::audit::DEFAULT_QUEUE)
+        .unwrap_or(DEFAULT_QUEUE)
         .max(1);
     let audit = AuditLog::start(&sink, queue)?;
     log::info!("audit records: {sink} (queue {queue})");
@@ -112,7 +118,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         log::info!("{iface}: classifier attached ({mode} XDP)");
     }
 
-    // These run whenever the runtime does, with or without the engine.
+    // These run whenever the runtime does, with or without the proxy.
     runtime.spawn(sweep_forever(sweeper));
     runtime.spawn({
         let esmtp = esmtp.clone();
@@ -126,15 +132,15 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let registry = Arc::new(metrics::registry(&opts.pin_dir, esmtp.clone()));
         runtime.spawn(metrics::serve(listener, registry));
     }
-    if !opts.engine {
+    if !opts.proxy {
         runtime.block_on(signals.wait());
         log::info!(
             "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
         );
         return Ok(());
     }
-    steer::load(&mut ebpf, policy.engine.fail)?;
-    let result = runtime.block_on(engine(&opts, &policy, esmtp, &mut ebpf, &mut signals));
+    steer::load(&mut ebpf, policy.proxy.fail)?;
+    let result = runtime.block_on(run_proxy(&opts, &policy, esmtp, &mut ebpf, &mut signals));
     // Whatever happened: no steering is left behind by a clean exit.
     let cleanup = runtime.block_on(unsteer(&opts));
     log::info!(
@@ -144,7 +150,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     result.and(cleanup)
 }
 
-async fn engine(
+async fn run_proxy(
     opts: &RunOptions,
     policy: &Policy,
     esmtp: Arc<EsmtpState>,
@@ -152,7 +158,7 @@ async fn engine(
     signals: &mut Signals,
 ) -> Result<()> {
     // Listening first: the steering program treats the listener as the
-    // engine's liveness.
+    // proxy's liveness.
     let listeners = proxy::listeners(SMTP_PORT)?;
     let netlink = routing::connect()?;
     routing::install(&netlink)
@@ -164,15 +170,15 @@ async fn engine(
     }
     let shared = Arc::new(Shared {
         esmtp,
-        config: policy.engine.clone(),
+        config: policy.proxy.clone(),
         counters: Counters::default(),
     });
     log::info!(
         "engine listening on port {SMTP_PORT} (fail {:?}, upstream source {:?}, max-sessions {}, timeouts {:?})",
-        policy.engine.fail,
-        policy.engine.upstream_source,
-        policy.engine.max_sessions,
-        policy.engine.timeouts
+        policy.proxy.fail,
+        policy.proxy.upstream_source,
+        policy.proxy.max_sessions,
+        policy.proxy.timeouts
     );
     let (stop, stopped) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
@@ -213,30 +219,6 @@ async fn sweep_forever(mut sweeper: Sweeper) {
             Ok(sweep) if sweep.expired > 0 => log::debug!("sweeper: {sweep:?}"),
             Ok(_) => {}
             Err(e) => log::warn!("sweeper: {e:#}"),
-        }
-    }
-}
-
-/// SIGTERM and SIGINT, the daemon's stop.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Needs a runtime context; from then on the signals are caught.
-    fn new() -> Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => log::info!("SIGTERM received"),
-            _ = self.int.recv() => log::info!("SIGINT received"),
         }
     }
 }
