@@ -19,7 +19,8 @@ use inspector::{
     },
 };
 use inspector_common::Class;
-use support::{PinDir, packets::*};
+use inspector_lab::packets::*;
+use support::PinDir;
 
 const XDP_PASS: u32 = 2;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);

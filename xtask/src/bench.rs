@@ -19,40 +19,43 @@ const COMMAND: &str = "cargo xtask bench";
 pub fn run() -> Result<()> {
     let started = std::time::Instant::now();
     let machine = machine();
-    eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
+    // Built first, with cargo's progress on the terminal; each run below
+    // then only runs.
     cargo(&[
-        "build",
-        "--release",
+        "bench",
         "-p",
         "inspector",
-        "--example",
-        "kernel_bench",
-        "--example",
-        "flood_bench",
-        "--example",
-        "smtp_bench",
-        "--bin",
-        "inspector",
+        "--no-run",
+        "--bench",
+        "kernel",
+        "--bench",
+        "flood",
+        "--bench",
+        "smtp",
     ])?;
-    let kernel = json_of(
-        Command::new(target_dir().join("release/examples/kernel_bench"))
-            .args(["--repeats", &REPEATS.to_string()]),
-    )?;
+    eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
+    let kernel = bench("kernel", &["--repeats", &REPEATS.to_string()])?;
     eprintln!("bench: SYN flood on the lab, XDP vs nftables");
-    let flood = json_of(
-        Command::new(target_dir().join("release/examples/flood_bench"))
-            .args(["--repeats", &FLOOD_REPEATS.to_string()])
-            .args(["--syns", &FLOOD_SYNS.to_string()]),
+    let flood = bench(
+        "flood",
+        &[
+            "--repeats",
+            &FLOOD_REPEATS.to_string(),
+            "--syns",
+            &FLOOD_SYNS.to_string(),
+        ],
     )?;
     eprintln!("bench: ESMTP engine in process");
     let engine = engine()?;
     eprintln!("bench: SMTP through the inspector vs direct, RSS per session");
-    let smtp = json_of(
-        Command::new(target_dir().join("release/examples/smtp_bench"))
-            .args(["--repeats", &REPEATS.to_string()])
-            .args(["--sessions", &SMTP_SESSIONS.to_string()])
-            .arg("--inspector")
-            .arg(target_dir().join("release/inspector")),
+    let smtp = bench(
+        "smtp",
+        &[
+            "--repeats",
+            &REPEATS.to_string(),
+            "--sessions",
+            &SMTP_SESSIONS.to_string(),
+        ],
     )?;
 
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
@@ -67,13 +70,6 @@ pub fn run() -> Result<()> {
     std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: wrote {}", path.display());
     Ok(())
-}
-
-/// Where cargo builds: `CARGO_TARGET_DIR` when set, else `target/`.
-fn target_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -93,13 +89,26 @@ fn json_of(cmd: &mut Command) -> Result<Value> {
     serde_json::from_str(text.trim()).with_context(|| format!("parsing {text:?}"))
 }
 
-fn engine() -> Result<Value> {
+/// `cargo bench -p inspector --bench NAME -- ARGS`: the one JSON object
+/// the bench prints.
+fn bench(name: &str, args: &[&str]) -> Result<Value> {
+    json_of(
+        cargo_command()
+            .args(["bench", "-p", "inspector", "--bench", name, "--"])
+            .args(args),
+    )
+}
+
+fn cargo_command() -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let text = output(
-        Command::new(cargo)
-            .args(["bench", "-p", "inspector-esmtp", "--bench", "engine"])
-            .current_dir(workspace_root()),
-    )?;
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn engine() -> Result<Value> {
+    let text =
+        output(cargo_command().args(["bench", "-p", "inspector-esmtp", "--bench", "engine"]))?;
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("json: "))
@@ -404,7 +413,7 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
          inspected sessions from the client namespace (each has read its greeting, \
          so the engine holds the client's and the server's connection; opened in \
          {:.1} s), divided by the sessions. `max-sessions` in the policy's \
-         `[engine]` table allows them.",
+         `[proxy]` table allows them.",
         f(m, "opened_in_s")?
     )?;
     if sessions < requested {

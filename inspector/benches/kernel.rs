@@ -6,11 +6,7 @@
 //! - the kernel memory per flow-table entry and per exemption rule, from
 //!   the maps' `memlock` (fdinfo) as the kernel accounts it.
 //!
-//! `cargo run --release -p inspector --example kernel_bench -- --repeats 9`
-
-#[path = "../tests/support/packets.rs"]
-#[allow(dead_code)]
-mod packets;
+//! `cargo bench -p inspector --bench kernel -- --repeats 9`
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
@@ -34,7 +30,7 @@ use inspector::{
     },
 };
 use inspector_common::{maps, programs};
-use packets::*;
+use inspector_lab::{figures::median, packets::*};
 
 const XDP_PASS: u32 = 2;
 /// Runs per BPF_PROG_TEST_RUN call: the kernel reports their mean.
@@ -52,6 +48,8 @@ fn main() -> Result<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--repeats" => repeats = args.next().context("--repeats N")?.parse()?,
+            // What `cargo bench` passes to every bench.
+            "--bench" => {}
             _ => bail!("unknown argument {arg}"),
         }
     }
@@ -173,11 +171,6 @@ fn run(ebpf: &mut Ebpf, program: &str, frame: &[u8]) -> Result<f64> {
 
 fn duration_ns(d: Duration) -> f64 {
     d.as_secs_f64() * 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// (memlock bytes, max entries) of a pinned map, as the kernel accounts them.

@@ -1,4 +1,5 @@
-//! Crafted frames for BPF_PROG_TEST_RUN: Ethernet, VLAN, IPv4, IPv6, TCP, UDP.
+//! Crafted frames for BPF_PROG_TEST_RUN (the classifier tests and the
+//! kernel benchmark): Ethernet, VLAN, IPv4, IPv6, TCP, UDP.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -12,7 +12,7 @@
 //! spoofed flood and without it (the flood's half-open entries expired
 //! first): the median sessions per second of each.
 //!
-//! `cargo run --release -p inspector --example flood_bench -- --repeats 5`
+//! `cargo bench -p inspector --bench flood -- --repeats 5`
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -35,6 +35,7 @@ use inspector::{
 use inspector_common::DropReason;
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, OUTSIDE, SERVER_V4,
+    figures::median,
     syn::{SPOOFED_V4, SynFlood},
 };
 
@@ -50,6 +51,8 @@ fn main() -> Result<()> {
             "--repeats" => repeats = value()?,
             "--syns" => syns = value()?,
             "--seconds" => seconds = value()?,
+            // What `cargo bench` passes to every bench.
+            "--bench" => {}
             _ => bail!("unknown argument {arg}"),
         }
     }
@@ -112,11 +115,6 @@ fn main() -> Result<()> {
     });
     println!("{out}");
     Ok(())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// SYNs per burst and the pause between bursts of the steady flood.

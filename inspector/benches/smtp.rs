@@ -1,9 +1,9 @@
 //! The SMTP half of `cargo xtask bench` (needs root): on a lab of its own,
-//! `inspector run` on the gateway with the engine, Postfix's `smtp-sink` on
+//! `inspector run` on the gateway with the proxy, Postfix's `smtp-sink` on
 //! the server listening on both of the server's addresses. Sessions to
-//! `SERVER_V4` are steered into the engine; `MAIL_GATEWAY_V4` is exempt in
+//! `SERVER_V4` are steered into the proxy; `MAIL_GATEWAY_V4` is exempt in
 //! the policy (`[[exempt]]`), so sessions to it are the direct path: the same
-//! sink, the same namespaces and routes, only the engine left out. The two
+//! sink, the same namespaces and routes, only the proxy left out. The two
 //! alternate, `--repeats` times each:
 //!
 //! - messages per second of `smtp-source -s 10 -m 2000 -l 1024` (a new
@@ -15,17 +15,16 @@
 //!   process: median and p99 over all samples of each path.
 //!
 //! Then the daemon's RSS (`VmRSS`) before and after opening `--sessions`
-//! idle inspected sessions (each has read its greeting, so the engine holds
+//! idle inspected sessions (each has read its greeting, so the proxy holds
 //! both the client's and the server's connection). The daemon holds two
 //! sockets per session: when its descriptor limit (raised as far as the
 //! hard limit allows; further needs `CAP_SYS_RESOURCE`) cannot hold them
 //! all, it measures as many as fit, in whole hundreds, and says so in the
 //! JSON (`requested_sessions`, `nofile_limit`).
 //!
-//! `cargo build --release -p inspector --bin inspector --example
-//! smtp_bench`, then `target/release/examples/smtp_bench --repeats 5
-//! --sessions 10000` (`--inspector PATH` if the `inspector` binary is not
-//! next to `examples/`).
+//! `cargo bench -p inspector --bench smtp -- --repeats 5 --sessions 10000`
+//! (`--inspector PATH` for another `inspector` binary than the one cargo
+//! builds with the bench).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -36,7 +35,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use inspector::kernel::bpffs;
-use inspector_lab::{Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4, ScopedChild};
+use inspector_lab::{
+    Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4, ScopedChild,
+    figures::{median, quantile, rss_kib},
+    inspector::{Scratch, read, start_proxy, wait_until},
+};
 
 const SMALL_SESSIONS: usize = 10;
 const SMALL_MESSAGES: usize = 2000;
@@ -46,22 +49,9 @@ const LARGE_BYTES: usize = 10 << 20;
 const TRANSACTIONS: usize = 200;
 const SESSIONS: usize = 200;
 
-/// The bench's scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn main() -> Result<()> {
     let (mut repeats, mut sessions) = (5usize, 10_000usize);
-    let mut inspector = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .context("no parent directory")?
-        .join("inspector");
+    let mut inspector = PathBuf::from(env!("CARGO_BIN_EXE_inspector"));
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().context("a value");
@@ -69,6 +59,8 @@ fn main() -> Result<()> {
             "--repeats" => repeats = value()?.parse()?,
             "--sessions" => sessions = value()?.parse()?,
             "--inspector" => inspector = value()?.into(),
+            // What `cargo bench` passes to every bench.
+            "--bench" => {}
             _ => bail!("unknown argument {arg}"),
         }
     }
@@ -89,13 +81,12 @@ fn main() -> Result<()> {
     let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
         "/sys/fs/bpf/inspector-bench-smtp-{pid}"
     )))?;
-    let scratch = Scratch(std::env::temp_dir().join(format!("inspector-bench-smtp-{pid}")));
-    std::fs::create_dir_all(&scratch.0)?;
-    let policy = scratch.0.join("policy.toml");
+    let scratch = Scratch::new(std::env::temp_dir().join(format!("inspector-bench-smtp-{pid}")))?;
+    let policy = scratch.path().join("policy.toml");
     std::fs::write(
         &policy,
         format!(
-            "[[exempt]]\nnetwork = \"{MAIL_GATEWAY_V4}\"\n\n[engine]\nmax-sessions = {}\n",
+            "[[exempt]]\nnetwork = \"{MAIL_GATEWAY_V4}\"\n\n[proxy]\nmax-sessions = {}\n",
             sessions + 100
         ),
     )?;
@@ -115,16 +106,22 @@ fn main() -> Result<()> {
         "0.0.0.0:25",
         "4096",
     ]))?;
-    let log = scratch.0.join("daemon.log");
-    let mut daemon = start_daemon(&lab, &inspector, pins.path(), &policy, &log)?;
+    let log = scratch.path().join("daemon.log");
+    let args = [
+        "--iface".as_ref(),
+        OUTSIDE.as_ref(),
+        "--policy".as_ref(),
+        policy.as_os_str(),
+    ];
+    let mut daemon = start_proxy(&lab.gateway, &inspector, pins.path(), &args, &log)?;
     let inspected = SocketAddr::new(SERVER_V4.into(), 25);
     let direct = SocketAddr::new(MAIL_GATEWAY_V4.into(), 25);
     for server in [inspected, direct] {
-        wait_until(
-            Duration::from_secs(10),
-            &format!("a greeting from {server}"),
-            || session(&lab.client, server).is_ok(),
-        )?;
+        if !wait_until(Duration::from_secs(10), || {
+            session(&lab.client, server).is_ok()
+        }) {
+            bail!("timed out waiting for a greeting from {server}");
+        }
     }
     let steered = || inspecting(&log);
 
@@ -248,54 +245,14 @@ fn raise_nofile(want: u64) -> Result<u64> {
     Ok(raised.rlim_cur)
 }
 
-fn start_daemon(
-    lab: &Lab,
-    inspector: &Path,
-    pins: &Path,
-    policy: &Path,
-    log: &Path,
-) -> Result<ScopedChild> {
-    let file = std::fs::File::create(log)?;
-    let mut cmd = lab.gateway.command(inspector);
-    cmd.arg("--pin-dir")
-        .arg(pins)
-        .args(["run", "--iface", OUTSIDE, "--policy"])
-        .arg(policy)
-        .stdout(file.try_clone()?)
-        .stderr(file);
-    let mut daemon = lab.gateway.spawn(&mut cmd)?;
-    let started = wait_until(Duration::from_secs(30), "the engine", || {
-        read(log).contains("engine listening")
-    });
-    if started.is_err() || daemon.child().try_wait()?.is_some() {
-        bail!("the daemon did not start:\n{}", read(log));
-    }
-    Ok(daemon)
-}
-
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
 /// Sessions the engine has taken so far (one log line each).
 fn inspecting(log: &Path) -> usize {
     read(log).matches(": inspecting").count()
-}
-
-fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }
 
 /// Runs smtp-source from the client namespace; returns its run time.
@@ -470,24 +427,4 @@ fn memory(
         "rss_after_kib": after,
         "bytes_per_session": (after.saturating_sub(before) * 1024) as f64 / count as f64,
     }))
-}
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .context("no VmRSS")
-}
-
-fn median(v: Vec<f64>) -> f64 {
-    let mut v = v;
-    quantile(&mut v, 0.5)
-}
-
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[i]
 }
