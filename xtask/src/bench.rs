@@ -327,14 +327,14 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
     writeln!(w, "\n## SMTP through the inspector\n")?;
     writeln!(
         w,
-        "`inspector run` on the lab's gateway with the engine, Postfix's `smtp-sink` \
+        "`inspector run` on the lab's gateway with the proxy, Postfix's `smtp-sink` \
          on the server, Postfix's `smtp-source` in the client namespace. The \
          inspected path is the server's address `198.18.1.25`: sessions are steered \
-         into the engine, which relays them to the server. The direct path is the \
+         into the proxy, which relays them to the server. The direct path is the \
          same `smtp-sink` on the server's second address `198.18.1.26`, exempt in \
          the policy (`[[exempt]]`): same namespaces, routes and sink, only the \
-         engine left out (the run checks that every inspected session reached the \
-         engine and no exempt one did). The two alternate; medians of {} runs each.\n",
+         proxy left out (the run checks that every inspected session reached the \
+         proxy and no exempt one did). The two alternate; medians of {} runs each.\n",
         smtp["repeats"]
     )?;
     writeln!(w, "| workload | inspected | direct | inspected / direct |")?;
@@ -367,8 +367,8 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
     if li > ld {
         writeln!(
             w,
-            "\nA ratio above 1 for large messages does not make the engine free. A \
-             likely reason, not profiled: the engine terminates TCP, so the bytes \
+            "\nA ratio above 1 for large messages does not make the proxy free. A \
+             likely reason, not profiled: the proxy terminates TCP, so the bytes \
              travel over two connections, each with buffers of its own, where the \
              direct path is one connection forwarded by the gateway."
         )?;
@@ -411,7 +411,7 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
         w,
         "The daemon's RSS (`VmRSS`) before and after opening {sessions:.0} idle \
          inspected sessions from the client namespace (each has read its greeting, \
-         so the engine holds the client's and the server's connection; opened in \
+         so the proxy holds the client's and the server's connection; opened in \
          {:.1} s), divided by the sessions. `max-sessions` in the policy's \
          `[proxy]` table allows them.",
         f(m, "opened_in_s")?
