@@ -1,19 +1,26 @@
-//! The inspector's userspace: the loader and daemon, the live exemption ACL,
-//! counters, and the policy file.
+//! The inspector's userspace, in folders by role:
+//!
+//! - [`config`]: the policy file, read in one pipeline into the settings
+//!   every other module takes (exemptions, protected servers, flow
+//!   timeouts, the ESMTP policy, the proxy, audit).
+//! - [`kernel`]: loading the kernel programs and reaching their pinned maps
+//!   and links (exemptions, counters, limits, steering, the flow table's
+//!   sweeper, the policy routing). Files share the kernel crate's names.
+//! - [`proxy`]: the tokio runtime that carries flagged sessions through the
+//!   ESMTP engine (`inspector-esmtp`).
+//! - [`observe`]: the Prometheus endpoint, audit sinks, the stats socket and
+//!   the ESMTP state they read.
+//! - [`daemon`]: `inspector run`: start, locks, signals, stop.
+//! - [`cli`]: the command line and the text/JSON views it prints.
 
-pub mod audit;
-pub mod bpffs;
+pub mod cli;
+pub mod config;
 pub mod daemon;
-pub mod esmtp_state;
-pub mod exempt;
-pub mod limits;
-pub mod loader;
-pub mod lock;
-pub mod metrics;
-pub mod policy;
+pub mod kernel;
+pub mod observe;
 pub mod proxy;
-pub mod routing;
-pub mod stats;
-pub mod stats_socket;
-pub mod steer;
-pub mod sweeper;
+
+/// Where a running daemon keeps its per-run files: one lock per interface
+/// (see [`daemon::lock`]) and its stats socket (see
+/// [`observe::stats_socket`]).
+pub const RUN_DIR: &str = "/run/inspector";

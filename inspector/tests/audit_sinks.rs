@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use inspector::audit::{AuditLog, SinkSpec};
+use inspector::{config::SinkSpec, observe::audit::AuditLog};
 use inspector_esmtp::{
     AuditEvent, AuditKind, Peers,
     audit::{Classification, Source, Verdict},

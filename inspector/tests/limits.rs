@@ -255,16 +255,16 @@ fn intercept_lets_a_real_client_through_a_syn_flood_v6() {
     intercept_through_flood("icept6", CLIENT_V6.into(), SERVER_V6.into(), false);
 }
 
-/// With the engine running, the SMTP sessions it terminates are left to its
+/// With the proxy running, the SMTP sessions it terminates are left to its
 /// listener (the kernel's own SYN cookies when its queue is full): the XDP
 /// program answers none of those SYNs, the client still gets through the
 /// flood, and the server still never holds more than the limit.
 #[test]
-fn intercept_leaves_inspected_sessions_to_the_engine() {
+fn intercept_leaves_inspected_sessions_to_the_proxy() {
     intercept_through_flood("icepte", CLIENT_V4.into(), SERVER_V4.into(), true);
 }
 
-fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, engine: bool) {
+fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, proxy: bool) {
     let lab = lab(test);
     let pins = PinDir::new(test);
     let policy = PolicyFile::new(
@@ -280,26 +280,26 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, engine: b
     // sends them through the device like any packet. NIC drivers have no
     // such condition.
     let mode = ["--xdp-mode", "generic"];
-    let no_engine = ["--no-engine", "--xdp-mode", "generic"];
+    let no_proxy = ["--no-proxy", "--xdp-mode", "generic"];
     let _daemon = start_daemon_with(
         &lab,
         &pins,
         &[OUTSIDE, INSIDE],
         Some(policy.path()),
-        if engine { &mode } else { &no_engine },
+        if proxy { &mode } else { &no_proxy },
     );
     route_spoofed_sources_to_client(&lab);
-    if engine {
-        // The engine starts after the XDP programs: flood only once its
+    if proxy {
+        // The proxy starts after the XDP programs: flood only once its
         // steering is attached, or the first SYNs go straight to the server.
         assert!(
             // The daemon pins each steering link once attached.
-            wait_until(Duration::from_secs(10), || [OUTSIDE, INSIDE]
-                .iter()
-                .all(|i| inspector::steer::link_pin(pins.path(), i).exists())),
+            wait_until(Duration::from_secs(10), || [OUTSIDE, INSIDE].iter().all(
+                |i| inspector::kernel::steer::link_pin(pins.path(), i).exists()
+            )),
             "steering attached"
         );
-        // The engine's listener answers every SYN with a cookie, so the
+        // The proxy's listener answers every SYN with a cookie, so the
         // client's completing ACK is one the steering must recognise.
         lab.gateway.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
     }
@@ -361,9 +361,9 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, engine: b
         stats_json(pins.path())
     );
     assert!(transcript.contains("<-  250"), "{transcript}");
-    if engine {
-        // The flood ends at the engine's listener; the server sees only
-        // the engine's own connection.
+    if proxy {
+        // The flood ends at the proxy's listener; the server sees only
+        // the proxy's own connection.
         assert!(most <= 1, "the server held {most} half-open connections");
     } else {
         assert!(most > 0, "the flood reached the server at all");
@@ -372,7 +372,7 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, engine: b
 
     let json = stats_json(pins.path());
     let intercept = &json["limits"]["intercept"];
-    if engine {
+    if proxy {
         assert!(
             syncookies_received(&lab.gateway) >= 1,
             "the listener's cookie"

@@ -213,7 +213,7 @@ fn bad_input_gets_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{}:5: esmtp.mode:", file.display())),
+        stderr.contains(&format!("{}:5:8: esmtp.mode:", file.display())),
         "{stderr}"
     );
 }

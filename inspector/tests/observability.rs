@@ -191,7 +191,7 @@ fn metrics_move_with_real_traffic() {
         ),
         0.0
     );
-    // The held connection is steered to the engine: one session open.
+    // The held connection is steered to the proxy: one session open.
     assert_eq!(get(&after, "inspector_esmtp_sessions_active"), 1.0);
     assert_eq!(get(&after, "inspector_audit_dropped_total"), 0.0);
     for event in ["syn-cookies-sent", "clients-verified", "servers-opened"] {
@@ -316,11 +316,11 @@ fn audit_sink_comes_from_the_policy_unless_overridden() {
         "the daemon attached with --audit off: {:?}",
         daemon.child().try_wait()
     );
-    // Stopped while its engine may still be starting: a clean stop all the
+    // Stopped while its proxy may still be starting: a clean stop all the
     // same, with nothing left under /run/inspector.
     let pid = daemon.child().id();
     assert!(daemon.terminate().unwrap().success());
-    let left: Vec<_> = std::fs::read_dir(inspector::lock::LOCK_DIR)
+    let left: Vec<_> = std::fs::read_dir(inspector::RUN_DIR)
         .into_iter()
         .flatten()
         .flatten()

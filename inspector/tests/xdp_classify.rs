@@ -11,12 +11,16 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use inspector::{
-    exempt::{ExemptTable, Origin, parse_network},
-    loader,
-    stats::ClassStats,
+    config::parse_network,
+    kernel::{
+        counters::ClassStats,
+        exempt::{ExemptTable, Origin},
+        loader,
+    },
 };
 use inspector_common::Class;
-use support::{PinDir, packets::*};
+use inspector_lab::packets::*;
+use support::PinDir;
 
 const XDP_PASS: u32 = 2;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);

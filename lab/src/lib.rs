@@ -11,7 +11,11 @@
 //! Addresses are from 198.18.0.0/15 and 2001:2::/48, the ranges reserved for
 //! benchmarking network devices; nothing leaves the namespaces.
 
+pub mod figures;
+pub mod inspector;
+pub mod messages;
 mod netns;
+pub mod packets;
 pub mod syn;
 
 use std::{

@@ -177,3 +177,21 @@ impl Netns {
         })
     }
 }
+
+impl Netns {
+    /// Waits up to 30 s until a TCP socket in this namespace listens on
+    /// `addr` as `ss` shows it (`0.0.0.0:25`, `[::]:25`).
+    pub fn wait_listening(&self, addr: &str) -> Result<()> {
+        let port = addr.rsplit(':').next().unwrap_or_default();
+        let listening = || {
+            self.command("ss")
+                .args(["-ltnH", &format!("sport = :{port}")])
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(addr))
+        };
+        if !crate::inspector::wait_until(std::time::Duration::from_secs(30), listening) {
+            bail!("nothing listens on {addr} in {}", self.name);
+        }
+        Ok(())
+    }
+}

@@ -19,40 +19,43 @@ const COMMAND: &str = "cargo xtask bench";
 pub fn run() -> Result<()> {
     let started = std::time::Instant::now();
     let machine = machine();
-    eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
+    // Built first, with cargo's progress on the terminal; each run below
+    // then only runs.
     cargo(&[
-        "build",
-        "--release",
+        "bench",
         "-p",
         "inspector",
-        "--example",
-        "kernel_bench",
-        "--example",
-        "flood_bench",
-        "--example",
-        "smtp_bench",
-        "--bin",
-        "inspector",
+        "--no-run",
+        "--bench",
+        "kernel",
+        "--bench",
+        "flood",
+        "--bench",
+        "smtp",
     ])?;
-    let kernel = json_of(
-        Command::new(target_dir().join("release/examples/kernel_bench"))
-            .args(["--repeats", &REPEATS.to_string()]),
-    )?;
+    eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
+    let kernel = bench("kernel", &["--repeats", &REPEATS.to_string()])?;
     eprintln!("bench: SYN flood on the lab, XDP vs nftables");
-    let flood = json_of(
-        Command::new(target_dir().join("release/examples/flood_bench"))
-            .args(["--repeats", &FLOOD_REPEATS.to_string()])
-            .args(["--syns", &FLOOD_SYNS.to_string()]),
+    let flood = bench(
+        "flood",
+        &[
+            "--repeats",
+            &FLOOD_REPEATS.to_string(),
+            "--syns",
+            &FLOOD_SYNS.to_string(),
+        ],
     )?;
     eprintln!("bench: ESMTP engine in process");
     let engine = engine()?;
     eprintln!("bench: SMTP through the inspector vs direct, RSS per session");
-    let smtp = json_of(
-        Command::new(target_dir().join("release/examples/smtp_bench"))
-            .args(["--repeats", &REPEATS.to_string()])
-            .args(["--sessions", &SMTP_SESSIONS.to_string()])
-            .arg("--inspector")
-            .arg(target_dir().join("release/inspector")),
+    let smtp = bench(
+        "smtp",
+        &[
+            "--repeats",
+            &REPEATS.to_string(),
+            "--sessions",
+            &SMTP_SESSIONS.to_string(),
+        ],
     )?;
 
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
@@ -67,13 +70,6 @@ pub fn run() -> Result<()> {
     std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: wrote {}", path.display());
     Ok(())
-}
-
-/// Where cargo builds: `CARGO_TARGET_DIR` when set, else `target/`.
-fn target_dir() -> std::path::PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
@@ -93,13 +89,26 @@ fn json_of(cmd: &mut Command) -> Result<Value> {
     serde_json::from_str(text.trim()).with_context(|| format!("parsing {text:?}"))
 }
 
-fn engine() -> Result<Value> {
+/// `cargo bench -p inspector --bench NAME -- ARGS`: the one JSON object
+/// the bench prints.
+fn bench(name: &str, args: &[&str]) -> Result<Value> {
+    json_of(
+        cargo_command()
+            .args(["bench", "-p", "inspector", "--bench", name, "--"])
+            .args(args),
+    )
+}
+
+fn cargo_command() -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let text = output(
-        Command::new(cargo)
-            .args(["bench", "-p", "inspector-esmtp", "--bench", "engine"])
-            .current_dir(workspace_root()),
-    )?;
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn engine() -> Result<Value> {
+    let text =
+        output(cargo_command().args(["bench", "-p", "inspector-esmtp", "--bench", "engine"]))?;
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("json: "))
@@ -318,14 +327,14 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
     writeln!(w, "\n## SMTP through the inspector\n")?;
     writeln!(
         w,
-        "`inspector run` on the lab's gateway with the engine, Postfix's `smtp-sink` \
+        "`inspector run` on the lab's gateway with the proxy, Postfix's `smtp-sink` \
          on the server, Postfix's `smtp-source` in the client namespace. The \
          inspected path is the server's address `198.18.1.25`: sessions are steered \
-         into the engine, which relays them to the server. The direct path is the \
+         into the proxy, which relays them to the server. The direct path is the \
          same `smtp-sink` on the server's second address `198.18.1.26`, exempt in \
          the policy (`[[exempt]]`): same namespaces, routes and sink, only the \
-         engine left out (the run checks that every inspected session reached the \
-         engine and no exempt one did). The two alternate; medians of {} runs each.\n",
+         proxy left out (the run checks that every inspected session reached the \
+         proxy and no exempt one did). The two alternate; medians of {} runs each.\n",
         smtp["repeats"]
     )?;
     writeln!(w, "| workload | inspected | direct | inspected / direct |")?;
@@ -358,8 +367,8 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
     if li > ld {
         writeln!(
             w,
-            "\nA ratio above 1 for large messages does not make the engine free. A \
-             likely reason, not profiled: the engine terminates TCP, so the bytes \
+            "\nA ratio above 1 for large messages does not make the proxy free. A \
+             likely reason, not profiled: the proxy terminates TCP, so the bytes \
              travel over two connections, each with buffers of its own, where the \
              direct path is one connection forwarded by the gateway."
         )?;
@@ -402,9 +411,9 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
         w,
         "The daemon's RSS (`VmRSS`) before and after opening {sessions:.0} idle \
          inspected sessions from the client namespace (each has read its greeting, \
-         so the engine holds the client's and the server's connection; opened in \
+         so the proxy holds the client's and the server's connection; opened in \
          {:.1} s), divided by the sessions. `max-sessions` in the policy's \
-         `[engine]` table allows them.",
+         `[proxy]` table allows them.",
         f(m, "opened_in_s")?
     )?;
     if sessions < requested {

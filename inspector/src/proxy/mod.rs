@@ -1,5 +1,5 @@
 //! The proxy runtime (tokio): accepts the flagged sessions the kernel
-//! steers to the engine's transparent listeners, and runs one task per
+//! steers to its transparent listeners, and runs one task per
 //! session that drives the sans-IO engine (`inspector_esmtp::Session`)
 //! between the client and a connection to the original destination.
 //!
@@ -7,9 +7,8 @@
 //! kernel picks it by route), so the server's replies come back to the
 //! gateway by ordinary routing and need no steering; or, with
 //! `upstream-source = "client"`, from the client's address (see
-//! [`UpstreamSource`]).
+//! [`UpstreamSource`](crate::config::UpstreamSource)).
 
-pub mod config;
 pub mod session;
 
 use std::{
@@ -25,9 +24,7 @@ use inspector_esmtp::Peers;
 use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use crate::esmtp_state::EsmtpState;
-
-pub use config::{EngineConfig, Timeouts, UpstreamSource};
+use crate::{config::ProxyConfig, observe::esmtp::EsmtpState};
 
 /// Sent to a client over `max-sessions`.
 const TOO_MANY: &[u8] = b"421 4.3.2 Too many sessions, try again later\r\n";
@@ -38,7 +35,7 @@ const LOOP: &[u8] = b"421 4.3.0 Not a mail server\r\n";
 pub struct Shared {
     /// The policy, its counters, the session gauges and the audit log.
     pub esmtp: Arc<EsmtpState>,
-    pub config: EngineConfig,
+    pub config: ProxyConfig,
     pub counters: Counters,
 }
 
@@ -49,7 +46,7 @@ pub struct Counters {
     pub refused: AtomicU64,
 }
 
-/// The engine's listeners on port 25, IPv4 and IPv6, with `IP_TRANSPARENT`
+/// The proxy's listeners on port 25, IPv4 and IPv6, with `IP_TRANSPARENT`
 /// so they accept connections to any address the policy route delivers
 /// locally; `getsockname()` of an accepted socket is the original
 /// destination.

@@ -20,8 +20,8 @@ use tokio::{
     time::{Instant, sleep_until, timeout},
 };
 
-use super::{Shared, UpstreamSource};
-use crate::esmtp_state::SessionOutcome;
+use super::Shared;
+use crate::{config::UpstreamSource, observe::esmtp::SessionOutcome};
 
 /// Bytes read from one side at a time.
 pub const READ_BUF: usize = 16 * 1024;
@@ -30,7 +30,7 @@ pub const READ_BUF: usize = 16 * 1024;
 const UNREACHABLE: &[u8] = b"421 4.4.1 Service not available, the server cannot be reached\r\n";
 /// Sent between commands when the session times out.
 const TIMED_OUT: &[u8] = b"421 4.4.2 Timeout, closing connection\r\n";
-/// Sent between commands when the engine stops.
+/// Sent between commands when the proxy stops.
 const SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down, closing connection\r\n";
 
 /// How a session ended, for the log.

@@ -3,8 +3,8 @@
 //! test fails.
 #![allow(dead_code)] // each test binary uses a different part
 
-pub mod packets;
 pub mod postfix;
+pub mod proxy;
 
 use std::{
     path::{Path, PathBuf},
@@ -13,11 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use inspector_lab::inspector::wait_until;
 use inspector_lab::{Lab, ScopedChild};
 
 /// A bpffs directory of its own per test, so tests run in parallel and never
 /// touch a real deployment's maps. Unloaded on drop.
-pub struct PinDir(inspector::bpffs::OwnedPinDir);
+pub struct PinDir(inspector::kernel::bpffs::OwnedPinDir);
 
 impl PinDir {
     pub fn new(test: &str) -> Self {
@@ -26,7 +27,7 @@ impl PinDir {
             std::process::id()
         ));
         Self(
-            inspector::bpffs::OwnedPinDir::new(dir)
+            inspector::kernel::bpffs::OwnedPinDir::new(dir)
                 .expect("preparing bpffs (these tests need root)"),
         )
     }
@@ -75,8 +76,8 @@ pub fn start_daemon(
     policy: Option<&Path>,
 ) -> ScopedChild {
     // The kernel programs only: these tests count and limit the packets of
-    // connections to the lab's servers, which the engine would terminate.
-    start_daemon_with(lab, pins, ifaces, policy, &["--no-engine"])
+    // connections to the lab's servers, which the proxy would terminate.
+    start_daemon_with(lab, pins, ifaces, policy, &["--no-proxy"])
 }
 
 /// [`start_daemon`] with more arguments for `inspector run`.
@@ -145,18 +146,4 @@ impl Drop for PolicyFile {
 /// `inspector stats --json`, parsed.
 pub fn stats_json(pin_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&cli_ok(pin_dir, &["stats", "--json"])).expect("stats --json is JSON")
-}
-
-/// Polls `check` every 50 ms until it holds or `within` passes.
-pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        sleep(Duration::from_millis(50));
-    }
 }

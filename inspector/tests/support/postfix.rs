@@ -5,8 +5,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    thread::sleep,
-    time::{Duration, Instant},
 };
 
 use inspector_lab::Netns;
@@ -100,22 +98,8 @@ biff = no
             String::from_utf8_lossy(&out.stderr),
             pf.log()
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = ns
-                .command("ss")
-                .args(["-ltnH", "sport = :25"])
-                .output()
-                .unwrap();
-            if !out.stdout.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "postfix not listening: {}",
-                pf.log()
-            );
-            sleep(Duration::from_millis(50));
+        if let Err(e) = ns.wait_listening("0.0.0.0:25") {
+            panic!("postfix not listening ({e}): {}", pf.log());
         }
         pf
     }

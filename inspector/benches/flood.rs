@@ -1,0 +1,306 @@
+//! The SYN-flood half of `cargo xtask bench` (needs root): on a lab of its
+//! own, a spoofed SYN flood to a protected server held at 100 half-open
+//! connections, dropped either by our XDP limit (`max-embryonic = 100`,
+//! `on-embryonic-limit = "drop"`) or by the same limit in nftables
+//! (`ct count over 100`) on the gateway's forward hook. The two alternate,
+//! `--repeats` times each, with the same sender; prints one JSON object with
+//! the median SYNs dropped per second of each.
+//!
+//! Then, with TCP intercept (`on-embryonic-limit = "intercept"`), a real
+//! client completes SMTP sessions (connect, greeting, QUIT) with Postfix's
+//! `smtp-sink` for `--seconds` at a time, alternately during a steady
+//! spoofed flood and without it (the flood's half-open entries expired
+//! first): the median sessions per second of each.
+//!
+//! `cargo bench -p inspector --bench flood -- --repeats 5`
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use inspector::{
+    config::Policy,
+    kernel::{
+        bpffs, limits,
+        limits::LimitStats,
+        loader::{self, AttachMode},
+        sweeper::{self, Sweeper},
+    },
+};
+use inspector_common::DropReason;
+use inspector_lab::{
+    CLIENT_V4, INSIDE, Lab, OUTSIDE, SERVER_V4,
+    figures::median,
+    syn::{SPOOFED_V4, SynFlood},
+};
+
+const LIMIT: u32 = 100;
+const NFT_TABLE: &str = "inspector_bench";
+
+fn main() -> Result<()> {
+    let (mut repeats, mut syns, mut seconds) = (5usize, 200_000usize, 2usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || -> Result<usize> { Ok(args.next().context("a number")?.parse()?) };
+        match arg.as_str() {
+            "--repeats" => repeats = value()?,
+            "--syns" => syns = value()?,
+            "--seconds" => seconds = value()?,
+            // What `cargo bench` passes to every bench.
+            "--bench" => {}
+            _ => bail!("unknown argument {arg}"),
+        }
+    }
+    let pid = std::process::id();
+    let lab = Lab::create(&format!("bf{pid}"))?;
+    let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
+        "/sys/fs/bpf/inspector-bench-flood-{pid}"
+    )))?;
+    // The server's answers to spoofed sources go into the client namespace,
+    // where nothing answers them: every SYN that passes stays half-open.
+    let prefix = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
+    lab.gateway
+        .ip(&["route", "add", &prefix, "via", &CLIENT_V4.to_string()])?;
+    lab.server.sysctl("net.ipv4.tcp_max_syn_backlog", "4096")?;
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    let listener = lab.server.tcp_listen(server, 4096)??;
+    let policy = Policy::parse(
+        Path::new("(bench)"),
+        &format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-embryonic = {LIMIT}\n\
+             on-embryonic-limit = \"drop\"\n"
+        ),
+    )?;
+    let mut flood = SynFlood::new(&lab.client, server)?;
+
+    let (mut xdp, mut nft) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        // Our XDP limit on the gateway's outside interface.
+        let mut ebpf = loader::load(pins.path())?;
+        limits::apply_policy(pins.path(), &policy.servers)?;
+        lab.gateway
+            .run(|| loader::attach_xdp(&mut ebpf, OUTSIDE, AttachMode::Native).map(drop))??;
+        let xdp_drops = || -> Result<u64> {
+            Ok(LimitStats::read(pins.path(), 0)?.drops[DropReason::MaxEmbryonic as usize])
+        };
+        xdp.push(measure(&mut flood, syns, xdp_drops)?);
+        drop(ebpf); // detaches
+
+        // The same limit in nftables.
+        nft_script(
+            &lab,
+            &format!(
+                "table inet {NFT_TABLE} {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  \
+                 ip daddr {SERVER_V4} tcp dport 25 ct state new ct count over {LIMIT} counter drop\n }}\n}}\n"
+            ),
+        )?;
+        let result = measure(&mut flood, syns, || nft_drops(&lab));
+        nft_script(&lab, &format!("delete table inet {NFT_TABLE}\n"))?;
+        nft.push(result?);
+    }
+    drop(listener);
+    let sessions = sessions_through_flood(&lab, flood, repeats, seconds)?;
+    let out = serde_json::json!({
+        "repeats": repeats,
+        "syns": syns,
+        "limit": LIMIT,
+        "xdp_drops_per_s": median(xdp),
+        "nft_drops_per_s": median(nft),
+        "sessions": sessions,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// SYNs per burst and the pause between bursts of the steady flood.
+const BURST: usize = 100;
+const PAUSE: Duration = Duration::from_millis(5);
+
+/// SMTP sessions per second with TCP intercept, during a steady flood and
+/// without it, alternating.
+fn sessions_through_flood(
+    lab: &Lab,
+    mut flood: SynFlood,
+    repeats: usize,
+    seconds: usize,
+) -> Result<serde_json::Value> {
+    let pid = std::process::id();
+    let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
+        "/sys/fs/bpf/inspector-bench-intercept-{pid}"
+    )))?;
+    let policy = Policy::parse(
+        Path::new("(bench)"),
+        &format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-embryonic = {LIMIT}\n\
+             on-embryonic-limit = \"intercept\"\n"
+        ),
+    )?;
+    let mut ebpf = loader::load(pins.path())?;
+    limits::apply_policy(pins.path(), &policy.servers)?;
+    // Generic XDP, as in the intercept test: native XDP_TX on a veth needs
+    // NAPI on its peer.
+    for iface in [OUTSIDE, INSIDE] {
+        lab.gateway
+            .run(|| loader::attach_xdp(&mut ebpf, iface, AttachMode::Generic).map(drop))??;
+    }
+    let _sink = lab.server.spawn(lab.server.command("smtp-sink").args([
+        "-u",
+        "nobody",
+        &format!("{SERVER_V4}:25"),
+        "4096",
+    ]))?;
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while smtp_session(lab, server).is_err() {
+        if Instant::now() > deadline {
+            bail!("smtp-sink does not answer on {server}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let window = Duration::from_secs(seconds as u64);
+    let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
+    let mut syns_sent = 0usize;
+    let mut flood_secs = 0.0;
+    let mut sweeper = Sweeper::open(pins.path(), policy.timeouts)?;
+    for _ in 0..repeats {
+        // Start from an empty embryonic count: expire what the last flood
+        // left (as the daemon's sweeper would after the embryonic timeout).
+        let later = policy.timeouts.embryonic + Duration::from_secs(1);
+        sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
+        let embryonic = LimitStats::read(pins.path(), 0)?.servers[0].embryonic;
+        if embryonic != 0 {
+            bail!("{embryonic} embryonic connections left after the sweep");
+        }
+        quiet.push(sessions_per_s(lab, server, window)?);
+        let stop = AtomicBool::new(false);
+        let (rate, sent) = std::thread::scope(|scope| {
+            let flooding = scope.spawn(|| -> Result<usize> {
+                let mut sent = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    flood.send(BURST)?;
+                    sent += BURST;
+                    std::thread::sleep(PAUSE);
+                }
+                Ok(sent)
+            });
+            std::thread::sleep(Duration::from_millis(200)); // fill the limit first
+            let rate = sessions_per_s(lab, server, window);
+            stop.store(true, Ordering::Relaxed);
+            (rate, flooding.join().expect("flood thread"))
+        });
+        flooded.push(rate?);
+        syns_sent += sent?;
+        flood_secs += window.as_secs_f64() + 0.2;
+    }
+    let stats = LimitStats::read(pins.path(), 0)?;
+    let cookies = stats.intercepts[inspector_common::InterceptEvent::CookieSent as usize];
+    if cookies == 0 {
+        bail!("no SYN cookie was sent: the flood did not reach the intercept limit");
+    }
+    Ok(serde_json::json!({
+        "seconds": seconds,
+        "quiet_per_s": median(quiet),
+        "flood_per_s": median(flooded),
+        "flood_syns_per_s": syns_sent as f64 / flood_secs,
+        "syn_cookies_sent": cookies,
+    }))
+}
+
+/// Complete SMTP sessions per second over `window`, one after another.
+fn sessions_per_s(lab: &Lab, server: SocketAddr, window: Duration) -> Result<f64> {
+    let start = Instant::now();
+    let mut done = 0u32;
+    while start.elapsed() < window {
+        smtp_session(lab, server)?;
+        done += 1;
+    }
+    Ok(f64::from(done) / start.elapsed().as_secs_f64())
+}
+
+/// Connect from the client, read the greeting, QUIT, read the goodbye.
+fn smtp_session(lab: &Lab, server: SocketAddr) -> Result<()> {
+    lab.client.run(|| -> Result<()> {
+        let stream = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut reader = BufReader::new(&stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("220") {
+            bail!("greeting {line:?}");
+        }
+        (&stream).write_all(b"QUIT\r\n")?;
+        line.clear();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("221") {
+            bail!("QUIT answered {line:?}");
+        }
+        Ok(())
+    })?
+}
+
+/// Fills the limit, then sends `syns` more and returns the SYNs dropped per
+/// second of sending. Fails unless nearly all of them were dropped.
+fn measure(flood: &mut SynFlood, syns: usize, drops: impl Fn() -> Result<u64>) -> Result<f64> {
+    flood.send(2 * LIMIT as usize)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = drops()?;
+    let start = Instant::now();
+    flood.send(syns)?;
+    let elapsed = start.elapsed();
+    // Let the last packets through the path before reading.
+    let mut last = drops()?;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = drops()?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let dropped = last - before;
+    if (dropped as f64) < syns as f64 * 0.99 {
+        bail!("only {dropped} of {syns} SYNs were dropped: the limit did not hold");
+    }
+    Ok(dropped as f64 / elapsed.as_secs_f64())
+}
+
+fn nft_script(lab: &Lab, script: &str) -> Result<()> {
+    let mut child = lab
+        .gateway
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .context("starting nft (is nftables installed?)")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("nft -f failed ({status}) on:\n{script}");
+    }
+    Ok(())
+}
+
+/// Packets the nftables rule dropped (`counter packets N`).
+fn nft_drops(lab: &Lab) -> Result<u64> {
+    let out = lab
+        .gateway
+        .command("nft")
+        .args(["list", "table", "inet", NFT_TABLE])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no counter in {text}"))
+}

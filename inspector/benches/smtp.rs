@@ -1,0 +1,430 @@
+//! The SMTP half of `cargo xtask bench` (needs root): on a lab of its own,
+//! `inspector run` on the gateway with the proxy, Postfix's `smtp-sink` on
+//! the server listening on both of the server's addresses. Sessions to
+//! `SERVER_V4` are steered into the proxy; `MAIL_GATEWAY_V4` is exempt in
+//! the policy (`[[exempt]]`), so sessions to it are the direct path: the same
+//! sink, the same namespaces and routes, only the proxy left out. The two
+//! alternate, `--repeats` times each:
+//!
+//! - messages per second of `smtp-source -s 10 -m 2000 -l 1024` (a new
+//!   session per message, as smtp-source does without `-d`);
+//! - MB/s of `smtp-source -s 1 -m 10 -l 10485760` (10 MiB messages);
+//! - the latency of single transactions (MAIL, RCPT, DATA, 1 KiB, `.`, each
+//!   waiting for its reply) on one open session, and of whole sessions
+//!   (connect, greeting, QUIT), timed one by one by a client in this
+//!   process: median and p99 over all samples of each path.
+//!
+//! Then the daemon's RSS (`VmRSS`) before and after opening `--sessions`
+//! idle inspected sessions (each has read its greeting, so the proxy holds
+//! both the client's and the server's connection). The daemon holds two
+//! sockets per session: when its descriptor limit (raised as far as the
+//! hard limit allows; further needs `CAP_SYS_RESOURCE`) cannot hold them
+//! all, it measures as many as fit, in whole hundreds, and says so in the
+//! JSON (`requested_sessions`, `nofile_limit`).
+//!
+//! `cargo bench -p inspector --bench smtp -- --repeats 5 --sessions 10000`
+//! (`--inspector PATH` for another `inspector` binary than the one cargo
+//! builds with the bench).
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use inspector::kernel::bpffs;
+use inspector_lab::{
+    Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4, ScopedChild,
+    figures::{median, quantile, rss_kib},
+    inspector::{Scratch, read, start_proxy, wait_until},
+};
+
+const SMALL_SESSIONS: usize = 10;
+const SMALL_MESSAGES: usize = 2000;
+const SMALL_BYTES: usize = 1024;
+const LARGE_MESSAGES: usize = 10;
+const LARGE_BYTES: usize = 10 << 20;
+const TRANSACTIONS: usize = 200;
+const SESSIONS: usize = 200;
+
+fn main() -> Result<()> {
+    let (mut repeats, mut sessions) = (5usize, 10_000usize);
+    let mut inspector = PathBuf::from(env!("CARGO_BIN_EXE_inspector"));
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().context("a value");
+        match arg.as_str() {
+            "--repeats" => repeats = value()?.parse()?,
+            "--sessions" => sessions = value()?.parse()?,
+            "--inspector" => inspector = value()?.into(),
+            // What `cargo bench` passes to every bench.
+            "--bench" => {}
+            _ => bail!("unknown argument {arg}"),
+        }
+    }
+    if !inspector.exists() {
+        bail!(
+            "no inspector binary at {} (build it, or pass --inspector)",
+            inspector.display()
+        );
+    }
+    // Every socket of the sessions is a descriptor: in this process (the
+    // client), in the daemon (client and server side) and in smtp-sink,
+    // which inherit the limit. Without CAP_SYS_RESOURCE the hard limit
+    // caps it.
+    let nofile = raise_nofile(2 * sessions as u64 + 4096)?;
+
+    let pid = std::process::id();
+    let lab = Lab::create(&format!("bs{pid}"))?;
+    let pins = bpffs::OwnedPinDir::new(PathBuf::from(format!(
+        "/sys/fs/bpf/inspector-bench-smtp-{pid}"
+    )))?;
+    let scratch = Scratch::new(std::env::temp_dir().join(format!("inspector-bench-smtp-{pid}")))?;
+    let policy = scratch.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[[exempt]]\nnetwork = \"{MAIL_GATEWAY_V4}\"\n\n[proxy]\nmax-sessions = {}\n",
+            sessions + 100
+        ),
+    )?;
+    for ns in [&lab.client, &lab.server] {
+        ns.sysctl("net.core.somaxconn", "4096")?;
+        ns.sysctl("net.ipv4.tcp_max_syn_backlog", "4096")?;
+    }
+    lab.gateway.sysctl("net.core.somaxconn", "4096")?;
+
+    // `-m`: smtp-sink serves 256 connections at once unless told more.
+    let concurrency = (sessions + 100).to_string();
+    let _sink = lab.server.spawn(lab.server.command("smtp-sink").args([
+        "-u",
+        "nobody",
+        "-m",
+        &concurrency,
+        "0.0.0.0:25",
+        "4096",
+    ]))?;
+    let log = scratch.path().join("daemon.log");
+    let args = [
+        "--iface".as_ref(),
+        OUTSIDE.as_ref(),
+        "--policy".as_ref(),
+        policy.as_os_str(),
+    ];
+    let mut daemon = start_proxy(&lab.gateway, &inspector, pins.path(), &args, &log)?;
+    let inspected = SocketAddr::new(SERVER_V4.into(), 25);
+    let direct = SocketAddr::new(MAIL_GATEWAY_V4.into(), 25);
+    for server in [inspected, direct] {
+        if !wait_until(Duration::from_secs(10), || {
+            session(&lab.client, server).is_ok()
+        }) {
+            bail!("timed out waiting for a greeting from {server}");
+        }
+    }
+    let steered = || inspecting(&log);
+
+    // Throughput and latency, alternating, checking each path went where
+    // it should.
+    let mut small = (Vec::new(), Vec::new());
+    let mut large = (Vec::new(), Vec::new());
+    let mut transaction = (Vec::new(), Vec::new());
+    let mut whole = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        for (server, is_inspected) in [(inspected, true), (direct, false)] {
+            let before = steered();
+            eprintln!("smtp_bench: {server}: smtp-source, small messages");
+            let s = smtp_source(&lab, server, SMALL_SESSIONS, SMALL_MESSAGES, SMALL_BYTES)?;
+            let l = smtp_source(&lab, server, 1, LARGE_MESSAGES, LARGE_BYTES)?;
+            eprintln!("smtp_bench: {server}: latency");
+            let (t, w) = lab
+                .client
+                .run(|| latencies(server))?
+                .with_context(|| format!("timing transactions to {server}"))?;
+            let through_engine = steered() - before;
+            let expected = SMALL_MESSAGES + LARGE_MESSAGES + 1 + SESSIONS;
+            if is_inspected && through_engine < expected {
+                bail!("only {through_engine} of {expected} sessions to {server} were inspected");
+            }
+            if !is_inspected && through_engine != 0 {
+                bail!("{through_engine} sessions to the exempt {server} were inspected");
+            }
+            let (sm, la, tr, wh) = if is_inspected {
+                (&mut small.0, &mut large.0, &mut transaction.0, &mut whole.0)
+            } else {
+                (&mut small.1, &mut large.1, &mut transaction.1, &mut whole.1)
+            };
+            sm.push(SMALL_MESSAGES as f64 / s.as_secs_f64());
+            la.push((LARGE_MESSAGES * LARGE_BYTES) as f64 / 1e6 / l.as_secs_f64());
+            tr.extend(t);
+            wh.extend(w);
+        }
+    }
+
+    // The daemon holds two sockets per session: as many as its descriptor
+    // limit allows, in whole hundreds.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.child().id()))?.count() as u64;
+    let fit = (nofile.saturating_sub(fds + 64) / 2 / 100 * 100) as usize;
+    let measured = sessions.min(fit);
+    eprintln!("smtp_bench: {measured} idle sessions");
+    let mut memory = memory(&lab, &mut daemon, &log, inspected, measured)
+        .with_context(|| format!("daemon log:\n{}", tail(&read(&log))))?;
+    memory["requested_sessions"] = sessions.into();
+    memory["nofile_limit"] = nofile.into();
+    drop(daemon);
+
+    let us = |v: &mut Vec<f64>, q: f64| quantile(v, q) * 1e6;
+    let out = serde_json::json!({
+        "repeats": repeats,
+        "direct_path": "the same smtp-sink on a second server address, exempt in the policy",
+        "small": {
+            "sessions": SMALL_SESSIONS,
+            "messages": SMALL_MESSAGES,
+            "bytes": SMALL_BYTES,
+            "inspected_msgs_per_s": median(small.0),
+            "direct_msgs_per_s": median(small.1),
+        },
+        "large": {
+            "messages": LARGE_MESSAGES,
+            "bytes": LARGE_BYTES,
+            "inspected_mb_per_s": median(large.0),
+            "direct_mb_per_s": median(large.1),
+        },
+        "latency": {
+            "transactions": transaction.0.len(),
+            "sessions": whole.0.len(),
+            "transaction_inspected_median_us": us(&mut transaction.0, 0.5),
+            "transaction_inspected_p99_us": us(&mut transaction.0, 0.99),
+            "transaction_direct_median_us": us(&mut transaction.1, 0.5),
+            "transaction_direct_p99_us": us(&mut transaction.1, 0.99),
+            "session_inspected_median_us": us(&mut whole.0, 0.5),
+            "session_inspected_p99_us": us(&mut whole.0, 0.99),
+            "session_direct_median_us": us(&mut whole.1, 0.5),
+            "session_direct_p99_us": us(&mut whole.1, 0.99),
+        },
+        "memory": memory,
+    });
+    println!("{out}");
+    Ok(())
+}
+
+/// Raises RLIMIT_NOFILE to `want`, or as far as the hard limit lets an
+/// unprivileged raise go; returns the new soft limit.
+fn raise_nofile(want: u64) -> Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        bail!("getrlimit: {}", std::io::Error::last_os_error());
+    }
+    let mut raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want.max(limit.rlim_max),
+    };
+    // SAFETY: setrlimit with a valid struct; affects this process and the
+    // children it starts afterwards.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return Ok(want);
+    }
+    raised = libc::rlimit {
+        rlim_cur: want.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit with a valid struct; affects this process and the
+    // children it starts afterwards.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        bail!(
+            "raising RLIMIT_NOFILE to {}: {}",
+            raised.rlim_cur,
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(raised.rlim_cur)
+}
+
+fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Sessions the engine has taken so far (one log line each).
+fn inspecting(log: &Path) -> usize {
+    read(log).matches(": inspecting").count()
+}
+
+/// Runs smtp-source from the client namespace; returns its run time.
+fn smtp_source(
+    lab: &Lab,
+    server: SocketAddr,
+    sessions: usize,
+    messages: usize,
+    bytes: usize,
+) -> Result<Duration> {
+    let mut cmd = lab.client.command("smtp-source");
+    cmd.args(["-s", &sessions.to_string()])
+        .args(["-m", &messages.to_string()])
+        .args(["-l", &bytes.to_string()])
+        .args(["-f", "a@client.test", "-t", "b@server.test"])
+        .arg(server.to_string());
+    let start = Instant::now();
+    let out = cmd.output().context("starting smtp-source")?;
+    let elapsed = start.elapsed();
+    if !out.status.success() || !out.stderr.is_empty() {
+        bail!(
+            "smtp-source to {server} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
+}
+
+/// A line-oriented SMTP client on one connection.
+struct Client {
+    reader: BufReader<TcpStream>,
+    line: String,
+}
+
+impl Client {
+    fn connect(server: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        let mut c = Self {
+            reader: BufReader::new(stream),
+            line: String::new(),
+        };
+        c.expect("220")?;
+        Ok(c)
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(self.reader.get_mut().write_all(bytes)?)
+    }
+
+    /// Reads one reply, multi-line ones whole; fails unless it has `code`.
+    fn expect(&mut self, code: &str) -> Result<()> {
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line)? == 0 {
+                bail!("connection closed waiting for {code}");
+            }
+            if !self.line.starts_with(code) {
+                bail!("expected {code}, got {:?}", self.line);
+            }
+            if self.line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(());
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: &[u8], code: &str) -> Result<()> {
+        self.send(cmd)?;
+        self.expect(code)
+    }
+}
+
+/// Connect, greeting, QUIT, goodbye.
+fn session(ns: &Netns, server: SocketAddr) -> Result<()> {
+    ns.run(|| -> Result<()> {
+        let mut c = Client::connect(server)?;
+        c.command(b"QUIT\r\n", "221")
+    })?
+}
+
+/// Seconds per transaction on one open session, and per whole session.
+fn latencies(server: SocketAddr) -> Result<(Vec<f64>, Vec<f64>)> {
+    let mut body = Vec::with_capacity(SMALL_BYTES + 64);
+    body.extend_from_slice(b"Subject: latency\r\n\r\n");
+    while body.len() < SMALL_BYTES {
+        body.extend_from_slice(
+            b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq\r\n",
+        );
+    }
+    body.extend_from_slice(b".\r\n");
+    let mut c = Client::connect(server)?;
+    c.command(b"EHLO client.test\r\n", "250")?;
+    let mut transactions = Vec::with_capacity(TRANSACTIONS);
+    for _ in 0..TRANSACTIONS {
+        let start = Instant::now();
+        c.command(b"MAIL FROM:<a@client.test>\r\n", "250")?;
+        c.command(b"RCPT TO:<b@server.test>\r\n", "250")?;
+        c.command(b"DATA\r\n", "354")?;
+        c.command(&body, "250")?;
+        transactions.push(start.elapsed().as_secs_f64());
+    }
+    c.command(b"QUIT\r\n", "221")?;
+    let mut sessions = Vec::with_capacity(SESSIONS);
+    for _ in 0..SESSIONS {
+        let start = Instant::now();
+        let mut c = Client::connect(server)?;
+        c.command(b"QUIT\r\n", "221")?;
+        sessions.push(start.elapsed().as_secs_f64());
+    }
+    Ok((transactions, sessions))
+}
+
+/// The daemon's RSS before and after opening `count` idle inspected
+/// sessions, each past its greeting.
+fn memory(
+    lab: &Lab,
+    daemon: &mut ScopedChild,
+    log: &Path,
+    server: SocketAddr,
+    count: usize,
+) -> Result<serde_json::Value> {
+    let pid = daemon.child().id();
+    let before_sessions = inspecting(log);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid)?;
+    let start = Instant::now();
+    let streams = lab.client.run(|| -> Result<Vec<TcpStream>> {
+        let mut streams = Vec::with_capacity(count);
+        // In batches: connect a batch, then read its greetings.
+        for batch in 0..count.div_ceil(200) {
+            let n = (count - batch * 200).min(200);
+            let mut opened = Vec::with_capacity(n);
+            for _ in 0..n {
+                let s = TcpStream::connect_timeout(&server, Duration::from_secs(10)).with_context(
+                    || format!("connection {} of {count}", streams.len() + opened.len()),
+                )?;
+                opened.push(s);
+            }
+            for s in &opened {
+                s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let mut greeting = [0u8; 512];
+                let got = (&*s).read(&mut greeting)?;
+                if !greeting[..got].starts_with(b"220") {
+                    bail!(
+                        "session {}: greeting {:?}",
+                        streams.len(),
+                        String::from_utf8_lossy(&greeting[..got])
+                    );
+                }
+            }
+            streams.extend(opened);
+        }
+        Ok(streams)
+    })??;
+    let opened_in = start.elapsed();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid)?;
+    let taken = inspecting(log) - before_sessions;
+    if taken < count {
+        bail!("only {taken} of {count} sessions reached the engine");
+    }
+    if daemon.child().try_wait()?.is_some() {
+        bail!("the daemon exited:\n{}", read(log));
+    }
+    drop(streams);
+    Ok(serde_json::json!({
+        "sessions": count,
+        "opened_in_s": opened_in.as_secs_f64(),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "bytes_per_session": (after.saturating_sub(before) * 1024) as f64 / count as f64,
+    }))
+}

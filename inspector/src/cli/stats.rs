@@ -1,0 +1,158 @@
+//! `inspector stats`: the kernel's class counters and limits (read from the
+//! pinned maps) and each running daemon's ESMTP counters (read from its
+//! stats socket), as text or JSON.
+
+use std::path::Path;
+
+use anyhow::Result;
+use inspector_common::{Class, DropReason, InterceptEvent};
+
+use crate::{
+    daemon::lock::IfaceLock,
+    kernel::{counters::ClassStats, limits::LimitStats},
+    observe::{esmtp::EsmtpSnapshot, stats_socket},
+};
+
+pub fn show(pin_dir: &Path, json: bool, top: usize) -> Result<()> {
+    let classes = ClassStats::read(pin_dir)?;
+    let limits = LimitStats::read(pin_dir, top)?;
+    let esmtp = read_daemons(pin_dir);
+    if json {
+        let mut out = classes_json(&classes);
+        out["limits"] = limits_json(&limits);
+        out["esmtp"] = esmtp
+            .iter()
+            .map(|(pid, snap)| match snap {
+                Ok(snap) => serde_json::json!(snap),
+                Err(e) => serde_json::json!({"pid": pid, "error": format!("{e:#}")}),
+            })
+            .collect();
+        println!("{out}");
+    } else {
+        print!("{}{}", classes_text(&classes), limits_text(&limits));
+        println!();
+        if esmtp.is_empty() {
+            println!("ESMTP: no daemon is running with {}", pin_dir.display());
+        }
+        for (pid, snap) in esmtp {
+            match snap {
+                Ok(snap) => print!("{}", esmtp_text(pid, &snap)),
+                Err(e) => println!("ESMTP (daemon pid {pid}): {e:#}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ESMTP counters of every daemon running with `pin_dir` (normally
+/// one), by pid: the daemons are found through their interface locks, so
+/// this works across network namespaces.
+fn read_daemons(pin_dir: &Path) -> Vec<(u32, Result<EsmtpSnapshot>)> {
+    let mut pids: Vec<u32> = IfaceLock::holders(pin_dir).iter().map(|h| h.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids.into_iter()
+        .map(|pid| (pid, stats_socket::read(pid)))
+        .collect()
+}
+
+fn esmtp_text(pid: u32, snap: &EsmtpSnapshot) -> String {
+    let ended: Vec<String> = snap
+        .sessions
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    format!(
+        "ESMTP (daemon pid {pid})\n{}  sessions: active {}, ended: {}; audit records dropped {}\n",
+        snap.show,
+        snap.sessions_active,
+        ended.join(", "),
+        snap.audit_dropped
+    )
+}
+
+/// `{"classes": {"pass": {"packets": N, "bytes": N}, ...}}`
+/// `{"classes": {"pass": {"packets": N, "bytes": N}, ...}}`
+fn classes_json(classes: &ClassStats) -> serde_json::Value {
+    let by_class: serde_json::Map<String, serde_json::Value> = Class::ALL
+        .iter()
+        .map(|&c| (c.name().to_string(), serde_json::json!(classes.get(c))))
+        .collect();
+    serde_json::json!({ "classes": by_class })
+}
+
+fn classes_text(classes: &ClassStats) -> String {
+    let mut out = format!("{:<10} {:>14} {:>18}\n", "class", "packets", "bytes");
+    for class in Class::ALL {
+        let c = classes.get(class);
+        out += &format!("{:<10} {:>14} {:>18}\n", class.name(), c.packets, c.bytes);
+    }
+    out
+}
+
+fn limits_json(limits: &LimitStats) -> serde_json::Value {
+    let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        .iter()
+        .map(|&r| (r.name().to_string(), limits.drops[r as usize].into()))
+        .collect();
+    let intercept: serde_json::Map<String, serde_json::Value> = InterceptEvent::ALL
+        .iter()
+        .map(|&e| (e.name().to_string(), limits.intercepts[e as usize].into()))
+        .collect();
+    serde_json::json!({
+        "servers": limits.servers,
+        "clients": limits.clients,
+        "drops": drops,
+        "intercept": intercept,
+    })
+}
+
+fn limits_text(limits: &LimitStats) -> String {
+    let limit = |n| super::limit(n, "-");
+    let mut out = format!(
+        "\n{:<39} {:>10} {:>11} {:>9} {:>13} {:>10} {:>14}\n",
+        "server",
+        "embryonic",
+        "established",
+        "max-conns",
+        "max-embryonic",
+        "per-client",
+        "per-client-emb"
+    );
+    for s in &limits.servers {
+        out += &format!(
+            "{:<39} {:>10} {:>11} {:>9} {:>13} {:>10} {:>14}\n",
+            s.address,
+            s.embryonic,
+            s.established,
+            limit(s.max_conns),
+            limit(s.max_embryonic),
+            limit(s.per_client_max),
+            limit(s.per_client_embryonic_max)
+        );
+    }
+    if limits.servers.is_empty() {
+        out += "(no protected servers)\n";
+    }
+    if !limits.clients.is_empty() {
+        out += &format!(
+            "\n{:<39} {:<39} {:>10} {:>11}\n",
+            "client", "server", "embryonic", "established"
+        );
+        for c in &limits.clients {
+            out += &format!(
+                "{:<39} {:<39} {:>10} {:>11}\n",
+                c.client, c.server, c.embryonic, c.established
+            );
+        }
+    }
+    out += "\nSYNs dropped\n";
+    for reason in DropReason::ALL {
+        out += &format!(
+            "{:<26} {:>14}\n",
+            reason.name(),
+            limits.drops[reason as usize]
+        );
+    }
+    out
+}

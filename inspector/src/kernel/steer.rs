@@ -1,0 +1,92 @@
+//! The steering program (`inspector_steer`, TC clsact ingress): attach,
+//! configure, detach. Its link is pinned in the pin directory
+//! (`steer-<iface>`), so it outlives a daemon that is killed: with
+//! `fail = "closed"` the SYNs of new flagged flows are then dropped; with
+//! `fail = "open"` they go to the server uninspected (see `inspector-ebpf/src/steer.rs`). A clean
+//! stop removes the link.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::Array,
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+    },
+};
+use inspector_common::{FAIL_CLOSED, FAIL_OPEN, STEER_CONFIG_MAP, SteerConfig, programs};
+
+use crate::config::FailMode;
+
+/// The start of a steering link pin's name: `steer-<iface>`.
+const LINK_PREFIX: &str = "steer-";
+
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("{LINK_PREFIX}{iface}"))
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    Ok(ebpf
+        .program_mut(programs::TC_STEER)
+        .context("the object has no steering program")?
+        .try_into()?)
+}
+
+/// Verifies the program and writes its settings.
+pub fn load(ebpf: &mut Ebpf, fail: FailMode) -> Result<()> {
+    program(ebpf)?
+        .load()
+        .context("verifying the steering program")?;
+    let mut config: Array<_, SteerConfig> = Array::try_from(
+        ebpf.map_mut(STEER_CONFIG_MAP)
+            .context("the object has no steering settings map")?,
+    )?;
+    let fail = match fail {
+        FailMode::Open => FAIL_OPEN,
+        FailMode::Closed => FAIL_CLOSED,
+    };
+    config.set(0, SteerConfig { fail, engine: 1 }, 0)?;
+    Ok(())
+}
+
+/// Attaches to `iface`'s ingress (TCX) and pins the link, replacing the
+/// link a killed daemon left.
+pub fn attach(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<()> {
+    let pin = link_pin(pin_dir, iface);
+    detach(&pin)?;
+    let prog = program(ebpf)?;
+    let id = prog
+        .attach(iface, TcAttachType::Ingress)
+        .with_context(|| format!("attaching the steering program to {iface}"))?;
+    let link: FdLink = prog.take_link(id)?.try_into()?;
+    link.pin(&pin)
+        .with_context(|| format!("pinning the steering link at {}", pin.display()))?;
+    Ok(())
+}
+
+/// Removes a pinned link (detaching the program); absent is fine.
+/// Detaches every steering link pinned in `pin_dir` (a killed daemon's).
+pub fn detach_all(pin_dir: &Path) -> Result<()> {
+    let Ok(dir) = std::fs::read_dir(pin_dir) else {
+        return Ok(());
+    };
+    for entry in dir.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(LINK_PREFIX) {
+            detach(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+pub fn detach(pin: &Path) -> Result<()> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(pin)
+        .with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    link.unpin()
+        .with_context(|| format!("unpinning {}", pin.display()))?;
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! Audit sinks: where the ESMTP engine's records (108002 to 108007) go.
+//!
+//! The data path never waits for a sink: [`AuditLog::record`] puts the
+//! record in a bounded queue with `try_send` and returns; one writer thread
+//! per daemon formats and writes. When the queue is full (the sink is slow or
+//! blocked) the record is dropped and counted in [`AuditLog::dropped`]
+//! (`inspector_audit_dropped_total`).
+
+use std::{
+    fmt::Write as _,
+    fs::OpenOptions,
+    io::{self, Write},
+    os::unix::net::UnixDatagram,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, SyncSender, TrySendError},
+    },
+    thread,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+use inspector_esmtp::{AuditEvent, AuditKind, audit::Source};
+
+use crate::config::SinkSpec;
+
+/// `local4`, the facility the original logs to by default.
+const FACILITY_LOCAL4: u8 = 20;
+/// RFC 5424 structured-data id; 32473 is the enterprise number reserved
+/// for documentation (RFC 5612).
+const SD_ID: &str = "esmtp@32473";
+
+/// One record as queued: the event and when it happened.
+struct Queued {
+    time: SystemTime,
+    event: AuditEvent,
+}
+
+/// Writes one record to the sink (on the writer thread).
+type Writer = Box<dyn FnMut(&Queued) -> io::Result<()> + Send>;
+
+/// The handle the proxy's sessions use; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: Option<SyncSender<Queued>>,
+    counts: Arc<AuditCounts>,
+}
+
+#[derive(Debug, Default)]
+pub struct AuditCounts {
+    /// Records handed to the sink's queue.
+    pub queued: AtomicU64,
+    /// Records dropped because the queue was full.
+    pub dropped: AtomicU64,
+    /// Records the sink failed to write (an I/O error).
+    pub failed: AtomicU64,
+    /// Records written.
+    pub written: AtomicU64,
+}
+
+impl AuditLog {
+    /// Starts the writer thread for `spec` with a queue of `capacity`
+    /// records. Opens the file or socket now, so a bad path fails the start.
+    pub fn start(spec: &SinkSpec, capacity: usize) -> Result<Self> {
+        let counts = Arc::new(AuditCounts::default());
+        let mut sink: Writer = match spec {
+            SinkSpec::Off => {
+                return Ok(Self { tx: None, counts });
+            }
+            SinkSpec::Stdout => {
+                let mut out = io::stdout();
+                Box::new(move |q| {
+                    out.write_all(json_line(q.time, &q.event).as_bytes())?;
+                    out.flush()
+                })
+            }
+            SinkSpec::File(path) => {
+                let mut file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening the audit log {}", path.display()))?;
+                Box::new(move |q| file.write_all(json_line(q.time, &q.event).as_bytes()))
+            }
+            SinkSpec::Syslog(socket) => {
+                let sock = UnixDatagram::unbound()?;
+                sock.connect(socket)
+                    .with_context(|| format!("connecting to syslog at {}", socket.display()))?;
+                let host = hostname();
+                let pid = std::process::id();
+                Box::new(move |q| {
+                    sock.send(syslog_message(q.time, &host, pid, &q.event).as_bytes())
+                        .map(drop)
+                })
+            }
+        };
+        let (tx, rx) = mpsc::sync_channel::<Queued>(capacity);
+        let writer_counts = counts.clone();
+        thread::Builder::new().name("audit".into()).spawn(move || {
+            for q in rx {
+                match sink(&q) {
+                    Ok(()) => writer_counts.written.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        log::warn!("audit sink: {e}");
+                        writer_counts.failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })?;
+        Ok(Self {
+            tx: Some(tx),
+            counts,
+        })
+    }
+
+    /// A log that writes nothing (`--audit off`).
+    pub fn off() -> Self {
+        Self {
+            tx: None,
+            counts: Arc::default(),
+        }
+    }
+
+    /// Queues `event` for the sink; never blocks. A full queue drops it
+    /// (counted in [`Self::dropped`]).
+    pub fn record(&self, event: AuditEvent) {
+        let Some(tx) = &self.tx else { return };
+        let queued = Queued {
+            time: SystemTime::now(),
+            event,
+        };
+        match tx.try_send(queued) {
+            Ok(()) => self.counts.queued.fetch_add(1, Ordering::Relaxed),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counts.dropped.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+
+    pub fn counts(&self) -> &AuditCounts {
+        &self.counts
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.counts.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// `2026-11-23T11:13:36.123456Z` (RFC 3339, UTC, microseconds).
+pub fn rfc3339(time: SystemTime) -> String {
+    let d = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_micros()
+    )
+}
+
+/// One JSON object and a newline: the time, the original's id and
+/// severity, the session's addresses, the original's text, and the fields
+/// of the record.
+pub fn json_line(time: SystemTime, event: &AuditEvent) -> String {
+    let mut obj = serde_json::json!({
+        "time": rfc3339(time),
+        "id": event.id(),
+        "severity": event.severity(),
+        "client": event.peers.client.to_string(),
+        "server": event.peers.server.to_string(),
+        "message": event.to_string(),
+    });
+    let fields = &mut obj;
+    match &event.kind {
+        AuditKind::Replaced { data } => fields["data"] = data.as_str().into(),
+        AuditKind::MaliciousAddress { address } => fields["address"] = address.as_str().into(),
+        AuditKind::Classification(c) => {
+            fields["criterion"] = c.criterion.as_str().into();
+            fields["action"] = c.action.as_str().into();
+            fields["value"] = c.value.as_str().into();
+            if let Source::Class(n) = c.source {
+                fields["class"] = n.into();
+            }
+        }
+        AuditKind::SizeViolation { declared, actual } => {
+            fields["declared"] = (*declared).into();
+            fields["actual"] = (*actual).into();
+        }
+        AuditKind::TlsStarted => {}
+    }
+    let mut line = obj.to_string();
+    line.push('\n');
+    line
+}
+
+/// RFC 5424: `<PRI>1 TIME HOST inspector PID ID [esmtp@32473 client=… server=…] MSG`,
+/// the message as the original writes it (`%ASA-4-108004: …` with the
+/// `INSPECTOR` tag), so searches for the ids keep working.
+pub fn syslog_message(time: SystemTime, host: &str, pid: u32, event: &AuditEvent) -> String {
+    let sev = event.severity();
+    let pri = u16::from(FACILITY_LOCAL4) * 8 + u16::from(sev);
+    let mut sd = format!(
+        "[{SD_ID} client=\"{}\" server=\"{}\"",
+        event.peers.client, event.peers.server
+    );
+    if let AuditKind::Classification(c) = &event.kind {
+        let _ = write!(
+            sd,
+            " criterion=\"{}\" action=\"{}\"",
+            sd_escape(&c.criterion),
+            sd_escape(&c.action)
+        );
+    }
+    sd.push(']');
+    format!(
+        "<{pri}>1 {} {} inspector {pid} {} {sd} %INSPECTOR-{sev}-{}: {event}",
+        rfc3339(time),
+        header_field(host),
+        event.id(),
+        event.id()
+    )
+}
+
+/// SD-PARAM values escape `"`, `\` and `]` (RFC 5424 6.3.3).
+fn sd_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '"' | '\\' | ']') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A header field: printable US-ASCII without spaces, at most 255, or `-`.
+fn header_field(s: &str) -> String {
+    let f: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect();
+    if f.is_empty() { "-".into() } else { f }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use inspector_esmtp::{
+        Peers,
+        audit::{Classification, Verdict},
+    };
+
+    use super::*;
+
+    fn event(kind: AuditKind) -> AuditEvent {
+        AuditEvent {
+            peers: Peers {
+                client: "198.18.0.2:40000".parse().unwrap(),
+                server: "198.18.1.25:25".parse().unwrap(),
+            },
+            kind,
+        }
+    }
+
+    fn classification() -> AuditEvent {
+        event(AuditKind::Classification(Classification {
+            verdict: Verdict::Dropped,
+            source: Source::Class(1),
+            criterion: "cmd RCPT count gt 100".into(),
+            action: "drop-connection \"log\"]".into(),
+            value: "101".into(),
+        }))
+    }
+
+    /// 2026-11-23T11:13:36.5Z
+    fn t() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(1_795_432_416_500)
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(t()), "2026-11-23T11:13:36.500000Z");
+        // A leap day.
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn json_lines_carry_id_severity_and_addresses() {
+        let line = json_line(t(), &classification());
+        assert!(line.ends_with('\n') && !line.trim_end().contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], 108004);
+        assert_eq!(v["severity"], 4);
+        assert_eq!(v["client"], "198.18.0.2:40000");
+        assert_eq!(v["server"], "198.18.1.25:25");
+        assert_eq!(v["time"], "2026-11-23T11:13:36.500000Z");
+        assert_eq!(v["class"], 1);
+        assert_eq!(v["value"], "101");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("ESMTP Classification: Dropped connection")
+        );
+        let size = json_line(
+            t(),
+            &event(AuditKind::SizeViolation {
+                declared: 10,
+                actual: 20,
+            }),
+        );
+        let v: serde_json::Value = serde_json::from_str(&size).unwrap();
+        assert_eq!(
+            (v["id"].as_u64(), v["severity"].as_u64()),
+            (Some(108006), Some(7))
+        );
+        assert_eq!(v["actual"], 20);
+    }
+
+    #[test]
+    fn syslog_messages_are_rfc5424() {
+        let m = syslog_message(t(), "gw 1", 42, &classification());
+        // local4 (20) * 8 + warning (4) = 164.
+        assert_eq!(
+            m,
+            "<164>1 2026-11-23T11:13:36.500000Z gw1 inspector 42 108004 \
+             [esmtp@32473 client=\"198.18.0.2:40000\" server=\"198.18.1.25:25\" \
+             criterion=\"cmd RCPT count gt 100\" action=\"drop-connection \\\"log\\\"\\]\"] \
+             %INSPECTOR-4-108004: ESMTP Classification: Dropped connection for ESMTP Request \
+             from outside:198.18.0.2/40000 to inside:198.18.1.25/25; matched Class 1: cmd RCPT count gt 100"
+        );
+        let tls = syslog_message(t(), "", 1, &event(AuditKind::TlsStarted));
+        assert!(tls.starts_with("<166>1 2026-11-23T11:13:36.500000Z - inspector 1 108007 "));
+    }
+}

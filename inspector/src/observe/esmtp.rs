@@ -1,0 +1,240 @@
+//! What the daemon keeps about ESMTP inspection, shared by the proxy's
+//! sessions, the metrics endpoint and the stats socket: the policy, its hit
+//! counters, session gauges and counters, and the audit log.
+//!
+//! The proxy plugs in with a few lines per session:
+//!
+//! ```no_run
+//! # use std::{sync::Arc, time::Instant};
+//! # use inspector::observe::esmtp::{EsmtpState, SessionOutcome};
+//! # fn f(state: Arc<EsmtpState>, peers: inspector_esmtp::Peers, bytes: &[u8]) {
+//! let mut guard = state.session_started(); // sessions_active + 1
+//! let mut session = state.new_session(peers);
+//! let out = session.on_client_data(bytes, Instant::now());
+//! state.audit_all(out.audit); // never blocks
+//! guard.set_outcome(SessionOutcome::from_close(out.close));
+//! drop(guard); // sessions_active - 1, sessions_total{outcome} + 1
+//! # }
+//! ```
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use inspector_esmtp::{AuditEvent, Close, Peers, PolicyStats, Session, policy::EsmtpPolicy};
+use serde::Serialize;
+
+use super::audit::AuditLog;
+
+/// How an inspected session ended (`inspector_esmtp_sessions_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionOutcome {
+    /// Both sides closed normally.
+    Closed,
+    /// The policy closed it (`drop-connection`, a 108003 pattern).
+    Dropped,
+    /// The policy reset it (`reset`).
+    Reset,
+    /// A socket error or a timeout ended it.
+    Error,
+}
+
+impl SessionOutcome {
+    pub const COUNT: usize = 4;
+    pub const ALL: [SessionOutcome; Self::COUNT] =
+        [Self::Closed, Self::Dropped, Self::Reset, Self::Error];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Dropped => "dropped",
+            Self::Reset => "reset",
+            Self::Error => "error",
+        }
+    }
+
+    /// The outcome of a session the engine decided to close (`Some`), or
+    /// that ended on its own (`None`).
+    pub fn from_close(close: Option<Close>) -> Self {
+        match close {
+            None => Self::Closed,
+            Some(Close::Fin) => Self::Dropped,
+            Some(Close::Reset) => Self::Reset,
+        }
+    }
+}
+
+pub struct EsmtpState {
+    pub policy: Arc<EsmtpPolicy>,
+    pub stats: Arc<PolicyStats>,
+    pub audit: AuditLog,
+    active: AtomicU64,
+    outcomes: [AtomicU64; SessionOutcome::COUNT],
+}
+
+impl EsmtpState {
+    pub fn new(policy: EsmtpPolicy, audit: AuditLog) -> Self {
+        let stats = Arc::new(PolicyStats::new(&policy));
+        Self {
+            policy: Arc::new(policy),
+            stats,
+            audit,
+            active: AtomicU64::new(0),
+            outcomes: Default::default(),
+        }
+    }
+
+    /// An engine session counting into this state's [`PolicyStats`].
+    pub fn new_session(&self, peers: Peers) -> Session {
+        Session::new(self.policy.clone(), self.stats.clone(), peers)
+    }
+
+    /// Counts a session as active until the guard drops, then counts its
+    /// outcome ([`SessionOutcome::Closed`] unless set).
+    pub fn session_started(self: &Arc<Self>) -> SessionGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        SessionGuard {
+            state: self.clone(),
+            outcome: SessionOutcome::Closed,
+        }
+    }
+
+    /// Hands the engine's records to the audit log (never blocks).
+    pub fn audit_all(&self, events: Vec<AuditEvent>) {
+        for event in events {
+            self.audit.record(event);
+        }
+    }
+
+    pub fn sessions_active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn sessions_total(&self, outcome: SessionOutcome) -> u64 {
+        self.outcomes[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// Everything `inspector stats` shows about ESMTP, as the stats socket
+    /// sends it.
+    pub fn snapshot(&self) -> EsmtpSnapshot {
+        let (packet, drop, reset_drop) = self.stats.totals();
+        EsmtpSnapshot {
+            pid: std::process::id(),
+            policy: self.policy.name.clone(),
+            packet,
+            drop,
+            reset_drop,
+            sessions_active: self.sessions_active(),
+            sessions: SessionOutcome::ALL
+                .iter()
+                .map(|&o| (o.name().to_string(), self.sessions_total(o)))
+                .collect(),
+            criteria: self
+                .stats
+                .criteria(&self.policy)
+                .into_iter()
+                .map(|c| CriterionView {
+                    criterion: c.criterion,
+                    action: c.action,
+                    count: c.hits,
+                })
+                .collect(),
+            audit_dropped: self.audit.dropped(),
+            show: self.stats.render(&self.policy),
+        }
+    }
+}
+
+/// Ends one session's count; see [`EsmtpState::session_started`].
+pub struct SessionGuard {
+    state: Arc<EsmtpState>,
+    outcome: SessionOutcome,
+}
+
+impl SessionGuard {
+    pub fn set_outcome(&mut self, outcome: SessionOutcome) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        self.state.outcomes[self.outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One daemon's ESMTP counters (`inspector stats --json`, key `esmtp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EsmtpSnapshot {
+    pub pid: u32,
+    pub policy: String,
+    pub packet: u64,
+    pub drop: u64,
+    pub reset_drop: u64,
+    pub sessions_active: u64,
+    /// Ended sessions by outcome.
+    pub sessions: std::collections::BTreeMap<String, u64>,
+    pub criteria: Vec<CriterionView>,
+    pub audit_dropped: u64,
+    /// The `show service-policy inspect esmtp` text.
+    pub show: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CriterionView {
+    pub criterion: String,
+    pub action: String,
+    pub count: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn policy() -> EsmtpPolicy {
+        crate::config::Policy::parse(
+            std::path::Path::new("test.toml"),
+            "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"drop-connection log\"\n",
+        )
+        .unwrap()
+        .esmtp
+    }
+
+    /// A real engine session counts into the daemon's state.
+    #[test]
+    fn a_session_moves_the_counters() {
+        let state = Arc::new(EsmtpState::new(policy(), AuditLog::off()));
+        let peers = Peers {
+            client: "198.18.0.2:40000".parse().unwrap(),
+            server: "198.18.1.25:25".parse().unwrap(),
+        };
+        let mut guard = state.session_started();
+        assert_eq!(state.sessions_active(), 1);
+        let mut s = state.new_session(peers);
+        let now = Instant::now();
+        s.on_server_data(b"220 mx ESMTP\r\n", now);
+        let out = s.on_client_data(b"VRFY root\r\n", now);
+        assert_eq!(out.close, Some(Close::Fin));
+        guard.set_outcome(SessionOutcome::from_close(out.close));
+        drop(guard);
+        let snap = state.snapshot();
+        assert_eq!(snap.sessions_active, 0);
+        assert_eq!(snap.sessions["dropped"], 1);
+        assert_eq!(snap.drop, 1);
+        let vrfy = snap
+            .criteria
+            .iter()
+            .find(|c| c.criterion == "match cmd verb VRFY")
+            .unwrap();
+        assert_eq!(
+            (vrfy.action.as_str(), vrfy.count),
+            ("drop-connection log", 1)
+        );
+        assert!(snap.show.contains("drop 1"), "{}", snap.show);
+    }
+}

@@ -1,0 +1,427 @@
+//! The Prometheus endpoint: `GET /metrics` in the OpenMetrics text format.
+//!
+//! Kernel counters are per-CPU; they are read from the pinned maps and
+//! summed at scrape time (nothing is cached). The ESMTP families come from
+//! the daemon's [`EsmtpState`]. Every label has a bounded set of values:
+//! classes, drop reasons and intercept events are fixed lists, servers are
+//! the policy's protected servers, criteria are the policy's lines.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use inspector_common::{Class, DropReason, InterceptEvent};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::esmtp::{EsmtpState, SessionOutcome};
+use crate::kernel::{counters::ClassStats, limits::LimitStats};
+
+/// The default address of the endpoint: loopback only.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9725";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// A request bigger than this, or slower than [`REQUEST_TIMEOUT`], is refused.
+const MAX_REQUEST: usize = 8192;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `--metrics ADDR` or `--metrics off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Off,
+    Listen(SocketAddr),
+}
+
+impl FromStr for MetricsAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self::Off);
+        }
+        s.parse()
+            .map(Self::Listen)
+            .map_err(|_| format!("`{s}`: expected ADDRESS:PORT (e.g. {DEFAULT_ADDR}) or off"))
+    }
+}
+
+/// Reads the kernel's counters and the ESMTP state at each scrape.
+pub struct InspectorCollector {
+    pin_dir: PathBuf,
+    esmtp: Arc<EsmtpState>,
+}
+
+impl fmt::Debug for InspectorCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InspectorCollector")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One counter family: `name` (without `_total`, which the encoder adds)
+/// with one sample per label set.
+fn counters<'a, L>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> fmt::Result
+where
+    L: prometheus_client::encoding::EncodeLabelSet + 'a,
+{
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in samples {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges<L>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, i64)>,
+) -> fmt::Result
+where
+    L: prometheus_client::encoding::EncodeLabelSet,
+{
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A family of one sample without labels.
+fn single(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    value: u64,
+) -> fmt::Result {
+    let metric = encoder.encode_descriptor(name, help, None, kind)?;
+    match kind {
+        MetricType::Gauge => ConstGauge::new(value as i64).encode(metric),
+        _ => ConstCounter::new(value).encode(metric),
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn one(key: &'static str, value: impl Into<String>) -> Labels {
+    vec![(key, value.into())]
+}
+
+impl Collector for InspectorCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        match ClassStats::read(&self.pin_dir) {
+            Ok(classes) => {
+                counters(
+                    &mut e,
+                    "inspector_packets",
+                    "Packets seen by the XDP classifier, by class",
+                    Class::ALL
+                        .iter()
+                        .map(|&c| (one("class", c.name()), classes.get(c).packets)),
+                )?;
+                counters(
+                    &mut e,
+                    "inspector_bytes",
+                    "Bytes seen by the XDP classifier, by class",
+                    Class::ALL
+                        .iter()
+                        .map(|&c| (one("class", c.name()), classes.get(c).bytes)),
+                )?;
+            }
+            Err(err) => log::warn!("metrics: reading the class counters: {err:#}"),
+        }
+        match LimitStats::read(&self.pin_dir, 0) {
+            Ok(limits) => {
+                counters(
+                    &mut e,
+                    "inspector_limit_drops",
+                    "SYNs dropped by the connection limits, by the limit that dropped them \
+                     (the kernel counts per reason, not per server)",
+                    DropReason::ALL
+                        .iter()
+                        .map(|&r| (one("reason", r.name()), limits.drops[r as usize])),
+                )?;
+                counters(
+                    &mut e,
+                    "inspector_intercept_events",
+                    "TCP intercept events: SYN cookies sent, clients verified, servers opened",
+                    InterceptEvent::ALL
+                        .iter()
+                        .map(|&ev| (one("event", ev.name()), limits.intercepts[ev as usize])),
+                )?;
+                gauges(
+                    &mut e,
+                    "inspector_server_connections",
+                    "Current connections to each protected server, by state",
+                    limits.servers.iter().flat_map(|s| {
+                        let server = s.address.to_string();
+                        [("embryonic", s.embryonic), ("established", s.established)].map(
+                            |(state, n)| {
+                                (
+                                    vec![("server", server.clone()), ("state", state.to_string())],
+                                    n as i64,
+                                )
+                            },
+                        )
+                    }),
+                )?;
+            }
+            Err(err) => log::warn!("metrics: reading the limits: {err:#}"),
+        }
+
+        let esmtp = &self.esmtp;
+        single(
+            &mut e,
+            "inspector_esmtp_sessions_active",
+            "ESMTP sessions being inspected now",
+            MetricType::Gauge,
+            esmtp.sessions_active(),
+        )?;
+        counters(
+            &mut e,
+            "inspector_esmtp_sessions",
+            "Inspected ESMTP sessions that ended, by outcome",
+            SessionOutcome::ALL
+                .iter()
+                .map(|&o| (one("outcome", o.name()), esmtp.sessions_total(o))),
+        )?;
+        let (packet, drop, reset_drop) = esmtp.stats.totals();
+        single(
+            &mut e,
+            "inspector_esmtp_inspected",
+            "SMTP commands and replies inspected (`packet N` of show service-policy)",
+            MetricType::Counter,
+            packet,
+        )?;
+        counters(
+            &mut e,
+            "inspector_esmtp_closed",
+            "Sessions closed by the policy: drop-connection (`drop N`) or reset (`reset-drop N`)",
+            [
+                (one("action", "drop-connection"), drop),
+                (one("action", "reset"), reset_drop),
+            ],
+        )?;
+        counters(
+            &mut e,
+            "inspector_esmtp_matches",
+            "Hits of each criterion of the ESMTP policy, with its action",
+            esmtp.stats.criteria(&esmtp.policy).into_iter().map(|c| {
+                (
+                    vec![("criterion", c.criterion), ("action", c.action)],
+                    c.hits,
+                )
+            }),
+        )?;
+        single(
+            &mut e,
+            "inspector_audit_dropped",
+            "Audit records dropped because the sink was slower than the records came",
+            MetricType::Counter,
+            esmtp.audit.dropped(),
+        )?;
+        Ok(())
+    }
+}
+
+/// The registry every scrape encodes.
+pub fn registry(pin_dir: &Path, esmtp: Arc<EsmtpState>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(InspectorCollector {
+        pin_dir: pin_dir.to_path_buf(),
+        esmtp,
+    }));
+    registry
+}
+
+/// The body of `GET /metrics`.
+pub fn render(registry: &Registry) -> String {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, registry) {
+        log::warn!("metrics: encoding: {e}");
+    }
+    body
+}
+
+/// Binds the endpoint now (so a taken port fails the start).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    if !addr.ip().is_loopback() {
+        log::warn!("metrics endpoint on {addr} is reachable from the network (not loopback)");
+    }
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint on {addr}"))
+}
+
+/// Serves `GET /metrics` until the task is dropped; one task per client.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, registry).await {
+                        log::debug!("metrics: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                log::warn!("metrics: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.x server: one request per connection, then close.
+async fn handle(mut stream: TcpStream, registry: Arc<Registry>) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let (status, content_type, body) = match read {
+        Err(_) => ("408 Request Timeout", "text/plain", "timeout\n".to_string()),
+        Ok(Err(e)) => return Err(e),
+        // Reading the maps is a handful of syscalls: off the runtime's
+        // thread, so a scrape never holds up the sessions.
+        Ok(Ok(())) => tokio::task::spawn_blocking(move || route(&buf, &registry))
+            .await
+            .map_err(std::io::Error::other)?,
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+fn route(request: &[u8], registry: &Registry) -> (&'static str, &'static str, String) {
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        return ("400 Bad Request", "text/plain", "bad request\n".into());
+    }
+    match (method, path) {
+        ("GET", "/metrics") => ("200 OK", CONTENT_TYPE, render(registry)),
+        ("GET", "/") => (
+            "200 OK",
+            "text/plain",
+            "inspector: metrics at /metrics\n".into(),
+        ),
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::audit::AuditLog;
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!("off".parse(), Ok(MetricsAddr::Off));
+        assert_eq!(
+            DEFAULT_ADDR.parse(),
+            Ok(MetricsAddr::Listen("127.0.0.1:9725".parse().unwrap()))
+        );
+        assert!("9725".parse::<MetricsAddr>().is_err());
+    }
+
+    /// A real engine session, driven as the proxy will, moves the ESMTP
+    /// families of the next scrape.
+    #[test]
+    fn esmtp_families_follow_the_sessions() {
+        let policy = crate::config::Policy::parse(
+            std::path::Path::new("test.toml"),
+            "[esmtp]\n[[esmtp.match]]\nmatch = \"cmd verb VRFY\"\naction = \"drop-connection log\"\n",
+        )
+        .unwrap();
+        let state = Arc::new(EsmtpState::new(policy.esmtp, AuditLog::off()));
+        let reg = registry(Path::new("/nonexistent/inspector"), state.clone());
+        let mut guard = state.session_started();
+        assert!(render(&reg).contains("\ninspector_esmtp_sessions_active 1\n"));
+        let mut session = state.new_session(inspector_esmtp::Peers {
+            client: "198.18.0.2:40000".parse().unwrap(),
+            server: "198.18.1.25:25".parse().unwrap(),
+        });
+        let now = std::time::Instant::now();
+        session.on_server_data(b"220 mx ESMTP\r\n", now);
+        let out = session.on_client_data(b"VRFY root\r\n", now);
+        state.audit_all(out.audit);
+        guard.set_outcome(SessionOutcome::from_close(out.close));
+        drop(guard);
+        let body = render(&reg);
+        for line in [
+            "inspector_esmtp_sessions_active 0",
+            "inspector_esmtp_sessions_total{outcome=\"dropped\"} 1",
+            "inspector_esmtp_closed_total{action=\"drop-connection\"} 1",
+            "inspector_esmtp_matches_total{criterion=\"match cmd verb VRFY\",action=\"drop-connection log\"} 1",
+        ] {
+            assert!(
+                body.contains(&format!("\n{line}\n")),
+                "{line} not in {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes() {
+        let state = Arc::new(EsmtpState::new(Default::default(), AuditLog::off()));
+        // No pinned maps here: the kernel families are left out, the ESMTP ones stay.
+        let reg = registry(Path::new("/nonexistent/inspector"), state);
+        let (status, ctype, body) = route(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &reg);
+        assert_eq!((status, ctype), ("200 OK", CONTENT_TYPE));
+        assert!(
+            body.contains("inspector_esmtp_sessions_active 0\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains(
+                "inspector_esmtp_matches_total{criterion=\"mask-banner\",action=\"mask\"} 0\n"
+            ),
+            "{body}"
+        );
+        assert!(body.ends_with("# EOF\n"));
+        assert_eq!(route(b"GET /x HTTP/1.1\r\n\r\n", &reg).0, "404 Not Found");
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n", &reg).0,
+            "405 Method Not Allowed"
+        );
+        assert_eq!(route(b"GET /metrics", &reg).0, "400 Bad Request");
+    }
+}

@@ -1,0 +1,8 @@
+//! What the daemon shows of itself: the ESMTP state its sessions count
+//! into, the Prometheus endpoint, the audit sinks and the stats socket that
+//! `inspector stats` reads.
+
+pub mod audit;
+pub mod esmtp;
+pub mod metrics;
+pub mod stats_socket;

@@ -1,0 +1,86 @@
+//! The inspector daemon on a lab: started as the tests and benchmarks need
+//! it, with its log in a file.
+
+use std::{
+    ffi::OsStr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{Netns, ScopedChild};
+
+/// What the daemon logs once its proxy listens.
+pub const PROXY_LISTENING: &str = "engine listening";
+
+/// Starts `INSPECTOR --pin-dir PIN_DIR run ARGS` in `ns`, its stdout and
+/// stderr in `log`, and waits up to 30 s for its proxy to listen. Fails,
+/// with the log, if it exits or does not get there.
+pub fn start_proxy(
+    ns: &Netns,
+    inspector: &Path,
+    pin_dir: &Path,
+    args: &[impl AsRef<OsStr>],
+    log: &Path,
+) -> Result<ScopedChild> {
+    let file = std::fs::File::create(log)?;
+    let mut cmd: Command = ns.command(inspector);
+    cmd.arg("--pin-dir")
+        .arg(pin_dir)
+        .arg("run")
+        .args(args)
+        .stdout(file.try_clone()?)
+        .stderr(file);
+    let mut daemon = ns.spawn(&mut cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read(log).contains(PROXY_LISTENING) {
+        if daemon.child().try_wait()?.is_some() || Instant::now() > deadline {
+            bail!("the daemon did not start:\n{}", read(log));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(daemon)
+}
+
+/// A file's text, or nothing if it cannot be read (yet).
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A scratch directory of one run, made empty when created and removed on
+/// drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(path: PathBuf) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
