@@ -62,10 +62,10 @@ pub const STEER_TABLE: u32 = 2525;
 /// The priority of the daemon's `fwmark` rules (before `main`, 32766).
 pub const STEER_RULE_PRIORITY: u32 = 2525;
 
-/// [`SteerConfig::fail`]: with no engine listening, new SMTP flows go
+/// [`SteerConfig::fail`]: with no proxy listening, new SMTP flows go
 /// straight to the server, uninspected.
 pub const FAIL_OPEN: u32 = 0;
-/// [`SteerConfig::fail`]: with no engine listening, the SYNs of new SMTP
+/// [`SteerConfig::fail`]: with no proxy listening, the SYNs of new SMTP
 /// flows are dropped (the client retries later).
 pub const FAIL_CLOSED: u32 = 1;
 

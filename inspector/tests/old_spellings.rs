@@ -108,7 +108,10 @@ fn no_engine_still_runs_without_the_proxy_and_warns() {
         1,
         "{log}"
     );
-    assert!(!log.contains("engine listening"), "{log}");
+    assert!(
+        !log.contains(inspector_lab::inspector::PROXY_LISTENING),
+        "{log}"
+    );
     assert!(
         !inspector::kernel::steer::link_pin(f.pins.path(), OUTSIDE).exists(),
         "steering attached"

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 use crate::{Netns, ScopedChild};
 
 /// What the daemon logs once its proxy listens.
-pub const PROXY_LISTENING: &str = "engine listening";
+pub const PROXY_LISTENING: &str = "proxy listening";
 
 /// Starts `INSPECTOR --pin-dir PIN_DIR run ARGS` in `ns`, its stdout and
 /// stderr in `log`, and waits up to 30 s for its proxy to listen. Fails,

@@ -174,7 +174,7 @@ async fn run_proxy(
         counters: Counters::default(),
     });
     log::info!(
-        "engine listening on port {SMTP_PORT} (fail {:?}, upstream source {:?}, max-sessions {}, timeouts {:?})",
+        "proxy listening on port {SMTP_PORT} (fail {:?}, upstream source {:?}, max-sessions {}, timeouts {:?})",
         policy.proxy.fail,
         policy.proxy.upstream_source,
         policy.proxy.max_sessions,
@@ -184,10 +184,10 @@ async fn run_proxy(
     let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
     signals.wait().await;
     let _ = stop.send(true);
-    serve.await.context("the engine task failed")??;
+    serve.await.context("the proxy task failed")??;
     let c = &shared.counters;
     log::info!(
-        "engine stopped: {} session(s) inspected, {} refused",
+        "proxy stopped: {} session(s) inspected, {} refused",
         c.accepted.load(std::sync::atomic::Ordering::Relaxed),
         c.refused.load(std::sync::atomic::Ordering::Relaxed)
     );

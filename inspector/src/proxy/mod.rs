@@ -73,7 +73,7 @@ fn listener(addr: SocketAddr) -> Result<TcpListener> {
     socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())
-        .with_context(|| format!("binding the engine's listener to {addr}"))?;
+        .with_context(|| format!("binding the proxy's listener to {addr}"))?;
     socket.listen(1024)?;
     Ok(TcpListener::from_std(socket.into())?)
 }
