@@ -64,7 +64,7 @@ pub enum Verdict {
 
 /// Tracks one TCP packet: client -> protected server, or back. The limits
 /// see every TCP packet to or from a protected server, exempt or not: like
-/// the original's `static … tcp 50 100`, they protect the server whatever
+/// the firewall's `static … tcp 50 100`, they protect the server whatever
 /// inspects its traffic.
 ///
 /// A subprogram that parses the headers again: passing the parsed headers

@@ -1,4 +1,4 @@
-//! Audit records, with the syslog ids and message texts of the original
+//! Audit records, with the syslog ids and message texts of the firewall
 //! feature (108002 to 108007) so that existing log searches keep working.
 //! The client is on the `outside` interface, the protected server `inside`.
 
@@ -64,7 +64,7 @@ pub enum Verdict {
 /// Which part of the policy matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// The Nth `match` line, counting from 1 (the original's "Class N").
+    /// The Nth `match` line, counting from 1 (the firewall's "Class N").
     Class(usize),
     /// `mail-relay` or `special-character`.
     Parameter,
@@ -73,7 +73,7 @@ pub enum Source {
 }
 
 impl AuditEvent {
-    /// The original syslog id.
+    /// The firewall's syslog id.
     pub fn id(&self) -> u32 {
         match &self.kind {
             AuditKind::Replaced { .. } => 108002,
@@ -85,7 +85,7 @@ impl AuditEvent {
         }
     }
 
-    /// The original syslog severity.
+    /// The firewall's syslog severity.
     pub fn severity(&self) -> u8 {
         match self.id() {
             108002 | 108003 => 2,
@@ -117,7 +117,7 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// The original's message text (without the `%ASA-N-ID:` prefix).
+/// The firewall's message text (without the `%ASA-N-ID:` prefix).
 impl fmt::Display for AuditEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let client = Ep(self.peers.client, "outside");

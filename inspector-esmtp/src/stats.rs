@@ -19,7 +19,7 @@ pub struct CriterionHits {
 /// Counters of one policy; share one `Arc<PolicyStats>` across sessions.
 #[derive(Debug, Default)]
 pub struct PolicyStats {
-    /// SMTP commands and replies inspected (the original's `packet N`).
+    /// SMTP commands and replies inspected (the firewall's `packet N`).
     pub packet: AtomicU64,
     /// Connections closed by `drop-connection` (or a 108003 pattern).
     pub drop: AtomicU64,
@@ -148,7 +148,7 @@ impl PolicyStats {
             let _ = writeln!(out, "  allow-tls{action}, count {}", get(&self.allow_tls));
         }
         let texts: Vec<String> = policy.rules.iter().map(|r| r.text()).collect();
-        // The original aligns the actions in a column 36 wide.
+        // The firewall aligns the actions in a column 36 wide.
         let width = texts.iter().map(|t| t.len() + 2).max().unwrap_or(0).max(36);
         for (i, (rule, text)) in policy.rules.iter().zip(&texts).enumerate() {
             let _ = writeln!(

@@ -206,7 +206,7 @@ fn cmd_line_length_drops_in_both_modes() {
     });
     both(compat, |t| {
         t.hello(&[]);
-        // The original closes without a word.
+        // The firewall closes without a word.
         t.c(&long).server_got("").client_got("");
         assert_eq!(t.close, Some(Close::Fin));
     });

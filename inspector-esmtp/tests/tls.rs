@@ -41,7 +41,7 @@ fn without_allow_tls_starttls_is_hidden_and_refused() {
         t.s("250-mx\r\n250 STARTTLS\r\n").client_got("250 mx\r\n");
         t.c("STARTTLS\r\n").server_got("").client_got(UNRECOGNIZED);
     });
-    // The original: `250 XXXXXXXA`, then the server says 500.
+    // The firewall: `250 XXXXXXXA`, then the server says 500.
     both(compat, |t| {
         t.s("220 mx\r\n").client_got("220***\r\n");
         t.pass("EHLO c\r\n");

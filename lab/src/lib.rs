@@ -33,7 +33,7 @@ pub const CLIENT2_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
 pub const GATEWAY_OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const GATEWAY_INSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 25);
-/// The mail gateway of the first source document (exempt in its policy).
+/// The mail gateway of the classic firewall deployment (exempt in its policy).
 pub const MAIL_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 26);
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
 pub const GATEWAY_OUTSIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);

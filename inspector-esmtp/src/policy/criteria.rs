@@ -1,4 +1,4 @@
-//! The match criteria of an ESMTP inspect policy, in the original feature's
+//! The match criteria of an ESMTP inspect policy, in the firewall feature's
 //! words, and how each one is shown (`show service-policy inspect esmtp`).
 
 use std::fmt;

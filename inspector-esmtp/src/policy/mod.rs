@@ -47,7 +47,7 @@ impl FieldError {
     }
 }
 
-/// `compat` reproduces the original feature byte for byte; `modern` (the
+/// `compat` reproduces the firewall feature byte for byte; `modern` (the
 /// default) keeps its controls without breaking mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,7 +66,7 @@ pub struct EsmtpSection {
     name: Option<Spanned<String>>,
     #[serde(default)]
     mode: Mode,
-    /// Default true, like the original.
+    /// Default true, like the firewall.
     #[serde(default)]
     mask_banner: Option<bool>,
     /// Modern mode: the masked banner is `220 <banner-name> ESMTP`.
@@ -153,7 +153,7 @@ pub struct EsmtpPolicy {
     pub rules: Vec<Rule>,
 }
 
-/// The fifteen commands of the original: the seven of RFC 821 and eight
+/// The fifteen commands of the firewall: the seven of RFC 821 and eight
 /// ESMTP ones.
 pub const BASE_VERBS: [&str; 15] = [
     "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "AUTH", "EHLO", "ETRN", "HELP", "SAML",
@@ -165,10 +165,10 @@ pub const BASE_VERBS: [&str; 15] = [
 pub const TLS_VERBS: [&str; 2] = ["STARTTLS", "X-ANONYMOUSTLS"];
 
 /// EHLO keywords modern mode never counts as `others`: what modern MTAs
-/// need to deliver mail unchanged (the original ten plus these).
+/// need to deliver mail unchanged (the classic ten plus these).
 const MODERN_KEYWORDS: [&str; 2] = ["SMTPUTF8", "CHUNKING"];
 
-/// The default policy, the original's `_default_esmtp_map`, in modern mode.
+/// The default policy, the firewall's `_default_esmtp_map`, in modern mode.
 pub const DEFAULT_POLICY_TOML: &str = r#"
 [esmtp]
 name = "_default_esmtp_map"
@@ -351,7 +351,7 @@ impl EsmtpSection {
                 return Err(FieldError::at(
                     v,
                     "esmtp.reject-excess-recipients",
-                    "only in modern mode: the original drops or resets the connection",
+                    "only in modern mode: the firewall drops or resets the connection",
                 ));
             }
             Some(v) => *v.get_ref(),

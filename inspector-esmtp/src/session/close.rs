@@ -1,6 +1,6 @@
 //! How a session ends. The policy, or an anomaly the session cannot go on
 //! after, ends it with a close (FIN) or a reset (RST); modern mode tells
-//! the client why with a `421` first (the original closed silently), and
+//! the client why with a `421` first (the firewall closed silently), and
 //! the counters count a drop or a reset-drop. The client or the server
 //! closing its side ends it too, counted as neither.
 //!

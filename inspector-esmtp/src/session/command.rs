@@ -175,7 +175,7 @@ pub fn domain_of(address: &[u8]) -> Option<String> {
 }
 
 /// Compat: writes `line` with each `|` in the address of `path` replaced
-/// by a space, as the original did (108002). Returns the rewritten command
+/// by a space, as the firewall did (108002). Returns the rewritten command
 /// without its line ending, for the audit record.
 pub fn write_without_pipes<'o>(
     cmd: &Command<'_>,

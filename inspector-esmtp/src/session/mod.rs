@@ -585,7 +585,7 @@ impl Session {
             _ => Pending::Other,
         };
         match &cmd.path {
-            // The original replaced `|` in addresses by a space (108002).
+            // The firewall replaced `|` in addresses by a space (108002).
             Some(p) if self.policy.mode == Mode::Compat && p.address.contains(&b'|') => {
                 let rewritten = command::write_without_pipes(cmd, p, &mut out.to_server);
                 out.audit.push(AuditEvent {

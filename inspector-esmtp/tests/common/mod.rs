@@ -31,7 +31,7 @@ pub fn modern() -> EsmtpPolicy {
     EsmtpPolicy::default()
 }
 
-/// The shipped policy that reproduces the original byte for byte.
+/// The shipped policy that reproduces the firewall byte for byte.
 pub fn compat() -> EsmtpPolicy {
     shipped(include_str!("../../../policies/compat.toml"))
 }

@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(
             a.on_embryonic_limit,
             OnEmbryonicLimit::Intercept,
-            "the original's default"
+            "the firewall's default"
         );
         assert_eq!(b.address, "2001:2:0:1::25".parse::<IpAddr>().unwrap());
         assert_eq!((b.max_conns, b.max_embryonic), (0, 0));

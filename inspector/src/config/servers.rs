@@ -25,7 +25,7 @@ pub struct Server {
 pub enum OnEmbryonicLimit {
     /// Dropped and counted.
     Drop,
-    /// TCP intercept, the original's behaviour: the kernel answers with a
+    /// TCP intercept, the firewall's behaviour: the kernel answers with a
     /// SYN cookie and opens the server side only for clients that return
     /// it.
     #[default]

@@ -20,7 +20,7 @@ pub struct FlowTimeouts {
 }
 
 impl Default for FlowTimeouts {
-    /// The original's defaults.
+    /// The firewall's defaults.
     fn default() -> Self {
         Self {
             embryonic: Duration::from_secs(30),

@@ -25,7 +25,7 @@ use inspector_esmtp::{AuditEvent, AuditKind, audit::Source};
 
 use crate::config::SinkSpec;
 
-/// `local4`, the facility the original logs to by default.
+/// `local4`, the facility the firewall logs to by default.
 const FACILITY_LOCAL4: u8 = 20;
 /// RFC 5424 structured-data id; 32473 is the enterprise number reserved
 /// for documentation (RFC 5612).
@@ -171,8 +171,8 @@ pub fn rfc3339(time: SystemTime) -> String {
     )
 }
 
-/// One JSON object and a newline: the time, the original's id and
-/// severity, the session's addresses, the original's text, and the fields
+/// One JSON object and a newline: the time, the firewall's id and
+/// severity, the session's addresses, the firewall's text, and the fields
 /// of the record.
 pub fn json_line(time: SystemTime, event: &AuditEvent) -> String {
     let mut obj = serde_json::json!({
@@ -207,7 +207,7 @@ pub fn json_line(time: SystemTime, event: &AuditEvent) -> String {
 }
 
 /// RFC 5424: `<PRI>1 TIME HOST inspector PID ID [esmtp@32473 client=… server=…] MSG`,
-/// the message as the original writes it (`%ASA-4-108004: …` with the
+/// the message as the firewall writes it (`%ASA-4-108004: …` with the
 /// `INSPECTOR` tag), so searches for the ids keep working.
 pub fn syslog_message(time: SystemTime, host: &str, pid: u32, event: &AuditEvent) -> String {
     let sev = event.severity();
