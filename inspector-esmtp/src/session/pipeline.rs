@@ -27,6 +27,8 @@ pub enum Pending {
     Xexch50 {
         size: u64,
     },
+    /// The server's reply to an XEXCH50 blob (`250` or `500`).
+    Xexch50Blob,
     /// STARTTLS or X-ANONYMOUSTLS: 220 makes the session opaque.
     StartTls,
     /// AUTH or X-EXPS, and each client response: 334 asks for another line.
@@ -53,6 +55,7 @@ impl Pending {
                 | Self::Helo
                 | Self::Data
                 | Self::Xexch50 { .. }
+                | Self::Xexch50Blob
                 | Self::StartTls
                 | Self::Auth
                 | Self::Quit
