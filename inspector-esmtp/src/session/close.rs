@@ -16,7 +16,7 @@ use crate::stats::PolicyStats;
 /// What the client is told when the session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tell {
-    /// Modern mode only (compat closes silently, as the original did).
+    /// Modern mode only (compat closes silently, as the firewall did).
     Modern(&'static [u8]),
     /// Both modes: the engine's refusal of what it cannot let through, a
     /// security fix that compat mode has too.

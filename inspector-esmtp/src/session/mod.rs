@@ -871,7 +871,7 @@ impl Session {
                 self.cbuf = Vec::new();
                 self.opaque = true;
                 PolicyStats::bump(&self.stats.allow_tls);
-                // `allow-tls = "log"` (the original's `allow-tls action log`).
+                // `allow-tls = "log"` (the firewall's `allow-tls action log`).
                 if self.policy.allow_tls == Some(true) {
                     out.audit.push(AuditEvent {
                         peers: self.peers,
