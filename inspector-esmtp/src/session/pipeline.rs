@@ -78,6 +78,7 @@ pub struct Pipeline {
 pub struct Overflow;
 
 impl Pipeline {
+    #[inline]
     pub fn push(&mut self, p: Pending) -> Result<(), Overflow> {
         if self.queue.len() >= MAX_PENDING {
             return Err(Overflow);
