@@ -571,3 +571,30 @@ fn mime_anomaly_defaults_to_the_strictest_attachment_rule() {
         assert_eq!(e.field, "esmtp.mime-anomaly", "{bad}");
     }
 }
+
+#[test]
+fn verbs_are_followed_by_exactly_one_space() {
+    // Exim needs one SP after the verb (`smtp_in.c`); Postfix and Sendmail
+    // skip any whitespace, leading whitespace too.
+    for line in [
+        " MAIL FROM:<a@x>\r\n",
+        "MAIL\tFROM:<a@x>\r\n",
+        "HELO\tx\r\n",
+    ] {
+        both(modern, |t| {
+            t.hello(&[]);
+            t.c(line).server_got("").client_got(common::UNRECOGNIZED);
+            assert_eq!(t.close, None, "{line:?}");
+        });
+        // Compat: `X`s, which no server executes.
+        both(compat, |t| {
+            t.hello(&[]);
+            let xs = format!("{}\r\n", "X".repeat(line.len() - 2));
+            t.c(line).server_got(xs).client_got("");
+        });
+    }
+    both(modern, |t| {
+        t.hello(&[]);
+        t.c("EHLO  x\r\n").server_got("").client_got(SYNTAX);
+    });
+}
