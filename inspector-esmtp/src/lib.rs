@@ -21,6 +21,7 @@ pub mod stats;
 
 pub use audit::{AuditEvent, AuditKind, Peers};
 pub use session::{
-    Close, MAX_HOLD, MAX_LINE, MAX_PENDING, Output, Phase, SESSION_MEMORY_BOUND, Session,
+    Close, MAX_AUTH_LINE, MAX_COMMAND_LINE, MAX_HOLD, MAX_LINE, MAX_PENDING, Output, Phase,
+    Reading, SESSION_MEMORY_BOUND, Session, read_command,
 };
 pub use stats::PolicyStats;

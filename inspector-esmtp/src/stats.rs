@@ -31,6 +31,8 @@ pub struct PolicyStats {
     pub rules: Box<[AtomicU64]>,
     pub mail_relay: AtomicU64,
     pub special_character: AtomicU64,
+    /// Messages with MIME the scanner cannot follow (`mime-anomaly`).
+    pub mime_anomaly: AtomicU64,
     /// Sessions that started TLS under `allow-tls`.
     pub allow_tls: AtomicU64,
 }
@@ -88,6 +90,13 @@ impl PolicyStats {
                 hits: get(&self.special_character),
             });
         }
+        if let Some(actions) = &policy.mime_anomaly {
+            out.push(CriterionHits {
+                criterion: "mime-anomaly".into(),
+                action: actions.to_string(),
+                hits: get(&self.mime_anomaly),
+            });
+        }
         if let Some(log) = policy.allow_tls {
             out.push(CriterionHits {
                 criterion: "allow-tls".into(),
@@ -141,6 +150,13 @@ impl PolicyStats {
                 out,
                 "  special-character action {actions}, count {}",
                 get(&self.special_character)
+            );
+        }
+        if let Some(actions) = &policy.mime_anomaly {
+            let _ = writeln!(
+                out,
+                "  mime-anomaly action {actions}, count {}",
+                get(&self.mime_anomaly)
             );
         }
         if let Some(log) = policy.allow_tls {

@@ -19,6 +19,7 @@ fn show_service_policy_view() {
         view,
         "Inspect: esmtp _default_esmtp_map, packet 4, drop 1, reset-drop 0\n\
          \x20 mask-banner, count 1\n\
+         \x20 mime-anomaly action drop-connection log, count 0\n\
          \x20 match cmd line length gt 512        drop-connection log, packet 1\n\
          \x20 match cmd RCPT count gt 100         drop-connection log, packet 0\n\
          \x20 match body line length gt 998       log, packet 0\n\

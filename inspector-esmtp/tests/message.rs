@@ -204,6 +204,8 @@ fn a_final_dot_next_to_a_bare_lf_ends_the_session_not_the_message() {
                 "{end:?}"
             );
             assert_eq!(t.close, Some(Close::Fin), "{end:?}");
+            // Permanent: a 4xx would have the sender retry it for days.
+            t.client_got("550 5.5.2 Message refused: bare CR or LF next to a final dot\r\n");
         });
     }
     // A bare LF elsewhere is content.

@@ -9,9 +9,9 @@ mod common;
 use common::{UNRECOGNIZED, both, compat, modern, policy};
 
 #[test]
-fn allow_tls_passes_starttls_then_relays_opaquely_108007() {
+fn allow_tls_log_passes_starttls_then_relays_opaquely_108007() {
     both(
-        || policy("allow-tls = true"),
+        || policy("allow-tls = \"log\""),
         |t| {
             t.hello(&["STARTTLS"]);
             t.pass("STARTTLS\r\n");
@@ -31,6 +31,23 @@ fn allow_tls_passes_starttls_then_relays_opaquely_108007() {
             t.reply("\x16\x03\x03 server hello");
         },
     );
+}
+
+#[test]
+fn allow_tls_true_counts_without_a_record_log_adds_108007() {
+    for (setting, records, row) in [
+        ("true", 0, "  allow-tls, count 1\n"),
+        ("\"log\"", 1, "  allow-tls action log, count 1\n"),
+    ] {
+        let mut t = common::Transcript::new(policy(&format!("allow-tls = {setting}")), false);
+        t.hello(&["STARTTLS"]);
+        t.pass("STARTTLS\r\n").reply("220 2.0.0 Ready\r\n");
+        assert_eq!(t.audit_ids().len(), records, "allow-tls = {setting}");
+        assert!(
+            t.stats.render(&t.policy).contains(row),
+            "allow-tls = {setting}"
+        );
+    }
 }
 
 #[test]

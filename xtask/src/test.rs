@@ -9,7 +9,7 @@ use crate::{cargo, status, workspace_root};
 /// Seconds each fuzz target runs: long enough to cover the seed corpus and
 /// mutate well past it, short enough for every CI run.
 const FUZZ_SECONDS: u32 = 30;
-const FUZZ_TARGETS: [&str; 2] = ["client", "server"];
+const FUZZ_TARGETS: [&str; 3] = ["client", "server", "differential"];
 
 pub fn run(extra: &[String]) -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;

@@ -4,7 +4,7 @@
 
 use super::encoded_word::NameOut;
 use super::params::{parse_content_type, parse_disposition, parse_encoding};
-use super::{Encoding, MimeLimits, PartInfo};
+use super::{Encoding, MimeLimits, PartInfo, Unreadable};
 
 /// Longest field name kept for classification (longer ones are "other").
 const NAME_CAP: usize = 32;
@@ -52,6 +52,8 @@ pub(crate) struct HeaderState {
     cd_name: Option<NameOut>,
     encoding: Option<Encoding>,
     truncated: bool,
+    /// What about this entity the scanner cannot follow (`Unreadable`).
+    unreadable: Option<Unreadable>,
 }
 
 impl HeaderState {
@@ -159,6 +161,9 @@ impl HeaderState {
                 self.boundary = ct.boundary;
                 self.ct_name = ct.name;
                 self.truncated |= self.value_truncated || ct.incomplete;
+                if ct.bad_boundary {
+                    self.unreadable.get_or_insert(Unreadable::Boundary);
+                }
             }
             Field::Disposition if !self.cd_seen => {
                 let d = parse_disposition(v, limits.max_filename);
@@ -170,7 +175,12 @@ impl HeaderState {
                 self.encoding = Some(parse_encoding(v));
                 self.truncated |= self.value_truncated;
             }
-            _ => {}
+            // A second Content-Type, -Disposition or -Transfer-Encoding:
+            // the scanner takes the first, some readers the last.
+            Field::ContentType | Field::Disposition | Field::Encoding => {
+                self.unreadable.get_or_insert(Unreadable::DuplicateField);
+            }
+            Field::Other => {}
         }
         self.value.clear();
         self.value_truncated = false;
@@ -184,7 +194,7 @@ impl HeaderState {
         limits: &MimeLimits,
         depth: usize,
         default_type: &str,
-    ) -> (PartInfo, Option<Vec<u8>>) {
+    ) -> (PartInfo, Option<Vec<u8>>, Option<Unreadable>) {
         self.complete_field(limits);
         let mut st = std::mem::take(self);
         // Keep the value allocation for the next entity.
@@ -207,6 +217,6 @@ impl HeaderState {
         } else {
             None
         };
-        (info, boundary)
+        (info, boundary, st.unreadable)
     }
 }

@@ -203,6 +203,39 @@ pub enum MimeEvent {
     /// The multipart (or message/rfc822) entity at `depth` has children
     /// deeper than `max_depth`: they are not parsed (lines still counted).
     DepthExceeded { depth: usize },
+    /// Something about the entity at `depth` that the scanner cannot
+    /// follow, so its parts may hold what the MIME criteria never see.
+    /// Comes just before the entity's `Part`.
+    Unreadable { what: Unreadable, depth: usize },
+}
+
+/// What the scanner cannot follow in an entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// A multipart boundary that is empty or longer than `max_boundary_len`:
+    /// the multipart is opaque.
+    Boundary,
+    /// A second Content-Type, Content-Disposition or
+    /// Content-Transfer-Encoding field: the scanner reads the first, some
+    /// mail readers the last.
+    DuplicateField,
+    /// A message/rfc822 (or message/global) part with a transfer encoding
+    /// (RFC 2046 forbids it): its entity is not parsed.
+    EncodedMessage,
+    /// Nesting deeper than `max_depth`.
+    TooDeep,
+}
+
+impl Unreadable {
+    /// For audit records.
+    pub fn text(self) -> &'static str {
+        match self {
+            Self::Boundary => "MIME boundary empty or too long",
+            Self::DuplicateField => "MIME field repeated",
+            Self::EncodedMessage => "encoded message/rfc822 part",
+            Self::TooDeep => "MIME nesting too deep",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,11 +349,11 @@ impl MimeScanner {
         }
         if self.in_top_header {
             events.push(MimeEvent::HeaderEnd { len: self.total });
-            let (info, _) = self.hdr.finish(&self.limits, 0, self.default_type);
-            events.push(MimeEvent::Part(info));
+            let (info, _, what) = self.hdr.finish(&self.limits, 0, self.default_type);
+            push_part(events, info, what);
         } else if self.mode == Mode::Header {
-            let (info, _) = self.hdr.finish(&self.limits, self.depth, self.default_type);
-            events.push(MimeEvent::Part(info));
+            let (info, _, what) = self.hdr.finish(&self.limits, self.depth, self.default_type);
+            push_part(events, info, what);
         }
         let body = self.body_start.map_or(0, |s| self.total - s);
         events.push(MimeEvent::BodyEnd { len: body });
@@ -409,16 +442,20 @@ impl MimeScanner {
     /// The entity's header block ended at its empty line: report it and
     /// descend into its structure if it has one.
     fn end_header(&mut self, events: &mut Vec<MimeEvent>, depth: usize) {
-        let (info, boundary) = self.hdr.finish(&self.limits, depth, self.default_type);
+        let (info, boundary, mut what) = self.hdr.finish(&self.limits, depth, self.default_type);
         let ct = info.content_type.as_str();
-        let nested_message = matches!(ct, "message/rfc822" | "message/global")
-            && matches!(
-                info.encoding,
-                Encoding::SevenBit | Encoding::EightBit | Encoding::Binary
-            );
+        let message = matches!(ct, "message/rfc822" | "message/global");
+        let identity = matches!(
+            info.encoding,
+            Encoding::SevenBit | Encoding::EightBit | Encoding::Binary
+        );
+        if message && !identity {
+            what.get_or_insert(Unreadable::EncodedMessage);
+        }
+        let nested_message = message && identity;
         let structured = boundary.is_some() || nested_message;
         let digest = ct == "multipart/digest";
-        events.push(MimeEvent::Part(info));
+        push_part(events, info, what);
         self.mode = Mode::Content;
         if !structured {
             return;
@@ -449,8 +486,8 @@ impl MimeScanner {
     fn on_boundary(&mut self, b: Boundary, events: &mut Vec<MimeEvent>) {
         if self.mode == Mode::Header {
             // An entity whose header block was cut short by the boundary.
-            let (info, _) = self.hdr.finish(&self.limits, self.depth, self.default_type);
-            events.push(MimeEvent::Part(info));
+            let (info, _, what) = self.hdr.finish(&self.limits, self.depth, self.default_type);
+            push_part(events, info, what);
         }
         match b {
             Boundary::Delimiter(i) => {
@@ -470,4 +507,15 @@ impl MimeScanner {
             }
         }
     }
+}
+
+/// An entity's `Part` event, after the `Unreadable` one if any.
+fn push_part(events: &mut Vec<MimeEvent>, info: PartInfo, what: Option<Unreadable>) {
+    if let Some(what) = what {
+        events.push(MimeEvent::Unreadable {
+            what,
+            depth: info.depth,
+        });
+    }
+    events.push(MimeEvent::Part(info));
 }

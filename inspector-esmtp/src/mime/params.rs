@@ -292,6 +292,9 @@ pub(crate) struct ContentType {
     pub(crate) boundary: Option<Vec<u8>>,
     pub(crate) name: Option<NameOut>,
     pub(crate) incomplete: bool,
+    /// A boundary parameter was given but is empty or longer than the
+    /// limit: the multipart cannot be followed.
+    pub(crate) bad_boundary: bool,
 }
 
 pub(crate) fn parse_content_type(v: &[u8], max_boundary: usize, max_name: usize) -> ContentType {
@@ -316,6 +319,8 @@ pub(crate) fn parse_content_type(v: &[u8], max_boundary: usize, max_name: usize)
             };
             if !b.is_empty() && b.len() <= max_boundary {
                 out.boundary = Some(b.to_vec());
+            } else {
+                out.bad_boundary = true;
             }
         }
     }

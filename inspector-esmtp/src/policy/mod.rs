@@ -80,6 +80,11 @@ pub struct EsmtpSection {
     special_character: Option<Spanned<toml::Value>>,
     #[serde(default)]
     mail_relay: Option<MailRelaySection>,
+    /// What to do with MIME the scanner cannot follow: `false`, or an
+    /// action (`drop-connection`, `reset`, `log`, with or without `log`).
+    /// Default: the action of the strictest attachment rule.
+    #[serde(default)]
+    mime_anomaly: Option<Spanned<toml::Value>>,
     /// Verbs allowed on top of the base set (e.g. the Exchange extensions).
     #[serde(default)]
     allow_verbs: Vec<Spanned<String>>,
@@ -147,6 +152,9 @@ pub struct EsmtpPolicy {
     pub allow_tls: Option<bool>,
     pub special_character: Option<Actions>,
     pub mail_relay: Option<MailRelay>,
+    /// MIME the scanner cannot follow (`mime-anomaly`): what happens to
+    /// the message, `None` to let it pass unrecorded.
+    pub mime_anomaly: Option<Actions>,
     /// Upper case, on top of `BASE_VERBS`.
     pub allow_verbs: Vec<String>,
     pub reject_excess_recipients: bool,
@@ -372,6 +380,30 @@ impl EsmtpSection {
                 actions,
             });
         }
+        let mime_anomaly = match &self.mime_anomaly {
+            None => strictest_attachment_rule(&rules),
+            Some(v) => match v.get_ref() {
+                toml::Value::Boolean(false) => None,
+                toml::Value::String(s) => Some(
+                    parse::parse_actions(s)
+                        .and_then(|a| match a.primary {
+                            None | Some(Primary::DropConnection | Primary::Reset) => Ok(a),
+                            Some(p) => Err(format!(
+                                "`{p}` is not valid here: expected drop-connection, reset or log"
+                            )),
+                        })
+                        .map_err(|m| FieldError::at(v, "esmtp.mime-anomaly", m))?,
+                ),
+                _ => {
+                    return Err(FieldError::at(
+                        v,
+                        "esmtp.mime-anomaly",
+                        "expected false or an action: \"drop-connection\", \"reset\" or \"log\", \
+                         optionally with \"log\"",
+                    ));
+                }
+            },
+        };
         Ok(EsmtpPolicy {
             name,
             mode: self.mode,
@@ -380,11 +412,40 @@ impl EsmtpSection {
             allow_tls,
             special_character,
             mail_relay,
+            mime_anomaly,
             allow_verbs,
             reject_excess_recipients,
             rules,
         })
     }
+}
+
+/// The default of `mime-anomaly`: the action of the strictest rule on
+/// attachments (`mime filetype`, `mime filename length`, `mime encoding`),
+/// since MIME the scanner cannot follow could hide what they look for.
+/// Reset is stricter than drop-connection, which is stricter than log.
+fn strictest_attachment_rule(rules: &[Rule]) -> Option<Actions> {
+    let rank = |a: &Actions| match a.primary {
+        Some(Primary::Reset) => 2,
+        Some(Primary::DropConnection) => 1,
+        _ => 0,
+    };
+    rules
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.criterion,
+                Criterion::MimeFiletypeRegex(_)
+                    | Criterion::MimeFilenameLength(_)
+                    | Criterion::MimeEncoding(_)
+            )
+        })
+        .map(|r| r.actions)
+        .reduce(|a, b| match rank(&a).cmp(&rank(&b)) {
+            std::cmp::Ordering::Less => b,
+            std::cmp::Ordering::Greater => a,
+            std::cmp::Ordering::Equal => Actions::new(a.primary, a.log || b.log),
+        })
 }
 
 /// A policy or banner name: printable ASCII without spaces, so it can

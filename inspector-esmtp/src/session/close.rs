@@ -13,12 +13,22 @@ use super::{Close, Output};
 use crate::audit::{self, AuditEvent, AuditKind, Classification, Peers, Source};
 use crate::stats::PolicyStats;
 
+/// What the client is told when the session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tell {
+    /// Modern mode only (compat closes silently, as the firewall did).
+    Modern(&'static [u8]),
+    /// Both modes: the engine's refusal of what it cannot let through, a
+    /// security fix that compat mode has too.
+    Always(&'static [u8]),
+}
+
 /// A close decided while the server still owes replies to messages it
 /// received in full.
 #[derive(Debug, Clone, Copy)]
 struct Closing {
     how: Close,
-    reply: &'static [u8],
+    reply: Tell,
     /// Message-completing replies still awaited.
     owed: usize,
     /// The client ended the session (EOF), not the policy: not counted as
@@ -62,7 +72,7 @@ impl Ending {
     pub fn close(
         &mut self,
         how: Close,
-        reply: &'static [u8],
+        reply: Tell,
         owed: usize,
         stats: &PolicyStats,
         out: &mut Output,
@@ -86,7 +96,7 @@ impl Ending {
     pub fn close_now(
         &mut self,
         how: Close,
-        reply: &'static [u8],
+        reply: Tell,
         stats: &PolicyStats,
         out: &mut Output,
     ) -> bool {
@@ -100,8 +110,12 @@ impl Ending {
             Close::Fin => PolicyStats::bump(&stats.drop),
             Close::Reset => PolicyStats::bump(&stats.reset_drop),
         }
-        if how == Close::Fin && self.tell_why {
-            out.to_client.extend_from_slice(reply);
+        match reply {
+            Tell::Always(r) => out.to_client.extend_from_slice(r),
+            Tell::Modern(r) if how == Close::Fin && self.tell_why => {
+                out.to_client.extend_from_slice(r);
+            }
+            Tell::Modern(_) => {}
         }
         true
     }
@@ -116,7 +130,7 @@ impl Ending {
         if owed > 0 {
             self.closing = Some(Closing {
                 how: Close::Fin,
-                reply: b"",
+                reply: Tell::Modern(b""),
                 owed,
                 eof: true,
             });
@@ -159,7 +173,7 @@ impl Ending {
 
 /// The record of a protocol anomaly the session cannot go on after
 /// (108004).
-pub fn anomaly(peers: Peers, what: &'static str) -> AuditEvent {
+pub fn anomaly(peers: Peers, what: &str) -> AuditEvent {
     AuditEvent {
         peers,
         kind: AuditKind::Classification(Classification {
@@ -188,11 +202,11 @@ mod tests {
         let stats = stats();
         let mut e = Ending::new(true);
         let mut out = Output::default();
-        assert!(e.close(Close::Fin, b"421 x\r\n", 2, &stats, &mut out));
+        assert!(e.close(Close::Fin, Tell::Modern(b"421 x\r\n"), 2, &stats, &mut out));
         assert!(e.stopped() && !e.is_closed());
         assert_eq!(out, Output::default());
         assert!(
-            !e.close(Close::Reset, b"", 0, &stats, &mut out),
+            !e.close(Close::Reset, Tell::Modern(b""), 0, &stats, &mut out),
             "decided once"
         );
         assert!(!e.message_answered(&stats, &mut out));
@@ -207,9 +221,15 @@ mod tests {
     fn a_reset_or_compat_close_says_nothing_and_eof_is_no_drop() {
         let stats = stats();
         let mut out = Output::default();
-        assert!(Ending::new(true).close_now(Close::Reset, b"421 x\r\n", &stats, &mut out));
-        assert!(Ending::new(false).close_now(Close::Fin, b"421 x\r\n", &stats, &mut out));
+        let tell = Tell::Modern(b"421 x\r\n");
+        assert!(Ending::new(true).close_now(Close::Reset, tell, &stats, &mut out));
+        assert!(Ending::new(false).close_now(Close::Fin, tell, &stats, &mut out));
         assert!(out.to_client.is_empty());
+        // A refusal is told in compat mode too.
+        let mut out = Output::default();
+        let refusal = Tell::Always(b"501 x\r\n");
+        assert!(Ending::new(false).close_now(Close::Fin, refusal, &stats, &mut out));
+        assert_eq!(out.to_client, b"501 x\r\n");
         assert_eq!(stats.reset_drop.load(Ordering::Relaxed), 1);
 
         let mut e = Ending::new(true);
@@ -219,8 +239,8 @@ mod tests {
         assert_eq!((out.close, out.to_client.len()), (Some(Close::Fin), 0));
         assert_eq!(
             stats.drop.load(Ordering::Relaxed),
-            1,
-            "only the compat close"
+            2,
+            "only the two compat closes"
         );
         assert!(!e.eof(&mut out), "closed once");
     }

@@ -1,12 +1,38 @@
 //! Reading a client command line: its verb, the path of MAIL FROM and
 //! RCPT TO with their parameters, and the arguments of BDAT and XEXCH50.
 //! What the policy makes of a command is the session's.
+//!
+//! Each line is read twice over. The *strict* reading accepts only the forms
+//! every mainstream server (Postfix, Exim, Sendmail, Exchange) reads the same
+//! way; anything else gets a `refusal` and never reaches the server. The
+//! *permissive* reading extracts the address the most lenient of them would
+//! execute, so that the policy's criteria judge it even on a line the
+//! strict reading refuses. Where each rule comes from is cited at its test;
+//! docs/policy.md ("What the engine refuses by itself") sums them up.
+
+use std::borrow::Cow;
+
+use memchr::{memchr, memchr2};
 
 use super::split_eol;
 
-/// The verb of a command line, upper case (empty for an empty line).
+/// Longest BDAT size accepted, whatever the server advertised: Exim keeps
+/// the chunk size in an `unsigned int` (`globals.h` `chunking_datasize`,
+/// read with `sscanf("%u")`), Exchange caps a message at `Int32.MaxValue`.
+pub const MAX_BDAT: u64 = i32::MAX as u64;
+
+/// Digits of a BDAT size (10 hold `MAX_BDAT`; smtp-proto's digit loop
+/// restarts after saturating, so long strings must not even be read).
+const MAX_BDAT_DIGITS: usize = 10;
+
+/// Exchange accepts an XEXCH50 blob of `4 < size <= 64 MiB`
+/// (`Xexch50SmtpCommand.cs`).
+const XEXCH50_SIZES: std::ops::RangeInclusive<u64> = 5..=64 << 20;
+
+/// The verb of a command line, upper case (empty for an empty line or one
+/// starting with a space).
 fn verb_of(content: &[u8]) -> String {
-    let end = memchr::memchr(b' ', content).unwrap_or(content.len());
+    let end = memchr(b' ', content).unwrap_or(content.len());
     String::from_utf8_lossy(content.get(..end).unwrap_or_default()).to_ascii_uppercase()
 }
 
@@ -20,8 +46,32 @@ pub struct Command<'a> {
     pub eol: &'a [u8],
     /// Upper case (empty for an empty line).
     pub verb: String,
-    /// The path of MAIL FROM / RCPT TO.
+    /// The path of MAIL FROM / RCPT TO, as the most permissive server
+    /// would extract it (also on a line the strict reading refuses).
     pub path: Option<PathArg<'a>>,
+    /// The arguments the session acts on, when the strict reading accepts
+    /// them.
+    pub args: Args,
+    /// Why the strict reading refuses the line (`None`: every mainstream
+    /// server reads it as the engine does).
+    pub refusal: Option<&'static str>,
+}
+
+/// What the session needs of a command's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Args {
+    None,
+    /// MAIL FROM's `SIZE=`.
+    Mail {
+        size: Option<u64>,
+    },
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    Xexch50 {
+        size: u64,
+    },
 }
 
 impl<'a> Command<'a> {
@@ -29,89 +79,341 @@ impl<'a> Command<'a> {
     pub fn parse(line: &'a [u8]) -> Self {
         let (content, eol) = split_eol(line);
         let verb = verb_of(content);
-        let path = match verb.as_str() {
-            "MAIL" => path_arg(content, b"FROM:"),
-            "RCPT" => path_arg(content, b"TO:"),
-            _ => None,
-        };
-        Self {
+        let mut cmd = Self {
             line,
             content,
             eol,
             verb,
-            path,
+            path: None,
+            args: Args::None,
+            refusal: None,
+        };
+        // The argument, after the verb and its one space.
+        let arg = content.get(cmd.verb.len() + 1..).unwrap_or_default();
+        let read = match cmd.verb.as_str() {
+            "MAIL" => cmd.read_path(arg, b"FROM", true),
+            "RCPT" => cmd.read_path(arg, b"TO", false),
+            "BDAT" => bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
+            "XEXCH50" => xexch50(arg).map(|size| Args::Xexch50 { size }),
+            _ => Ok(Args::None),
+        };
+        // Line-level faults come first: they make every other reading moot.
+        cmd.refusal = line_fault(content, &cmd.verb, arg).or(read.err());
+        if cmd.refusal.is_none() {
+            cmd.args = read.unwrap_or(Args::None);
+        }
+        cmd
+    }
+
+    /// Extracts the path (permissively) and reads it strictly.
+    fn read_path(
+        &mut self,
+        arg: &'a [u8],
+        keyword: &[u8],
+        mail: bool,
+    ) -> Result<Args, &'static str> {
+        let start = self.content.len() - arg.len();
+        match strict_path(arg, keyword, mail) {
+            // The strict reading is every server's: its path is the path.
+            Ok((args, at, raw)) => {
+                self.path = Some(PathArg {
+                    raw,
+                    judged: unquoted(raw),
+                    start: start + at,
+                });
+                Ok(args)
+            }
+            Err(why) => {
+                self.path = permissive_path(arg, keyword).map(|mut p| {
+                    p.start += start;
+                    p
+                });
+                Err(why)
+            }
         }
     }
 
-    /// The address of MAIL FROM.
-    pub fn sender(&self) -> Option<&'a [u8]> {
+    /// The address of MAIL FROM, as judged.
+    pub fn sender(&self) -> Option<&[u8]> {
         self.path
             .as_ref()
             .filter(|_| self.verb == "MAIL")
-            .map(|p| p.address)
+            .map(|p| p.judged.as_ref())
+    }
+}
+
+/// Faults of the line as a whole (rules 1, 2 and 4 of the reference):
+/// a NUL (Postfix and Sendmail cut the line there, Exim refuses it), a CR
+/// anywhere but right before the final LF (Postfix strips one trailing CR,
+/// Exim all of them; inside a line the tokenizers take it for a space), and
+/// whitespace right after the verb's one space (Exim matches `mail from:`
+/// with exactly one space, `smtp_in.c` `smtp_read_command`; Postfix and
+/// Sendmail skip any run of whitespace).
+fn line_fault(content: &[u8], verb: &str, arg: &[u8]) -> Option<&'static str> {
+    match memchr2(0, b'\r', content).and_then(|i| content.get(i)) {
+        Some(0) => return Some("NUL in a command line"),
+        Some(_) => return Some("bare CR in a command line"),
+        None => {}
+    }
+    // A TAB or a leading space is part of no verb (Exim: 500, Postfix and
+    // Sendmail: a separator); such a line is refused as unrecognized.
+    if verb.is_empty() || !all_of(verb.as_bytes(), VERB) {
+        return Some("malformed verb");
+    }
+    match arg.first() {
+        Some(b' ' | b'\t') => Some("more than one space after the verb"),
+        _ => None,
     }
 }
 
 /// The path argument of MAIL FROM / RCPT TO.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PathArg<'a> {
-    /// Between `<` and `>` (or up to a space without brackets).
-    pub address: &'a [u8],
-    /// Offset of `address` in the line.
-    start: usize,
-    /// ESMTP parameters after the path.
-    pub params: &'a [u8],
+    /// As written between `<` and `>` (or the first word without brackets).
+    pub raw: &'a [u8],
+    /// What the criteria judge: `raw` with a quoted local part unquoted
+    /// (`"a b"@c` is `a b@c`, as Postfix executes it).
+    pub judged: Cow<'a, [u8]>,
+    /// Offset of `raw` in the line.
+    pub start: usize,
 }
 
-/// Parses `VERB KEYWORD:path params` (KEYWORD is `FROM:` or `TO:`).
-fn path_arg<'a>(content: &'a [u8], keyword: &[u8]) -> Option<PathArg<'a>> {
-    let sp = memchr::memchr(b' ', content)?;
-    let mut i = sp + 1;
-    let kw = content.get(i..i + keyword.len())?;
+fn is_wsp(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c)
+}
+
+fn skip_wsp(s: &[u8]) -> &[u8] {
+    let n = s.iter().take_while(|&&b| is_wsp(b)).count();
+    s.get(n..).unwrap_or_default()
+}
+
+/// The address the most lenient server would take from `arg` (the text
+/// after `MAIL`/`RCPT`): any whitespace around the keyword and its colon
+/// (Postfix, Sendmail `skipword`), the content of the first `<…>` (Exim
+/// takes `a@b` from `Bob <a@b>`), else the first word.
+fn permissive_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<PathArg<'a>> {
+    let s = skip_wsp(arg);
+    let kw = s.get(..keyword.len())?;
     if !kw.eq_ignore_ascii_case(keyword) {
         return None;
     }
-    i += keyword.len();
-    while content.get(i) == Some(&b' ') {
+    let s = skip_wsp(s.get(keyword.len()..)?);
+    let s = skip_wsp(s.strip_prefix(b":")?);
+    let (raw, from) = match memchr(b'<', s) {
+        Some(lt) => {
+            let inner = s.get(lt + 1..)?;
+            let end = memchr(b'>', inner).unwrap_or(inner.len());
+            (inner.get(..end)?, lt + 1)
+        }
+        None => {
+            let end = s.iter().position(|&b| is_wsp(b)).unwrap_or(s.len());
+            (s.get(..end)?, 0)
+        }
+    };
+    Some(PathArg {
+        raw,
+        judged: unquoted(raw),
+        start: arg.len() - s.len() + from,
+    })
+}
+
+/// `raw` with a quoted local part unquoted (quoted pairs resolved); borrowed
+/// when there is nothing to unquote.
+fn unquoted(raw: &[u8]) -> Cow<'_, [u8]> {
+    let Some(rest) = raw.strip_prefix(b"\"") else {
+        return Cow::Borrowed(raw);
+    };
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = rest.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            b'\\' => out.extend(bytes.next()),
+            b'"' => {
+                out.extend(bytes);
+                break;
+            }
+            _ => out.push(b),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Byte classes, as a table: a few lookups per byte on every MAIL and RCPT.
+/// `ATEXT`: RFC 5321 `atext` and the dot of a dot-string, and UTF-8 (RFC
+/// 6531); `DOMAIN`: letters, digits, `-`, `.`, `_` and UTF-8; `VERB`:
+/// letters, digits and `-`.
+const ATEXT: u8 = 1;
+const DOMAIN: u8 = 2;
+const VERB: u8 = 4;
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() {
+            t[b] = ATEXT | DOMAIN | VERB;
+        } else if c >= 0x80 {
+            t[b] = ATEXT | DOMAIN;
+        }
+        b += 1;
+    }
+    let specials = b"!#$%&'*+-/=?^_`{|}~.";
+    let mut i = 0;
+    while i < specials.len() {
+        t[specials[i] as usize] |= ATEXT;
         i += 1;
     }
-    let rest = content.get(i..)?;
-    if rest.first() == Some(&b'<') {
-        // `>` inside a quoted local part does not close the path.
-        let mut quoted = false;
-        let mut escaped = false;
-        for (j, &b) in rest.iter().enumerate().skip(1) {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => quoted = !quoted,
-                b'>' if !quoted => {
-                    return Some(PathArg {
-                        address: rest.get(1..j)?,
-                        start: i + 1,
-                        params: rest.get(j + 1..)?,
-                    });
+    t[b'-' as usize] |= DOMAIN | VERB;
+    t[b'.' as usize] |= DOMAIN;
+    t[b'_' as usize] |= DOMAIN;
+    t
+};
+
+/// Whether every byte of `s` is of `class`.
+#[inline]
+fn all_of(s: &[u8], class: u8) -> bool {
+    s.iter().all(|&b| CLASS[usize::from(b)] & class != 0)
+}
+
+/// The strict reading of a MAIL/RCPT argument (rules 5 to 9 of the
+/// reference): `FROM:` (or `TO:`) right after the verb's space, optional
+/// SP/TAB, an angle-bracketed path without comments, routes or nesting, and
+/// `*(1*SP keyword["="value])`. Returns the arguments, and the path's
+/// offset in `arg` and content.
+fn strict_path<'a>(
+    arg: &'a [u8],
+    keyword: &[u8],
+    mail: bool,
+) -> Result<(Args, usize, &'a [u8]), &'static str> {
+    let kw = arg.get(..keyword.len() + 1);
+    let colon = kw.is_some_and(|k| {
+        k.get(..keyword.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+            && k.last() == Some(&b':')
+    });
+    if !colon {
+        // `FROM :` (Sendmail and smtp-proto take it, Postfix and Exim do
+        // not), a missing keyword, or anything else.
+        return Err("MAIL/RCPT without FROM:/TO: right after the verb");
+    }
+    let rest = arg.get(keyword.len() + 1..).unwrap_or_default();
+    let n = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = rest.get(n..).unwrap_or_default();
+    let at = arg.len() - rest.len() + 1;
+    let Some(rest) = rest.strip_prefix(b"<") else {
+        // `a@b`, `Bob <a@b>`, `(comment)<a@b>`: read differently by each.
+        return Err("path not in angle brackets");
+    };
+    let Some(gt) = memchr(b'>', rest) else {
+        return Err("path without `>`");
+    };
+    let (address, params) = rest.split_at(gt);
+    strict_address(address)?;
+    if address.is_empty() && !mail {
+        return Err("RCPT TO:<>");
+    }
+    let size = strict_params(params.get(1..).unwrap_or_default())?;
+    let args = if mail {
+        Args::Mail { size }
+    } else {
+        Args::None
+    };
+    Ok((args, at, address))
+}
+
+/// A path's content between `<` and `>`: empty, or a dot-string or quoted
+/// local part, optionally `@` and a domain or address literal.
+fn strict_address(a: &[u8]) -> Result<(), &'static str> {
+    let domain = match a.first() {
+        None => return Ok(()),
+        // `<@x,@y:a@b>`: collapsed by Postfix and Exim, left to the
+        // rulesets by Sendmail.
+        Some(b'@') => return Err("source route"),
+        Some(b'"') => {
+            let mut i = 1;
+            loop {
+                match a.get(i) {
+                    Some(b'"') => break,
+                    Some(b'\\') if a.get(i + 1).is_some_and(|&b| b >= 0x20 && b != 0x7f) => i += 2,
+                    Some(&b) if (b >= 0x20 && b != 0x7f && b != b'\\') => i += 1,
+                    _ => return Err("malformed quoted local part"),
                 }
-                _ => {}
+            }
+            match a.get(i + 1..) {
+                Some([]) => return Ok(()),
+                Some([b'@', domain @ ..]) => domain,
+                _ => return Err("text after a quoted local part"),
             }
         }
-        // No closing `>`: the rest is the address.
-        Some(PathArg {
-            address: rest.get(1..)?,
-            start: i + 1,
-            params: &[],
-        })
+        Some(_) => {
+            let at = memchr(b'@', a).unwrap_or(a.len());
+            let local = a.get(..at).unwrap_or_default();
+            // `(` starts a comment for Exim and Postfix, `<` nests, `,`,
+            // `:` and `;` are list and group syntax to the RFC 822 parsers.
+            if local.is_empty() || !all_of(local, ATEXT) {
+                return Err("character not allowed in a local part");
+            }
+            match a.get(at + 1..) {
+                None => return Ok(()),
+                Some(domain) => domain,
+            }
+        }
+    };
+    let ok = match domain {
+        [b'[', literal @ .., b']'] => literal
+            .iter()
+            .all(|&b| (0x21..0x7f).contains(&b) && !b"[]\\".contains(&b)),
+        _ => !domain.is_empty() && all_of(domain, DOMAIN),
+    };
+    if ok {
+        Ok(())
     } else {
-        let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
-        Some(PathArg {
-            address: rest.get(..end)?,
-            start: i,
-            params: rest.get(end..)?,
-        })
+        Err("character not allowed in a domain")
     }
 }
 
-/// A decimal number from the wire, without overflow.
+/// ESMTP parameters after the path: nothing, or `1*SP keyword["="value]`
+/// each (rule 9): no TAB (Sendmail ends a value there, Exim peels options
+/// from the end), values without `=` (Sendmail splits there), and a
+/// `SIZE=` of 1 to 20 digits up to 2^63-1, at most once (Exim silently
+/// drops a bad one, Sendmail's `strtol` reads `abc` as 0).
+fn strict_params(params: &[u8]) -> Result<Option<u64>, &'static str> {
+    if params.first().is_some_and(|&b| b != b' ') {
+        // `<a@b>SIZE=1`: smtp-proto takes the parameter, Postfix and Exim
+        // do not.
+        return Err("text right after `>`");
+    }
+    let mut size = None;
+    for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
+        let eq = memchr(b'=', p).unwrap_or(p.len());
+        let (key, value) = p.split_at(eq);
+        let key_ok = key.first().is_some_and(u8::is_ascii_alphanumeric)
+            && key.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-');
+        let value_ok = match value {
+            [] => true,
+            [_, v @ ..] => !v.is_empty() && v.iter().all(|&b| b > b' ' && b != b'=' && b != 0x7f),
+        };
+        if !key_ok || !value_ok {
+            return Err("malformed ESMTP parameter");
+        }
+        if key.eq_ignore_ascii_case(b"SIZE") {
+            let n = value
+                .get(1..)
+                .and_then(number)
+                .filter(|&n| n <= i64::MAX as u64);
+            match (n, size) {
+                (Some(n), None) => size = Some(n),
+                _ => return Err("malformed or repeated SIZE="),
+            }
+        }
+    }
+    Ok(size)
+}
+
+/// A decimal number from the wire: 1 to 20 digits, without overflow.
 fn number(word: &[u8]) -> Option<u64> {
     if word.is_empty() || word.len() > 20 {
         return None;
@@ -125,40 +427,51 @@ fn number(word: &[u8]) -> Option<u64> {
     })
 }
 
-/// MAIL FROM's `SIZE=n` (RFC 1870).
-pub fn size_param(params: &[u8]) -> Option<u64> {
-    params.split(|&b| b == b' ').find_map(|p| {
-        let (k, v) = p.split_at(p.iter().position(|&b| b == b'=')?);
-        if k.eq_ignore_ascii_case(b"SIZE") {
-            number(v.get(1..)?)
-        } else {
-            None
-        }
-    })
-}
-
-/// `BDAT size [LAST]` (RFC 3030); `None` if malformed.
-pub fn bdat_args(content: &[u8]) -> Option<(u64, bool)> {
-    let mut words = content
-        .split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .skip(1);
-    let size = number(words.next()?)?;
-    let last = match words.next() {
-        None => false,
-        Some(w) if w.eq_ignore_ascii_case(b"LAST") => true,
-        Some(_) => return None,
+/// `BDAT SP 1*10DIGIT [SP "LAST"]` (RFC 3030; rule 10): the one form every
+/// server frames alike. No sign, hex or trailing text (Exim's
+/// `sscanf("%u")` takes `+5`, `-1` and `5abc`), no `LASTX` or `LAST x`
+/// (Exim: not last; smtp-proto: last), and no `BDAT 0` without LAST
+/// (Postfix 551, Exim 504, Exchange drops). The size limit is the
+/// session's (it knows the server's SIZE).
+fn bdat(arg: &[u8]) -> Result<(u64, bool), &'static str> {
+    const BAD: &str = "malformed BDAT";
+    let sp = memchr(b' ', arg).unwrap_or(arg.len());
+    let (digits, rest) = arg.split_at(sp);
+    if digits.len() > MAX_BDAT_DIGITS {
+        return Err(BAD);
+    }
+    let size = number(digits).ok_or(BAD)?;
+    let last = match rest {
+        [] => false,
+        [b' ', w @ ..] if w.eq_ignore_ascii_case(b"LAST") => true,
+        _ => return Err(BAD),
     };
-    words.next().is_none().then_some((size, last))
+    if size == 0 && !last {
+        return Err("BDAT 0 without LAST");
+    }
+    Ok((size, last))
 }
 
-/// `XEXCH50 size mode` (Exchange): the size of the blob after the 354.
-pub fn xexch50_size(content: &[u8]) -> Option<u64> {
-    let mut words = content
-        .split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .skip(1);
-    number(words.next()?)
+/// `XEXCH50 SP size SP n` (Exchange): the size of the blob sent after the
+/// 354. Exchange reads both with `int.TryParse` (which takes a sign), so
+/// anything but plain digits could frame the blob differently.
+fn xexch50(arg: &[u8]) -> Result<u64, &'static str> {
+    let mut words = arg.split(|&b| b == b' ');
+    let size = words.next().and_then(number);
+    let n = words.next().filter(|n| n.len() <= 9).and_then(number);
+    match (size, n, words.next()) {
+        (Some(size), Some(_), None) if XEXCH50_SIZES.contains(&size) => Ok(size),
+        _ => Err("malformed XEXCH50"),
+    }
+}
+
+/// Whether a line is a BDAT to a server that skips leading whitespace and
+/// splits at any (Postfix's tokenizer, Sendmail's verb split), whatever
+/// the engine makes of its verb.
+pub fn names_bdat(content: &[u8]) -> bool {
+    let s = skip_wsp(content);
+    s.get(..4).is_some_and(|v| v.eq_ignore_ascii_case(b"BDAT"))
+        && s.get(4).is_none_or(|&b| is_wsp(b))
 }
 
 /// The sendmail "pipe to program" signature: `<|cmd>` or `<"|cmd">`.
@@ -185,7 +498,7 @@ pub fn write_without_pipes<'o>(
     let start = to.len();
     to.extend_from_slice(cmd.line);
     let from = start + path.start;
-    if let Some(addr) = to.get_mut(from..from + path.address.len()) {
+    if let Some(addr) = to.get_mut(from..from + path.raw.len()) {
         addr.iter_mut()
             .filter(|b| **b == b'|')
             .for_each(|b| *b = b' ');
@@ -193,33 +506,205 @@ pub fn write_without_pipes<'o>(
     to.get(start..start + cmd.content.len()).unwrap_or_default()
 }
 
+/// The engine's reading of one command line, for differential tests
+/// against other parsers (the fuzz target `differential`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// Upper case.
+    pub verb: String,
+    /// The address judged (MAIL/RCPT), as the most permissive server
+    /// extracts it.
+    pub address: Option<Vec<u8>>,
+    /// MAIL FROM's `SIZE=`.
+    pub size: Option<u64>,
+    /// BDAT's size and LAST.
+    pub bdat: Option<(u64, bool)>,
+    /// Why the engine refuses the line itself, whatever the policy (a
+    /// refused line never reaches the server). BDAT sizes over the
+    /// server's SIZE are refused by the session, which knows it; over
+    /// `MAX_BDAT` always.
+    pub refusal: Option<&'static str>,
+}
+
+/// Reads one complete command line (with its line ending) as the session
+/// does.
+pub fn read(line: &[u8]) -> Reading {
+    let cmd = Command::parse(line);
+    let mut refusal = cmd.refusal;
+    let (mut size, mut bdat) = (None, None);
+    match cmd.args {
+        Args::Mail { size: s } => size = s,
+        Args::Bdat { size, .. } if size > MAX_BDAT => refusal = Some("BDAT size over 2^31-1"),
+        Args::Bdat { size, last } => bdat = Some((size, last)),
+        _ => {}
+    }
+    Reading {
+        address: cmd.path.as_ref().map(|p| p.judged.to_vec()),
+        verb: cmd.verb,
+        size,
+        bdat,
+        refusal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn parses_paths_and_parameters() {
-        let p = path_arg(b"MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME", b"FROM:").unwrap();
-        assert_eq!(p.address, b"a@b.example");
-        assert_eq!(p.start, 11);
-        assert_eq!(size_param(p.params), Some(1000));
-        let p = path_arg(b"rcpt to: <\"x>y\"@c>", b"TO:").unwrap();
-        assert_eq!(p.address, b"\"x>y\"@c");
-        assert_eq!(path_arg(b"MAIL FROM:<>", b"FROM:").unwrap().address, b"");
-        assert_eq!(path_arg(b"MAIL TO:<a>", b"FROM:"), None);
-        assert_eq!(path_arg(b"MAIL", b"FROM:"), None);
-        assert_eq!(size_param(b" SIZE=99999999999999999999999"), None);
+    fn refusal(line: &str) -> Option<&'static str> {
+        Command::parse(line.as_bytes()).refusal
+    }
+
+    fn judged(line: &str) -> Option<String> {
+        Command::parse(line.as_bytes())
+            .path
+            .map(|p| String::from_utf8_lossy(&p.judged).into_owned())
     }
 
     #[test]
-    fn parses_bdat_and_numbers() {
-        assert_eq!(bdat_args(b"BDAT 100 LAST"), Some((100, true)));
-        assert_eq!(bdat_args(b"BDAT 0"), Some((0, false)));
-        assert_eq!(bdat_args(b"BDAT x"), None);
-        assert_eq!(bdat_args(b"BDAT 1 LAST more"), None);
+    fn canonical_forms_real_mtas_send_pass() {
+        for line in [
+            "MAIL FROM:<a@b.example> SIZE=123 BODY=8BITMIME\r\n",
+            "MAIL FROM: <a@b.example>\r\n",
+            "MAIL FROM:<>\r\n",
+            "mail from:<a@b>\r\n",
+            "MAIL FROM:<a@b>  SIZE=1   BODY=8BITMIME\r\n",
+            "MAIL FROM:<a@b> AUTH=<> SMTPUTF8 ENVID=x+2By\r\n",
+            "MAIL FROM:<\u{e9}@b\u{e9}.example> SMTPUTF8\r\n",
+            "MAIL FROM:<a@[198.18.0.1]>\r\n",
+            "MAIL FROM:<a@[IPv6:2001:db8::1]>\r\n",
+            "RCPT TO:<\"quoted local\"@b>\r\n",
+            "RCPT TO:<\"a\\\"b\"@c>\r\n",
+            "RCPT TO:<postmaster>\r\n",
+            "RCPT TO:<b@y> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b@y\r\n",
+            "MAIL FROM:\t<a@b>\r\n",
+            "MAIL FROM:<a@b>\n",
+            "BDAT 1000\r\n",
+            "BDAT 0 LAST\r\n",
+            "bdat 10 last\r\n",
+            "NOOP\r\n",
+            "EHLO client.example\r\n",
+            "XEXCH50 512 2\r\n",
+        ] {
+            assert_eq!(refusal(line), None, "{line:?}");
+        }
+        assert_eq!(
+            judged("RCPT TO:<\"quoted local\"@b>\r\n").unwrap(),
+            "quoted local@b"
+        );
+        assert_eq!(judged("RCPT TO:<\"a\\\"b\"@c>\r\n").unwrap(), "a\"b@c");
+        let cmd = Command::parse(b"MAIL FROM:<a@b.example> SIZE=1000 BODY=8BITMIME\r\n");
+        assert_eq!(cmd.args, Args::Mail { size: Some(1000) });
+        assert_eq!(cmd.sender(), Some(&b"a@b.example"[..]));
+        assert_eq!(
+            Command::parse(b"bdat 10 last\r\n").args,
+            Args::Bdat {
+                size: 10,
+                last: true
+            }
+        );
+        assert_eq!(
+            Command::parse(b"XEXCH50 512 2\r\n").args,
+            Args::Xexch50 { size: 512 }
+        );
+    }
+
+    /// The address forms of the reference's table (section 3) that some
+    /// mainstream server reads differently: refused, and the address that
+    /// the most permissive server executes still extracted for judging.
+    #[test]
+    fn address_forms_the_servers_read_differently_are_refused() {
+        for (line, address) in [
+            ("MAIL  FROM:<a@b>", Some("a@b")),
+            ("MAIL FROM :<a@b>", Some("a@b")),
+            ("MAIL\tFROM:<a@b>", None),
+            (" MAIL FROM:<a@b>", None),
+            ("MAIL FROM:a@b", Some("a@b")),
+            ("MAIL FROM:<@x,@y:a@b>", Some("@x,@y:a@b")),
+            ("RCPT TO:<>", Some("")),
+            ("MAIL FROM:<a@b> (comment)", Some("a@b")),
+            ("MAIL FROM:(comment)<a@b>", Some("a@b")),
+            ("MAIL FROM:<a(comment)@b>", Some("a(comment)@b")),
+            ("MAIL FROM:<a@b>\t SIZE=1\tBODY=8BITMIME", Some("a@b")),
+            ("MAIL FROM:<a@b>SIZE=100", Some("a@b")),
+            ("MAIL FROM:<a b@c>", Some("a b@c")),
+            ("MAIL FROM:Bob <a@b>", Some("a@b")),
+            ("MAIL FROM:Bob<a@b>", Some("a@b")),
+            ("MAIL FROM:<a@b", Some("a@b")),
+            ("MAIL FROM:<<a@b>>", Some("<a@b")),
+            ("MAIL FROM:<a@b>>", Some("a@b")),
+            ("MAIL FROM:<a@b> <c@d>", Some("a@b")),
+            ("MAIL FROM:<a@b> SIZE=abc", Some("a@b")),
+            ("MAIL FROM:<a@b> SIZE=99999999999999999999999", Some("a@b")),
+            ("MAIL FROM:<a@b> SIZE=1 SIZE=2", Some("a@b")),
+            ("MAIL FROM:<a@b> X=a=b", Some("a@b")),
+            ("MAIL FROM:<a@b>\0x", Some("a@b")),
+            ("MAIL FROM:<a@\rb>", Some("a@\rb")),
+            ("MA\rIL FROM:<a@b>", None),
+            ("MAIL FROM:<a@b>\r", Some("a@b")),
+            ("MAIL FROM:<a@b@c>", Some("a@b@c")),
+            ("MAIL FROM:<\"a\"b@c>", Some("ab@c")),
+            ("MAIL FROM:<a;b@c>", Some("a;b@c")),
+            ("MAIL FROM:<a@b,c@d>", Some("a@b,c@d")),
+            ("MAIL FROM:<\"a>b\"@c>", Some("a")),
+            ("MAIL", None),
+            ("MAIL TO:<a@b>", None),
+        ] {
+            let line = format!("{line}\r\n");
+            assert!(refusal(&line).is_some(), "{line:?} must be refused");
+            assert_eq!(judged(&line).as_deref(), address, "{line:?}");
+        }
+    }
+
+    /// BDAT lines of the reference's table (section 4) framed differently
+    /// by some server.
+    #[test]
+    fn bdat_forms_the_servers_frame_differently_are_refused() {
+        for line in [
+            "BDAT\t5",
+            "BDAT  5",
+            "BDAT +5",
+            "BDAT -1",
+            "BDAT 5abc",
+            "BDAT 0x5",
+            "BDAT 5 LASTX",
+            "BDAT 5 LAST foo",
+            "BDAT 5\tLAST",
+            "BDAT 5 LAST ",
+            "BDAT 5  LAST",
+            "BDAT 0",
+            "BDAT",
+            "BDAT ",
+            "BDAT 00000000005",
+            "BDAT 99999999999999999999999",
+            "BDAT 1\r2 LAST",
+        ] {
+            assert!(refusal(&format!("{line}\r\n")).is_some(), "{line:?}");
+        }
+        // Within 10 digits the size is read; the session applies the cap.
+        let r = read(b"BDAT 4294967301 LAST\r\n");
+        assert!(r.refusal.is_some(), "over 2^31-1 whatever the server says");
+        assert_eq!(read(b"BDAT 2147483647\r\n").bdat, Some((MAX_BDAT, false)));
+    }
+
+    #[test]
+    fn xexch50_needs_plain_digits_and_exchanges_sizes() {
+        for line in [
+            "XEXCH50 +512 2",
+            "XEXCH50 512",
+            "XEXCH50 4 2",
+            "XEXCH50 512 2 x",
+            "XEXCH50 67108865 2",
+        ] {
+            assert!(refusal(&format!("{line}\r\n")).is_some(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn numbers() {
         assert_eq!(number(b"18446744073709551615"), Some(u64::MAX));
         assert_eq!(number(b"18446744073709551616"), None);
-        assert_eq!(xexch50_size(b"XEXCH50 512 2"), Some(512));
+        assert_eq!(number(b""), None);
     }
 
     #[test]
@@ -229,6 +714,7 @@ mod tests {
         assert_eq!(cmd.sender(), Some(&b"a|b@x"[..]));
         let mut to = b"before ".to_vec();
         let path = cmd.path.as_ref().unwrap();
+        assert_eq!(path.start, 11);
         assert_eq!(
             write_without_pipes(&cmd, path, &mut to),
             b"mail from:<a b@x> SIZE=5"
@@ -237,6 +723,8 @@ mod tests {
         let rcpt = Command::parse(b"RCPT TO:<b@y>\n");
         assert_eq!(rcpt.sender(), None);
         assert_eq!(Command::parse(b"\r\n").verb, "");
+        let p = Command::parse(b"MAIL FROM:\t <a@b>\r\n").path.unwrap();
+        assert_eq!((p.start, p.raw), (13, &b"a@b"[..]));
     }
 
     #[test]

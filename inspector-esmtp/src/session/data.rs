@@ -31,9 +31,10 @@ pub enum DotEnd {
     More,
     /// CRLF `.` CRLF: the end of the message.
     End,
-    /// A `.` line with a bare LF before or after it. Some servers end the
-    /// message there and some do not (SMTP smuggling, CVE-2023-51764), so
-    /// it must reach neither.
+    /// A `.` line with a bare LF or a bare CR before or after it. Some
+    /// servers end the message there and some do not (SMTP smuggling,
+    /// CVE-2023-51764; some servers and gateways take a bare CR for a line
+    /// end), so it must reach neither.
     Ambiguous,
 }
 
@@ -46,6 +47,10 @@ impl DotScanner {
     /// Returns the bytes consumed (up to the line ending of a `.` line) and
     /// what they end with.
     pub fn scan(&mut self, input: &[u8], mut content: impl FnMut(&[u8])) -> (usize, DotEnd) {
+        // Where the next `\n.` and `\r.` are, searched once each per pass
+        // over `input` so that many of them cost linear time.
+        let mut lf_dot = Next::new(b"\n.");
+        let mut cr_dot = Next::new(b"\r.");
         let mut i = 0;
         while let Some(&b) = input.get(i) {
             match *self {
@@ -56,6 +61,8 @@ impl DotScanner {
                 Self::LineStart { .. } => *self = Self::InLine { cr: false },
                 Self::Dot { crlf } => match b {
                     b'\n' => return (i + 1, DotEnd::Ambiguous),
+                    // After a bare LF, `.` CR is ambiguous whatever follows.
+                    b'\r' if !crlf => return (i + 1, DotEnd::Ambiguous),
                     b'\r' => {
                         *self = Self::DotCr { crlf };
                         i += 1;
@@ -67,10 +74,12 @@ impl DotScanner {
                     let end = if crlf { DotEnd::End } else { DotEnd::Ambiguous };
                     return (i + 1, end);
                 }
-                Self::DotCr { .. } => {
-                    content(b"\r");
-                    *self = Self::InLine { cr: true };
-                }
+                // `.` then a bare CR: a line of its own to a server that
+                // ends lines at a bare CR (`\r\n.\r\r\n` ends the message
+                // for smtp-proto and for Postfix's mynetworks clients).
+                Self::DotCr { .. } => return (i + 1, DotEnd::Ambiguous),
+                // A bare CR, then `.`: a dot line to such a server.
+                Self::InLine { cr: true } if b == b'.' => return (i + 1, DotEnd::Ambiguous),
                 Self::InLine { cr } => {
                     let rest = input.get(i..).unwrap_or_default();
                     // Whether the LF at `lf` in `rest` ends a CRLF.
@@ -79,13 +88,19 @@ impl DotScanner {
                         None => cr,
                     };
                     // Only a line starting with `.` needs a closer look.
-                    match memmem::find(rest, b"\n.") {
-                        Some(p) => {
+                    let lf = lf_dot.find(input, i).map(|p| p - i);
+                    let bare_cr = cr_dot.find(input, i).map(|p| p - i);
+                    match (lf, bare_cr) {
+                        (_, Some(c)) if lf.is_none_or(|l| c < l) => {
+                            content(rest.get(..=c).unwrap_or(rest));
+                            return (i + c + 2, DotEnd::Ambiguous);
+                        }
+                        (Some(p), _) => {
                             content(rest.get(..=p).unwrap_or(rest));
                             i += p + 1;
                             *self = Self::LineStart { crlf: crlf_at(p) };
                         }
-                        None => {
+                        _ => {
                             content(rest);
                             *self = match rest.len().checked_sub(1) {
                                 Some(last) if rest.get(last) == Some(&b'\n') => Self::LineStart {
@@ -102,6 +117,32 @@ impl DotScanner {
             }
         }
         (input.len(), DotEnd::More)
+    }
+}
+
+/// The next occurrence of a two-byte pattern in one input, at or after a
+/// position, remembered until the scan passes it.
+struct Next {
+    pattern: &'static [u8],
+    /// `Some(None)`: none after the last search's start.
+    at: Option<Option<usize>>,
+}
+
+impl Next {
+    fn new(pattern: &'static [u8]) -> Self {
+        Self { pattern, at: None }
+    }
+
+    fn find(&mut self, input: &[u8], from: usize) -> Option<usize> {
+        match self.at {
+            Some(Some(p)) if p >= from => return Some(p),
+            Some(None) => return None,
+            _ => {}
+        }
+        let found =
+            memmem::find(input.get(from..).unwrap_or_default(), self.pattern).map(|p| p + from);
+        self.at = Some(found);
+        found
     }
 }
 
@@ -214,9 +255,9 @@ mod tests {
 
     #[test]
     fn dot_lines_that_do_not_end() {
-        let (content, end) = scan_all(&[b".\rx\r\n", b"a.\r\n", b"\r\n.\n"]);
-        assert_eq!(content, b"\rx\r\na.\r\n\r\n");
-        assert_eq!(end, Some((13, DotEnd::Ambiguous)));
+        let (content, end) = scan_all(&[b"..\rx\r\n", b"a.\r\n", b"\r\n.\n"]);
+        assert_eq!(content, b".\rx\r\na.\r\n\r\n");
+        assert_eq!(end, Some((14, DotEnd::Ambiguous)));
         assert_eq!(scan_all(&[b".\r\n"]), (Vec::new(), Some((3, DotEnd::End))));
         assert_eq!(scan_all(&[b"abc"]).1, None);
     }
@@ -224,11 +265,33 @@ mod tests {
     #[test]
     fn a_bare_lf_next_to_a_dot_line_is_ambiguous_in_any_split() {
         for msg in [&b"a\n.\r\n"[..], b"a\r\n.\n", b"a\n.\n", b".\n"] {
-            let whole = scan_all(&[msg]).1;
-            assert_eq!(whole, Some((msg.len(), DotEnd::Ambiguous)), "{msg:?}");
+            let whole = scan_all(&[msg]).1.map(|(_, e)| e);
+            assert_eq!(whole, Some(DotEnd::Ambiguous), "{msg:?}");
             let bytes: Vec<&[u8]> = msg.chunks(1).collect();
-            assert_eq!(scan_all(&bytes).1, whole, "{msg:?}");
+            assert_eq!(scan_all(&bytes).1.map(|(_, e)| e), whole, "{msg:?}");
         }
+        // A bare CR next to a dot line: a line end to some.
+        for msg in [
+            &b"a\r.\r"[..],
+            b"a\n.\r",
+            b"a\r.\r\n",
+            b"a\r\n.\rx",
+            b"a\r\n.\r\r\n",
+            b"\r.",
+            b".\r.",
+        ] {
+            let whole = scan_all(&[msg]).1.map(|(_, e)| e);
+            assert_eq!(whole, Some(DotEnd::Ambiguous), "{msg:?}");
+            let bytes: Vec<&[u8]> = msg.chunks(1).collect();
+            assert_eq!(scan_all(&bytes).1.map(|(_, e)| e), whole, "{msg:?}");
+        }
+        // A bare CR elsewhere is content, and many dot lines cost linear time.
+        assert_eq!(scan_all(&[b"a\rb\r\n.\r\n"]).1, Some((8, DotEnd::End)));
+        let many = b"\r\n.x".repeat(100_000);
+        assert_eq!(
+            scan_all(&[&many, b"\r\n.\r\n"]).1.map(|(_, e)| e),
+            Some(DotEnd::End)
+        );
         // CR then a separate LF still makes a CRLF.
         assert_eq!(scan_all(&[b"a\r", b"\n.\r\n"]).1, Some((6, DotEnd::End)));
         assert_eq!(scan_all(&[b"a\nb\r\n.\r\n"]).1, Some((8, DotEnd::End)));

@@ -34,22 +34,37 @@ use crate::mime::{MimeEvent, MimeLimits};
 use crate::policy::{EsmtpPolicy, Mode, TLS_VERBS};
 use crate::stats::PolicyStats;
 
-use close::Ending;
-use command::{Command, bdat_args, is_program_address, size_param, xexch50_size};
+use close::{Ending, Tell};
+use command::{Args, Command, MAX_BDAT, is_program_address};
+pub use command::{Reading, read as read_command};
 use data::{DotEnd, DotScanner, MessageScan};
 pub use pipeline::MAX_PENDING;
 use pipeline::{Pending, Pipeline};
 use replies::{
-    CHUNK_AFTER_REFUSAL, LINE_TOO_LONG, POLICY_CLOSE, PROTOCOL_CLOSE, RATE_LIMITED, TOO_MANY_RCPTS,
-    UNRECOGNIZED,
+    BARE_LINE_END, CHUNK_AFTER_REFUSAL, LINE_TOO_LONG, POLICY_CLOSE, PROTOCOL_CLOSE, RATE_LIMITED,
+    SYNTAX, TOO_BIG, TOO_MANY_RCPTS, UNRECOGNIZED,
 };
 use reply::{EhloRewrite, Extensions, code_of, ehlo_keyword};
 use rules::{Judge, RuleState, Verdict};
 
-/// Longest command or reply line the engine reassembles, line ending
-/// included. A longer command is answered `500 5.5.2` without being
-/// buffered; a longer reply ends the session (RFC 5321 allows 512).
+/// Longest reply line the engine reassembles, line ending included (a
+/// longer reply ends the session; RFC 5321 allows 512), and longest line
+/// of a verb in `allow-verbs` (Exchange's X-LINK2STATE lines are long).
 pub const MAX_LINE: usize = 8192;
+
+/// Longest command line, line ending included, that every mainstream server
+/// reads as one line: Postfix's `line_length_limit` (2048 with the LF,
+/// `mail_params.h`), Sendmail's `MAXLINE` (2048 with CR LF, `conf.h`;
+/// longer lines are split into several commands without SASL). A longer
+/// line is answered `500 5.5.2` and the session closed: the servers would
+/// read its tail as a command of its own.
+pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// Longest `AUTH` command line and SASL response line, line ending
+/// included: Sendmail's `MAXINPLINE` buffer of 12288 bytes holds 12287 and
+/// a NUL (`conf.h`; the rest becomes the next line). RFC 4954 asks servers
+/// for 12288; one byte less is what every server takes whole.
+pub const MAX_AUTH_LINE: usize = 12287;
 
 /// Most client bytes held while the client should be waiting for a reply
 /// (before the greeting, after DATA/STARTTLS/AUTH/EHLO, or after any command
@@ -176,6 +191,8 @@ struct Transaction {
     /// later chunk may reach it until RSET (or EHLO/HELO) ends the
     /// transaction there too, or it would deliver a truncated message.
     bdat_refused: bool,
+    /// Chunk bytes announced by the BDATs relayed in this message.
+    bdat_total: u64,
 }
 
 /// One inspected ESMTP session: the state machine between a client and the
@@ -188,8 +205,13 @@ pub struct Session {
     mode: ClientMode,
     /// A partial command line, or client bytes held while a reply is owed.
     cbuf: Vec<u8>,
-    /// A command line too long to buffer: (bytes so far, last byte was CR).
-    overlong: Option<(u64, bool)>,
+    /// Since when a command line (or SASL response line) is incomplete.
+    partial_since: Option<Instant>,
+    /// Length of the incomplete command line that `cmd line length` rules
+    /// have already been evaluated on (each fires once per line).
+    checked_len: u64,
+    /// Bytes of the SASL response line being relayed.
+    auth_len: usize,
     /// A partial reply line.
     sbuf: Vec<u8>,
     /// Index of the next line within the reply being relayed.
@@ -222,7 +244,9 @@ impl Session {
             now: None,
             mode: ClientMode::Command,
             cbuf: Vec::new(),
-            overlong: None,
+            partial_since: None,
+            checked_len: 0,
+            auth_len: 0,
             sbuf: Vec::new(),
             reply_line: 0,
             ehlo: EhloRewrite::new(modern),
@@ -300,6 +324,20 @@ impl Session {
         }
     }
 
+    /// Since when the client has been sending a command line that has not
+    /// ended yet (a command, or a response to an AUTH challenge), if it is:
+    /// the driver counts its command timeout from this instant, so that a
+    /// client trickling bytes of a line that never ends is closed by it
+    /// however often it sends. `None` between commands, while the client
+    /// waits for a reply, in message content, and once closing or opaque.
+    pub fn command_started(&self) -> Option<Instant> {
+        if self.stopped() || self.opaque {
+            None
+        } else {
+            self.partial_since
+        }
+    }
+
     /// Whether the session relays raw bytes (after STARTTLS).
     pub fn is_opaque(&self) -> bool {
         self.opaque
@@ -365,82 +403,134 @@ impl Session {
     /// Command mode: reassembles one line (bounded) and hands it on.
     fn step_command(&mut self, input: &[u8], out: &mut Output) -> usize {
         let lf = memchr(b'\n', input);
-        if let Some((len, cr)) = self.overlong {
-            let Some(p) = lf else {
-                let cr = input.last() == Some(&b'\r');
-                self.overlong = Some((len.saturating_add(input.len() as u64), cr));
-                return input.len();
-            };
-            let before = input.get(..p).unwrap_or_default();
-            let ends_cr = if p == 0 {
-                cr
-            } else {
-                before.last() == Some(&b'\r')
-            };
-            let total = len
-                .saturating_add(p as u64)
-                .saturating_sub(u64::from(ends_cr));
-            self.overlong = None;
-            self.on_overlong_command(total, out);
-            return p + 1;
-        }
         let take = lf.map_or(input.len(), |p| p + 1);
         let part = input.get(..take).unwrap_or(input);
-        if self.cbuf.len().saturating_add(part.len()) > MAX_LINE {
-            // Too long to buffer: from here on it is only counted.
-            let prev_cr = self.cbuf.last() == Some(&b'\r');
-            let len = self.cbuf.len().saturating_add(part.len()) as u64;
-            self.cbuf.clear();
-            if lf.is_none() {
-                self.overlong = Some((len, part.last() == Some(&b'\r')));
-                return take;
-            }
-            let ends_cr = match part.len() {
-                1 => prev_cr,
-                n => part.get(n - 2) == Some(&b'\r'),
-            };
-            self.on_overlong_command(len.saturating_sub(1 + u64::from(ends_cr)), out);
-            return take;
+        let total = self.cbuf.len().saturating_add(part.len());
+        if total > MAX_COMMAND_LINE && total > self.line_cap(part) {
+            // Without the line ending (or a CR that may start it).
+            let ending = lf.map_or(0, |_| 1) + usize::from(total > 1 && self.byte_before_end(part));
+            self.overlong(total.saturating_sub(ending) as u64, out);
+            return 0;
         }
-        match lf {
-            None => extend_bounded(&mut self.cbuf, part, MAX_LINE),
-            Some(_) if self.cbuf.is_empty() => self.on_command(part, out),
-            Some(_) => {
-                let mut line = std::mem::take(&mut self.cbuf);
-                extend_bounded(&mut line, part, MAX_LINE);
-                self.on_command(&line, out);
-                // Keep the allocation for the next line (unless bytes were
-                // held meanwhile, which live in `cbuf` now).
-                if self.cbuf.is_empty() {
-                    line.clear();
-                    self.cbuf = line;
-                }
+        let Some(_) = lf else {
+            if self.partial_since.is_none() {
+                self.partial_since = self.now;
+            }
+            extend_bounded(&mut self.cbuf, part, MAX_AUTH_LINE);
+            let len = total - usize::from(part.last() == Some(&b'\r'));
+            self.pending_length(len as u64, out);
+            return if self.stopped() { 0 } else { take };
+        };
+        if self.cbuf.is_empty() {
+            self.on_command(part, out);
+        } else {
+            let mut line = std::mem::take(&mut self.cbuf);
+            extend_bounded(&mut line, part, MAX_AUTH_LINE);
+            self.on_command(&line, out);
+            // Keep the allocation for the next line (unless bytes were
+            // held meanwhile, which live in `cbuf` now).
+            if self.cbuf.is_empty() {
+                line.clear();
+                self.cbuf = line;
             }
         }
+        self.partial_since = None;
+        self.checked_len = 0;
         take
     }
 
-    /// AUTH: the client's answer to a 334 challenge, relayed unchanged.
-    fn step_auth_response(&mut self, input: &[u8], out: &mut Output) -> usize {
-        match memchr(b'\n', input) {
-            None => {
-                out.to_server.extend_from_slice(input);
-                input.len()
-            }
-            Some(p) => {
-                out.to_server
-                    .extend_from_slice(input.get(..=p).unwrap_or(input));
-                self.mode = ClientMode::Command;
-                self.push(Pending::Auth, out);
-                p + 1
-            }
+    /// Whether the byte before the last of the pending line (`cbuf` then
+    /// `part`) is a CR: the CR of a CR LF.
+    fn byte_before_end(&self, part: &[u8]) -> bool {
+        match part.len() {
+            0 => false,
+            1 => self.cbuf.last() == Some(&b'\r'),
+            n => part.get(n - 2) == Some(&b'\r'),
         }
+    }
+
+    /// The longest line the pending command may have, by its verb:
+    /// `MAX_AUTH_LINE` for AUTH, `MAX_LINE` for a verb of `allow-verbs`
+    /// (the policy says which server is behind), `MAX_COMMAND_LINE` else.
+    fn line_cap(&self, part: &[u8]) -> usize {
+        let head = if self.cbuf.is_empty() {
+            part
+        } else {
+            &self.cbuf
+        };
+        let verb = head
+            .get(..memchr(b' ', head).unwrap_or(0))
+            .unwrap_or_default();
+        if verb.eq_ignore_ascii_case(b"AUTH") {
+            MAX_AUTH_LINE
+        } else if self
+            .policy
+            .allow_verbs
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(verb))
+        {
+            MAX_LINE
+        } else {
+            MAX_COMMAND_LINE
+        }
+    }
+
+    /// `cmd line length` on the line still arriving, `len` bytes so far:
+    /// a rule acts as soon as the line is longer than its limit.
+    fn pending_length(&mut self, len: u64, out: &mut Output) {
+        if len <= self.checked_len {
+            return;
+        }
+        let from = self.checked_len;
+        self.checked_len = len;
+        let v = self.judge(&mut out.audit).line_length(len, from);
+        self.conclude(&v, out);
+    }
+
+    /// A command line longer than any server reads whole (`len` bytes
+    /// before its line ending, so far): its `cmd line length` rules, then
+    /// `500 5.5.2` and the close. Resynchronising at the next LF is not
+    /// safe: Exim and Sendmail split such lines, and execute the tail.
+    fn overlong(&mut self, len: u64, out: &mut Output) {
+        PolicyStats::bump(&self.stats.packet);
+        let from = self.checked_len;
+        self.checked_len = len;
+        let v = self.judge(&mut out.audit).line_length(len, from);
+        if !self.conclude(&v, out) {
+            self.refuse_and_close("command line too long", LINE_TOO_LONG, out);
+        }
+    }
+
+    /// AUTH: the client's answer to a 334 challenge, relayed unchanged, up
+    /// to `MAX_AUTH_LINE` (Exim reads the rest of a longer one as commands,
+    /// `auths/get_data.c`).
+    fn step_auth_response(&mut self, input: &[u8], out: &mut Output) -> usize {
+        let lf = memchr(b'\n', input);
+        let take = lf.map_or(input.len(), |p| p + 1);
+        self.auth_len = self.auth_len.saturating_add(take);
+        if self.auth_len > MAX_AUTH_LINE {
+            self.refuse_and_close("SASL response line too long", LINE_TOO_LONG, out);
+            return 0;
+        }
+        out.to_server
+            .extend_from_slice(input.get(..take).unwrap_or(input));
+        if lf.is_some() {
+            self.mode = ClientMode::Command;
+            self.auth_len = 0;
+            self.partial_since = None;
+            self.push(Pending::Auth, out);
+        } else if self.partial_since.is_none() {
+            self.partial_since = self.now;
+        }
+        take
     }
 
     /// One complete command line (with its line ending): the rules decide,
     /// then the command is forwarded (and its reply awaited) or refused.
     /// Refusing means `X`s of the same length to the server in compat mode
-    /// (the server answers 500), and the engine's own reply in modern mode.
+    /// (the server answers 500), and the engine's own reply in modern mode;
+    /// a line some server would read differently from the engine is
+    /// answered by the engine in both modes.
     fn on_command(&mut self, line: &[u8], out: &mut Output) {
         PolicyStats::bump(&self.stats.packet);
         let cmd = Command::parse(line);
@@ -448,58 +538,85 @@ impl Session {
             self.tx.rcpt_count = self.tx.rcpt_count.saturating_add(1);
         }
         let rcpt_count = self.tx.rcpt_count;
-        let v = self.judge(&mut out.audit).command(&cmd, rcpt_count);
+        let checked = self.checked_len;
+        let v = self
+            .judge(&mut out.audit)
+            .command(&cmd, rcpt_count, checked);
         if self.conclude(&v, out) {
             return;
         }
         if let Some(p) = &cmd.path {
-            if is_program_address(p.address) {
+            if is_program_address(&p.judged) || is_program_address(p.raw) {
                 out.audit.push(AuditEvent {
                     peers: self.peers,
                     kind: AuditKind::MaliciousAddress {
-                        address: audit::excerpt(p.address),
+                        address: audit::excerpt(p.raw),
                     },
                 });
-                self.close(Close::Fin, POLICY_CLOSE, out);
+                self.close(Close::Fin, Tell::Modern(POLICY_CLOSE), out);
                 return;
             }
-            let params = self.judge(&mut out.audit).address(&cmd.verb, p.address);
+            let params = self.judge(&mut out.audit).address(&cmd.verb, &p.judged);
             if self.conclude(&params, out) {
                 return;
             }
         }
 
         let verb = cmd.verb.as_str();
+        // `BDAT\t5`, ` BDAT 5`: a BDAT to Postfix and Sendmail's tokenizers.
+        let bdat = verb == "BDAT" || command::names_bdat(cmd.content);
         let outcome = if !self.verb_allowed(verb) || v.mask {
             Outcome::Refuse(UNRECOGNIZED)
         } else if v.rate_limited {
             Outcome::Refuse(RATE_LIMITED)
-        } else if verb == "BDAT" && self.tx.bdat_refused {
+        } else if let Some(why) = cmd.refusal {
+            if bdat {
+                // Its chunk follows, of a size no one can be sure of.
+                self.refuse_and_close(why, SYNTAX, out);
+                return;
+            }
+            Outcome::Reject(SYNTAX)
+        } else if bdat && self.tx.bdat_refused {
             Outcome::Refuse(CHUNK_AFTER_REFUSAL)
+        } else if let Args::Bdat { size, .. } = cmd.args
+            && self.bdat_too_big(size)
+        {
+            self.refuse_and_close("BDAT over the size limit", TOO_BIG, out);
+            return;
         } else if v.reject_rcpt {
             Outcome::Reject(TOO_MANY_RCPTS)
         } else {
             Outcome::Forward
         };
-        if verb == "BDAT" && matches!(outcome, Outcome::Refuse(_)) {
+        if bdat && matches!(outcome, Outcome::Refuse(_)) {
             self.tx.bdat_refused = true;
         }
         match outcome {
             Outcome::Forward => self.forward(&cmd, out),
             Outcome::Reject(reply) => self.push(Pending::Local(reply), out),
             Outcome::Refuse(reply) if self.modern() => {
-                self.push(Pending::Local(reply), out);
-                // The payload of a refused BDAT follows anyway: skip it.
-                if verb == "BDAT"
-                    && let Some((size, last)) = bdat_args(cmd.content)
-                    && size > 0
-                {
-                    self.mode = ClientMode::Raw {
-                        remaining: size,
-                        kind: RawKind::Bdat { last, relay: false },
-                    };
+                if bdat {
+                    // The payload of a refused BDAT follows anyway: skip it,
+                    // or close if its size cannot be read for sure.
+                    match cmd.args {
+                        Args::Bdat { size, last } if size > 0 => {
+                            self.mode = ClientMode::Raw {
+                                remaining: size,
+                                kind: RawKind::Bdat { last, relay: false },
+                            };
+                        }
+                        Args::Bdat { .. } => {}
+                        _ => {
+                            let why = cmd.refusal.unwrap_or("malformed BDAT");
+                            self.refuse_and_close(why, SYNTAX, out);
+                            return;
+                        }
+                    }
                 }
+                self.push(Pending::Local(reply), out);
             }
+            // Compat: the server answers 500 and reads what follows as
+            // commands, as the engine does (BDAT is never allowed there).
             Outcome::Refuse(_) => {
                 out.to_server
                     .resize(out.to_server.len() + cmd.content.len(), b'X');
@@ -510,14 +627,24 @@ impl Session {
         self.flush_local(out);
     }
 
-    /// A command line longer than `MAX_LINE`: only its length was kept.
-    fn on_overlong_command(&mut self, len: u64, out: &mut Output) {
-        PolicyStats::bump(&self.stats.packet);
-        let v = self.judge(&mut out.audit).overlong(len);
-        if !self.conclude(&v, out) {
-            self.push(Pending::Local(LINE_TOO_LONG), out);
-            self.flush_local(out);
-        }
+    /// Whether a chunk of `size` bytes would take the message over the
+    /// server's SIZE (when it advertised a limit) or over 2^31-1, which
+    /// Exim and Exchange cannot count past.
+    fn bdat_too_big(&self, size: u64) -> bool {
+        let limit = self
+            .ext
+            .size
+            .filter(|&s| s > 0)
+            .map_or(MAX_BDAT, |s| s.min(MAX_BDAT));
+        size > limit || self.tx.bdat_total.saturating_add(size) > limit
+    }
+
+    /// The engine refuses what it cannot let through, in either mode: the
+    /// reply, a 108004 record, and the close (once the server answered the
+    /// messages it already has).
+    fn refuse_and_close(&mut self, what: &str, reply: &'static [u8], out: &mut Output) {
+        out.audit.push(close::anomaly(self.peers, what));
+        self.close(Close::Fin, Tell::Always(reply), out);
     }
 
     /// Whether the verb may reach the server in the session's state.
@@ -540,14 +667,18 @@ impl Session {
             "HELO" => Pending::Helo,
             "MAIL" => {
                 self.tx.rcpt_count = 0;
-                self.tx.declared_size = cmd.path.as_ref().and_then(|p| size_param(p.params));
+                self.tx.declared_size = match cmd.args {
+                    Args::Mail { size } => size,
+                    _ => None,
+                };
                 Pending::Mail
             }
             "RCPT" => Pending::Rcpt,
             "DATA" => Pending::Data,
-            "BDAT" => match bdat_args(cmd.content) {
-                Some((size, last)) => {
+            "BDAT" => match cmd.args {
+                Args::Bdat { size, last } => {
                     self.start_message();
+                    self.tx.bdat_total = self.tx.bdat_total.saturating_add(size);
                     if size == 0 && last {
                         // The empty last chunk completes the message: inspect
                         // before the server gets it.
@@ -566,12 +697,12 @@ impl Session {
                     }
                     Pending::Bdat { last }
                 }
-                // Malformed: the server rejects it and reads commands on, as we do.
-                None => Pending::Other,
+                // Not reached: a BDAT the strict reading refuses is not forwarded.
+                _ => Pending::Other,
             },
-            "XEXCH50" => match xexch50_size(cmd.content) {
-                Some(size) => Pending::Xexch50 { size },
-                None => Pending::Other,
+            "XEXCH50" => match cmd.args {
+                Args::Xexch50 { size } => Pending::Xexch50 { size },
+                _ => Pending::Other,
             },
             "AUTH" | "X-EXPS" => Pending::Auth,
             "RSET" => {
@@ -586,7 +717,7 @@ impl Session {
         };
         match &cmd.path {
             // The firewall replaced `|` in addresses by a space (108002).
-            Some(p) if self.policy.mode == Mode::Compat && p.address.contains(&b'|') => {
+            Some(p) if self.policy.mode == Mode::Compat && p.raw.contains(&b'|') => {
                 let rewritten = command::write_without_pipes(cmd, p, &mut out.to_server);
                 out.audit.push(AuditEvent {
                     peers: self.peers,
@@ -637,7 +768,7 @@ impl Session {
     fn reply_too_long(&mut self, out: &mut Output) {
         out.audit
             .push(close::anomaly(self.peers, "server reply line too long"));
-        self.close_now(Close::Fin, PROTOCOL_CLOSE, out);
+        self.close_now(Close::Fin, Tell::Modern(PROTOCOL_CLOSE), out);
     }
 
     /// One complete reply line (with its line ending). Each reply answers
@@ -728,6 +859,9 @@ impl Session {
                     remaining: size,
                     kind: RawKind::Xexch50,
                 };
+                // The server answers the blob too (250 or 500): the next
+                // command waits for that reply, not for this one.
+                self.push(Pending::Xexch50Blob, out);
             }
             Some(Pending::Auth) if code == 334 => self.mode = ClientMode::AuthResponse,
             Some(Pending::StartTls) if code == 220 => {
@@ -737,10 +871,13 @@ impl Session {
                 self.cbuf = Vec::new();
                 self.opaque = true;
                 PolicyStats::bump(&self.stats.allow_tls);
-                out.audit.push(AuditEvent {
-                    peers: self.peers,
-                    kind: AuditKind::TlsStarted,
-                });
+                // `allow-tls = "log"` (the firewall's `allow-tls action log`).
+                if self.policy.allow_tls == Some(true) {
+                    out.audit.push(AuditEvent {
+                        peers: self.peers,
+                        kind: AuditKind::TlsStarted,
+                    });
+                }
             }
             _ => {}
         }
@@ -786,7 +923,9 @@ impl Session {
         self.mode = ClientMode::Data(dots);
         match found {
             DotEnd::End if !self.stopped() => self.end_message(&mut scan, out),
-            DotEnd::Ambiguous => self.anomaly("bare LF next to the final dot", out),
+            DotEnd::Ambiguous => {
+                self.refuse_and_close("bare CR or LF next to a final dot", BARE_LINE_END, out);
+            }
             _ => {}
         }
         self.message = Some(scan);
@@ -895,7 +1034,7 @@ impl Session {
     fn conclude(&mut self, v: &Verdict, out: &mut Output) -> bool {
         match v.close {
             Some(how) => {
-                self.close(how, POLICY_CLOSE, out);
+                self.close(how, Tell::Modern(POLICY_CLOSE), out);
                 true
             }
             None => false,
@@ -906,12 +1045,12 @@ impl Session {
     /// (108004) and closed.
     fn anomaly(&mut self, what: &'static str, out: &mut Output) {
         out.audit.push(close::anomaly(self.peers, what));
-        self.close(Close::Fin, PROTOCOL_CLOSE, out);
+        self.close(Close::Fin, Tell::Modern(PROTOCOL_CLOSE), out);
     }
 
     /// Ends the session once the server has answered every message it
     /// already received in full (see `close`).
-    fn close(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
+    fn close(&mut self, how: Close, reply: Tell, out: &mut Output) {
         let owed = self.owed_message_replies();
         if self.ending.close(how, reply, owed, &self.stats, out) {
             self.release();
@@ -919,7 +1058,7 @@ impl Session {
     }
 
     /// Ends the session now.
-    fn close_now(&mut self, how: Close, reply: &'static [u8], out: &mut Output) {
+    fn close_now(&mut self, how: Close, reply: Tell, out: &mut Output) {
         if self.ending.close_now(how, reply, &self.stats, out) {
             self.release();
         }

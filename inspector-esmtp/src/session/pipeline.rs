@@ -27,6 +27,8 @@ pub enum Pending {
     Xexch50 {
         size: u64,
     },
+    /// The server's reply to an XEXCH50 blob (`250` or `500`).
+    Xexch50Blob,
     /// STARTTLS or X-ANONYMOUSTLS: 220 makes the session opaque.
     StartTls,
     /// AUTH or X-EXPS, and each client response: 334 asks for another line.
@@ -53,6 +55,7 @@ impl Pending {
                 | Self::Helo
                 | Self::Data
                 | Self::Xexch50 { .. }
+                | Self::Xexch50Blob
                 | Self::StartTls
                 | Self::Auth
                 | Self::Quit
@@ -75,6 +78,7 @@ pub struct Pipeline {
 pub struct Overflow;
 
 impl Pipeline {
+    #[inline]
     pub fn push(&mut self, p: Pending) -> Result<(), Overflow> {
         if self.queue.len() >= MAX_PENDING {
             return Err(Overflow);

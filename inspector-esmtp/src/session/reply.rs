@@ -26,6 +26,15 @@ pub fn ehlo_keyword(content: &[u8]) -> String {
     String::from_utf8_lossy(text.get(..end).unwrap_or_default()).to_ascii_uppercase()
 }
 
+/// The number of an EHLO `SIZE n` line (`250-SIZE 10240000`).
+fn size_limit(content: &[u8]) -> Option<u64> {
+    let value = content.get(9..)?;
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// Compat: the greeting with every character but `2`, `0`, CR and LF
 /// turned into `*`.
 pub fn asterisks(line: &[u8], to: &mut Vec<u8>) {
@@ -40,6 +49,9 @@ pub fn asterisks(line: &[u8], to: &mut Vec<u8>) {
 pub struct Extensions {
     pub pipelining: bool,
     pub chunking: bool,
+    /// The server's SIZE limit (RFC 1870), when it gave one; also when the
+    /// policy hides the keyword from the client: the server enforces it.
+    pub size: Option<u64>,
 }
 
 /// A 250 EHLO reply as the client gets it, line by line: the first line
@@ -89,14 +101,13 @@ impl EhloRewrite {
         mask: bool,
         to: &mut Vec<u8>,
     ) {
-        if !mask {
-            match keyword {
-                "PIPELINING" => self.ext.pipelining = true,
-                "CHUNKING" => self.ext.chunking = true,
-                _ => {}
-            }
-        }
         let (content, _) = split_eol(line);
+        match keyword {
+            "PIPELINING" if !mask => self.ext.pipelining = true,
+            "CHUNKING" if !mask => self.ext.chunking = true,
+            "SIZE" => self.ext.size = size_limit(content),
+            _ => {}
+        }
         match (self.modern, mask) {
             // Compat: the line keeps its length; the Nth masked keyword ends
             // in the Nth letter (STARTTLS shows as `XXXXXXXA`).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::Close;
 use super::command::{Command, domain_of};
 use crate::audit::{self, AuditEvent, AuditKind, Classification, Peers, Source};
-use crate::mime::MimeEvent;
+use crate::mime::{MimeEvent, Unreadable};
 use crate::policy::criteria::exceeds;
 use crate::policy::{Actions, Criterion, EsmtpPolicy, Primary};
 use crate::stats::PolicyStats;
@@ -35,6 +35,8 @@ pub struct RuleState {
     rate: Vec<RateWindow>,
     /// Rules that already matched in the current message (each fires once).
     fired: Vec<bool>,
+    /// `mime-anomaly` already matched in the current message.
+    anomaly_fired: bool,
 }
 
 impl RuleState {
@@ -42,12 +44,14 @@ impl RuleState {
         Self {
             rate: Vec::new(),
             fired: vec![false; rules],
+            anomaly_fired: false,
         }
     }
 
     /// A message starts: every content rule may fire again.
     pub fn new_message(&mut self) {
         self.fired.iter_mut().for_each(|f| *f = false);
+        self.anomaly_fired = false;
     }
 }
 
@@ -129,8 +133,10 @@ pub struct Judge<'a> {
 
 impl Judge<'_> {
     /// The `cmd …` and `sender-address …` rules; `rcpt_count` counts the
-    /// RCPTs of the transaction, this one included.
-    pub fn command(mut self, cmd: &Command<'_>, rcpt_count: u64) -> Verdict {
+    /// RCPTs of the transaction, this one included. `cmd line length` rules
+    /// whose limit is below `checked_len` already fired while the line was
+    /// arriving (`line_length`).
+    pub fn command(mut self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
         let mut v = Verdict::default();
         let policy = self.policy;
         let len = cmd.content.len() as u64;
@@ -140,7 +146,10 @@ impl Judge<'_> {
                 break;
             }
             let (hit, value) = match (&rule.criterion, sender) {
-                (Criterion::CmdLineLength(l), _) => (exceeds(len, *l), Value::Num(len)),
+                (Criterion::CmdLineLength(l), _) if rule.negate || *l >= checked_len => {
+                    (exceeds(len, *l), Value::Num(len))
+                }
+                (Criterion::CmdLineLength(_), _) => continue,
                 (Criterion::CmdVerb(verbs), _) => {
                     (verbs.contains(&cmd.verb), Value::Bytes(cmd.verb.as_bytes()))
                 }
@@ -191,14 +200,18 @@ impl Judge<'_> {
         v
     }
 
-    /// `cmd line length` on a line too long to buffer (`len` bytes): every
-    /// such rule is evaluated, whatever the first one does.
-    pub fn overlong(mut self, len: u64) -> Verdict {
+    /// `cmd line length` on a line still arriving, `len` bytes so far:
+    /// the rules (not negated) whose limit lies in `from..len`, which it
+    /// has just passed. Every such rule is evaluated, whatever the first
+    /// one does.
+    pub fn line_length(mut self, len: u64, from: u64) -> Verdict {
         let mut v = Verdict::default();
         let policy = self.policy;
         for (i, rule) in policy.rules.iter().enumerate() {
             if let Criterion::CmdLineLength(limit) = rule.criterion
-                && rule.matches(exceeds(len, limit))
+                && !rule.negate
+                && limit >= from
+                && exceeds(len, limit)
             {
                 self.hit(i, Value::Num(len), &mut v);
             }
@@ -243,6 +256,21 @@ impl Judge<'_> {
         let mut v = Verdict::default();
         let policy = self.policy;
         for (ev, to_fields) in events {
+            let unreadable = match ev {
+                MimeEvent::Unreadable { what, .. } => Some(what),
+                MimeEvent::DepthExceeded { .. } => Some(Unreadable::TooDeep),
+                _ => None,
+            };
+            // What the scanner cannot follow may hide what the attachment
+            // rules look for: never a silent pass (`mime-anomaly`).
+            if let (Some(what), Some(actions)) = (unreadable, policy.mime_anomaly)
+                && !self.state.anomaly_fired
+                && v.close.is_none()
+            {
+                self.state.anomaly_fired = true;
+                let value = Value::Bytes(what.text().as_bytes());
+                self.param_hit(actions, |s| &s.mime_anomaly, &"mime-anomaly", value, &mut v);
+            }
             for (i, rule) in policy.rules.iter().enumerate() {
                 let fired = self.state.fired.get(i).copied().unwrap_or(true);
                 if fired || v.close.is_some() {
@@ -301,7 +329,8 @@ impl Judge<'_> {
         self.apply(effect, &rule.actions, source, &criterion, value, v);
     }
 
-    /// A parameter (`mail-relay`, `special-character`) matched.
+    /// A parameter (`mail-relay`, `special-character`, `mime-anomaly`)
+    /// matched.
     fn param_hit(
         &mut self,
         actions: Actions,
@@ -313,6 +342,7 @@ impl Judge<'_> {
         PolicyStats::bump(counter(self.stats));
         let effect = match actions.primary {
             Some(Primary::DropConnection) => Effect::Close(Close::Fin),
+            Some(Primary::Reset) => Effect::Close(Close::Reset),
             _ => Effect::Nothing,
         };
         self.apply(effect, &actions, Source::Parameter, criterion, value, v);

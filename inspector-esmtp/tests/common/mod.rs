@@ -20,6 +20,10 @@ pub fn peers() -> Peers {
 /// The engine's own replies, as the client sees them.
 pub const UNRECOGNIZED: &str = "500 5.5.1 Command unrecognized\r\n";
 pub const POLICY_CLOSE: &str = "421 4.7.0 Connection closed by security policy\r\n";
+pub const SYNTAX: &str = "501 5.5.4 Syntax error in parameters or arguments\r\n";
+pub const TOO_BIG: &str = "552 5.3.4 Message size exceeds fixed maximum message size\r\n";
+pub const LINE_TOO_LONG: &str = "500 5.5.2 Line too long\r\n";
+pub const BARE_LINE_END: &str = "550 5.5.2 Message refused: bare CR or LF next to a final dot\r\n";
 
 /// Compiles the body of an `[esmtp]` table.
 pub fn policy(esmtp_body: &str) -> EsmtpPolicy {
