@@ -11,6 +11,7 @@
 //! Addresses are from 198.18.0.0/15 and 2001:2::/48, the ranges reserved for
 //! benchmarking network devices; nothing leaves the namespaces.
 
+pub mod exim;
 pub mod figures;
 pub mod inspector;
 pub mod messages;

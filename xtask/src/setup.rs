@@ -30,7 +30,13 @@ const PACKAGES: &[&str] = &[
     // certificate; `ss` (iproute2) waits for listeners.
     "python3",
     "openssl",
+    // The private Exim's one library that Postfix does not pull in (see
+    // `exim_private`).
+    "libidn12",
 ];
+
+/// The Debian package the private Exim is unpacked from.
+const EXIM_PACKAGE: &str = "exim4-daemon-light";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -40,6 +46,7 @@ pub fn install_missing() -> Result<()> {
         bail!("setup installs Debian packages and needs root");
     }
     apt_packages()?;
+    exim_private()?;
     nightly_rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
@@ -75,6 +82,98 @@ fn apt_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Exim beside Postfix: Debian's packages conflict (both provide
+/// `mail-transport-agent`), so the binary package is downloaded and
+/// unpacked into a directory of its own (`inspector_lab::exim::DIR`), never
+/// installed. Its shared libraries come with Postfix and `libidn12`; its
+/// compiled-in user `Debian-exim` is created here. The tests run it with
+/// their own configuration (`-C`), spool and log directories.
+fn exim_private() -> Result<()> {
+    exim_user()?;
+    let dir = std::path::Path::new(inspector_lab::exim::DIR);
+    if exim_runs() {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: unpacking {EXIM_PACKAGE} into {} (Exim for the differential tests)",
+        dir.display()
+    );
+    let parent = dir.parent().expect("the Exim directory has a parent");
+    std::fs::create_dir_all(parent)?;
+    let work = parent.join(".exim-download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    // apt fetches as `_apt` when that user may write here (no warning).
+    let _ = Command::new("chown").arg("_apt").arg(&work).status();
+    let fetched = status(
+        Command::new("apt-get")
+            .args(["download", "-q", EXIM_PACKAGE])
+            .current_dir(&work),
+    );
+    if fetched.is_err() {
+        // A fresh machine may not have the package lists yet.
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        status(
+            Command::new("apt-get")
+                .args(["download", "-q", EXIM_PACKAGE])
+                .current_dir(&work),
+        )?;
+    }
+    let deb = std::fs::read_dir(&work)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow::anyhow!("apt-get download left no .deb"))?;
+    let staging = work.join("root");
+    status(Command::new("dpkg").arg("-x").arg(&deb).arg(&staging))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&staging, dir)?;
+    let _ = std::fs::remove_dir_all(&work);
+    if !exim_runs() {
+        bail!(
+            "{} was unpacked but does not run (missing libraries?)",
+            inspector_lab::exim::binary().display()
+        );
+    }
+    Ok(())
+}
+
+/// The unpacked Exim prints its version (with an empty configuration).
+fn exim_runs() -> bool {
+    Command::new(inspector_lab::exim::binary())
+        .args(["-C", "/dev/null", "-bV"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The system user Debian's Exim is built to run as.
+fn exim_user() -> Result<()> {
+    let user = inspector_lab::exim::USER;
+    let exists = Command::new("id")
+        .arg("-u")
+        .arg(user)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if exists {
+        return Ok(());
+    }
+    eprintln!("setup: adding the system user {user}");
+    status(Command::new("useradd").args([
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+        user,
+    ]))
 }
 
 fn deb_installed(package: &str) -> bool {

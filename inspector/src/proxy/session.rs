@@ -6,12 +6,25 @@
 //! slow side slows the other down (TCP backpressure) and a session holds at
 //! most two read buffers plus the engine's own bound
 //! (`SESSION_MEMORY_BOUND`) plus one read's worth of output.
+//!
+//! Closing never destroys what it was meant to deliver. The kernel answers
+//! a close with a RST, and throws its send queue away, when the socket
+//! still holds unread bytes or has SO_LINGER 0 (`reset`); the client then
+//! misses the reply the close waited for (the server's `250` to a message
+//! it received in full) and sends the message again: a duplicate. So every
+//! close lingers (see [`linger`]): it reads and discards what the client
+//! still sends until the client has acknowledged every byte sent to it.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd, RawFd},
+    sync::Arc,
+    time::Duration,
+};
 
-use inspector_esmtp::{Close, Output, Peers, Phase, Session};
+use inspector_esmtp::{AuditEvent, AuditKind, Close, Output, Peers, Phase, Session, audit};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -32,6 +45,18 @@ const UNREACHABLE: &[u8] = b"421 4.4.1 Service not available, the server cannot 
 const TIMED_OUT: &[u8] = b"421 4.4.2 Timeout, closing connection\r\n";
 /// Sent between commands when the proxy stops.
 const SHUTTING_DOWN: &[u8] = b"421 4.3.2 Service shutting down, closing connection\r\n";
+
+/// Longest a close waits for the client to acknowledge what it was sent
+/// (and, for a FIN, to stop sending), reading and discarding its bytes.
+const LINGER: Duration = Duration::from_secs(5);
+/// The same, for a connection refused before any session (over
+/// `max-sessions`, the server unreachable): short, as those come in floods.
+const REFUSE_LINGER: Duration = Duration::from_secs(2);
+/// A client still sending once it has acknowledged everything is given
+/// this long without a byte before the close.
+const QUIET: Duration = Duration::from_millis(200);
+/// How often a lingering close looks at the send queue.
+const POLL: Duration = Duration::from_millis(10);
 
 /// How a session ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,14 +143,65 @@ async fn connect(peers: Peers, source: UpstreamSource) -> std::io::Result<TcpStr
     socket.connect(peers.server).await
 }
 
-/// Writes `reply` and closes (bounded by a short timeout).
+/// Writes `reply` and closes (bounded by a short timeout), lingering so
+/// that bytes the client sent first do not turn the close into a RST that
+/// destroys the reply.
 pub async fn refuse(mut client: TcpStream, reply: &[u8]) -> End {
+    let deadline = Instant::now() + REFUSE_LINGER;
     let _ = timeout(Duration::from_secs(5), async {
         client.write_all(reply).await?;
         client.shutdown().await
     })
     .await;
+    let fd = client.as_raw_fd();
+    let mut open = true;
+    linger(&mut client, fd, &mut open, deadline, true).await;
     End::Unreachable
+}
+
+/// Bytes sent on `fd` that its peer has not acknowledged yet (SIOCOUTQ),
+/// or `None` if the kernel cannot say.
+fn unacknowledged(fd: RawFd) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) on a TCP socket writes one int.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then(|| usize::try_from(n).unwrap_or(0))
+}
+
+/// The lingering part of a close: reads and discards what the peer on
+/// `read` (whose socket is `fd`) still sends, until it has acknowledged
+/// every byte sent to it (its kernel has them: a RST can no longer destroy
+/// them) and, with `quiet`, has either closed its side or sent nothing for
+/// `QUIET`; or until `deadline`. `open` says whether the peer's side is
+/// still open, and is cleared when it closes.
+async fn linger<R: AsyncRead + Unpin>(
+    read: &mut R,
+    fd: RawFd,
+    open: &mut bool,
+    deadline: Instant,
+    quiet: bool,
+) {
+    let mut buf = [0u8; 4096];
+    let mut last_byte: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        // Unknown counts as acknowledged: never wait on what cannot be seen.
+        let acked = unacknowledged(fd).is_none_or(|n| n == 0);
+        let still = !*open || last_byte.is_none_or(|t| now.duration_since(t) >= QUIET);
+        if acked && (!quiet || still) {
+            return;
+        }
+        tokio::select! {
+            r = read.read(&mut buf), if *open => match r {
+                Ok(n) if n > 0 => last_byte = Some(Instant::now()),
+                _ => *open = false,
+            },
+            () = tokio::time::sleep(POLL) => {}
+        }
+    }
 }
 
 fn show(p: Peers) -> String {
@@ -153,6 +229,14 @@ struct Driver {
     stopping: bool,
     /// The engine decided to close on what a side sent.
     dropped: bool,
+    /// The client closed its side when no close was under way: the session
+    /// ends with the client's close (once the replies owed to its messages
+    /// are relayed), not by the engine's decision.
+    client_closed_first: bool,
+    /// When the session last made progress: a byte from the server, or a
+    /// client byte the engine did something with. The phase's timeout
+    /// counts from here, so a client trickling the bytes of a command that
+    /// never ends is not kept alive by them.
     last: Instant,
 }
 
@@ -181,6 +265,7 @@ impl Driver {
             server_open: true,
             stopping,
             dropped: false,
+            client_closed_first: false,
             last: Instant::now(),
         }
     }
@@ -237,11 +322,20 @@ impl Driver {
                     return End::Timeout(phase);
                 }
                 Event::Client(Ok(n)) if n > 0 => {
-                    self.last = Instant::now();
-                    self.on_data(true, &cbuf[..n], now)
+                    let out = self.on_data(true, &cbuf[..n], now);
+                    // Bytes the engine only buffered (part of a command
+                    // line, or held while a reply is owed) are no progress.
+                    // TODO(engine): count the command timeout from
+                    // `Session::command_started()` once the engine has it.
+                    if !out.to_server.is_empty() || !out.to_client.is_empty() || out.close.is_some()
+                    {
+                        self.last = Instant::now();
+                    }
+                    out
                 }
                 Event::Client(_) => {
                     self.client_open = false;
+                    self.client_closed_first = phase != Phase::Closing;
                     if self.session.is_opaque() {
                         // TLS: pass the half-close on, keep the other way.
                         let _ = self.sw.shutdown().await;
@@ -275,14 +369,18 @@ impl Driver {
     }
 
     /// Feeds bytes from the client (`true`) or the server to the engine,
-    /// noting when it decides to close on them.
+    /// noting when it decides to close on them. A close that completes the
+    /// client's own (its half-close after the final dot, once the reply is
+    /// relayed) is no drop, unless the engine found an anomaly meanwhile.
     fn on_data(&mut self, from_client: bool, bytes: &[u8], now: std::time::Instant) -> Output {
         let out = if from_client {
             self.session.on_client_data(bytes, now)
         } else {
             self.session.on_server_data(bytes, now)
         };
-        self.dropped |= out.close == Some(Close::Fin);
+        if out.close == Some(Close::Fin) {
+            self.dropped |= !self.client_closed_first || out.audit.iter().any(is_drop);
+        }
         out
     }
 
@@ -331,8 +429,15 @@ impl Driver {
         matches!(timeout(limit, self.cw.write_all(bytes)).await, Ok(Ok(())))
     }
 
+    /// Ends both connections, once the client has what it was sent (see
+    /// [`linger`]). A FIN follows the last byte; a reset (SO_LINGER 0,
+    /// which discards the send queue) waits until the client acknowledged
+    /// it, so the reply to a message the close waited for is never lost.
     async fn close(&mut self, how: Close) {
+        let deadline = Instant::now() + LINGER;
+        let fd = self.cw.as_ref().as_raw_fd();
         if how == Close::Reset {
+            linger(&mut self.cr, fd, &mut self.client_open, deadline, false).await;
             for sock in [self.cw.as_ref(), self.sw.as_ref()] {
                 let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
             }
@@ -341,6 +446,16 @@ impl Driver {
         let grace = Duration::from_secs(5);
         let _ = timeout(grace, self.cw.shutdown()).await;
         let _ = timeout(grace, self.sw.shutdown()).await;
+        linger(&mut self.cr, fd, &mut self.client_open, deadline, true).await;
+    }
+}
+
+/// Whether an audit record is of the engine dropping the session.
+fn is_drop(event: &AuditEvent) -> bool {
+    match &event.kind {
+        AuditKind::MaliciousAddress { .. } => true,
+        AuditKind::Classification(c) => c.verdict == audit::Verdict::Dropped,
+        _ => false,
     }
 }
 

@@ -3,6 +3,7 @@
 //! test fails.
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod exim;
 pub mod postfix;
 pub mod proxy;
 
@@ -15,6 +16,14 @@ use std::{
 
 pub use inspector_lab::inspector::wait_until;
 use inspector_lab::{Lab, ScopedChild};
+
+/// The envelope of one message a server accepted: a transaction it
+/// executed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Envelope {
+    pub sender: String,
+    pub rcpts: Vec<String>,
+}
 
 /// A bpffs directory of its own per test, so tests run in parallel and never
 /// touch a real deployment's maps. Unloaded on drop.

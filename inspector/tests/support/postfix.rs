@@ -1,6 +1,8 @@
 //! A private Postfix instance in a network namespace: its own config,
 //! queue and data directories under `dir`, delivering every recipient of
 //! `server.test` to one maildir (`dir/mail/inbox/`). Stopped on drop.
+//! Its queue tools run in its namespace (Postfix checks that
+//! `inet_interfaces` are local addresses).
 
 use std::{
     path::{Path, PathBuf},
@@ -8,6 +10,8 @@ use std::{
 };
 
 use inspector_lab::Netns;
+
+use super::Envelope;
 
 pub struct Postfix {
     netns: PathBuf,
@@ -23,6 +27,13 @@ impl Postfix {
 
     /// With `extra` lines appended to main.cf.
     pub fn start_with(ns: &Netns, dir: &Path, extra: &str) -> Self {
+        Self::start_listening(ns, dir, "0.0.0.0:25", extra)
+    }
+
+    /// With `extra` lines appended to main.cf (a later line overrides an
+    /// earlier one), once it listens on `listen` as `ss` shows it (the
+    /// address `inet_interfaces` in `extra` gives).
+    pub fn start_listening(ns: &Netns, dir: &Path, listen: &str, extra: &str) -> Self {
         let etc = dir.join("etc");
         for sub in ["etc", "queue", "data", "mail"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
@@ -98,7 +109,7 @@ biff = no
             String::from_utf8_lossy(&out.stderr),
             pf.log()
         );
-        if let Err(e) = ns.wait_listening("0.0.0.0:25") {
+        if let Err(e) = ns.wait_listening(listen) {
             panic!("postfix not listening ({e}): {}", pf.log());
         }
         pf
@@ -108,13 +119,43 @@ biff = no
     /// log file: Postfix's `maillog_file` needs its log daemon, which is
     /// not up before `postfix start` returns.)
     pub fn log(&self) -> String {
-        let out = Command::new("postqueue")
-            .arg("-c")
-            .arg(self.dir.join("etc"))
-            .arg("-p")
-            .output();
+        let out = self.tool("postqueue").arg("-p").output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+
+    /// The envelope of every message in the queue (`postqueue -j`), held
+    /// ones included: with `smtpd_end_of_data_restrictions =
+    /// check_client_access static:HOLD` these are, at once and exactly,
+    /// the transactions the server executed.
+    pub fn queued(&self) -> Vec<Envelope> {
+        let out = self.tool("postqueue").arg("-j").output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                Envelope {
+                    sender: v["sender"].as_str().unwrap().to_string(),
+                    rcpts: v["recipients"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|r| r["address"].as_str().unwrap().to_string())
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// A Postfix tool for this instance, in its namespace.
+    fn tool(&self, program: &str) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(program)
+            .arg("-c")
+            .arg(self.dir.join("etc"));
+        cmd
     }
 
     /// The messages delivered so far, raw.
@@ -132,14 +173,7 @@ biff = no
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.display()))
-            .arg("--")
-            .arg("postfix")
-            .arg("-c")
-            .arg(self.dir.join("etc"))
-            .arg("stop")
-            .status();
+        let _ = self.tool("postfix").arg("stop").status();
         // Whatever is left of the master (and its children) after stop.
         let pid = std::fs::read_to_string(self.dir.join("queue/pid/master.pid"))
             .ok()
