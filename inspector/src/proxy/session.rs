@@ -270,6 +270,17 @@ impl Driver {
         }
     }
 
+    /// When the current phase times out: its limit after the last
+    /// progress, and for a command line under way, `command-timeout` after
+    /// its first byte however the client trickles the rest.
+    fn deadline(&self, phase: Phase) -> Instant {
+        let idle = self.last + self.limit(phase);
+        match self.session.command_started() {
+            Some(start) => idle.min(Instant::from_std(start) + self.shared.config.timeouts.command),
+            None => idle,
+        }
+    }
+
     fn limit(&self, phase: Phase) -> Duration {
         let t = self.shared.config.timeouts;
         match phase {
@@ -296,7 +307,7 @@ impl Driver {
                 self.close(Close::Fin).await;
                 return End::Shutdown;
             }
-            let deadline = self.last + self.limit(phase);
+            let deadline = self.deadline(phase);
             let event = tokio::select! {
                 r = self.cr.read(&mut cbuf), if self.client_open => Event::Client(r),
                 r = self.sr.read(&mut sbuf), if self.server_open => Event::Server(r),
@@ -325,8 +336,6 @@ impl Driver {
                     let out = self.on_data(true, &cbuf[..n], now);
                     // Bytes the engine only buffered (part of a command
                     // line, or held while a reply is owed) are no progress.
-                    // TODO(engine): count the command timeout from
-                    // `Session::command_started()` once the engine has it.
                     if !out.to_server.is_empty() || !out.to_client.is_empty() || out.close.is_some()
                     {
                         self.last = Instant::now();
