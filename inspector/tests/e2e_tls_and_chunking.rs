@@ -30,7 +30,7 @@ fn starttls_with_allow_tls_is_relayed_opaquely_to_postfix() {
         cert.display(),
         key.display()
     );
-    let (f, pf) = with_postfix("tls", "[esmtp]\nallow-tls = true\n", &extra);
+    let (f, pf) = with_postfix("tls", "[esmtp]\nallow-tls = \"log\"\n", &extra);
     let out = client_py(&f, "starttls.py");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(out.contains("STARTTLS"), "STARTTLS not offered: {out}");
