@@ -170,7 +170,7 @@ fn main() -> Result<()> {
         "sessions": SESSIONS,
         "bytes": BYTES,
         "nofile_limit": nofile,
-        "policy": "default (max-sessions 1024, per-client-sessions 50, stress-threshold 80, stress-timeout 10)",
+        "policy": "max-sessions 1024, per-client-sessions 50, stress-threshold 80, stress-timeout 10",
         "attacks": results,
     });
     println!("{out}");

@@ -548,10 +548,7 @@ fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>)
             d / n
         )?;
     }
-    writeln!(
-        w,
-        "\nWhat the proxy did in the last run of each attack: \n"
-    )?;
+    writeln!(w, "\nWhat the proxy did in the last run of each attack:\n")?;
     writeln!(
         w,
         "| attack | sessions held when measuring | stress | refused per-client-limit | refused max-sessions | evicted while measuring |"
@@ -564,7 +561,11 @@ fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>)
             "| `{}` | {} | {} | {} | {} | {} |",
             row["attack"].as_str().unwrap_or("?"),
             l["sessions_active_when_measuring"],
-            if l["stress_when_measuring"] == 1 { "on" } else { "off" },
+            if l["stress_when_measuring"] == 1 {
+                "on"
+            } else {
+                "off"
+            },
             l["refused_per_client_limit"],
             l["refused_max_sessions"],
             l["evicted_while_measuring"]
