@@ -34,6 +34,32 @@ pub enum AuditKind {
     SizeViolation { declared: u64, actual: u64 },
     /// 108007: the server accepted STARTTLS; the session is relayed opaquely.
     TlsStarted,
+    /// 201013: a client was refused a session over a per-client limit (the
+    /// proxy's admission, not the engine, emits it: at most once a minute
+    /// per client, counting the refusals in between).
+    ClientLimit(ClientLimitRecord),
+}
+
+/// Which per-client limit refused a session, and by how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimitRecord {
+    pub limit: ClientLimit,
+    /// The client as the limit counts it: an address, or a network
+    /// (`2001:db8:1:2::/64`).
+    pub client: String,
+    /// Sessions held (or opened this minute), this one included.
+    pub current: u64,
+    pub max: u64,
+    /// Sessions of this client refused since its previous record.
+    pub refused_since: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientLimit {
+    /// Sessions at once.
+    Sessions,
+    /// New sessions per minute.
+    Rate,
 }
 
 /// What matched, what was done, and the value that matched.
@@ -82,6 +108,7 @@ impl AuditEvent {
             AuditKind::Classification(_) => 108004,
             AuditKind::SizeViolation { .. } => 108006,
             AuditKind::TlsStarted => 108007,
+            AuditKind::ClientLimit(_) => 201013,
         }
     }
 
@@ -89,6 +116,7 @@ impl AuditEvent {
     pub fn severity(&self) -> u8 {
         match self.id() {
             108002 | 108003 => 2,
+            201013 => 3,
             108004 => 4,
             108006 => 7,
             _ => 6,
@@ -156,6 +184,26 @@ impl fmt::Display for AuditEvent {
                     f,
                     "TLS started on ESMTP session between client {client} and server {server}"
                 )
+            }
+            AuditKind::ClientLimit(r) => {
+                let (what, unit) = match r.limit {
+                    ClientLimit::Sessions => ("connection limit", ""),
+                    ClientLimit::Rate => ("connection rate limit", " per minute"),
+                };
+                write!(
+                    f,
+                    "Per-client {what} exceeded {}/{}{unit} for input packet from {client} to \
+                     {server} on interface outside; client {}",
+                    r.current, r.max, r.client
+                )?;
+                if r.refused_since > 1 {
+                    write!(
+                        f,
+                        ", {} sessions refused since the last record",
+                        r.refused_since
+                    )?;
+                }
+                Ok(())
             }
         }
     }
@@ -226,6 +274,33 @@ mod tests {
             "SMTP replaced string: out 198.18.0.1 in 198.18.1.1 data: MAIL FROM:<a b@c>"
         );
         assert_eq!(ev(AuditKind::TlsStarted).id(), 108007);
+        let l = ev(AuditKind::ClientLimit(ClientLimitRecord {
+            limit: ClientLimit::Sessions,
+            client: "198.18.0.1".into(),
+            current: 51,
+            max: 50,
+            refused_since: 7,
+        }));
+        assert_eq!((l.id(), l.severity()), (201013, 3));
+        assert_eq!(
+            l.to_string(),
+            "Per-client connection limit exceeded 51/50 for input packet from \
+             outside:198.18.0.1/40000 to inside:198.18.1.1/25 on interface outside; client \
+             198.18.0.1, 7 sessions refused since the last record"
+        );
+        let r = ev(AuditKind::ClientLimit(ClientLimitRecord {
+            limit: ClientLimit::Rate,
+            client: "2001:db8::/64".into(),
+            current: 31,
+            max: 30,
+            refused_since: 1,
+        }));
+        assert!(
+            r.to_string()
+                .starts_with("Per-client connection rate limit exceeded 31/30 per minute for"),
+            "{r}"
+        );
+        assert!(r.to_string().ends_with("; client 2001:db8::/64"), "{r}");
     }
 
     #[test]

@@ -14,7 +14,61 @@ const REPEATS: u32 = 9;
 const FLOOD_REPEATS: u32 = 5;
 const FLOOD_SYNS: u32 = 200_000;
 const SMTP_SESSIONS: u32 = 10_000;
+const ATTACK_REPEATS: u32 = 5;
 const COMMAND: &str = "cargo xtask bench";
+/// The heading of the attack's section, which `--only attack` replaces.
+const ATTACK_HEADING: &str = "## Legitimate mail during an attack";
+
+/// A part `cargo xtask bench --only PART` measures alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Attack,
+}
+
+/// Measures one part and replaces its section of docs/benchmarks.md.
+pub fn run_part(part: Part) -> Result<()> {
+    let Part::Attack = part;
+    cargo(&["bench", "-p", "inspector", "--no-run", "--bench", "attack"])?;
+    eprintln!("bench: legitimate mail during attacks");
+    let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    let mut section = String::new();
+    render_attack(&mut section, &attack, Some((date.trim(), &machine())))?;
+    println!("{section}");
+    let path = workspace_root().join("docs/benchmarks.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = replace_section(&old, ATTACK_HEADING, &section);
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: wrote its section of {}", path.display());
+    Ok(())
+}
+
+/// `text` with the section under `heading` (up to the next `## ` heading
+/// or the closing line of the report) replaced by `section`, or with
+/// `section` added before the closing line.
+fn replace_section(text: &str, heading: &str, section: &str) -> String {
+    let closing = text.find("\nThis run of `").map_or(text.len(), |i| i + 1);
+    let (start, end) = match text.find(&format!("\n{heading}\n")) {
+        Some(at) => {
+            let from = at + 1;
+            let rest = &text[from + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map(|i| from + heading.len() + i + 1)
+                .unwrap_or(closing.max(from));
+            (from, end)
+        }
+        None => (closing, closing),
+    };
+    let mut out = String::with_capacity(text.len() + section.len());
+    out.push_str(&text[..start]);
+    out.push_str(section.trim_start_matches('\n'));
+    if !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+    out.push_str(&text[end..]);
+    out
+}
 
 pub fn run() -> Result<()> {
     let started = std::time::Instant::now();
@@ -32,6 +86,8 @@ pub fn run() -> Result<()> {
         "flood",
         "--bench",
         "smtp",
+        "--bench",
+        "attack",
     ])?;
     eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
     let kernel = bench("kernel", &["--repeats", &REPEATS.to_string()])?;
@@ -58,8 +114,12 @@ pub fn run() -> Result<()> {
         ],
     )?;
 
+    eprintln!("bench: legitimate mail during attacks");
+    let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
+
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     let mut report = render(&machine, date.trim(), &kernel, &flood, &engine, &smtp)?;
+    render_attack(&mut report, &attack, None)?;
     writeln!(
         report,
         "\nThis run of `{COMMAND}` took {} s, builds included.",
@@ -438,4 +498,107 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
         f(m, "bytes_per_session")? / 1024.0
     )?;
     Ok(())
+}
+
+/// The attack's section; `measured` (date, machine) when it was measured
+/// apart from the rest of the report.
+fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>) -> Result<()> {
+    writeln!(w, "\n{ATTACK_HEADING}\n")?;
+    if let Some((date, machine)) = measured {
+        writeln!(
+            w,
+            "Measured {date} on: {machine}, by `{COMMAND} --only attack` (the rest of \
+             this report by `{COMMAND}`, perhaps on another day).\n"
+        )?;
+    }
+    writeln!(
+        w,
+        "`cargo bench -p inspector --bench attack`: `inspector run` with the default \
+         policy ({}), Postfix's `smtp-sink` on the server. The legitimate client is \
+         `smtp-source -s {} -m {} -l {}` (a session per message) from the client \
+         namespace's own address; its messages per second are measured alternately \
+         while an attacker holds idle sessions (each greeted, then silent; one closed \
+         or refused is opened again a second later) and without the attacker, \
+         medians of {} runs each. `one-address` is the attack of issue 19: one \
+         address opening 1,030 sessions; `many-addresses`: 40 addresses opening 50 \
+         each, more than `max-sessions`, so the proxy is full and in stress mode and \
+         every legitimate session takes the slot of an idle one.\n",
+        attack["policy"].as_str().unwrap_or("?"),
+        attack["sessions"],
+        attack["messages"],
+        attack["bytes"],
+        attack["repeats"]
+    )?;
+    writeln!(
+        w,
+        "| attack | sockets | held by the attacker | msgs/s during | msgs/s without | during / without |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
+    let rows = attack["attacks"].as_array().context("attack rows")?;
+    for row in rows {
+        let (d, n) = (f(row, "during_msgs_per_s")?, f(row, "without_msgs_per_s")?);
+        writeln!(
+            w,
+            "| `{}` ({} address{}) | {} | {} | {d:.0} | {n:.0} | {:.2} |",
+            row["attack"].as_str().unwrap_or("?"),
+            row["addresses"],
+            if row["addresses"] == 1 { "" } else { "es" },
+            row["sockets"],
+            row["last_attack"]["held_when_measuring"],
+            d / n
+        )?;
+    }
+    writeln!(w, "\nWhat the proxy did in the last run of each attack:\n")?;
+    writeln!(
+        w,
+        "| attack | sessions held when measuring | stress | refused per-client-limit | refused max-sessions | evicted while measuring |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
+    for row in rows {
+        let l = &row["last_attack"];
+        writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} | {} |",
+            row["attack"].as_str().unwrap_or("?"),
+            l["sessions_active_when_measuring"],
+            if l["stress_when_measuring"] == 1 {
+                "on"
+            } else {
+                "off"
+            },
+            l["refused_per_client_limit"],
+            l["refused_max_sessions"],
+            l["evicted_while_measuring"]
+        )?;
+    }
+    writeln!(
+        w,
+        "\nBefore per-client limits and fair admission, `one-address` left every \
+         other client with `421 4.3.2 Too many sessions` for as long as it held its \
+         sockets: 0 msgs/s. The cost that remains is the attacker's churn: each \
+         refused socket it opens again is a handshake, an accept and a `421` on \
+         the gateway's cores, which these 2 cores share with the legitimate client, \
+         the proxy and the server; the kernel does not drop a limited client's SYNs \
+         yet."
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_replaced_or_added_before_the_closing_line() {
+        let report = "# B\n\n## A\n\nold\n\n## Z\n\nz\n\nThis run of `x` took 1 s.\n";
+        let added = replace_section(report, "## New", "\n## New\n\nnew\n");
+        assert_eq!(
+            added,
+            "# B\n\n## A\n\nold\n\n## Z\n\nz\n\n## New\n\nnew\n\nThis run of `x` took 1 s.\n"
+        );
+        let replaced = replace_section(&added, "## New", "\n## New\n\nnewer\n");
+        assert_eq!(replaced, added.replace("new\n", "newer\n"));
+        let middle = replace_section(report, "## A", "\n## A\n\nfresh\n");
+        assert_eq!(middle, report.replace("old", "fresh"));
+    }
 }

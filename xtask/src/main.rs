@@ -41,8 +41,14 @@ enum Task {
         args: Vec<String>,
     },
     /// Measure (XDP per packet vs an empty program, kernel memory, the
-    /// engine vs memchr), print a table and write docs/benchmarks.md. Needs root.
-    Bench,
+    /// engine vs memchr, SMTP, legitimate mail during attacks), print a
+    /// table and write docs/benchmarks.md. Needs root.
+    Bench {
+        /// Measure only this part and replace its section of
+        /// docs/benchmarks.md (`attack`).
+        #[arg(long)]
+        only: Option<bench::Part>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -62,9 +68,12 @@ fn main() -> Result<()> {
             setup::install_missing()?;
             test::run(&args)
         }
-        Task::Bench => {
+        Task::Bench { only } => {
             setup::install_missing()?;
-            bench::run()
+            match only {
+                None => bench::run(),
+                Some(part) => bench::run_part(part),
+            }
         }
     }
 }

@@ -62,12 +62,21 @@ fn esmtp_text(pid: u32, snap: &EsmtpSnapshot) -> String {
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
+    let a = &snap.admission;
+    let refused: Vec<String> = a.refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
     format!(
-        "ESMTP (daemon pid {pid})\n{}  sessions: active {}, ended: {}; audit records dropped {}\n",
+        "ESMTP (daemon pid {pid})\n{}  sessions: active {}, ended: {}; audit records dropped {}\n  \
+         admission: {} client(s) holding sessions; refused: {}; evicted {}; stress {} \
+         (entered {} time(s))\n",
         snap.show,
         snap.sessions_active,
         ended.join(", "),
-        snap.audit_dropped
+        snap.audit_dropped,
+        a.clients,
+        refused.join(", "),
+        a.evicted,
+        if a.stress { "on" } else { "off" },
+        a.stress_entered
     )
 }
 

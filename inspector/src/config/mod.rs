@@ -30,7 +30,9 @@ use toml::Spanned;
 pub use audit::{AuditSettings, DEFAULT_QUEUE, DEV_LOG, SinkSpec};
 pub use error::ConfigError;
 pub use exempt::parse_network;
-pub use proxy::{FailMode, ProxyConfig, SessionTimeouts, UpstreamSource};
+pub use proxy::{
+    ClientLimits, FailMode, ProxyConfig, SessionTimeouts, StressPolicy, UpstreamSource,
+};
 pub use servers::{OnEmbryonicLimit, Server};
 pub use timeouts::FlowTimeouts;
 

@@ -1,13 +1,15 @@
 //! `[proxy]` (formerly `[engine]`): the proxy that carries flagged sessions
-//! through the ESMTP engine: its limits, timeouts and failure mode.
+//! through the ESMTP engine: its limits, timeouts and failure mode, and
+//! what one client may take of it (per-client limits, stress mode).
 
 use std::time::Duration;
 
 use inspector_esmtp::policy::FieldError;
+use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Section, field_error};
+use super::{Section, exempt::parse_network, field_error};
 
 /// What happens to new flagged flows when the proxy is not listening.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -32,6 +34,65 @@ pub struct ProxyConfig {
     pub timeouts: SessionTimeouts,
     /// How long a stop waits for sessions in DATA to finish.
     pub shutdown_grace: Duration,
+    /// What one client may hold and open.
+    pub clients: ClientLimits,
+    /// When the proxy counts as loaded, and what changes then.
+    pub stress: StressPolicy,
+}
+
+/// What one client may take of the proxy. A client is its address, or for
+/// IPv6 (and, if set, IPv4) the network of `prefix_v6` (`prefix_v4`) bits
+/// around it, so a host that rotates addresses inside its /64 counts once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Sessions one client may hold at once (Postfix's
+    /// `smtpd_client_connection_count_limit`); 0: no limit.
+    pub sessions: usize,
+    /// New sessions one client may open per minute (Postfix's
+    /// `smtpd_client_connection_rate_limit` with `anvil_rate_time_unit =
+    /// 60s`); 0: no limit.
+    pub rate: u32,
+    pub prefix_v4: u8,
+    pub prefix_v6: u8,
+    /// Clients the per-client limits do not apply to (Postfix's
+    /// `smtpd_client_event_limit_exceptions`).
+    pub exceptions: Vec<IpNet>,
+}
+
+/// Stress mode: above `threshold` percent of `max-sessions` (or of the
+/// memory budget), the greeting, command and idle timeouts shrink to
+/// `timeout`, as Postfix's `smtpd_timeout` does under stress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StressPolicy {
+    /// Percent of `max-sessions` or of the memory budget; 0: never.
+    pub threshold: u8,
+    pub timeout: Duration,
+    /// Bytes the sessions may hold before the proxy counts as loaded;
+    /// `None`: `max-sessions` times the bound of one session, so the count of
+    /// sessions decides.
+    pub memory_budget: Option<u64>,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            sessions: 50,
+            rate: 0,
+            prefix_v4: 32,
+            prefix_v6: 64,
+            exceptions: Vec::new(),
+        }
+    }
+}
+
+impl Default for StressPolicy {
+    fn default() -> Self {
+        Self {
+            threshold: 80,
+            timeout: Duration::from_secs(10),
+            memory_budget: None,
+        }
+    }
 }
 
 /// Where the proxy's connection to the server comes from.
@@ -75,6 +136,8 @@ impl Default for ProxyConfig {
             max_sessions: 1024,
             timeouts: SessionTimeouts::default(),
             shutdown_grace: Duration::from_secs(60),
+            clients: ClientLimits::default(),
+            stress: StressPolicy::default(),
         }
     }
 }
@@ -110,6 +173,16 @@ pub struct ProxySection {
     data_timeout: Option<Spanned<u64>>,
     idle_timeout: Option<Spanned<u64>>,
     shutdown_grace: Option<Spanned<u64>>,
+    per_client_sessions: Option<Spanned<u64>>,
+    per_client_rate: Option<Spanned<u64>>,
+    client_prefix_v4: Option<Spanned<u64>>,
+    client_prefix_v6: Option<Spanned<u64>>,
+    #[serde(default)]
+    per_client_exceptions: Vec<Spanned<String>>,
+    stress_threshold: Option<Spanned<u64>>,
+    stress_timeout: Option<Spanned<u64>>,
+    /// MiB.
+    memory_budget: Option<Spanned<u64>>,
 }
 
 impl ProxySection {
@@ -139,6 +212,69 @@ impl Section for ProxySection {
         let secs = |v, field, default: Duration| {
             positive(v, field, default.as_secs()).map(Duration::from_secs)
         };
+        let within =
+            |v: &Option<Spanned<u64>>, field: &str, range: (u64, u64), default: u64| match v {
+                None => Ok(default),
+                Some(s) if !(range.0..=range.1).contains(s.get_ref()) => Err(field_error(
+                    s,
+                    format!("{}.{field}", self.table),
+                    format!("must be between {} and {}", range.0, range.1),
+                )),
+                Some(s) => Ok(*s.get_ref()),
+            };
+        let dc = &d.clients;
+        let clients = ClientLimits {
+            sessions: within(
+                &self.per_client_sessions,
+                "per-client-sessions",
+                (0, 1_000_000),
+                dc.sessions as u64,
+            )? as usize,
+            rate: within(
+                &self.per_client_rate,
+                "per-client-rate",
+                (0, 1_000_000),
+                u64::from(dc.rate),
+            )? as u32,
+            prefix_v4: within(
+                &self.client_prefix_v4,
+                "client-prefix-v4",
+                (1, 32),
+                u64::from(dc.prefix_v4),
+            )? as u8,
+            prefix_v6: within(
+                &self.client_prefix_v6,
+                "client-prefix-v6",
+                (1, 128),
+                u64::from(dc.prefix_v6),
+            )? as u8,
+            exceptions: self
+                .per_client_exceptions
+                .iter()
+                .enumerate()
+                .map(|(i, net)| {
+                    parse_network(net.get_ref()).map_err(|m| {
+                        field_error(net, format!("{}.per-client-exceptions[{i}]", self.table), m)
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let ds = d.stress;
+        let stress = StressPolicy {
+            threshold: within(
+                &self.stress_threshold,
+                "stress-threshold",
+                (0, 100),
+                u64::from(ds.threshold),
+            )? as u8,
+            timeout: secs(&self.stress_timeout, "stress-timeout", ds.timeout)?,
+            memory_budget: match &self.memory_budget {
+                None => None,
+                Some(_) => {
+                    Some(within(&self.memory_budget, "memory-budget", (1, 1 << 20), 0)? << 20)
+                }
+            },
+        };
         Ok(ProxyConfig {
             fail: self.fail,
             upstream_source: self.upstream_source,
@@ -156,6 +292,123 @@ impl Section for ProxySection {
                 idle: secs(&self.idle_timeout, "idle-timeout", d.timeouts.idle)?,
             },
             shutdown_grace: secs(&self.shutdown_grace, "shutdown-grace", d.shutdown_grace)?,
+            clients,
+            stress,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::super::{ConfigError, Policy};
+
+    fn parse(text: &str) -> Result<Policy, ConfigError> {
+        Policy::parse(Path::new("p.toml"), text)
+    }
+
+    #[test]
+    fn client_limits_and_stress_have_postfix_like_defaults() {
+        let p = parse("").unwrap().proxy;
+        assert_eq!(p.clients.sessions, 50);
+        assert_eq!(p.clients.rate, 0);
+        assert_eq!((p.clients.prefix_v4, p.clients.prefix_v6), (32, 64));
+        assert!(p.clients.exceptions.is_empty());
+        assert_eq!(p.stress.threshold, 80);
+        assert_eq!(p.stress.timeout, Duration::from_secs(10));
+        assert_eq!(p.stress.memory_budget, None);
+    }
+
+    #[test]
+    fn client_limits_and_stress_parse() {
+        let p = parse(
+            "[proxy]\nper-client-sessions = 10\nper-client-rate = 30\nclient-prefix-v4 = 24\n\
+             client-prefix-v6 = 56\nper-client-exceptions = [\"198.18.7.0/24\", \"2001:2::/48\"]\n\
+             stress-threshold = 0\nstress-timeout = 5\nmemory-budget = 64\n",
+        )
+        .unwrap()
+        .proxy;
+        assert_eq!((p.clients.sessions, p.clients.rate), (10, 30));
+        assert_eq!((p.clients.prefix_v4, p.clients.prefix_v6), (24, 56));
+        let nets: Vec<String> = p.clients.exceptions.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["198.18.7.0/24", "2001:2::/48"]);
+        assert_eq!(p.stress.threshold, 0);
+        assert_eq!(p.stress.timeout, Duration::from_secs(5));
+        assert_eq!(p.stress.memory_budget, Some(64 << 20));
+        let off = parse("[proxy]\nper-client-sessions = 0\n").unwrap().proxy;
+        assert_eq!(off.clients.sessions, 0);
+    }
+
+    #[test]
+    fn bad_client_limits_name_file_line_column_and_field() {
+        for (text, line, column, field, message) in [
+            (
+                "[proxy]\nclient-prefix-v6 = 0\n",
+                2,
+                20,
+                "proxy.client-prefix-v6",
+                "must be between 1 and 128",
+            ),
+            (
+                "[proxy]\nmax-sessions = 5\nclient-prefix-v4 = 33\n",
+                3,
+                20,
+                "proxy.client-prefix-v4",
+                "must be between 1 and 32",
+            ),
+            (
+                "[proxy]\nstress-threshold = 101\n",
+                2,
+                20,
+                "proxy.stress-threshold",
+                "must be between 0 and 100",
+            ),
+            (
+                "[proxy]\nstress-timeout = 0\n",
+                2,
+                18,
+                "proxy.stress-timeout",
+                "must be between 1 and 604800",
+            ),
+            (
+                "[proxy]\nmemory-budget = 0\n",
+                2,
+                17,
+                "proxy.memory-budget",
+                "must be between 1 and 1048576",
+            ),
+            (
+                "[proxy]\nper-client-rate = -1\n",
+                2,
+                19,
+                "proxy.per-client-rate",
+                "",
+            ),
+            (
+                "[proxy]\nper-client-exceptions = [\"198.18.0.0/24\", \"198.18.0.1/24\"]\n",
+                2,
+                43,
+                "proxy.per-client-exceptions[1]",
+                "has host bits set",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(
+                (err.line, err.column, err.field.as_str()),
+                (line, column, field),
+                "{err}"
+            );
+            assert!(err.message.contains(message), "{err}");
+        }
+        // Under the old name of the table, too.
+        let err = parse("[engine]\nper-client-sessions = 2000000\n").unwrap_err();
+        assert_eq!(err.field, "engine.per-client-sessions");
+        assert!(
+            err.to_string().starts_with(
+                "p.toml:2:23: engine.per-client-sessions: must be between 0 and 1000000"
+            ),
+            "{err}"
+        );
     }
 }

@@ -21,7 +21,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use inspector_esmtp::{AuditEvent, AuditKind, audit::Source};
+use inspector_esmtp::{
+    AuditEvent, AuditKind,
+    audit::{ClientLimit, Source},
+};
 
 use crate::config::SinkSpec;
 
@@ -200,6 +203,17 @@ pub fn json_line(time: SystemTime, event: &AuditEvent) -> String {
             fields["actual"] = (*actual).into();
         }
         AuditKind::TlsStarted => {}
+        AuditKind::ClientLimit(r) => {
+            fields["limit"] = match r.limit {
+                ClientLimit::Sessions => "per-client-sessions",
+                ClientLimit::Rate => "per-client-rate",
+            }
+            .into();
+            fields["client_key"] = r.client.as_str().into();
+            fields["current"] = r.current.into();
+            fields["max"] = r.max.into();
+            fields["refused_since"] = r.refused_since.into();
+        }
     }
     let mut line = obj.to_string();
     line.push('\n');

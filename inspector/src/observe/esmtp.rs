@@ -25,7 +25,10 @@ use std::sync::{
 use inspector_esmtp::{AuditEvent, Close, Peers, PolicyStats, Session, policy::EsmtpPolicy};
 use serde::Serialize;
 
-use super::audit::AuditLog;
+use super::{
+    admission::{AdmissionCounts, AdmissionSnapshot},
+    audit::AuditLog,
+};
 
 /// How an inspected session ended (`inspector_esmtp_sessions_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,8 @@ pub struct EsmtpState {
     pub policy: Arc<EsmtpPolicy>,
     pub stats: Arc<PolicyStats>,
     pub audit: AuditLog,
+    /// The proxy's admission: refusals, evictions, stress mode.
+    pub admission: Arc<AdmissionCounts>,
     active: AtomicU64,
     outcomes: [AtomicU64; SessionOutcome::COUNT],
 }
@@ -80,6 +85,7 @@ impl EsmtpState {
             policy: Arc::new(policy),
             stats,
             audit,
+            admission: Arc::default(),
             active: AtomicU64::new(0),
             outcomes: Default::default(),
         }
@@ -142,6 +148,7 @@ impl EsmtpState {
                 .collect(),
             audit_dropped: self.audit.dropped(),
             show: self.stats.render(&self.policy),
+            admission: self.admission.snapshot(),
         }
     }
 }
@@ -181,6 +188,9 @@ pub struct EsmtpSnapshot {
     pub audit_dropped: u64,
     /// The `show service-policy inspect esmtp` text.
     pub show: String,
+    /// Refused and evicted sessions, stress mode.
+    #[serde(default)]
+    pub admission: AdmissionSnapshot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

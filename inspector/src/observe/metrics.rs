@@ -28,7 +28,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::esmtp::{EsmtpState, SessionOutcome};
+use super::{
+    admission::RefusalReason,
+    esmtp::{EsmtpState, SessionOutcome},
+};
 use crate::kernel::{counters::ClassStats, limits::LimitStats};
 
 /// The default address of the endpoint: loopback only.
@@ -232,6 +235,43 @@ impl Collector for InspectorCollector {
                     c.hits,
                 )
             }),
+        )?;
+        let admission = &esmtp.admission;
+        counters(
+            &mut e,
+            "inspector_sessions_refused",
+            "New sessions the proxy refused, by reason",
+            RefusalReason::ALL
+                .iter()
+                .map(|&r| (one("reason", r.name()), admission.refused(r))),
+        )?;
+        single(
+            &mut e,
+            "inspector_sessions_evicted",
+            "Idle sessions closed to give their slot to a client holding fewer",
+            MetricType::Counter,
+            admission.evicted(),
+        )?;
+        single(
+            &mut e,
+            "inspector_stress",
+            "1 while the proxy is in stress mode (short greeting, command and idle timeouts)",
+            MetricType::Gauge,
+            u64::from(admission.stress()),
+        )?;
+        single(
+            &mut e,
+            "inspector_stress_entered",
+            "Times the proxy entered stress mode",
+            MetricType::Counter,
+            admission.stress_entered(),
+        )?;
+        single(
+            &mut e,
+            "inspector_session_clients",
+            "Clients (addresses, or IPv6 prefixes) holding at least one session",
+            MetricType::Gauge,
+            admission.clients(),
         )?;
         single(
             &mut e,

@@ -2,6 +2,7 @@
 //! into, the Prometheus endpoint, the audit sinks and the stats socket that
 //! `inspector stats` reads.
 
+pub mod admission;
 pub mod audit;
 pub mod esmtp;
 pub mod metrics;

@@ -8,7 +8,11 @@
 //! gateway by ordinary routing and need no steering; or, with
 //! `upstream-source = "client"`, from the client's address (see
 //! [`UpstreamSource`](crate::config::UpstreamSource)).
+//!
+//! Who may start a session, and what happens when the proxy is full, is
+//! [`admission`]'s: per-client limits, fair admission, stress mode.
 
+pub mod admission;
 pub mod session;
 
 use std::{
@@ -24,10 +28,12 @@ use inspector_esmtp::Peers;
 use socket2::{Domain, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use crate::{config::ProxyConfig, observe::esmtp::EsmtpState};
+use self::admission::{Admission, Admit};
+use crate::{
+    config::ProxyConfig,
+    observe::{admission::RefusalReason, esmtp::EsmtpState},
+};
 
-/// Sent to a client over `max-sessions`.
-const TOO_MANY: &[u8] = b"421 4.3.2 Too many sessions, try again later\r\n";
 /// Sent to a client that connected to the gateway itself.
 const LOOP: &[u8] = b"421 4.3.0 Not a mail server\r\n";
 
@@ -93,7 +99,12 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(shared.config.max_sessions));
+    let admission = Admission::new(
+        &shared.config,
+        shared.esmtp.admission.clone(),
+        shared.esmtp.audit.clone(),
+    );
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut sessions = JoinSet::new();
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
     let mut acceptors = JoinSet::new();
@@ -130,31 +141,35 @@ pub async fn serve(
                 let client = normalize(client);
                 if is_local(server.ip()) {
                     shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                    shared.esmtp.admission.count_refused(RefusalReason::OwnAddress);
                     log::info!("{client} -> {server}: the gateway's own address, refused");
                     sessions.spawn(session::refuse(stream, LOOP));
                     continue;
                 }
-                let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    shared.counters.refused.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("{client} -> {server}: max-sessions reached, refused");
-                    sessions.spawn(session::refuse(stream, TOO_MANY));
-                    continue;
-                };
                 let peers = Peers { client, server };
+                // Logged (at most once a minute per client) by the admission.
+                let ticket = match admission.admit(peers, std::time::Instant::now()) {
+                    Admit::Yes(ticket) => ticket,
+                    Admit::No { reply, .. } => {
+                        shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        sessions.spawn(async move { session::refuse(stream, &reply).await });
+                        continue;
+                    }
+                };
                 let n = shared.counters.accepted.fetch_add(1, Ordering::Relaxed) + 1;
                 log::info!("session {n}: {client} -> {server}: inspecting");
                 let shared = shared.clone();
                 let stop = shutdown.clone();
                 sessions.spawn(async move {
                     let mut counted = shared.esmtp.session_started();
-                    let end = session::run(stream, peers, shared.clone(), stop).await;
+                    let end = session::run(stream, peers, shared.clone(), stop, ticket).await;
                     counted.set_outcome(end.outcome());
                     drop(counted);
                     log::info!("session {n}: {client} -> {server}: ended ({end:?})");
-                    drop(permit);
                     end
                 });
             }
+            _ = tick.tick() => admission.tick(std::time::Instant::now()),
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
     }

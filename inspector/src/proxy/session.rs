@@ -33,7 +33,10 @@ use tokio::{
     time::{Instant, sleep_until, timeout},
 };
 
-use super::Shared;
+use super::{
+    Shared,
+    admission::{self, StressWatch, Ticket},
+};
 use crate::{config::UpstreamSource, observe::esmtp::SessionOutcome};
 
 /// Bytes read from one side at a time.
@@ -73,13 +76,16 @@ pub enum End {
     Unreachable,
     /// A write to one side failed.
     Broken,
+    /// Closed between commands to give its slot to a client holding fewer
+    /// sessions (fair admission).
+    Evicted,
 }
 
 impl End {
     /// As `inspector_esmtp_sessions_total{outcome}` counts it.
     pub fn outcome(self) -> SessionOutcome {
         match self {
-            End::Closed | End::Shutdown => SessionOutcome::Closed,
+            End::Closed | End::Shutdown | End::Evicted => SessionOutcome::Closed,
             End::Dropped => SessionOutcome::Dropped,
             End::Reset => SessionOutcome::Reset,
             End::Timeout(_) | End::Unreachable | End::Broken => SessionOutcome::Error,
@@ -92,8 +98,9 @@ pub async fn run(
     peers: Peers,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    ticket: Ticket,
 ) -> End {
-    let t = shared.config.timeouts;
+    let t = ticket.timeouts(shared.config.timeouts);
     let source = shared.config.upstream_source;
     let server = match timeout(t.connect, connect(peers, source)).await {
         Ok(Ok(s)) => s,
@@ -108,7 +115,7 @@ pub async fn run(
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let mut driver = Driver::new(client, server, peers, shared, shutdown);
+    let mut driver = Driver::new(client, server, peers, shared, shutdown, ticket);
     let end = driver.drive().await;
     if end == End::Reset {
         // Close without a FIN first: dropping a write half would shut it
@@ -213,6 +220,9 @@ enum Event {
     Server(std::io::Result<usize>),
     Timeout,
     Shutdown,
+    /// Stress mode turned on or off: the timeouts changed.
+    Stress,
+    Evicted,
 }
 
 struct Driver {
@@ -238,6 +248,9 @@ struct Driver {
     /// counts from here, so a client trickling the bytes of a command that
     /// never ends is not kept alive by them.
     last: Instant,
+    /// The session's slot in the admission's table.
+    ticket: Ticket,
+    stress: StressWatch,
 }
 
 impl Driver {
@@ -247,6 +260,7 @@ impl Driver {
         peers: Peers,
         shared: Arc<Shared>,
         shutdown: watch::Receiver<bool>,
+        ticket: Ticket,
     ) -> Self {
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();
@@ -267,22 +281,26 @@ impl Driver {
             dropped: false,
             client_closed_first: false,
             last: Instant::now(),
+            stress: ticket.stress_watch(),
+            ticket,
         }
     }
 
     /// When the current phase times out: its limit after the last
-    /// progress, and for a command line under way, `command-timeout` after
-    /// its first byte however the client trickles the rest.
+    /// progress, and for a command line under way, `command-timeout` (the
+    /// stress timeout under stress) after its first byte however the client
+    /// trickles the rest.
     fn deadline(&self, phase: Phase) -> Instant {
         let idle = self.last + self.limit(phase);
         match self.session.command_started() {
-            Some(start) => idle.min(Instant::from_std(start) + self.shared.config.timeouts.command),
+            Some(start) => idle.min(Instant::from_std(start) + self.limit(Phase::Command)),
             None => idle,
         }
     }
 
+    /// The timeout of `phase` now (shorter under stress).
     fn limit(&self, phase: Phase) -> Duration {
-        let t = self.shared.config.timeouts;
+        let t = self.ticket.timeouts(self.shared.config.timeouts);
         match phase {
             Phase::Greeting => t.greeting,
             Phase::Idle | Phase::Command => t.command,
@@ -308,17 +326,40 @@ impl Driver {
                 return End::Shutdown;
             }
             let deadline = self.deadline(phase);
+            // Between commands the session may be evicted for another
+            // client; nowhere else (no message is ever cut).
+            let idle = phase == Phase::Idle;
+            self.ticket.set_idle(idle.then(|| self.last.into_std()));
+            self.ticket
+                .set_memory(admission::SESSION_BUFFERS + self.session.heap_bytes());
             let event = tokio::select! {
                 r = self.cr.read(&mut cbuf), if self.client_open => Event::Client(r),
                 r = self.sr.read(&mut sbuf), if self.server_open => Event::Server(r),
                 () = sleep_until(deadline) => Event::Timeout,
                 _ = self.shutdown.changed(), if !self.stopping => Event::Shutdown,
+                () = self.stress.changed() => Event::Stress,
+                () = self.ticket.evicted(), if idle => Event::Evicted,
             };
+            self.ticket.set_idle(None);
             let now = std::time::Instant::now();
             let out = match event {
                 Event::Shutdown => {
                     self.stopping = true;
                     continue;
+                }
+                Event::Stress => continue,
+                Event::Evicted => {
+                    log::info!(
+                        "{}: closed between commands for a client holding fewer sessions",
+                        show(self.peers)
+                    );
+                    let _ = timeout(
+                        Duration::from_secs(5),
+                        self.cw.write_all(admission::EVICTED),
+                    )
+                    .await;
+                    self.close(Close::Fin).await;
+                    return End::Evicted;
                 }
                 Event::Timeout => {
                     log::info!(
