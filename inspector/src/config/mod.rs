@@ -10,6 +10,7 @@
 //! Every type the policy configures lives here; the kernel and proxy
 //! modules take them from here.
 
+pub mod asa;
 mod audit;
 mod document;
 mod error;
@@ -238,6 +239,30 @@ mod tests {
         assert_eq!(p.timeouts.embryonic, Duration::from_secs(5));
         assert_eq!(p.timeouts.idle, Duration::from_secs(3600));
         assert_eq!(p.timeouts.half_closed, Duration::from_secs(600));
+    }
+
+    /// The firewall's names of the limits (`set connection conn-max …`)
+    /// are accepted too, but not beside ours.
+    #[test]
+    fn servers_accept_the_firewalls_spellings() {
+        let p = parse(
+            "[[server]]\naddress = \"198.18.1.25\"\nconn-max = 50\nembryonic-conn-max = 100\nper-client-max = 5\nper-client-embryonic-max = 2\n",
+        )
+        .unwrap();
+        let s = p.servers[0];
+        assert_eq!(
+            (
+                s.max_conns,
+                s.max_embryonic,
+                s.per_client_max,
+                s.per_client_embryonic_max
+            ),
+            (50, 100, 5, 2)
+        );
+        let err = parse("[[server]]\naddress = \"198.18.1.25\"\nmax-conns = 5\nconn-max = 50\n")
+            .unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (4, "server[0].conn-max"));
+        assert!(err.message.contains("keep one"), "{err}");
     }
 
     #[test]
