@@ -19,7 +19,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use inspector_esmtp::{AuditEvent, Close, Peers, PolicyStats, Session, policy::EsmtpPolicy};
@@ -69,6 +69,12 @@ pub struct EsmtpState {
     pub policy: Arc<EsmtpPolicy>,
     pub stats: Arc<PolicyStats>,
     pub audit: AuditLog,
+    /// The daemon is attached and (unless `--no-proxy`) its proxy listens
+    /// (`inspector_ready`).
+    pub ready: AtomicBool,
+    /// The proxy's `max-sessions` (`inspector_proxy_max_sessions`); 0
+    /// without a proxy.
+    pub max_sessions: AtomicU64,
     active: AtomicU64,
     outcomes: [AtomicU64; SessionOutcome::COUNT],
 }
@@ -80,6 +86,8 @@ impl EsmtpState {
             policy: Arc::new(policy),
             stats,
             audit,
+            ready: AtomicBool::new(false),
+            max_sessions: AtomicU64::new(0),
             active: AtomicU64::new(0),
             outcomes: Default::default(),
         }

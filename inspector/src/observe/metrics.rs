@@ -240,6 +240,61 @@ impl Collector for InspectorCollector {
             MetricType::Counter,
             esmtp.audit.dropped(),
         )?;
+        self.encode_daemon(&mut e)
+    }
+}
+
+impl InspectorCollector {
+    /// The daemon itself: build, readiness, the proxy's capacity, audit
+    /// write failures, file descriptors.
+    fn encode_daemon(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        use std::sync::atomic::Ordering;
+        let esmtp = &self.esmtp;
+        gauges(
+            e,
+            "inspector_build_info",
+            "The inspector's version (always 1)",
+            [(one("version", super::process::VERSION), 1)],
+        )?;
+        single(
+            e,
+            "inspector_ready",
+            "1 once the daemon is attached and its proxy listens; 0 while it starts or drains",
+            MetricType::Gauge,
+            u64::from(esmtp.ready.load(Ordering::Relaxed)),
+        )?;
+        single(
+            e,
+            "inspector_proxy_max_sessions",
+            "The proxy's max-sessions (0 without a proxy)",
+            MetricType::Gauge,
+            esmtp.max_sessions.load(Ordering::Relaxed),
+        )?;
+        single(
+            e,
+            "inspector_audit_write_failures",
+            "Audit records the sink failed to write (an I/O error)",
+            MetricType::Counter,
+            esmtp.audit.counts().failed.load(Ordering::Relaxed),
+        )?;
+        if let Some(n) = super::process::open_fds() {
+            single(
+                e,
+                "inspector_open_fds",
+                "Open file descriptors of the daemon",
+                MetricType::Gauge,
+                n,
+            )?;
+        }
+        if let Some(n) = super::process::max_fds() {
+            single(
+                e,
+                "inspector_max_fds",
+                "The daemon's limit of open file descriptors (RLIMIT_NOFILE, soft)",
+                MetricType::Gauge,
+                n,
+            )?;
+        }
         Ok(())
     }
 }

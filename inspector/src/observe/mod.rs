@@ -5,4 +5,5 @@
 pub mod audit;
 pub mod esmtp;
 pub mod metrics;
+pub mod process;
 pub mod stats_socket;
