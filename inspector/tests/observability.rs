@@ -187,9 +187,16 @@ fn metrics_move_with_real_traffic() {
     assert_eq!(
         get(
             &after,
-            r#"inspector_esmtp_matches_total{criterion="match cmd verb VRFY",action="drop-connection log"}"#
+            r#"inspector_esmtp_matches_total{class="1",kind="cmd verb"}"#
         ),
         0.0
+    );
+    assert_eq!(
+        get(
+            &after,
+            r#"inspector_esmtp_criterion_info{class="1",kind="cmd verb",criterion="match cmd verb VRFY",action="drop-connection log"}"#
+        ),
+        1.0
     );
     // The held connection is steered to the proxy: one session open.
     assert_eq!(get(&after, "inspector_esmtp_sessions_active"), 1.0);
@@ -237,6 +244,26 @@ fn metrics_move_with_real_traffic() {
         }),
         "the session ended and was counted"
     );
+    // Its duration and its connect to the server are in the histograms;
+    // it ended without an error.
+    let m = scrape(&lab);
+    assert_eq!(get(&m, "inspector_session_duration_seconds_count"), 1.0);
+    assert_eq!(get(&m, "inspector_upstream_connect_seconds_count"), 1.0);
+    assert!(
+        get(
+            &m,
+            r#"inspector_upstream_connect_seconds_bucket{le="+Inf"}"#
+        ) == 1.0
+    );
+    for reason in ["server-unreachable", "timeout", "reset"] {
+        assert_eq!(
+            get(
+                &m,
+                &format!(r#"inspector_esmtp_session_errors_total{{reason="{reason}"}}"#)
+            ),
+            0.0
+        );
+    }
 }
 
 #[test]

@@ -28,7 +28,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use audit::{AuditSettings, DEFAULT_QUEUE, DEV_LOG, SinkSpec};
+pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
 pub use error::ConfigError;
 pub use exempt::parse_network;
 pub use proxy::{FailMode, ProxyConfig, SessionTimeouts, UpstreamSource};
@@ -402,8 +402,13 @@ mod tests {
             AuditSettings {
                 sink: Some(SinkSpec::Syslog(DEV_LOG.into())),
                 queue: Some(100),
+                facility: None,
             }
         );
+        let p = parse("[audit]\nfacility = \"mail\"\n").unwrap();
+        assert_eq!(p.audit.facility, Some(2));
+        let err = parse("[audit]\nfacility = \"local9\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "audit.facility"));
         assert_eq!(parse("").unwrap().audit, AuditSettings::default());
         let err = parse("[audit]\nqueue = 1\nsink = \"json\"\n").unwrap_err();
         assert_eq!((err.line, err.field.as_str()), (3, "audit.sink"));

@@ -82,7 +82,11 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .or(policy.audit.queue)
         .unwrap_or(DEFAULT_QUEUE)
         .max(1);
-    let audit = AuditLog::start(&sink, queue)?;
+    let facility = policy
+        .audit
+        .facility
+        .unwrap_or(crate::config::DEFAULT_FACILITY);
+    let audit = AuditLog::start_with(&sink, queue, facility)?;
     log::info!("audit records: {sink} (queue {queue})");
     let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
     let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
