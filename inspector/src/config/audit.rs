@@ -23,6 +23,9 @@ pub struct AuditSettings {
     pub queue: Option<usize>,
     /// The syslog facility (`facility = "local4"`, the default).
     pub facility: Option<u8>,
+    /// `tag = "asa"`: syslog messages carry `%ASA-SEV-ID:` (what SIEM
+    /// parsers of the firewall's logs match) instead of `%INSPECTOR-SEV-ID:`.
+    pub asa_tag: bool,
 }
 
 /// Where audit records go (`inspector run --audit SPEC`).
@@ -111,6 +114,7 @@ pub struct AuditSection {
     sink: Option<Spanned<String>>,
     queue: Option<Spanned<u64>>,
     facility: Option<Spanned<String>>,
+    tag: Option<Spanned<String>>,
 }
 
 impl Section for AuditSection {
@@ -150,6 +154,19 @@ impl Section for AuditSection {
                     )
                 })?;
             audit.facility = Some(code);
+        }
+        if let Some(tag) = &self.tag {
+            audit.asa_tag = match tag.get_ref().as_str() {
+                "asa" => true,
+                "inspector" => false,
+                _ => {
+                    return Err(field_error(
+                        tag,
+                        "audit.tag",
+                        "expected \"inspector\" (%INSPECTOR-SEV-ID) or \"asa\" (%ASA-SEV-ID)",
+                    ));
+                }
+            };
         }
         Ok(audit)
     }

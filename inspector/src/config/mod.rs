@@ -403,8 +403,12 @@ mod tests {
                 sink: Some(SinkSpec::Syslog(DEV_LOG.into())),
                 queue: Some(100),
                 facility: None,
+                asa_tag: false,
             }
         );
+        assert!(parse("[audit]\ntag = \"asa\"\n").unwrap().audit.asa_tag);
+        let err = parse("[audit]\ntag = \"pix\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "audit.tag"));
         let p = parse("[audit]\nfacility = \"mail\"\n").unwrap();
         assert_eq!(p.audit.facility, Some(2));
         let err = parse("[audit]\nfacility = \"local9\"\n").unwrap_err();

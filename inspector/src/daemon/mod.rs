@@ -86,7 +86,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .audit
         .facility
         .unwrap_or(crate::config::DEFAULT_FACILITY);
-    let audit = AuditLog::start_with(&sink, queue, facility)?;
+    let audit = AuditLog::start_syslog(
+        &sink,
+        queue,
+        crate::observe::audit::SyslogFormat {
+            facility,
+            asa_tag: policy.audit.asa_tag,
+        },
+    )?;
     log::info!("audit records: {sink} (queue {queue})");
     let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
     let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;

@@ -33,6 +33,24 @@ const RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1)
 /// for documentation (RFC 5612).
 const SD_ID: &str = "esmtp@32473";
 
+/// How syslog messages are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyslogFormat {
+    /// RFC 5424 facility code (local4 = 20).
+    pub facility: u8,
+    /// `%ASA-SEV-ID:` instead of `%INSPECTOR-SEV-ID:`.
+    pub asa_tag: bool,
+}
+
+impl Default for SyslogFormat {
+    fn default() -> Self {
+        Self {
+            facility: FACILITY_LOCAL4,
+            asa_tag: false,
+        }
+    }
+}
+
 /// One record as queued: the event and when it happened.
 struct Queued {
     time: SystemTime,
@@ -142,6 +160,18 @@ impl AuditLog {
 
     /// [`Self::start`] with the syslog facility (RFC 5424 code).
     pub fn start_with(spec: &SinkSpec, capacity: usize, facility: u8) -> Result<Self> {
+        Self::start_syslog(
+            spec,
+            capacity,
+            SyslogFormat {
+                facility,
+                asa_tag: false,
+            },
+        )
+    }
+
+    /// [`Self::start`] with the syslog facility and tag.
+    pub fn start_syslog(spec: &SinkSpec, capacity: usize, format: SyslogFormat) -> Result<Self> {
         let counts = Arc::new(AuditCounts::default());
         let mut sink: Writer = match spec {
             SinkSpec::Off => {
@@ -177,9 +207,7 @@ impl AuditLog {
                 let host = hostname();
                 let pid = std::process::id();
                 Box::new(move |q| {
-                    sock.write(
-                        syslog_message_with(q.time, &host, pid, facility, &q.event).as_bytes(),
-                    )
+                    sock.write(syslog_formatted(q.time, &host, pid, format, &q.event).as_bytes())
                 })
             }
             SinkSpec::SyslogUdp(addr) => {
@@ -205,9 +233,7 @@ impl AuditLog {
                 let host = hostname();
                 let pid = std::process::id();
                 Box::new(move |q| {
-                    sock.write(
-                        syslog_message_with(q.time, &host, pid, facility, &q.event).as_bytes(),
-                    )
+                    sock.write(syslog_formatted(q.time, &host, pid, format, &q.event).as_bytes())
                 })
             }
             SinkSpec::SyslogTcp(addr) => {
@@ -232,7 +258,7 @@ impl AuditLog {
                 let pid = std::process::id();
                 Box::new(move |q| {
                     // Octet counting (RFC 6587 3.4.1): `LEN SP MSG`.
-                    let msg = syslog_message_with(q.time, &host, pid, facility, &q.event);
+                    let msg = syslog_formatted(q.time, &host, pid, format, &q.event);
                     sock.write(format!("{} {msg}", msg.len()).as_bytes())
                 })
             }
@@ -363,8 +389,29 @@ pub fn syslog_message_with(
     facility: u8,
     event: &AuditEvent,
 ) -> String {
+    syslog_formatted(
+        time,
+        host,
+        pid,
+        SyslogFormat {
+            facility,
+            asa_tag: false,
+        },
+        event,
+    )
+}
+
+/// [`syslog_message`] as `format` says.
+pub fn syslog_formatted(
+    time: SystemTime,
+    host: &str,
+    pid: u32,
+    format: SyslogFormat,
+    event: &AuditEvent,
+) -> String {
     let sev = event.severity();
-    let pri = u16::from(facility) * 8 + u16::from(sev);
+    let pri = u16::from(format.facility) * 8 + u16::from(sev);
+    let tag = if format.asa_tag { "ASA" } else { "INSPECTOR" };
     let mut sd = format!(
         "[{SD_ID} client=\"{}\" server=\"{}\"",
         event.peers.client, event.peers.server
@@ -379,7 +426,7 @@ pub fn syslog_message_with(
     }
     sd.push(']');
     format!(
-        "<{pri}>1 {} {} inspector {pid} {} {sd} %INSPECTOR-{sev}-{}: {event}",
+        "<{pri}>1 {} {} inspector {pid} {} {sd} %{tag}-{sev}-{}: {event}",
         rfc3339(time),
         header_field(host),
         event.id(),
