@@ -161,3 +161,122 @@ fn a_blocked_sink_drops_and_counts_instead_of_blocking() {
     assert_eq!(v["client"], "198.18.0.2:40000");
     drop(reader);
 }
+
+fn recv_datagram(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("a syslog datagram");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The syslog daemon restarts (its socket goes away and comes back, as
+/// journald's and rsyslog's do): the sink connects again, records written
+/// meanwhile are counted as failed, and later ones arrive.
+#[test]
+fn syslog_comes_back_after_its_server_restarts() {
+    let path = TempPath::new("restart.sock");
+    let first = UnixDatagram::bind(&path.0).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // mail (2) * 8 + informational (6).
+    let log = AuditLog::start_with(&SinkSpec::Syslog(path.0.clone()), 16, 2).unwrap();
+    log.record(event(1));
+    assert!(recv_datagram(&first).starts_with("<22>1 "));
+    // Gone.
+    drop(first);
+    std::fs::remove_file(&path.0).unwrap();
+    log.record(event(2));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log.counts().failed.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the lost record is counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Back, at the same path.
+    let second = UnixDatagram::bind(&path.0).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 3;
+    let got = loop {
+        log.record(event(n));
+        let mut buf = [0u8; 4096];
+        if let Ok(len) = second.recv(&mut buf) {
+            break String::from_utf8_lossy(&buf[..len]).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record reached the new socket"
+        );
+        n += 1;
+    };
+    assert!(got.contains("%INSPECTOR-6-108005"), "{got}");
+    assert!(log.counts().reconnects.load(Ordering::Relaxed) >= 1);
+}
+
+/// Remote syslog: UDP datagrams, and TCP with octet counting that
+/// connects again when the server restarts.
+#[test]
+fn remote_syslog_over_udp_and_tcp() {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let log = AuditLog::start(
+        &SinkSpec::SyslogUdp(udp.local_addr().unwrap().to_string()),
+        16,
+    )
+    .unwrap();
+    log.record(event(1));
+    let mut buf = [0u8; 4096];
+    let n = udp.recv(&mut buf).unwrap();
+    assert!(
+        std::str::from_utf8(&buf[..n])
+            .unwrap()
+            .starts_with("<166>1 ")
+    );
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = AuditLog::start(&SinkSpec::SyslogTcp(addr.to_string()), 16).unwrap();
+    let (mut conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    log.record(event(1));
+    let frame = read_frame(&mut conn);
+    assert!(frame.starts_with("<166>1 "), "{frame}");
+    // The server restarts on the same port.
+    drop(conn);
+    drop(listener);
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 2;
+    let mut conn = loop {
+        log.record(event(n));
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        if let Ok((c, _)) = listener.accept() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the sink did not connect again");
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(read_frame(&mut conn).contains("%INSPECTOR-6-108005"));
+    assert!(log.counts().reconnects.load(Ordering::Relaxed) >= 1);
+}
+
+/// One `LEN SP MSG` frame.
+fn read_frame(conn: &mut std::net::TcpStream) -> String {
+    let mut len = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        conn.read_exact(&mut byte).unwrap();
+        if byte[0] == b' ' {
+            break;
+        }
+        len.push(byte[0]);
+    }
+    let len: usize = String::from_utf8(len).unwrap().parse().unwrap();
+    let mut msg = vec![0u8; len];
+    conn.read_exact(&mut msg).unwrap();
+    String::from_utf8(msg).unwrap()
+}

@@ -187,9 +187,16 @@ fn metrics_move_with_real_traffic() {
     assert_eq!(
         get(
             &after,
-            r#"inspector_esmtp_matches_total{criterion="match cmd verb VRFY",action="drop-connection log"}"#
+            r#"inspector_esmtp_matches_total{class="1",kind="cmd verb"}"#
         ),
         0.0
+    );
+    assert_eq!(
+        get(
+            &after,
+            r#"inspector_esmtp_criterion_info{class="1",kind="cmd verb",criterion="match cmd verb VRFY",action="drop-connection log"}"#
+        ),
+        1.0
     );
     // The held connection is steered to the proxy: one session open.
     assert_eq!(get(&after, "inspector_esmtp_sessions_active"), 1.0);
@@ -237,6 +244,26 @@ fn metrics_move_with_real_traffic() {
         }),
         "the session ended and was counted"
     );
+    // Its duration and its connect to the server are in the histograms;
+    // it ended without an error.
+    let m = scrape(&lab);
+    assert_eq!(get(&m, "inspector_session_duration_seconds_count"), 1.0);
+    assert_eq!(get(&m, "inspector_upstream_connect_seconds_count"), 1.0);
+    assert!(
+        get(
+            &m,
+            r#"inspector_upstream_connect_seconds_bucket{le="+Inf"}"#
+        ) == 1.0
+    );
+    for reason in ["server-unreachable", "timeout", "reset"] {
+        assert_eq!(
+            get(
+                &m,
+                &format!(r#"inspector_esmtp_session_errors_total{{reason="{reason}"}}"#)
+            ),
+            0.0
+        );
+    }
 }
 
 #[test]
@@ -332,4 +359,123 @@ fn audit_sink_comes_from_the_policy_unless_overridden() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The metric names an expression text uses (`inspector_…`; Prometheus's
+/// own `up` is not the daemon's).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = text[i..].find("inspector_") {
+        let start = i + at;
+        let boundary =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        if boundary {
+            names.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    names
+}
+
+/// The shipped alert rules load in Prometheus (`promtool check rules`),
+/// and every metric they and the Grafana dashboard use is exported by a
+/// running daemon.
+#[test]
+fn dashboard_and_alerts_use_exported_metrics() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rules = root.join("deploy/prometheus/alerts.yml");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("running promtool (Debian's prometheus package; `cargo xtask setup` installs it)");
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dashboard_text =
+        std::fs::read_to_string(root.join("deploy/grafana/inspector.json")).unwrap();
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&dashboard_text).expect("the dashboard is JSON");
+    let mut exprs = String::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs += target["expr"].as_str().unwrap();
+            exprs.push('\n');
+        }
+    }
+    for var in dashboard["templating"]["list"].as_array().unwrap() {
+        if let Some(q) = var["query"].as_str() {
+            exprs += q;
+            exprs.push('\n');
+        }
+    }
+    let mut used = metric_names(&exprs);
+    used.extend(metric_names(&std::fs::read_to_string(&rules).unwrap()));
+    assert!(used.len() >= 15, "{used:?}");
+
+    let lab = lab("obsdash");
+    let pins = PinDir::new("obsdash");
+    let policy = PolicyFile::new(
+        "obsdash",
+        &format!("[[server]]\naddress = \"{SERVER_V4}\"\nmax-conns = 10\n"),
+    );
+    let dir = std::env::temp_dir().join(format!("inspector-obsdash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("daemon.log");
+    let _daemon = inspector_lab::inspector::start_proxy(
+        &lab.gateway,
+        std::path::Path::new(support::inspector_bin()),
+        pins.path(),
+        &[
+            "--iface",
+            OUTSIDE,
+            "--metrics",
+            METRICS,
+            "--audit",
+            "off",
+            "--policy",
+            policy.path().to_str().unwrap(),
+        ],
+        &log,
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        wait_until(Duration::from_secs(5), || curl(&lab, "/metrics").0 == 200),
+        "the endpoint answers"
+    );
+    let scraped = scrape(&lab);
+    let exported: std::collections::BTreeSet<String> = scraped
+        .keys()
+        .map(|k| k.split('{').next().unwrap().to_string())
+        .collect();
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "used but not exported: {missing:?}; exported: {exported:?}"
+    );
+    assert_eq!(get(&scraped, "inspector_ready"), 1.0);
+    assert_eq!(get(&scraped, "inspector_proxy_max_sessions"), 1024.0);
+    assert!(get(&scraped, "inspector_open_fds") > 3.0);
+    assert!(get(&scraped, "inspector_max_fds") >= get(&scraped, "inspector_open_fds"));
+    assert_eq!(
+        get(
+            &scraped,
+            &format!(
+                r#"inspector_build_info{{version="{}"}}"#,
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    assert_eq!(get(&scraped, "inspector_audit_write_failures_total"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "nftables",
     // A real HTTP client for the metrics endpoint's tests.
     "curl",
+    // promtool, which checks the shipped alert rules (deploy/prometheus).
+    "prometheus",
     // Real SMTP peers: Postfix (and its smtp-sink/smtp-source), swaks
     // (which needs IO::Socket::INET6 to speak over IPv6).
     "postfix",

@@ -55,7 +55,8 @@ enum Command {
         #[arg(long, default_value = metrics::DEFAULT_ADDR)]
         metrics: MetricsAddr,
         /// ESMTP audit records: `stdout` or `file:PATH` (JSON lines),
-        /// `syslog` or `syslog:SOCKET` (RFC 5424, default socket /dev/log), or
+        /// `syslog` or `syslog:SOCKET` (RFC 5424, default socket /dev/log),
+        /// `syslog+udp:HOST:PORT`, `syslog+tcp:HOST:PORT` (remote), or
         /// `off`. Overrides the policy's `[audit] sink`; default stdout.
         #[arg(long)]
         audit: Option<SinkSpec>,

@@ -1,24 +1,109 @@
 //! `inspector policy check`: validate a policy file and show what it sets.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use clap::Subcommand;
-use inspector_esmtp::stats::PolicyStats;
+use anyhow::{Context, Result, bail};
+use clap::{Subcommand, ValueEnum};
+use inspector_esmtp::{policy::Mode, stats::PolicyStats};
 
-use crate::config::{DEFAULT_QUEUE, Policy, Server};
+use crate::config::{
+    DEFAULT_QUEUE, Policy, Server,
+    asa::{self, AddressSide},
+};
 
 #[derive(Subcommand)]
 pub enum Action {
     /// Validate a policy file; errors name the file, line, column and field.
     Check { file: PathBuf },
+    /// Translate a firewall's running-config (`inspect esmtp`, its
+    /// exemptions, connection limits and timeouts) into a policy file.
+    /// What cannot be translated is a warning naming its line.
+    ImportAsa {
+        /// The running-config (`show running-config`).
+        file: PathBuf,
+        /// Write the policy here instead of standard output.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// The addresses of translated hosts: `real` (the inspector stands
+        /// where the firewall stood) or `mapped` (the published addresses:
+        /// the translation is still done behind the inspector).
+        #[arg(long, value_enum, default_value_t = AddressSide::Real)]
+        addresses: AddressSide,
+        /// The policy's mode: `modern` (the controls without breaking mail)
+        /// or `compat` (the firewall's behaviour byte for byte).
+        #[arg(long, value_enum, default_value_t = ImportMode::Modern)]
+        mode: ImportMode,
+        /// Fail (exit 1, nothing written) when anything warns.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImportMode {
+    Modern,
+    Compat,
 }
 
 pub fn execute(action: Action) -> Result<()> {
-    let Action::Check { file } = action;
-    let policy = Policy::load(&file)?;
-    println!("{}: ok", file.display());
-    print!("{}", render(&policy));
+    match action {
+        Action::Check { file } => {
+            let policy = Policy::load(&file)?;
+            println!("{}: ok", file.display());
+            print!("{}", render(&policy));
+            Ok(())
+        }
+        Action::ImportAsa {
+            file,
+            output,
+            addresses,
+            mode,
+            strict,
+        } => import_asa(&file, output.as_deref(), addresses, mode, strict),
+    }
+}
+
+fn import_asa(
+    file: &Path,
+    output: Option<&Path>,
+    addresses: AddressSide,
+    mode: ImportMode,
+    strict: bool,
+) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read the configuration", file.display()))?;
+    let source = file.display().to_string();
+    let imported = asa::import(
+        &text,
+        &asa::Options {
+            mode: match mode {
+                ImportMode::Modern => Mode::Modern,
+                ImportMode::Compat => Mode::Compat,
+            },
+            addresses,
+            source: source.clone(),
+        },
+    );
+    for d in &imported.diagnostics {
+        eprintln!("{}", d.located(&source));
+    }
+    let warnings = imported.warnings().count();
+    eprintln!(
+        "{source}: {warnings} warning(s), {} note(s)",
+        imported.diagnostics.len() - warnings
+    );
+    // What `policy check` will say: the translation must be a valid policy.
+    let name = output.map_or_else(|| "(the translation)".into(), |p| p.display().to_string());
+    Policy::parse(Path::new(&name), &imported.toml)
+        .context("the translation is not a valid policy (a bug in the importer)")?;
+    if strict && warnings > 0 {
+        bail!("{warnings} warning(s) and --strict: nothing written");
+    }
+    match output {
+        Some(path) => std::fs::write(path, &imported.toml)
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{}", imported.toml),
+    }
     Ok(())
 }
 

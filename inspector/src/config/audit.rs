@@ -21,6 +21,11 @@ pub const DEFAULT_QUEUE: usize = 4096;
 pub struct AuditSettings {
     pub sink: Option<SinkSpec>,
     pub queue: Option<usize>,
+    /// The syslog facility (`facility = "local4"`, the default).
+    pub facility: Option<u8>,
+    /// `tag = "asa"`: syslog messages carry `%ASA-SEV-ID:` (what SIEM
+    /// parsers of the firewall's logs match) instead of `%INSPECTOR-SEV-ID:`.
+    pub asa_tag: bool,
 }
 
 /// Where audit records go (`inspector run --audit SPEC`).
@@ -35,7 +40,32 @@ pub enum SinkSpec {
     /// `syslog` or `syslog:SOCKET`: RFC 5424 datagrams to the local syslog
     /// socket (default `/dev/log`).
     Syslog(PathBuf),
+    /// `syslog+udp:HOST:PORT`: RFC 5424 over UDP (RFC 5426), one record a
+    /// datagram.
+    SyslogUdp(String),
+    /// `syslog+tcp:HOST:PORT`: RFC 5424 over TCP with octet counting (RFC
+    /// 6587).
+    SyslogTcp(String),
 }
+
+/// Syslog facilities by name (RFC 5424 6.2.1).
+pub const FACILITIES: [(&str, u8); 12] = [
+    ("kern", 0),
+    ("user", 1),
+    ("mail", 2),
+    ("daemon", 3),
+    ("auth", 4),
+    ("local0", 16),
+    ("local1", 17),
+    ("local2", 18),
+    ("local3", 19),
+    ("local4", 20),
+    ("local5", 21),
+    ("local6", 22),
+];
+
+/// `local4`, the facility the firewall logs to by default.
+pub const DEFAULT_FACILITY: u8 = 20;
 
 impl FromStr for SinkSpec {
     type Err = String;
@@ -48,12 +78,20 @@ impl FromStr for SinkSpec {
             _ => match s.split_once(':') {
                 Some(("file", path)) if !path.is_empty() => Ok(Self::File(path.into())),
                 Some(("syslog", path)) if !path.is_empty() => Ok(Self::Syslog(path.into())),
+                Some(("syslog+udp", hp)) if host_port(hp) => Ok(Self::SyslogUdp(hp.into())),
+                Some(("syslog+tcp", hp)) if host_port(hp) => Ok(Self::SyslogTcp(hp.into())),
                 _ => Err(format!(
-                    "`{s}`: expected off, stdout, file:PATH, syslog or syslog:SOCKET"
+                    "`{s}`: expected off, stdout, file:PATH, syslog, syslog:SOCKET, syslog+udp:HOST:PORT or syslog+tcp:HOST:PORT"
                 )),
             },
         }
     }
+}
+
+/// `HOST:PORT` (`[V6]:PORT` for an IPv6 address).
+fn host_port(s: &str) -> bool {
+    s.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0))
 }
 
 impl std::fmt::Display for SinkSpec {
@@ -63,6 +101,8 @@ impl std::fmt::Display for SinkSpec {
             Self::Stdout => f.write_str("stdout"),
             Self::File(path) => write!(f, "file:{}", path.display()),
             Self::Syslog(socket) => write!(f, "syslog:{}", socket.display()),
+            Self::SyslogUdp(hp) => write!(f, "syslog+udp:{hp}"),
+            Self::SyslogTcp(hp) => write!(f, "syslog+tcp:{hp}"),
         }
     }
 }
@@ -73,6 +113,8 @@ impl std::fmt::Display for SinkSpec {
 pub struct AuditSection {
     sink: Option<Spanned<String>>,
     queue: Option<Spanned<u64>>,
+    facility: Option<Spanned<String>>,
+    tag: Option<Spanned<String>>,
 }
 
 impl Section for AuditSection {
@@ -97,6 +139,35 @@ impl Section for AuditSection {
             }
             audit.queue = Some(*queue.get_ref() as usize);
         }
+        if let Some(f) = &self.facility {
+            let name = f.get_ref().to_ascii_lowercase();
+            let code = FACILITIES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| *c)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = FACILITIES.iter().map(|(n, _)| *n).collect();
+                    field_error(
+                        f,
+                        "audit.facility",
+                        format!("expected one of {}", names.join(", ")),
+                    )
+                })?;
+            audit.facility = Some(code);
+        }
+        if let Some(tag) = &self.tag {
+            audit.asa_tag = match tag.get_ref().as_str() {
+                "asa" => true,
+                "inspector" => false,
+                _ => {
+                    return Err(field_error(
+                        tag,
+                        "audit.tag",
+                        "expected \"inspector\" (%INSPECTOR-SEV-ID) or \"asa\" (%ASA-SEV-ID)",
+                    ));
+                }
+            };
+        }
         Ok(audit)
     }
 }
@@ -114,6 +185,16 @@ mod tests {
             Ok(SinkSpec::File("/var/log/a.json".into()))
         );
         assert!("file:".parse::<SinkSpec>().is_err());
+        assert_eq!(
+            "syslog+udp:198.18.1.5:514".parse(),
+            Ok(SinkSpec::SyslogUdp("198.18.1.5:514".into()))
+        );
+        assert_eq!(
+            "syslog+tcp:[2001:2::5]:6514".parse(),
+            Ok(SinkSpec::SyslogTcp("[2001:2::5]:6514".into()))
+        );
+        assert!("syslog+udp:host".parse::<SinkSpec>().is_err());
+        assert!("syslog+tcp:host:0".parse::<SinkSpec>().is_err());
         assert!("json".parse::<SinkSpec>().is_err());
     }
 }

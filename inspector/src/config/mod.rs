@@ -10,6 +10,7 @@
 //! Every type the policy configures lives here; the kernel and proxy
 //! modules take them from here.
 
+pub mod asa;
 mod audit;
 mod document;
 mod error;
@@ -27,7 +28,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use audit::{AuditSettings, DEFAULT_QUEUE, DEV_LOG, SinkSpec};
+pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
 pub use error::ConfigError;
 pub use exempt::parse_network;
 pub use proxy::{
@@ -242,6 +243,30 @@ mod tests {
         assert_eq!(p.timeouts.half_closed, Duration::from_secs(600));
     }
 
+    /// The firewall's names of the limits (`set connection conn-max …`)
+    /// are accepted too, but not beside ours.
+    #[test]
+    fn servers_accept_the_firewalls_spellings() {
+        let p = parse(
+            "[[server]]\naddress = \"198.18.1.25\"\nconn-max = 50\nembryonic-conn-max = 100\nper-client-max = 5\nper-client-embryonic-max = 2\n",
+        )
+        .unwrap();
+        let s = p.servers[0];
+        assert_eq!(
+            (
+                s.max_conns,
+                s.max_embryonic,
+                s.per_client_max,
+                s.per_client_embryonic_max
+            ),
+            (50, 100, 5, 2)
+        );
+        let err = parse("[[server]]\naddress = \"198.18.1.25\"\nmax-conns = 5\nconn-max = 50\n")
+            .unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (4, "server[0].conn-max"));
+        assert!(err.message.contains("keep one"), "{err}");
+    }
+
     #[test]
     fn default_timeouts_are_the_originals() {
         let p = parse("").unwrap();
@@ -379,8 +404,17 @@ mod tests {
             AuditSettings {
                 sink: Some(SinkSpec::Syslog(DEV_LOG.into())),
                 queue: Some(100),
+                facility: None,
+                asa_tag: false,
             }
         );
+        assert!(parse("[audit]\ntag = \"asa\"\n").unwrap().audit.asa_tag);
+        let err = parse("[audit]\ntag = \"pix\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "audit.tag"));
+        let p = parse("[audit]\nfacility = \"mail\"\n").unwrap();
+        assert_eq!(p.audit.facility, Some(2));
+        let err = parse("[audit]\nfacility = \"local9\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "audit.facility"));
         assert_eq!(parse("").unwrap().audit, AuditSettings::default());
         let err = parse("[audit]\nqueue = 1\nsink = \"json\"\n").unwrap_err();
         assert_eq!((err.line, err.field.as_str()), (3, "audit.sink"));

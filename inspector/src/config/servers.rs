@@ -53,16 +53,40 @@ pub struct Servers(Vec<ServerEntry>);
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ServerEntry {
     address: Spanned<String>,
-    #[serde(default)]
-    max_conns: u32,
-    #[serde(default)]
-    max_embryonic: u32,
+    max_conns: Option<Spanned<u32>>,
+    /// `max-conns` under the firewall's name (`set connection conn-max`).
+    conn_max: Option<Spanned<u32>>,
+    max_embryonic: Option<Spanned<u32>>,
+    /// `max-embryonic` under the firewall's name.
+    embryonic_conn_max: Option<Spanned<u32>>,
     #[serde(default)]
     per_client_max: u32,
     #[serde(default)]
     per_client_embryonic_max: u32,
     #[serde(default)]
     on_embryonic_limit: OnEmbryonicLimit,
+}
+
+/// A limit written under our name or the firewall's (not both); 0 when
+/// neither.
+fn either(
+    i: usize,
+    ours: &str,
+    value: &Option<Spanned<u32>>,
+    theirs: &str,
+    alias: &Option<Spanned<u32>>,
+) -> Result<u32, FieldError> {
+    match (value, alias) {
+        (Some(_), Some(a)) => Err(field_error(
+            a,
+            format!("server[{i}].{theirs}"),
+            format!(
+                "`{theirs}` is the firewall's name of `{ours}`, which this server sets too: keep one"
+            ),
+        )),
+        (Some(v), None) | (None, Some(v)) => Ok(*v.get_ref()),
+        (None, None) => Ok(0),
+    }
 }
 
 impl Section for Servers {
@@ -87,10 +111,24 @@ impl Section for Servers {
                     format!("{address} is listed twice"),
                 ));
             }
+            let max_conns = either(
+                i,
+                "max-conns",
+                &entry.max_conns,
+                "conn-max",
+                &entry.conn_max,
+            )?;
+            let max_embryonic = either(
+                i,
+                "max-embryonic",
+                &entry.max_embryonic,
+                "embryonic-conn-max",
+                &entry.embryonic_conn_max,
+            )?;
             servers.push(Server {
                 address,
-                max_conns: entry.max_conns,
-                max_embryonic: entry.max_embryonic,
+                max_conns,
+                max_embryonic,
                 per_client_max: entry.per_client_max,
                 per_client_embryonic_max: entry.per_client_embryonic_max,
                 on_embryonic_limit: entry.on_embryonic_limit,

@@ -4,7 +4,10 @@
 pub mod lock;
 mod signals;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+};
 
 use anyhow::{Context, Result};
 use inspector_common::SMTP_PORT;
@@ -79,7 +82,18 @@ pub fn run(opts: RunOptions) -> Result<()> {
         .or(policy.audit.queue)
         .unwrap_or(DEFAULT_QUEUE)
         .max(1);
-    let audit = AuditLog::start(&sink, queue)?;
+    let facility = policy
+        .audit
+        .facility
+        .unwrap_or(crate::config::DEFAULT_FACILITY);
+    let audit = AuditLog::start_syslog(
+        &sink,
+        queue,
+        crate::observe::audit::SyslogFormat {
+            facility,
+            asa_tag: policy.audit.asa_tag,
+        },
+    )?;
     log::info!("audit records: {sink} (queue {queue})");
     let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
     let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
@@ -133,7 +147,9 @@ pub fn run(opts: RunOptions) -> Result<()> {
         runtime.spawn(metrics::serve(listener, registry));
     }
     if !opts.proxy {
+        esmtp.ready.store(true, Ordering::Relaxed);
         runtime.block_on(signals.wait());
+        esmtp.ready.store(false, Ordering::Relaxed);
         log::info!(
             "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
         );
@@ -168,6 +184,10 @@ async fn run_proxy(
         steer::attach(ebpf, iface, &opts.pin_dir)?;
         log::info!("{iface}: steering attached (TC ingress)");
     }
+    esmtp
+        .max_sessions
+        .store(policy.proxy.max_sessions as u64, Ordering::Relaxed);
+    esmtp.ready.store(true, Ordering::Relaxed);
     let shared = Arc::new(Shared {
         esmtp,
         config: policy.proxy.clone(),
@@ -183,13 +203,14 @@ async fn run_proxy(
     let (stop, stopped) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
     signals.wait().await;
+    shared.esmtp.ready.store(false, Ordering::Relaxed);
     let _ = stop.send(true);
     serve.await.context("the proxy task failed")??;
     let c = &shared.counters;
     log::info!(
         "proxy stopped: {} session(s) inspected, {} refused",
-        c.accepted.load(std::sync::atomic::Ordering::Relaxed),
-        c.refused.load(std::sync::atomic::Ordering::Relaxed)
+        c.accepted.load(Ordering::Relaxed),
+        c.refused.load(Ordering::Relaxed)
     );
     print!("{}", shared.esmtp.stats.render(&shared.esmtp.policy));
     Ok(())

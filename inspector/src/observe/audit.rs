@@ -29,10 +29,30 @@ use inspector_esmtp::{
 use crate::config::SinkSpec;
 
 /// `local4`, the facility the firewall logs to by default.
-const FACILITY_LOCAL4: u8 = 20;
+const FACILITY_LOCAL4: u8 = crate::config::DEFAULT_FACILITY;
+/// How long a lost syslog connection waits between attempts to come back.
+const RECONNECT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 /// RFC 5424 structured-data id; 32473 is the enterprise number reserved
 /// for documentation (RFC 5612).
 const SD_ID: &str = "esmtp@32473";
+
+/// How syslog messages are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyslogFormat {
+    /// RFC 5424 facility code (local4 = 20).
+    pub facility: u8,
+    /// `%ASA-SEV-ID:` instead of `%INSPECTOR-SEV-ID:`.
+    pub asa_tag: bool,
+}
+
+impl Default for SyslogFormat {
+    fn default() -> Self {
+        Self {
+            facility: FACILITY_LOCAL4,
+            asa_tag: false,
+        }
+    }
+}
 
 /// One record as queued: the event and when it happened.
 struct Queued {
@@ -60,12 +80,101 @@ pub struct AuditCounts {
     pub failed: AtomicU64,
     /// Records written.
     pub written: AtomicU64,
+    /// Connections to syslog made again after one was lost (its server
+    /// restarted).
+    pub reconnects: AtomicU64,
+}
+
+/// A connection to syslog that comes back: a send that fails drops it,
+/// connects again at once and resends; when that fails too the record is
+/// lost (counted as failed) and the next attempt waits [`RECONNECT_BACKOFF`].
+struct Reconnecting<T> {
+    connect: Box<dyn FnMut() -> io::Result<T> + Send>,
+    send: fn(&mut T, &[u8]) -> io::Result<()>,
+    conn: Option<T>,
+    next_attempt: Option<std::time::Instant>,
+    counts: Arc<AuditCounts>,
+}
+
+impl<T> Reconnecting<T> {
+    fn new(
+        mut connect: Box<dyn FnMut() -> io::Result<T> + Send>,
+        send: fn(&mut T, &[u8]) -> io::Result<()>,
+        counts: Arc<AuditCounts>,
+    ) -> io::Result<Self> {
+        let conn = connect()?;
+        Ok(Self {
+            connect,
+            send,
+            conn: Some(conn),
+            next_attempt: None,
+            counts,
+        })
+    }
+
+    fn reconnect(&mut self) -> io::Result<&mut T> {
+        let now = std::time::Instant::now();
+        if self.next_attempt.is_some_and(|t| now < t) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "syslog is away; waiting before connecting again",
+            ));
+        }
+        match (self.connect)() {
+            Ok(c) => {
+                self.next_attempt = None;
+                self.counts.reconnects.fetch_add(1, Ordering::Relaxed);
+                log::info!("audit sink: connected to syslog again");
+                Ok(self.conn.insert(c))
+            }
+            Err(e) => {
+                self.next_attempt = Some(now + RECONNECT_BACKOFF);
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(c) = &mut self.conn {
+            match (self.send)(c, bytes) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    log::warn!("audit sink: syslog: {e}; connecting again");
+                    self.conn = None;
+                }
+            }
+        }
+        let send = self.send;
+        let c = self.reconnect()?;
+        let r = send(c, bytes);
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
 }
 
 impl AuditLog {
     /// Starts the writer thread for `spec` with a queue of `capacity`
     /// records. Opens the file or socket now, so a bad path fails the start.
     pub fn start(spec: &SinkSpec, capacity: usize) -> Result<Self> {
+        Self::start_with(spec, capacity, FACILITY_LOCAL4)
+    }
+
+    /// [`Self::start`] with the syslog facility (RFC 5424 code).
+    pub fn start_with(spec: &SinkSpec, capacity: usize, facility: u8) -> Result<Self> {
+        Self::start_syslog(
+            spec,
+            capacity,
+            SyslogFormat {
+                facility,
+                asa_tag: false,
+            },
+        )
+    }
+
+    /// [`Self::start`] with the syslog facility and tag.
+    pub fn start_syslog(spec: &SinkSpec, capacity: usize, format: SyslogFormat) -> Result<Self> {
         let counts = Arc::new(AuditCounts::default());
         let mut sink: Writer = match spec {
             SinkSpec::Off => {
@@ -87,14 +196,73 @@ impl AuditLog {
                 Box::new(move |q| file.write_all(json_line(q.time, &q.event).as_bytes()))
             }
             SinkSpec::Syslog(socket) => {
-                let sock = UnixDatagram::unbound()?;
-                sock.connect(socket)
-                    .with_context(|| format!("connecting to syslog at {}", socket.display()))?;
+                let path = socket.clone();
+                let mut sock = Reconnecting::new(
+                    Box::new(move || {
+                        let sock = UnixDatagram::unbound()?;
+                        sock.connect(&path)?;
+                        Ok(sock)
+                    }),
+                    |s: &mut UnixDatagram, b| s.send(b).map(drop),
+                    counts.clone(),
+                )
+                .with_context(|| format!("connecting to syslog at {}", socket.display()))?;
                 let host = hostname();
                 let pid = std::process::id();
                 Box::new(move |q| {
-                    sock.send(syslog_message(q.time, &host, pid, &q.event).as_bytes())
-                        .map(drop)
+                    sock.write(syslog_formatted(q.time, &host, pid, format, &q.event).as_bytes())
+                })
+            }
+            SinkSpec::SyslogUdp(addr) => {
+                let target = addr.clone();
+                let mut sock = Reconnecting::new(
+                    Box::new(move || {
+                        let to = std::net::ToSocketAddrs::to_socket_addrs(&target.as_str())?
+                            .next()
+                            .ok_or_else(|| io::Error::other("no address"))?;
+                        let any: std::net::SocketAddr = if to.is_ipv4() {
+                            "0.0.0.0:0".parse().expect("an address")
+                        } else {
+                            "[::]:0".parse().expect("an address")
+                        };
+                        let sock = std::net::UdpSocket::bind(any)?;
+                        sock.connect(to)?;
+                        Ok(sock)
+                    }),
+                    |s: &mut std::net::UdpSocket, b| s.send(b).map(drop),
+                    counts.clone(),
+                )
+                .with_context(|| format!("syslog over UDP to {addr}"))?;
+                let host = hostname();
+                let pid = std::process::id();
+                Box::new(move |q| {
+                    sock.write(syslog_formatted(q.time, &host, pid, format, &q.event).as_bytes())
+                })
+            }
+            SinkSpec::SyslogTcp(addr) => {
+                let target = addr.clone();
+                let mut sock = Reconnecting::new(
+                    Box::new(move || {
+                        let to = std::net::ToSocketAddrs::to_socket_addrs(&target.as_str())?
+                            .next()
+                            .ok_or_else(|| io::Error::other("no address"))?;
+                        let s = std::net::TcpStream::connect_timeout(
+                            &to,
+                            std::time::Duration::from_secs(5),
+                        )?;
+                        s.set_write_timeout(Some(std::time::Duration::from_secs(5)))?;
+                        Ok(s)
+                    }),
+                    |s: &mut std::net::TcpStream, b| s.write_all(b),
+                    counts.clone(),
+                )
+                .with_context(|| format!("connecting to syslog over TCP at {addr}"))?;
+                let host = hostname();
+                let pid = std::process::id();
+                Box::new(move |q| {
+                    // Octet counting (RFC 6587 3.4.1): `LEN SP MSG`.
+                    let msg = syslog_formatted(q.time, &host, pid, format, &q.event);
+                    sock.write(format!("{} {msg}", msg.len()).as_bytes())
                 })
             }
         };
@@ -224,8 +392,40 @@ pub fn json_line(time: SystemTime, event: &AuditEvent) -> String {
 /// the message as the firewall writes it (`%ASA-4-108004: …` with the
 /// `INSPECTOR` tag), so searches for the ids keep working.
 pub fn syslog_message(time: SystemTime, host: &str, pid: u32, event: &AuditEvent) -> String {
+    syslog_message_with(time, host, pid, FACILITY_LOCAL4, event)
+}
+
+/// [`syslog_message`] with another facility.
+pub fn syslog_message_with(
+    time: SystemTime,
+    host: &str,
+    pid: u32,
+    facility: u8,
+    event: &AuditEvent,
+) -> String {
+    syslog_formatted(
+        time,
+        host,
+        pid,
+        SyslogFormat {
+            facility,
+            asa_tag: false,
+        },
+        event,
+    )
+}
+
+/// [`syslog_message`] as `format` says.
+pub fn syslog_formatted(
+    time: SystemTime,
+    host: &str,
+    pid: u32,
+    format: SyslogFormat,
+    event: &AuditEvent,
+) -> String {
     let sev = event.severity();
-    let pri = u16::from(FACILITY_LOCAL4) * 8 + u16::from(sev);
+    let pri = u16::from(format.facility) * 8 + u16::from(sev);
+    let tag = if format.asa_tag { "ASA" } else { "INSPECTOR" };
     let mut sd = format!(
         "[{SD_ID} client=\"{}\" server=\"{}\"",
         event.peers.client, event.peers.server
@@ -240,7 +440,7 @@ pub fn syslog_message(time: SystemTime, host: &str, pid: u32, event: &AuditEvent
     }
     sd.push(']');
     format!(
-        "<{pri}>1 {} {} inspector {pid} {} {sd} %INSPECTOR-{sev}-{}: {event}",
+        "<{pri}>1 {} {} inspector {pid} {} {sd} %{tag}-{sev}-{}: {event}",
         rfc3339(time),
         header_field(host),
         event.id(),
@@ -367,6 +567,11 @@ mod tests {
              from outside:198.18.0.2/40000 to inside:198.18.1.25/25; matched Class 1: cmd RCPT count gt 100"
         );
         let tls = syslog_message(t(), "", 1, &event(AuditKind::TlsStarted));
+        // mail (2) * 8 + informational (6) = 22.
+        assert!(
+            syslog_message_with(t(), "h", 1, 2, &event(AuditKind::TlsStarted))
+                .starts_with("<22>1 ")
+        );
         assert!(tls.starts_with("<166>1 2026-11-23T11:13:36.500000Z - inspector 1 108007 "));
     }
 }

@@ -19,7 +19,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use inspector_esmtp::{AuditEvent, Close, Peers, PolicyStats, Session, policy::EsmtpPolicy};
@@ -68,14 +68,70 @@ impl SessionOutcome {
     }
 }
 
+/// Why a session ended in error (`inspector_esmtp_session_errors_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// The server refused the connection or could not be reached in time.
+    ServerUnreachable,
+    /// No traffic for the phase's timeout.
+    Timeout,
+    /// A side reset the connection or a write to it failed.
+    Reset,
+}
+
+impl ErrorReason {
+    pub const COUNT: usize = 3;
+    pub const ALL: [Self; Self::COUNT] = [Self::ServerUnreachable, Self::Timeout, Self::Reset];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ServerUnreachable => "server-unreachable",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+        }
+    }
+}
+
+/// Seconds histograms of the sessions (`inspector_session_duration_seconds`,
+/// `inspector_upstream_connect_seconds`).
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub session_duration: prometheus_client::metrics::histogram::Histogram,
+    pub upstream_connect: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        use prometheus_client::metrics::histogram::Histogram;
+        Self {
+            // 10 ms to about 45 minutes.
+            session_duration: Histogram::new([
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0,
+            ]),
+            // 100 µs to the default connect-timeout.
+            upstream_connect: Histogram::new([
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+            ]),
+        }
+    }
+}
+
 pub struct EsmtpState {
     pub policy: Arc<EsmtpPolicy>,
     pub stats: Arc<PolicyStats>,
     pub audit: AuditLog,
     /// The proxy's admission: refusals, evictions, stress mode.
     pub admission: Arc<AdmissionCounts>,
+    /// The daemon is attached and (unless `--no-proxy`) its proxy listens
+    /// (`inspector_ready`).
+    pub ready: AtomicBool,
+    /// The proxy's `max-sessions` (`inspector_proxy_max_sessions`); 0
+    /// without a proxy.
+    pub max_sessions: AtomicU64,
+    pub timings: Timings,
     active: AtomicU64,
     outcomes: [AtomicU64; SessionOutcome::COUNT],
+    errors: [AtomicU64; ErrorReason::COUNT],
 }
 
 impl EsmtpState {
@@ -86,8 +142,12 @@ impl EsmtpState {
             stats,
             audit,
             admission: Arc::default(),
+            ready: AtomicBool::new(false),
+            max_sessions: AtomicU64::new(0),
+            timings: Timings::default(),
             active: AtomicU64::new(0),
             outcomes: Default::default(),
+            errors: Default::default(),
         }
     }
 
@@ -111,6 +171,15 @@ impl EsmtpState {
         for event in events {
             self.audit.record(event);
         }
+    }
+
+    /// Counts why a session ended in error.
+    pub fn session_error(&self, reason: ErrorReason) {
+        self.errors[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_errors(&self, reason: ErrorReason) -> u64 {
+        self.errors[reason as usize].load(Ordering::Relaxed)
     }
 
     pub fn sessions_active(&self) -> u64 {

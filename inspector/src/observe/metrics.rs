@@ -30,7 +30,7 @@ use tokio::{
 
 use super::{
     admission::RefusalReason,
-    esmtp::{EsmtpState, SessionOutcome},
+    esmtp::{ErrorReason, EsmtpState, SessionOutcome},
 };
 use crate::kernel::{counters::ClassStats, limits::LimitStats};
 
@@ -225,13 +225,18 @@ impl Collector for InspectorCollector {
                 (one("action", "reset"), reset_drop),
             ],
         )?;
+        // Labels that stay when a threshold is edited: the class (the
+        // rule's number, or the parameter) and the criterion's kind; the
+        // text is in the info family.
+        let criteria = esmtp.stats.criteria(&esmtp.policy);
+        let stable = stable_labels(&esmtp.policy);
         counters(
             &mut e,
             "inspector_esmtp_matches",
-            "Hits of each criterion of the ESMTP policy, with its action",
-            esmtp.stats.criteria(&esmtp.policy).into_iter().map(|c| {
+            "Hits of each criterion of the ESMTP policy, by class (its match line's number, or the parameter) and kind; the text is in inspector_esmtp_criterion_info",
+            criteria.iter().zip(&stable).map(|(c, (class, kind))| {
                 (
-                    vec![("criterion", c.criterion), ("action", c.action)],
+                    vec![("class", class.clone()), ("kind", kind.to_string())],
                     c.hits,
                 )
             }),
@@ -273,6 +278,22 @@ impl Collector for InspectorCollector {
             MetricType::Gauge,
             admission.clients(),
         )?;
+        gauges(
+            &mut e,
+            "inspector_esmtp_criterion_info",
+            "The text and action of each criterion of the ESMTP policy (always 1)",
+            criteria.into_iter().zip(stable).map(|(c, (class, kind))| {
+                (
+                    vec![
+                        ("class", class),
+                        ("kind", kind.to_string()),
+                        ("criterion", c.criterion),
+                        ("action", c.action),
+                    ],
+                    1,
+                )
+            }),
+        )?;
         single(
             &mut e,
             "inspector_audit_dropped",
@@ -280,17 +301,152 @@ impl Collector for InspectorCollector {
             MetricType::Counter,
             esmtp.audit.dropped(),
         )?;
+        self.encode_daemon(&mut e)
+    }
+}
+
+impl InspectorCollector {
+    /// The daemon itself: build, readiness, the proxy's capacity, audit
+    /// write failures, file descriptors.
+    fn encode_daemon(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        use std::sync::atomic::Ordering;
+        let esmtp = &self.esmtp;
+        counters(
+            e,
+            "inspector_esmtp_session_errors",
+            "Sessions that ended in error, by why: the server unreachable, a timeout, a reset or failed write",
+            ErrorReason::ALL
+                .iter()
+                .map(|&r| (one("reason", r.name()), esmtp.session_errors(r))),
+        )?;
+        gauges(
+            e,
+            "inspector_build_info",
+            "The inspector's version (always 1)",
+            [(one("version", super::process::VERSION), 1)],
+        )?;
+        single(
+            e,
+            "inspector_ready",
+            "1 once the daemon is attached and its proxy listens; 0 while it starts or drains",
+            MetricType::Gauge,
+            u64::from(esmtp.ready.load(Ordering::Relaxed)),
+        )?;
+        single(
+            e,
+            "inspector_proxy_max_sessions",
+            "The proxy's max-sessions (0 without a proxy)",
+            MetricType::Gauge,
+            esmtp.max_sessions.load(Ordering::Relaxed),
+        )?;
+        single(
+            e,
+            "inspector_audit_write_failures",
+            "Audit records the sink failed to write (an I/O error)",
+            MetricType::Counter,
+            esmtp.audit.counts().failed.load(Ordering::Relaxed),
+        )?;
+        single(
+            e,
+            "inspector_audit_reconnects",
+            "Connections to syslog made again after one was lost (its server restarted)",
+            MetricType::Counter,
+            esmtp.audit.counts().reconnects.load(Ordering::Relaxed),
+        )?;
+        if let Some(n) = super::process::open_fds() {
+            single(
+                e,
+                "inspector_open_fds",
+                "Open file descriptors of the daemon",
+                MetricType::Gauge,
+                n,
+            )?;
+        }
+        if let Some(n) = super::process::max_fds() {
+            single(
+                e,
+                "inspector_max_fds",
+                "The daemon's limit of open file descriptors (RLIMIT_NOFILE, soft)",
+                MetricType::Gauge,
+                n,
+            )?;
+        }
         Ok(())
     }
+}
+
+/// `(class, kind)` of each entry of `PolicyStats::criteria`, in its order:
+/// the parameters (class and kind their name), then each `match` line
+/// (class its number from 1, kind the criterion without its values).
+fn stable_labels(policy: &inspector_esmtp::policy::EsmtpPolicy) -> Vec<(String, &'static str)> {
+    use inspector_esmtp::policy::Criterion as C;
+    let mut out = Vec::new();
+    for (on, name) in [
+        (policy.mask_banner, "mask-banner"),
+        (policy.mail_relay.is_some(), "mail-relay"),
+        (policy.special_character.is_some(), "special-character"),
+        (policy.allow_tls.is_some(), "allow-tls"),
+    ] {
+        if on {
+            out.push((name.to_string(), name));
+        }
+    }
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let kind = match (&rule.criterion, rule.negate) {
+            (C::BodyLineLength(_), false) => "body line length",
+            (C::BodyLineLength(_), true) => "not body line length",
+            (C::BodyLength(_), false) => "body length",
+            (C::BodyLength(_), true) => "not body length",
+            (C::CmdLineLength(_), false) => "cmd line length",
+            (C::CmdLineLength(_), true) => "not cmd line length",
+            (C::CmdRcptCount(_), false) => "cmd RCPT count",
+            (C::CmdRcptCount(_), true) => "not cmd RCPT count",
+            (C::CmdVerb(_), false) => "cmd verb",
+            (C::CmdVerb(_), true) => "not cmd verb",
+            (C::EhloReplyParameter(_), false) => "ehlo-reply-parameter",
+            (C::EhloReplyParameter(_), true) => "not ehlo-reply-parameter",
+            (C::HeaderLineLength(_), false) => "header line length",
+            (C::HeaderLineLength(_), true) => "not header line length",
+            (C::HeaderLength(_), false) => "header length",
+            (C::HeaderLength(_), true) => "not header length",
+            (C::HeaderToFieldsCount(_), false) => "header to-fields count",
+            (C::HeaderToFieldsCount(_), true) => "not header to-fields count",
+            (C::InvalidRecipientsCount(_), false) => "invalid-recipients count",
+            (C::InvalidRecipientsCount(_), true) => "not invalid-recipients count",
+            (C::MimeFiletypeRegex(_), false) => "MIME filetype regex",
+            (C::MimeFiletypeRegex(_), true) => "not MIME filetype regex",
+            (C::MimeFilenameLength(_), false) => "MIME filename length",
+            (C::MimeFilenameLength(_), true) => "not MIME filename length",
+            (C::MimeEncoding(_), false) => "MIME encoding",
+            (C::MimeEncoding(_), true) => "not MIME encoding",
+            (C::SenderAddressRegex(_), false) => "sender-address regex",
+            (C::SenderAddressRegex(_), true) => "not sender-address regex",
+            (C::SenderAddressLength(_), false) => "sender-address length",
+            (C::SenderAddressLength(_), true) => "not sender-address length",
+        };
+        out.push(((i + 1).to_string(), kind));
+    }
+    out
 }
 
 /// The registry every scrape encodes.
 pub fn registry(pin_dir: &Path, esmtp: Arc<EsmtpState>) -> Registry {
     let mut registry = Registry::default();
+    let timings = esmtp.timings.clone();
     registry.register_collector(Box::new(InspectorCollector {
         pin_dir: pin_dir.to_path_buf(),
         esmtp,
     }));
+    registry.register(
+        "inspector_session_duration_seconds",
+        "How long inspected sessions lasted, from accept to close",
+        timings.session_duration,
+    );
+    registry.register(
+        "inspector_upstream_connect_seconds",
+        "How long connecting to the server took (successful connects)",
+        timings.upstream_connect,
+    );
     registry
 }
 
@@ -430,13 +586,48 @@ mod tests {
             "inspector_esmtp_sessions_active 0",
             "inspector_esmtp_sessions_total{outcome=\"dropped\"} 1",
             "inspector_esmtp_closed_total{action=\"drop-connection\"} 1",
-            "inspector_esmtp_matches_total{criterion=\"match cmd verb VRFY\",action=\"drop-connection log\"} 1",
+            "inspector_esmtp_matches_total{class=\"1\",kind=\"cmd verb\"} 1",
+            "inspector_esmtp_criterion_info{class=\"1\",kind=\"cmd verb\",criterion=\"match cmd verb VRFY\",action=\"drop-connection log\"} 1",
         ] {
             assert!(
                 body.contains(&format!("\n{line}\n")),
                 "{line} not in {body}"
             );
         }
+    }
+
+    /// Editing a threshold keeps a criterion's labels; only its info moves.
+    #[test]
+    fn criterion_labels_stay_when_a_threshold_changes() {
+        let labels = |limit: u32| {
+            let policy = crate::config::Policy::parse(
+                std::path::Path::new("test.toml"),
+                &format!("[esmtp]\nmail-relay = {{ domain = \"example.com\", action = \"log\" }}\n[[esmtp.match]]\nmatch = \"cmd RCPT count gt {limit}\"\naction = \"drop-connection log\"\n[[esmtp.match]]\nmatch = \"not cmd verb HELO\"\naction = \"log\"\n"),
+            )
+            .unwrap();
+            let state = Arc::new(EsmtpState::new(policy.esmtp, AuditLog::off()));
+            let body = render(&registry(Path::new("/nonexistent/inspector"), state));
+            let matches: Vec<String> = body
+                .lines()
+                .filter(|l| l.starts_with("inspector_esmtp_matches_total"))
+                .map(String::from)
+                .collect();
+            (matches, body)
+        };
+        let (a, body_a) = labels(100);
+        let (b, body_b) = labels(50);
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            [
+                "inspector_esmtp_matches_total{class=\"mask-banner\",kind=\"mask-banner\"} 0",
+                "inspector_esmtp_matches_total{class=\"mail-relay\",kind=\"mail-relay\"} 0",
+                "inspector_esmtp_matches_total{class=\"1\",kind=\"cmd RCPT count\"} 0",
+                "inspector_esmtp_matches_total{class=\"2\",kind=\"not cmd verb\"} 0",
+            ]
+        );
+        assert!(body_a.contains("inspector_esmtp_criterion_info{class=\"1\",kind=\"cmd RCPT count\",criterion=\"match cmd RCPT count gt 100\",action=\"drop-connection log\"} 1\n"));
+        assert!(body_b.contains("criterion=\"match cmd RCPT count gt 50\""));
     }
 
     #[test]
@@ -452,7 +643,7 @@ mod tests {
         );
         assert!(
             body.contains(
-                "inspector_esmtp_matches_total{criterion=\"mask-banner\",action=\"mask\"} 0\n"
+                "inspector_esmtp_matches_total{class=\"mask-banner\",kind=\"mask-banner\"} 0\n"
             ),
             "{body}"
         );

@@ -6,4 +6,5 @@ pub mod admission;
 pub mod audit;
 pub mod esmtp;
 pub mod metrics;
+pub mod process;
 pub mod stats_socket;

@@ -162,7 +162,13 @@ pub async fn serve(
                 let stop = shutdown.clone();
                 sessions.spawn(async move {
                     let mut counted = shared.esmtp.session_started();
+                    let started = std::time::Instant::now();
                     let end = session::run(stream, peers, shared.clone(), stop, ticket).await;
+                    (shared.esmtp.timings.session_duration)
+                        .observe(started.elapsed().as_secs_f64());
+                    if let Some(reason) = end.error_reason() {
+                        shared.esmtp.session_error(reason);
+                    }
                     counted.set_outcome(end.outcome());
                     drop(counted);
                     log::info!("session {n}: {client} -> {server}: ended ({end:?})");

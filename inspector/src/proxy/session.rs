@@ -37,7 +37,10 @@ use super::{
     Shared,
     admission::{self, StressWatch, Ticket},
 };
-use crate::{config::UpstreamSource, observe::esmtp::SessionOutcome};
+use crate::{
+    config::UpstreamSource,
+    observe::esmtp::{ErrorReason, SessionOutcome},
+};
 
 /// Bytes read from one side at a time.
 pub const READ_BUF: usize = 16 * 1024;
@@ -83,6 +86,16 @@ pub enum End {
 
 impl End {
     /// As `inspector_esmtp_sessions_total{outcome}` counts it.
+    /// Why it ended in error, for `inspector_esmtp_session_errors_total`.
+    pub fn error_reason(self) -> Option<ErrorReason> {
+        match self {
+            End::Unreachable => Some(ErrorReason::ServerUnreachable),
+            End::Timeout(_) => Some(ErrorReason::Timeout),
+            End::Broken => Some(ErrorReason::Reset),
+            End::Closed | End::Shutdown | End::Evicted | End::Dropped | End::Reset => None,
+        }
+    }
+
     pub fn outcome(self) -> SessionOutcome {
         match self {
             End::Closed | End::Shutdown | End::Evicted => SessionOutcome::Closed,
@@ -102,8 +115,12 @@ pub async fn run(
 ) -> End {
     let t = ticket.timeouts(shared.config.timeouts);
     let source = shared.config.upstream_source;
+    let started = std::time::Instant::now();
     let server = match timeout(t.connect, connect(peers, source)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            (shared.esmtp.timings.upstream_connect).observe(started.elapsed().as_secs_f64());
+            s
+        }
         Ok(Err(e)) => {
             log::info!("{}: cannot connect to the server: {e}", show(peers));
             return refuse(client, UNREACHABLE).await;
@@ -519,4 +536,26 @@ pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
         },
         a => a,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_have_a_reason_and_the_rest_none() {
+        assert_eq!(
+            End::Unreachable.error_reason(),
+            Some(ErrorReason::ServerUnreachable)
+        );
+        assert_eq!(
+            End::Timeout(Phase::Idle).error_reason(),
+            Some(ErrorReason::Timeout)
+        );
+        assert_eq!(End::Broken.error_reason(), Some(ErrorReason::Reset));
+        for end in [End::Closed, End::Shutdown, End::Dropped, End::Reset] {
+            assert_eq!(end.error_reason(), None, "{end:?}");
+            assert_ne!(end.outcome(), SessionOutcome::Error);
+        }
+    }
 }
