@@ -42,6 +42,9 @@ fn run_lab(inspector: &Path, policy: &Path, extra: &[String]) -> Result<()> {
         .args([
             "--pin-dir",
             LAB_PIN_DIR,
+            // Each session's start and end, as the instructions say.
+            "--log-level",
+            "debug",
             "run",
             "--iface",
             OUTSIDE,

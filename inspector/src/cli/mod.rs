@@ -2,6 +2,7 @@
 //! command prints (the text and JSON views live in the submodules).
 
 mod exempt;
+pub mod exit;
 mod policy;
 mod stats;
 
@@ -10,11 +11,15 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
+pub use self::exit::exit_code;
 use crate::{
     config::SinkSpec,
     daemon::{self, RunOptions, lock::IfaceLock},
     kernel::{bpffs, loader::AttachMode},
-    observe::metrics::{self, MetricsAddr},
+    observe::{
+        logging::LogLevel,
+        metrics::{self, MetricsAddr},
+    },
 };
 
 #[derive(Parser)]
@@ -27,8 +32,18 @@ pub struct Cli {
     /// bpffs directory holding the pinned maps shared by the daemon and the CLI.
     #[arg(long, global = true, env = "INSPECTOR_PIN_DIR", default_value = bpffs::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The level of the inspector's own log lines (each session's start and
+    /// end are `debug`); without it `RUST_LOG` decides, else `info`.
+    #[arg(long, global = true, value_enum, env = "INSPECTOR_LOG_LEVEL")]
+    log_level: Option<LogLevel>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    pub fn log_level(&self) -> Option<LogLevel> {
+        self.log_level
+    }
 }
 
 #[derive(Subcommand)]

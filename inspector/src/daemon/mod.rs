@@ -191,7 +191,9 @@ async fn run_proxy(
         c.accepted.load(std::sync::atomic::Ordering::Relaxed),
         c.refused.load(std::sync::atomic::Ordering::Relaxed)
     );
-    print!("{}", shared.esmtp.stats.render(&shared.esmtp.policy));
+    // The summary goes to stderr with the log: stdout is the default audit
+    // sink (JSON lines).
+    eprint!("{}", shared.esmtp.stats.render(&shared.esmtp.policy));
     Ok(())
 }
 

@@ -142,7 +142,7 @@ pub async fn serve(
                 if is_local(server.ip()) {
                     shared.counters.refused.fetch_add(1, Ordering::Relaxed);
                     shared.esmtp.admission.count_refused(RefusalReason::OwnAddress);
-                    log::info!("{client} -> {server}: the gateway's own address, refused");
+                    log::debug!("{client} -> {server}: the gateway's own address, refused");
                     sessions.spawn(session::refuse(stream, LOOP));
                     continue;
                 }
@@ -157,7 +157,7 @@ pub async fn serve(
                     }
                 };
                 let n = shared.counters.accepted.fetch_add(1, Ordering::Relaxed) + 1;
-                log::info!("session {n}: {client} -> {server}: inspecting");
+                log::debug!("session {n}: {client} -> {server}: inspecting");
                 let shared = shared.clone();
                 let stop = shutdown.clone();
                 sessions.spawn(async move {
@@ -165,7 +165,7 @@ pub async fn serve(
                     let end = session::run(stream, peers, shared.clone(), stop, ticket).await;
                     counted.set_outcome(end.outcome());
                     drop(counted);
-                    log::info!("session {n}: {client} -> {server}: ended ({end:?})");
+                    log::debug!("session {n}: {client} -> {server}: ended ({end:?})");
                     end
                 });
             }
