@@ -80,6 +80,16 @@ pub struct SteerConfig {
     pub engine: u32,
 }
 
+/// Name of the steering program's heartbeat map: one u64 at index 0, the
+/// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`'s clock) of the proxy
+/// loop's last beat. Not pinned.
+pub const HEARTBEAT_MAP: &str = "HEARTBEAT";
+/// How often the proxy's loop writes its heartbeat.
+pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000_000;
+/// A heartbeat older than this means the proxy is stuck or stopped: new
+/// SMTP sessions then follow `fail` as with no proxy.
+pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
+
 /// Capacity of each exemption trie (rules per IP version).
 pub const EXEMPT_MAX_RULES: u32 = 16_384;
 

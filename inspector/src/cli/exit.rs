@@ -27,7 +27,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> anyhow::Error {
+    pub fn error(code: u8, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Self {
             code,
             message: message.into(),
@@ -66,7 +66,7 @@ mod tests {
         let missing = Policy::load(Path::new("/nonexistent/policy.toml")).unwrap_err();
         assert_eq!(exit_code(&missing), CONFIG);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
-        let e = Failure::new(NOT_RUNNING, "no daemon").context("status");
+        let e = Failure::error(NOT_RUNNING, "no daemon").context("status");
         assert_eq!(exit_code(&e), NOT_RUNNING);
     }
 }

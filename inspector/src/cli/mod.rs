@@ -5,6 +5,7 @@ mod exempt;
 pub mod exit;
 mod policy;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 
@@ -48,7 +49,8 @@ impl Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to interfaces and inspect until SIGINT/SIGTERM.
+    /// Attach to interfaces and inspect until SIGINT/SIGTERM; SIGHUP
+    /// re-reads the policy.
     Run {
         /// Interface to attach to (repeat for several).
         #[arg(long = "iface", required = true)]
@@ -95,6 +97,19 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// The running daemon: version, pid, uptime, policy (path and SHA-256),
+    /// interfaces with their XDP mode and steering, readiness, rule counts.
+    /// Exits 0 when ready, 69 when not (starting, stopping, a stale
+    /// heartbeat, not answering), 3 when no daemon runs.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its policy (as SIGHUP does) and
+    /// wait for the outcome: open sessions keep the policy they started
+    /// with, new ones get the new one. A bad policy is refused (exit 78)
+    /// and the running one stays.
+    Reload,
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -134,6 +149,8 @@ pub fn execute(cli: Cli) -> Result<()> {
         }
         Command::Exempt { action } => exempt::execute(&pin_dir, action),
         Command::Stats { json, top } => stats::show(&pin_dir, json, top),
+        Command::Status { json } => status::show(&pin_dir, json),
+        Command::Reload => status::reload(&pin_dir),
         Command::Policy { action } => policy::execute(action),
         Command::Unload => {
             let holders = IfaceLock::holders(&pin_dir);

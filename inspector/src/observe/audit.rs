@@ -13,7 +13,7 @@ use std::{
     os::unix::net::UnixDatagram,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, SyncSender, TrySendError},
     },
     thread,
@@ -48,6 +48,9 @@ type Writer = Box<dyn FnMut(&Queued) -> io::Result<()> + Send>;
 pub struct AuditLog {
     tx: Option<SyncSender<Queued>>,
     counts: Arc<AuditCounts>,
+    /// Set by [`AuditLog::reopen`]; the writer reopens the file (or
+    /// reconnects to syslog) before its next record.
+    reopen: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -67,9 +70,15 @@ impl AuditLog {
     /// records. Opens the file or socket now, so a bad path fails the start.
     pub fn start(spec: &SinkSpec, capacity: usize) -> Result<Self> {
         let counts = Arc::new(AuditCounts::default());
+        let reopen = Arc::new(AtomicBool::new(false));
+        let reopening = reopen.clone();
         let mut sink: Writer = match spec {
             SinkSpec::Off => {
-                return Ok(Self { tx: None, counts });
+                return Ok(Self {
+                    tx: None,
+                    counts,
+                    reopen,
+                });
             }
             SinkSpec::Stdout => {
                 let mut out = io::stdout();
@@ -79,20 +88,38 @@ impl AuditLog {
                 })
             }
             SinkSpec::File(path) => {
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("opening the audit log {}", path.display()))?;
-                Box::new(move |q| file.write_all(json_line(q.time, &q.event).as_bytes()))
+                let open = {
+                    let path = path.clone();
+                    move || OpenOptions::new().create(true).append(true).open(&path)
+                };
+                let mut file =
+                    open().with_context(|| format!("opening the audit log {}", path.display()))?;
+                Box::new(move |q| {
+                    // After logrotate moved the file: write to a new one.
+                    if reopening.swap(false, Ordering::Relaxed) {
+                        file = open()?;
+                    }
+                    file.write_all(json_line(q.time, &q.event).as_bytes())
+                })
             }
             SinkSpec::Syslog(socket) => {
-                let sock = UnixDatagram::unbound()?;
-                sock.connect(socket)
+                let connect = {
+                    let socket = socket.clone();
+                    move || {
+                        let sock = UnixDatagram::unbound()?;
+                        sock.connect(&socket)?;
+                        io::Result::Ok(sock)
+                    }
+                };
+                let mut sock = connect()
                     .with_context(|| format!("connecting to syslog at {}", socket.display()))?;
                 let host = hostname();
                 let pid = std::process::id();
                 Box::new(move |q| {
+                    // The syslog daemon restarted: its socket is a new one.
+                    if reopening.swap(false, Ordering::Relaxed) {
+                        sock = connect()?;
+                    }
                     sock.send(syslog_message(q.time, &host, pid, &q.event).as_bytes())
                         .map(drop)
                 })
@@ -114,6 +141,7 @@ impl AuditLog {
         Ok(Self {
             tx: Some(tx),
             counts,
+            reopen,
         })
     }
 
@@ -122,7 +150,14 @@ impl AuditLog {
         Self {
             tx: None,
             counts: Arc::default(),
+            reopen: Arc::default(),
         }
+    }
+
+    /// Reopens a file sink (after logrotate) or reconnects to syslog,
+    /// before the next record is written. Stdout stays as it is.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// Queues `event` for the sink; never blocks. A full queue drops it

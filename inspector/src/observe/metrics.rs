@@ -208,7 +208,7 @@ impl Collector for InspectorCollector {
                 .iter()
                 .map(|&o| (one("outcome", o.name()), esmtp.sessions_total(o))),
         )?;
-        let (packet, drop, reset_drop) = esmtp.stats.totals();
+        let (packet, drop, reset_drop) = esmtp.totals();
         single(
             &mut e,
             "inspector_esmtp_inspected",
@@ -229,7 +229,12 @@ impl Collector for InspectorCollector {
             &mut e,
             "inspector_esmtp_matches",
             "Hits of each criterion of the ESMTP policy, with its action",
-            esmtp.stats.criteria(&esmtp.policy).into_iter().map(|c| {
+            {
+                let current = esmtp.current();
+                current.stats.criteria(&current.policy)
+            }
+            .into_iter()
+            .map(|c| {
                 (
                     vec![("criterion", c.criterion), ("action", c.action)],
                     c.hits,
