@@ -149,6 +149,10 @@ pub enum RuleOrigin {
 pub struct ExemptRule {
     /// A [`RuleOrigin`] as u32 (kept raw: the kernel never trusts an enum).
     pub origin: u32,
+    pub _pad: u32,
+    /// Packets the rule exempted (XDP adds to it atomically; 0 when the
+    /// rule is made). Lives and dies with the rule.
+    pub hits: u64,
 }
 
 /// Protected servers (entries of the `SERVERS` map).
@@ -323,7 +327,8 @@ const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<ClassCounters>() == 16);
     assert!(offset_of!(ClassCounters, bytes) == 8);
-    assert!(size_of::<ExemptRule>() == 4);
+    assert!(size_of::<ExemptRule>() == 16);
+    assert!(offset_of!(ExemptRule, hits) == 8);
     assert!(size_of::<ServerLimits>() == 24);
     assert!(offset_of!(ServerLimits, on_embryonic_limit) == 16);
     assert!(size_of::<FlowKey>() == 40);

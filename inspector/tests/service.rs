@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use inspector_lab::{MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4, ScopedChild, inspector::PROXY_LISTENING};
+use inspector_lab::{
+    MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4, ScopedChild,
+    inspector::{PROXY_LISTENING, Scratch},
+};
 use support::{cli, cli_ok, inspector_bin, proxy::*};
 
 /// The unit's capabilities, exactly (see deploy/systemd/inspector.service).
@@ -418,4 +421,77 @@ fn the_unit_passes_systemd_analyze_verify() {
         out.status.success() && !t.contains("inspector.service:"),
         "{t}"
     );
+}
+
+#[test]
+fn live_exemptions_survive_an_unload_with_comments_expiry_and_hits() {
+    let lab = support::lab("persist");
+    let pins = support::PinDir::new("persist");
+    let state =
+        Scratch::new(std::env::temp_dir().join(format!("inspector-state-{}", std::process::id())))
+            .unwrap();
+    let dir = state.path().to_str().unwrap().to_string();
+    let cli_s = |args: &[&str]| {
+        let mut all = vec!["--state-dir", dir.as_str()];
+        all.extend_from_slice(args);
+        cli_ok(pins.path(), &all)
+    };
+    let daemon = support::start_daemon_with(
+        &lab,
+        &pins,
+        &[OUTSIDE],
+        None,
+        &["--no-proxy", "--state-dir", &dir],
+    );
+    cli_s(&["exempt", "add", "198.18.1.25", "--comment", "the ESA"]);
+    let out = cli_s(&["exempt", "add", "198.18.1.26", "--for", "2s"]);
+    assert!(out.contains("until "), "{out}");
+    // A packet exempted by the first rule counts as its hit.
+    let _ = lab.client.tcp_connect(
+        inspector_lab::CLIENT_V4.into(),
+        std::net::SocketAddr::new(SERVER_V4.into(), 25),
+        Duration::from_secs(3),
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli_s(&["exempt", "list", "--json"])).unwrap();
+    let esa = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["network"] == "198.18.1.25/32")
+        .unwrap();
+    assert_eq!(esa["comment"], "the ESA", "{listed}");
+    assert!(esa["hits"].as_u64().unwrap() >= 1, "{listed}");
+    let text = cli_s(&["exempt", "list"]);
+    assert!(text.contains("the ESA") && text.contains("hits"), "{text}");
+    // The daemon removes the one whose time is up.
+    assert!(
+        support::wait_until(Duration::from_secs(6), || !cli_s(&["exempt", "list"])
+            .contains("198.18.1.26")),
+        "the 2 s exemption did not expire"
+    );
+    // As after a reboot: the maps are gone; the next start restores the rule.
+    assert!(daemon.terminate().unwrap().success());
+    cli_ok(pins.path(), &["unload"]);
+    inspector::kernel::bpffs::prepare(pins.path()).unwrap();
+    let _daemon = support::start_daemon_with(
+        &lab,
+        &pins,
+        &[OUTSIDE],
+        None,
+        &["--no-proxy", "--state-dir", &dir],
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&cli_s(&["exempt", "list", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["network"], "198.18.1.25/32");
+    assert_eq!(listed[0]["origin"], "live");
+    assert_eq!(listed[0]["comment"], "the ESA");
+    cli_s(&["exempt", "del", "198.18.1.25"]);
+    let saved = std::fs::read_to_string(state.path().join(format!(
+        "exemptions-{}.json",
+        pins.path().file_name().unwrap().to_string_lossy()
+    )))
+    .unwrap();
+    assert!(!saved.contains("198.18.1.25"), "{saved}");
 }

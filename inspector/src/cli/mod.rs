@@ -16,7 +16,7 @@ pub use self::exit::exit_code;
 use crate::{
     config::SinkSpec,
     daemon::{self, RunOptions, lock::IfaceLock},
-    kernel::{bpffs, loader::AttachMode},
+    kernel::{bpffs, exempt_store, loader::AttachMode},
     observe::{
         logging::LogLevel,
         metrics::{self, MetricsAddr},
@@ -37,6 +37,10 @@ pub struct Cli {
     /// end are `debug`); without it `RUST_LOG` decides, else `info`.
     #[arg(long, global = true, value_enum, env = "INSPECTOR_LOG_LEVEL")]
     log_level: Option<LogLevel>,
+    /// Where live exemptions (`exempt add`) are saved, so the daemon
+    /// restores them after a reboot: one file per pin directory.
+    #[arg(long, global = true, env = "INSPECTOR_STATE_DIR", default_value = exempt_store::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,6 +144,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 ifaces,
                 policy,
                 pin_dir,
+                state_dir: cli.state_dir,
                 mode: xdp_mode,
                 proxy: !(no_proxy || no_engine),
                 metrics,
@@ -147,7 +152,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 audit_queue,
             })
         }
-        Command::Exempt { action } => exempt::execute(&pin_dir, action),
+        Command::Exempt { action } => exempt::execute(&pin_dir, &cli.state_dir, action),
         Command::Stats { json, top } => stats::show(&pin_dir, json, top),
         Command::Status { json } => status::show(&pin_dir, json),
         Command::Reload => status::reload(&pin_dir),

@@ -26,6 +26,7 @@ use crate::{
     kernel::{
         bpffs,
         exempt::ExemptTable,
+        exempt_store::Store,
         limits,
         loader::{self, AttachMode},
         routing,
@@ -45,6 +46,8 @@ pub struct RunOptions {
     pub ifaces: Vec<String>,
     pub policy: Option<PathBuf>,
     pub pin_dir: PathBuf,
+    /// Where live exemptions are saved (see `kernel::exempt_store`).
+    pub state_dir: PathBuf,
     pub mode: AttachMode,
     /// Run the proxy and steer flagged flows to it (the default); `false`
     /// only classifies and counts.
@@ -134,9 +137,19 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
-    ExemptTable::open(&opts.pin_dir)?
+    let mut table = ExemptTable::open(&opts.pin_dir)?;
+    table
         .apply_policy(&policy.exempt)
         .context("applying the policy's exemptions")?;
+    let store = Store::for_pin_dir(&opts.state_dir, &opts.pin_dir);
+    match store.restore(&mut table) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "restored {n} live exemption(s) from {}",
+            store.path().display()
+        ),
+        Err(e) => log::warn!("live exemptions not restored: {e:#}"),
+    }
     limits::apply_policy(&opts.pin_dir, &policy.servers)
         .context("applying the policy's protected servers")?;
     log::info!(
@@ -159,6 +172,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     // These run whenever the runtime does, with or without the proxy.
     let (timeouts_tx, timeouts_rx) = watch::channel(policy.timeouts);
     runtime.spawn(sweep_forever(sweeper, timeouts_rx));
+    runtime.spawn(expire_forever(store, table));
     if let Some(listener) = metrics_listener {
         log::info!(
             "metrics endpoint on http://{}/metrics",
@@ -362,6 +376,22 @@ async fn unsteer(opts: &RunOptions) -> Result<()> {
         .await
         .context("removing the policy routing")?;
     result
+}
+
+/// Removes live exemptions whose `--for` is up, every second.
+async fn expire_forever(store: Store, mut table: ExemptTable) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match store.expire(&mut table) {
+            Ok(gone) => {
+                for net in gone {
+                    log::info!("exemption {net} expired");
+                }
+            }
+            Err(e) => log::warn!("expiring exemptions: {e:#}"),
+        }
+    }
 }
 
 /// Sweeps the flow table every [`sweeper::INTERVAL`], with the timeouts of
