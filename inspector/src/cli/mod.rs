@@ -3,6 +3,7 @@
 
 mod exempt;
 pub mod exit;
+mod generate;
 mod policy;
 mod stats;
 mod status;
@@ -121,6 +122,12 @@ enum Command {
     },
     /// Remove the pinned maps (exemptions and counters). The daemon must be stopped.
     Unload,
+    /// The man page and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        action: generate::Action,
+    },
 }
 
 /// Runs one command line.
@@ -154,6 +161,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         }
         Command::Exempt { action } => exempt::execute(&pin_dir, &cli.state_dir, action),
         Command::Stats { json, top } => stats::show(&pin_dir, json, top),
+        Command::Generate { action } => generate::execute(action),
         Command::Status { json } => status::show(&pin_dir, json),
         Command::Reload => status::reload(&pin_dir),
         Command::Policy { action } => policy::execute(action),
