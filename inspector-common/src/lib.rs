@@ -80,6 +80,16 @@ pub struct SteerConfig {
     pub engine: u32,
 }
 
+/// Name of the steering program's heartbeat map: one u64 at index 0, the
+/// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`'s clock) of the proxy
+/// loop's last beat. Not pinned.
+pub const HEARTBEAT_MAP: &str = "HEARTBEAT";
+/// How often the proxy's loop writes its heartbeat.
+pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000_000;
+/// A heartbeat older than this means the proxy is stuck or stopped: new
+/// SMTP sessions then follow `fail` as with no proxy.
+pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
+
 /// Capacity of each exemption trie (rules per IP version).
 pub const EXEMPT_MAX_RULES: u32 = 16_384;
 
@@ -139,6 +149,10 @@ pub enum RuleOrigin {
 pub struct ExemptRule {
     /// A [`RuleOrigin`] as u32 (kept raw: the kernel never trusts an enum).
     pub origin: u32,
+    pub _pad: u32,
+    /// Packets the rule exempted (XDP adds to it atomically; 0 when the
+    /// rule is made). Lives and dies with the rule.
+    pub hits: u64,
 }
 
 /// Protected servers (entries of the `SERVERS` map).
@@ -313,7 +327,8 @@ const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<ClassCounters>() == 16);
     assert!(offset_of!(ClassCounters, bytes) == 8);
-    assert!(size_of::<ExemptRule>() == 4);
+    assert!(size_of::<ExemptRule>() == 16);
+    assert!(offset_of!(ExemptRule, hits) == 8);
     assert!(size_of::<ServerLimits>() == 24);
     assert!(offset_of!(ServerLimits, on_embryonic_limit) == 16);
     assert!(size_of::<FlowKey>() == 40);

@@ -3,6 +3,8 @@
 //! destination falls in any rule is exempt, whatever its protocol (like
 //! `permit ip any HOST` / `permit ip HOST any`), and is never inspected.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     macros::map,
     maps::{LpmTrie, lpm_trie::Key},
@@ -28,7 +30,7 @@ pub fn classify(headers: &Headers) -> Class {
             dst,
             transport,
         } => {
-            if is_exempt(src) || is_exempt(dst) {
+            if hit(src) || hit(dst) {
                 Class::Exempt
             } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
                 Class::Inspect
@@ -37,6 +39,27 @@ pub fn classify(headers: &Headers) -> Class {
             }
         }
     }
+}
+
+/// Whether `addr` falls in a rule, counting the packet in the rule's
+/// `hits` (XDP's classification; TC asks [`is_exempt`], which does not
+/// count, so a packet counts once).
+#[inline(always)]
+fn hit(addr: &Addr) -> bool {
+    let rule = match addr {
+        Addr::V4(a) => EXEMPT_V4.get(Key::new(32, *a)),
+        Addr::V6(a) => EXEMPT_V6.get(Key::new(128, *a)),
+    };
+    let Some(rule) = rule else {
+        return false;
+    };
+    // SAFETY: the value lives in the trie for this program run; the add is
+    // atomic because other CPUs count into the same rule.
+    unsafe {
+        let hits = core::ptr::addr_of!(rule.hits) as *mut u64;
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(hits, 1);
+    }
+    true
 }
 
 /// Whether `addr` falls in a rule (a packet is exempt when its source or

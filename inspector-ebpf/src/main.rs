@@ -31,7 +31,7 @@ mod parse;
 mod steer;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_OK, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -61,7 +61,7 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
 pub fn inspector_steer(ctx: TcContext) -> i32 {
     steer::pull_headers(&ctx);
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    // `Some(mark?)`, or `None` to drop (see `steer::decide`).
+    // `Some(mark?)`, or `None` to refuse (see `steer::decide`).
     let mark = match parse::tcp(&packet) {
         Some((src, dst, tcp)) if !(exempt::is_exempt(&src) || exempt::is_exempt(&dst)) => {
             steer::decide(&ctx, &packet, &src, &dst, &tcp)
@@ -74,7 +74,7 @@ pub fn inspector_steer(ctx: TcContext) -> i32 {
             TC_ACT_OK as i32
         }
         Some(false) => TC_ACT_OK as i32,
-        None => TC_ACT_SHOT as i32,
+        None => steer::refuse(&ctx),
     }
 }
 

@@ -11,12 +11,12 @@
 //! - a packet of a connection the engine holds (an established or
 //!   half-open socket matches its 4-tuple) is always marked, so sessions
 //!   already inspected stay with the engine whatever happens;
-//! - a SYN is marked when the engine's listener is there (it is the
-//!   engine's liveness: it vanishes with the process). Without one, the
-//!   policy's `fail` decides: `"closed"` drops the SYN (the client's
-//!   connect times out and its MTA retries later; the kernel cannot answer
-//!   RST for an address it does not own), `"open"` lets it go to the
-//!   server uninspected;
+//! - a SYN is marked when the engine's listener is there and the proxy's
+//!   heartbeat is fresh (`liveness`): the listener vanishes with the
+//!   process, the heartbeat stops with a stopped or stuck proxy loop.
+//!   Otherwise the policy's `fail` decides: `"closed"` answers the SYN with
+//!   a RST (`refuse`: the client's MTA sees the refusal at once and retries
+//!   later), `"open"` lets it go to the server uninspected;
 //! - any other packet is not marked: it belongs to a flow that went
 //!   straight to the server.
 //!
@@ -25,11 +25,14 @@
 //! "client"` the engine connects from the client's address, and the
 //! server's answers, addressed to the client, must come back to it.
 
+mod liveness;
+mod refuse;
 mod sockets;
 
 use aya_ebpf::{macros::map, maps::Array, programs::TcContext};
 use inspector_common::{FAIL_CLOSED, SMTP_PORT, SteerConfig};
 
+pub use self::refuse::refuse;
 use self::sockets::TCP_LISTEN;
 use crate::{
     packet::Packet,
@@ -55,8 +58,8 @@ pub fn pull_headers(ctx: &TcContext) {
 }
 
 /// Whether to mark a TCP packet that is not exempt: `Some(mark?)`, or
-/// `None` to drop it (`fail = "closed"` with no engine). Unmarked packets
-/// are forwarded (or delivered) as the kernel decides.
+/// `None` to refuse it (a SYN under `fail = "closed"` with no live proxy).
+/// Unmarked packets are forwarded (or delivered) as the kernel decides.
 #[inline(always)]
 pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tcp) -> Option<bool> {
     if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
@@ -75,6 +78,7 @@ pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tc
         return Some(false);
     }
     let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let live = syn && liveness::proxy_alive();
     match sockets::lookup(
         ctx.skb.skb as *mut _,
         src,
@@ -85,12 +89,12 @@ pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tc
             // The engine's connection; a new flow while it listens; or the ACK
             // that completes a handshake its listener answered with a SYN
             // cookie (under a flood it keeps no half-open socket to find).
-            state != TCP_LISTEN || syn || sockets::is_valid_syncookie(packet, tcp, sk)
+            state != TCP_LISTEN || live || sockets::is_valid_syncookie(packet, tcp, sk)
         },
     ) {
-        Some(mark) => Some(mark),
-        None if syn && fail_closed() => None,
-        None => Some(false),
+        Some(true) => Some(true),
+        _ if syn && fail_closed() => None,
+        _ => Some(false),
     }
 }
 
@@ -99,8 +103,9 @@ fn fail_closed() -> bool {
     STEER_CONFIG.get(0).is_some_and(|c| c.fail == FAIL_CLOSED)
 }
 
-/// Whether the daemon runs the engine (it says so when it loads us).
+/// Whether the daemon runs the engine (it says so when it loads us) and
+/// its heartbeat is fresh: a stuck proxy's flows are nobody's to protect.
 #[inline(always)]
 pub fn engine_runs() -> bool {
-    STEER_CONFIG.get(0).is_some_and(|c| c.engine != 0)
+    STEER_CONFIG.get(0).is_some_and(|c| c.engine != 0) && liveness::proxy_alive()
 }

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
-pub use error::ConfigError;
+pub use error::{ConfigError, UnreadablePolicy, is_config_error};
 pub use exempt::parse_network;
 pub use proxy::{
     ClientLimits, FailMode, ProxyConfig, SessionTimeouts, StressPolicy, UpstreamSource,
@@ -81,8 +81,10 @@ struct Document {
 impl Policy {
     /// Reads and parses the file at `path`, and logs its deprecations.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read policy: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|error| UnreadablePolicy {
+            file: path.to_path_buf(),
+            error,
+        })?;
         let policy = Self::parse(path, &text)?;
         for deprecation in &policy.deprecations {
             log::warn!("{deprecation}");

@@ -1,27 +1,40 @@
-//! `inspector run`: load, apply the policy, attach, run the proxy, wait for
-//! a signal, drain, detach.
+//! `inspector run`: load, apply the policy, attach, run the proxy, tell a
+//! supervisor when it is ready, reload on SIGHUP or `inspector reload`,
+//! wait for a stop signal, drain, detach.
 
+mod control;
 pub mod lock;
+mod notify;
 mod signals;
+pub mod status;
 
 use std::{
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
-use inspector_common::SMTP_PORT;
-use tokio::sync::watch;
+use inspector_common::{HEARTBEAT_INTERVAL_NS, SMTP_PORT};
+use tokio::sync::{mpsc, watch};
 
-use self::{lock::IfaceLock, signals::Signals};
+use self::{
+    control::{Control, ReloadRequest, Reloader},
+    lock::IfaceLock,
+    notify::Notifier,
+    signals::{Event, Signals},
+    status::{Board, PolicyInfo, Readiness},
+};
 use crate::{
-    config::{DEFAULT_QUEUE, OnEmbryonicLimit, Policy, SinkSpec},
+    config::{DEFAULT_QUEUE, FlowTimeouts, OnEmbryonicLimit, Policy, SinkSpec},
     kernel::{
         bpffs,
         exempt::ExemptTable,
+        exempt_store::Store,
         limits,
         loader::{self, AttachMode},
-        routing, steer,
+        routing,
+        steer::{self, Heartbeat},
         sweeper::{self, Sweeper},
     },
     observe::{
@@ -37,6 +50,8 @@ pub struct RunOptions {
     pub ifaces: Vec<String>,
     pub policy: Option<PathBuf>,
     pub pin_dir: PathBuf,
+    /// Where live exemptions are saved (see `kernel::exempt_store`).
+    pub state_dir: PathBuf,
     pub mode: AttachMode,
     /// Run the proxy and steer flagged flows to it (the default); `false`
     /// only classifies and counts.
@@ -47,6 +62,24 @@ pub struct RunOptions {
     /// `None`: the policy's `[audit]`, else stdout and 4096.
     pub audit: Option<SinkSpec>,
     pub audit_queue: Option<usize>,
+}
+
+/// The policy file's name in messages when there is none.
+const BUILT_IN: &str = "(built-in default)";
+
+/// Reads the policy (or the built-in default) and the bytes it was read
+/// from (for its hash).
+fn load_policy(path: Option<&std::path::Path>) -> Result<(Policy, Vec<u8>)> {
+    match path {
+        Some(path) => {
+            let policy = Policy::load(path)?;
+            Ok((policy, std::fs::read(path).unwrap_or_default()))
+        }
+        None => Ok((
+            Policy::parse(std::path::Path::new(BUILT_IN), "")?,
+            Vec::new(),
+        )),
+    }
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -62,10 +95,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let _runtime = runtime.enter();
         Signals::new()?
     };
-    let policy = match &opts.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::parse(std::path::Path::new("(built-in default)"), "")?,
-    };
+    let notifier = Arc::new(Notifier::from_env());
+    let (policy, text) = load_policy(opts.policy.as_deref())?;
     bpffs::prepare(&opts.pin_dir)?;
     let _locks = opts
         .ifaces
@@ -96,27 +127,124 @@ pub fn run(opts: RunOptions) -> Result<()> {
     )?;
     log::info!("audit records: {sink} (queue {queue})");
     let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
-    let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
+    let board = Arc::new(Board::new(
+        PolicyInfo::new(
+            opts.policy.as_deref(),
+            &text,
+            policy.exempt.len(),
+            policy.servers.len(),
+        ),
+        opts.proxy,
+        control::fail_name(policy.proxy.fail),
+        notifier.watchdog().is_some(),
+    ));
+    board.set_esmtp_rules(policy.esmtp.rules.len());
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let stats_socket = StatsSocket::bind()?;
+    stats_socket.serve(Arc::new(Control {
+        esmtp: esmtp.clone(),
+        board: board.clone(),
+        reload: reload_tx,
+    }))?;
     let metrics_listener = match opts.metrics {
         MetricsAddr::Off => None,
         MetricsAddr::Listen(addr) => Some(runtime.block_on(metrics::bind(addr))?),
     };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
-    ExemptTable::open(&opts.pin_dir)?
+    let mut table = ExemptTable::open(&opts.pin_dir)?;
+    table
         .apply_policy(&policy.exempt)
         .context("applying the policy's exemptions")?;
+    let store = Store::for_pin_dir(&opts.state_dir, &opts.pin_dir);
+    match store.restore(&mut table) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "restored {n} live exemption(s) from {}",
+            store.path().display()
+        ),
+        Err(e) => log::warn!("live exemptions not restored: {e:#}"),
+    }
     limits::apply_policy(&opts.pin_dir, &policy.servers)
         .context("applying the policy's protected servers")?;
     log::info!(
         "policy {}: {} exemption(s), {} protected server(s); maps pinned in {}",
         opts.policy
             .as_ref()
-            .map_or("(built-in default)".into(), |p| p.display().to_string()),
+            .map_or(BUILT_IN.into(), |p| p.display().to_string()),
         policy.exempt.len(),
         policy.servers.len(),
         opts.pin_dir.display()
     );
+    warn_about_intercept(&policy, &opts);
+    let sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
+    for iface in &opts.ifaces {
+        let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;
+        board.add_interface(iface, mode);
+        log::info!("{iface}: classifier attached ({mode} XDP)");
+    }
+
+    // These run whenever the runtime does, with or without the proxy.
+    let (timeouts_tx, timeouts_rx) = watch::channel(policy.timeouts);
+    runtime.spawn(sweep_forever(sweeper, timeouts_rx));
+    runtime.spawn(expire_forever(store, table));
+    if let Some(listener) = metrics_listener {
+        log::info!(
+            "metrics endpoint on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let registry = Arc::new(metrics::registry(&opts.pin_dir, esmtp.clone()));
+        runtime.spawn(metrics::serve(listener, registry));
+    }
+    let mut reloader = Reloader {
+        pin_dir: opts.pin_dir.clone(),
+        path: opts.policy.clone(),
+        audit_override: opts.audit.is_some(),
+        policy,
+        esmtp: esmtp.clone(),
+        board: board.clone(),
+        notifier: notifier.clone(),
+        timeouts: timeouts_tx,
+    };
+    let mut controls = Controls {
+        signals: &mut signals,
+        reloads: reload_rx,
+    };
+    if !opts.proxy {
+        board.set_state(Readiness::Ready);
+        esmtp.ready.store(true, Ordering::Relaxed);
+        notifier.ready(&status_line(&board));
+        log::info!("ready: classifying and counting (no proxy)");
+        runtime.block_on(controls.until_stop(&mut reloader, None, &notifier));
+        board.set_state(Readiness::Stopping);
+        esmtp.ready.store(false, Ordering::Relaxed);
+        notifier.stopping();
+        log::info!(
+            "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
+        );
+        drop(stats_socket);
+        return Ok(());
+    }
+    steer::load(&mut ebpf, reloader.policy.proxy.fail)?;
+    let heartbeat = Heartbeat::take(&mut ebpf)?;
+    let result = runtime.block_on(run_proxy(
+        &opts,
+        &mut reloader,
+        &mut ebpf,
+        heartbeat,
+        &mut controls,
+    ));
+    // Whatever happened: no steering is left behind by a clean exit.
+    let cleanup = runtime.block_on(unsteer(&opts));
+    log::info!(
+        "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
+    );
+    drop(ebpf);
+    drop(stats_socket);
+    result.and(cleanup)
+}
+
+fn warn_about_intercept(policy: &Policy, opts: &RunOptions) {
     let intercepting = policy.servers.iter().any(|s| {
         s.on_embryonic_limit == OnEmbryonicLimit::Intercept
             && (s.max_embryonic | s.per_client_embryonic_max) != 0
@@ -126,70 +254,87 @@ pub fn run(opts: RunOptions) -> Result<()> {
             "TCP intercept rewrites packets both ways: give `--iface` for the clients' side and the servers' side, or intercepted connections will stall"
         );
     }
-    let sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
-    for iface in &opts.ifaces {
-        let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;
-        log::info!("{iface}: classifier attached ({mode} XDP)");
-    }
+}
 
-    // These run whenever the runtime does, with or without the proxy.
-    runtime.spawn(sweep_forever(sweeper));
-    runtime.spawn({
-        let esmtp = esmtp.clone();
-        async move { stats_socket.serve(esmtp).await }
-    });
-    if let Some(listener) = metrics_listener {
-        log::info!(
-            "metrics endpoint on http://{}/metrics",
-            listener.local_addr()?
-        );
-        let registry = Arc::new(metrics::registry(&opts.pin_dir, esmtp.clone()));
-        runtime.spawn(metrics::serve(listener, registry));
+/// What `systemctl status` shows on its `Status:` line.
+fn status_line(board: &Board) -> String {
+    let s = board.snapshot(0);
+    let ifaces: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({} XDP)", i.name, i.xdp))
+        .collect();
+    format!(
+        "inspecting on {}; policy {} sha256 {}",
+        ifaces.join(", "),
+        s.policy.path.as_deref().unwrap_or(BUILT_IN),
+        &s.policy.sha256[..12]
+    )
+}
+
+/// Where the daemon's orders come from while it runs: signals, and
+/// `inspector reload` through the stats socket.
+struct Controls<'a> {
+    signals: &'a mut Signals,
+    reloads: mpsc::Receiver<ReloadRequest>,
+}
+
+impl Controls<'_> {
+    /// Reloads when asked, until SIGTERM or SIGINT. Without a proxy the
+    /// watchdog is fed from here.
+    async fn until_stop(
+        &mut self,
+        reloader: &mut Reloader,
+        mut ebpf: Option<&mut aya::Ebpf>,
+        notifier: &Notifier,
+    ) {
+        let mut watchdog = tokio::time::interval(Duration::from_nanos(HEARTBEAT_INTERVAL_NS));
+        let feed = ebpf.is_none();
+        loop {
+            tokio::select! {
+                event = self.signals.next() => match event {
+                    Event::Stop => return,
+                    Event::Reload => {
+                        let _ = reloader.reload(ebpf.as_deref_mut());
+                    }
+                },
+                Some(reply) = self.reloads.recv() => {
+                    let answer = reloader.reload(ebpf.as_deref_mut());
+                    let _ = reply.send(answer);
+                }
+                _ = watchdog.tick(), if feed => notifier.watchdog_ping(),
+            }
+        }
     }
-    if !opts.proxy {
-        esmtp.ready.store(true, Ordering::Relaxed);
-        runtime.block_on(signals.wait());
-        esmtp.ready.store(false, Ordering::Relaxed);
-        log::info!(
-            "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
-        );
-        return Ok(());
-    }
-    steer::load(&mut ebpf, policy.proxy.fail)?;
-    let result = runtime.block_on(run_proxy(&opts, &policy, esmtp, &mut ebpf, &mut signals));
-    // Whatever happened: no steering is left behind by a clean exit.
-    let cleanup = runtime.block_on(unsteer(&opts));
-    log::info!(
-        "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
-    );
-    drop(ebpf);
-    result.and(cleanup)
 }
 
 async fn run_proxy(
     opts: &RunOptions,
-    policy: &Policy,
-    esmtp: Arc<EsmtpState>,
+    reloader: &mut Reloader,
     ebpf: &mut aya::Ebpf,
-    signals: &mut Signals,
+    mut heartbeat: Heartbeat,
+    controls: &mut Controls<'_>,
 ) -> Result<()> {
-    // Listening first: the steering program treats the listener as the
-    // proxy's liveness.
+    // Listening first: the steering program checks that the listener is
+    // there (and that the proxy's heartbeat is fresh).
     let listeners = proxy::listeners(SMTP_PORT)?;
     let netlink = routing::connect()?;
     routing::install(&netlink)
         .await
         .context("installing the policy routing for flagged flows")?;
+    let board = reloader.board.clone();
     for iface in &opts.ifaces {
         steer::attach(ebpf, iface, &opts.pin_dir)?;
+        board.set_steering(iface, "attached");
         log::info!("{iface}: steering attached (TC ingress)");
     }
-    esmtp
+    let policy = &reloader.policy;
+    reloader
+        .esmtp
         .max_sessions
         .store(policy.proxy.max_sessions as u64, Ordering::Relaxed);
-    esmtp.ready.store(true, Ordering::Relaxed);
     let shared = Arc::new(Shared {
-        esmtp,
+        esmtp: reloader.esmtp.clone(),
         config: policy.proxy.clone(),
         counters: Counters::default(),
     });
@@ -200,10 +345,34 @@ async fn run_proxy(
         policy.proxy.max_sessions,
         policy.proxy.timeouts
     );
+    // The proxy's loop beats every second: the kernel's heartbeat (new
+    // sessions are steered only while it is fresh) and systemd's watchdog.
+    // Its first beat makes the daemon ready: XDP, TC, the routes and the
+    // listener are all up by then.
+    let notifier = reloader.notifier.clone();
+    let esmtp = reloader.esmtp.clone();
+    let mut first = true;
+    let beat = move || {
+        if let Err(e) = heartbeat.beat() {
+            log::warn!("writing the heartbeat: {e:#}");
+        }
+        board.beat();
+        if first {
+            first = false;
+            board.set_state(Readiness::Ready);
+            esmtp.ready.store(true, Ordering::Relaxed);
+            notifier.ready(&status_line(&board));
+            log::info!("ready: the kernel steers new SMTP sessions to the proxy");
+        }
+        notifier.watchdog_ping();
+    };
     let (stop, stopped) = watch::channel(false);
-    let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
-    signals.wait().await;
-    shared.esmtp.ready.store(false, Ordering::Relaxed);
+    let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped, beat));
+    let notifier = reloader.notifier.clone();
+    controls.until_stop(reloader, Some(ebpf), &notifier).await;
+    reloader.board.set_state(Readiness::Stopping);
+    reloader.esmtp.ready.store(false, Ordering::Relaxed);
+    reloader.notifier.stopping();
     let _ = stop.send(true);
     serve.await.context("the proxy task failed")??;
     let c = &shared.counters;
@@ -212,7 +381,9 @@ async fn run_proxy(
         c.accepted.load(Ordering::Relaxed),
         c.refused.load(Ordering::Relaxed)
     );
-    print!("{}", shared.esmtp.stats.render(&shared.esmtp.policy));
+    // The summary goes to stderr with the log: stdout is the default audit
+    // sink (JSON lines).
+    eprint!("{}", shared.esmtp.render());
     Ok(())
 }
 
@@ -231,11 +402,31 @@ async fn unsteer(opts: &RunOptions) -> Result<()> {
     result
 }
 
-/// Sweeps the flow table every [`sweeper::INTERVAL`].
-async fn sweep_forever(mut sweeper: Sweeper) {
+/// Removes live exemptions whose `--for` is up, every second.
+async fn expire_forever(store: Store, mut table: ExemptTable) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match store.expire(&mut table) {
+            Ok(gone) => {
+                for net in gone {
+                    log::info!("exemption {net} expired");
+                }
+            }
+            Err(e) => log::warn!("expiring exemptions: {e:#}"),
+        }
+    }
+}
+
+/// Sweeps the flow table every [`sweeper::INTERVAL`], with the timeouts of
+/// the policy in force (a reload changes them).
+async fn sweep_forever(mut sweeper: Sweeper, mut timeouts: watch::Receiver<FlowTimeouts>) {
     let mut tick = tokio::time::interval(sweeper::INTERVAL);
     loop {
         tick.tick().await;
+        if timeouts.has_changed().unwrap_or(false) {
+            sweeper.set_timeouts(*timeouts.borrow_and_update());
+        }
         match sweeper.sweep(sweeper::monotonic_ns()) {
             Ok(sweep) if sweep.expired > 0 => log::debug!("sweeper: {sweep:?}"),
             Ok(_) => {}

@@ -6,6 +6,7 @@
 pub mod bpffs;
 pub mod counters;
 pub mod exempt;
+pub mod exempt_store;
 pub mod limits;
 pub mod loader;
 pub mod routing;

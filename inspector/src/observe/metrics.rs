@@ -208,7 +208,7 @@ impl Collector for InspectorCollector {
                 .iter()
                 .map(|&o| (one("outcome", o.name()), esmtp.sessions_total(o))),
         )?;
-        let (packet, drop, reset_drop) = esmtp.stats.totals();
+        let (packet, drop, reset_drop) = esmtp.totals();
         single(
             &mut e,
             "inspector_esmtp_inspected",
@@ -228,8 +228,9 @@ impl Collector for InspectorCollector {
         // Labels that stay when a threshold is edited: the class (the
         // rule's number, or the parameter) and the criterion's kind; the
         // text is in the info family.
-        let criteria = esmtp.stats.criteria(&esmtp.policy);
-        let stable = stable_labels(&esmtp.policy);
+        let current = esmtp.current();
+        let criteria = current.stats.criteria(&current.policy);
+        let stable = stable_labels(&current.policy);
         counters(
             &mut e,
             "inspector_esmtp_matches",

@@ -122,11 +122,11 @@ pub async fn run(
             s
         }
         Ok(Err(e)) => {
-            log::info!("{}: cannot connect to the server: {e}", show(peers));
+            log::debug!("{}: cannot connect to the server: {e}", show(peers));
             return refuse(client, UNREACHABLE).await;
         }
         Err(_) => {
-            log::info!("{}: connecting to the server timed out", show(peers));
+            log::debug!("{}: connecting to the server timed out", show(peers));
             return refuse(client, UNREACHABLE).await;
         }
     };
@@ -379,7 +379,7 @@ impl Driver {
                     return End::Evicted;
                 }
                 Event::Timeout => {
-                    log::info!(
+                    log::debug!(
                         "{}: no traffic for {:?} ({phase:?}): closing",
                         show(self.peers),
                         self.limit(phase)
