@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use inspector_common::{Class, EXEMPT_MAX_RULES, ExemptRule, SMTP_PORT};
 
-use crate::parse::{Addr, Headers, Transport};
+use crate::parse::{Addr, Transport};
 
 #[map]
 static EXEMPT_V4: LpmTrie<[u8; 4], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULES, 0);
@@ -17,25 +17,16 @@ static EXEMPT_V4: LpmTrie<[u8; 4], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULE
 #[map]
 static EXEMPT_V6: LpmTrie<[u8; 16], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULES, 0);
 
-/// The exemption ACL first (it matches any IP packet), then SMTP.
-/// (Malformed packets never get here.)
+/// The class of an IP packet: the exemption ACL first (it matches any IP
+/// packet), then SMTP. (Non-IP and unparsable packets never get here.)
 #[inline(always)]
-pub fn classify(headers: &Headers) -> Class {
-    match headers {
-        Headers::NotIp => Class::Pass,
-        Headers::Ip {
-            src,
-            dst,
-            transport,
-        } => {
-            if is_exempt(src) || is_exempt(dst) {
-                Class::Exempt
-            } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
-                Class::Inspect
-            } else {
-                Class::Pass
-            }
-        }
+pub fn classify(src: &Addr, dst: &Addr, transport: &Transport) -> Class {
+    if is_exempt(src) || is_exempt(dst) {
+        Class::Exempt
+    } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
+        Class::Inspect
+    } else {
+        Class::Pass
     }
 }
 

@@ -67,15 +67,15 @@ pub enum Verdict {
 /// the firewall's `static … tcp 50 100`, they protect the server whatever
 /// inspects its traffic.
 ///
-/// A subprogram that parses the headers again: passing the parsed headers
-/// from the caller makes LLVM spill enum fields that are undefined on the
-/// non-TCP paths, which the verifier rejects.
+/// A subprogram that reads the headers the classifier kept (`parse::tcp`):
+/// passing the parsed headers from the caller makes LLVM spill enum fields
+/// that are undefined on the non-TCP paths, which the verifier rejects.
 #[inline(never)]
 pub fn track(ctx: &XdpContext) -> Verdict {
-    let Some((src, dst, tcp)) = parse::tcp(&Packet::new(ctx.data(), ctx.data_end())) else {
+    let Some((src, dst, tcp)) = parse::tcp() else {
         return Verdict::Pass;
     };
-    let (src, dst, tcp) = (&src, &dst, &tcp);
+    let tcp = &tcp;
     let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) else {
         return Verdict::Pass;
     };
@@ -91,6 +91,14 @@ pub fn track(ctx: &XdpContext) -> Verdict {
         return from_server(ctx, tcp, key);
     }
     Verdict::Pass
+}
+
+/// Whether `addr` is a protected server (the limits apply to it).
+#[inline(always)]
+pub fn is_protected(addr: &Addr) -> bool {
+    let mut key = [0u8; 16];
+    set_addr16(&mut key, addr);
+    SERVERS.get_ptr(&key).is_some()
 }
 
 #[inline(always)]

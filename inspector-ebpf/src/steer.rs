@@ -28,10 +28,11 @@
 mod sockets;
 
 use aya_ebpf::{macros::map, maps::Array, programs::TcContext};
-use inspector_common::{FAIL_CLOSED, SMTP_PORT, SteerConfig};
+use inspector_common::{FAIL_CLOSED, ParseDrop, SMTP_PORT, SteerConfig};
 
 use self::sockets::TCP_LISTEN;
 use crate::{
+    classify::{self, Decision, Stage},
     packet::Packet,
     parse::{Addr, TCP_ACK, TCP_SYN, Tcp},
 };
@@ -52,6 +53,26 @@ pub fn pull_headers(ctx: &TcContext) {
     if ctx.data_end() - ctx.data() < want as usize {
         let _ = ctx.pull_data(want);
     }
+}
+
+/// The classifier's decision (`classify`), as XDP took it. Headers
+/// outside the linear part of the skb would read as cut short where XDP
+/// read them whole: then the whole packet is made linear and judged again.
+#[inline(always)]
+pub fn classify(ctx: &TcContext) -> Decision {
+    let decision = judge(ctx);
+    if decision.drop == Some(ParseDrop::UnparsableTruncated)
+        && ctx.data_end() - ctx.data() < ctx.len() as usize
+        && ctx.pull_data(ctx.len()).is_ok()
+    {
+        return judge(ctx);
+    }
+    decision
+}
+
+#[inline(always)]
+fn judge(ctx: &TcContext) -> Decision {
+    classify::decide(&Packet::new(ctx.data(), ctx.data_end()), Stage::Tc)
 }
 
 /// Whether to mark a TCP packet that is not exempt: `Some(mark?)`, or
