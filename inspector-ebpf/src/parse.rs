@@ -271,18 +271,14 @@ fn ipv6(packet: &Packet, l3: usize) -> Result<Headers, ParseDrop> {
     let mut fragment = None;
     let mut transport_found = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
-        let ext: [u8; 2] = match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT => {
-                match read(packet, offset, ip_end) {
-                    Ok(ext) => ext,
-                    // The protocol is not known yet: it could be TCP.
-                    Err(short) => return ip(cut(short, fragment.is_some(), IPPROTO_TCP), fragment),
-                }
-            }
-            _ => {
-                transport_found = true;
-                break;
-            }
+        if !is_extension(next) {
+            transport_found = true;
+            break;
+        }
+        let ext: [u8; 2] = match read(packet, offset, ip_end) {
+            Ok(ext) => ext,
+            // The protocol is not known yet: it could be TCP.
+            Err(short) => return ip(cut(short, fragment.is_some(), IPPROTO_TCP), fragment),
         };
         let ext_len = match next {
             IPPROTO_FRAGMENT => {
@@ -321,7 +317,8 @@ fn ipv6(packet: &Packet, l3: usize) -> Result<Headers, ParseDrop> {
         next = ext[0];
         offset += ext_len;
     }
-    if !transport_found {
+    // After the sixth extension header the next one must be the transport.
+    if !transport_found && is_extension(next) {
         return ip(
             Transport::Unparsable(ParseDrop::UnparsableExtHeaders, true),
             fragment,
@@ -330,6 +327,16 @@ fn ipv6(packet: &Packet, l3: usize) -> Result<Headers, ParseDrop> {
     let transport = transport(packet, next, l3, offset, ip_end)
         .unwrap_or_else(|short| cut(short, fragment.is_some(), next));
     ip(transport, fragment)
+}
+
+/// The extension headers the parser walks (RFC 8200 section 4). ESP,
+/// No Next Header, Mobility and the rest are upper layers to it: not TCP.
+#[inline(always)]
+fn is_extension(next: u8) -> bool {
+    matches!(
+        next,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+    )
 }
 
 /// A header after the IP header could not be read: a first fragment too
