@@ -17,7 +17,7 @@ use self::{lock::IfaceLock, signals::Signals};
 use crate::{
     config::{DEFAULT_QUEUE, OnEmbryonicLimit, Policy, SinkSpec},
     kernel::{
-        bpffs,
+        bpffs, classify,
         exempt::ExemptTable,
         limits,
         loader::{self, AttachMode},
@@ -103,6 +103,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
+    classify::configure(&mut ebpf, &policy.packets)?;
     ExemptTable::open(&opts.pin_dir)?
         .apply_policy(&policy.exempt)
         .context("applying the policy's exemptions")?;
