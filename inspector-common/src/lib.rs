@@ -221,7 +221,7 @@ pub struct ServerLimits {
 
 /// Key of the flow table: the 5-tuple, oriented client -> server whichever
 /// way the packet went. Padding is explicit and always zero.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub client: Addr16,
@@ -269,7 +269,7 @@ pub struct FlowEntry {
 }
 
 /// Key of the per-client counters: a client of one protected server.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClientKey {
     pub server: Addr16,
@@ -410,7 +410,7 @@ pub const FRAG_TIMEOUT_V6_NS: u64 = 60_000_000_000;
 /// reassembly keys it. IPv4 (RFC 791): addresses, protocol and the 16-bit
 /// identification; IPv6 (RFC 8200): addresses and the 32-bit
 /// identification, protocol 0 (the first fragment's says what it is).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragKey {
     pub src: Addr16,

@@ -66,9 +66,9 @@ impl Decision {
     }
 }
 
-/// The decision, from a BPF subprogram: its stack frame (the parsed
-/// headers, a fragment's key and entry) is not added to the caller's,
-/// which calls the limits and TCP intercept after it.
+/// The decision, from a BPF subprogram: the parser's stack frame is not
+/// added to its caller's, which calls the limits and TCP intercept after
+/// it (the fragment verdict is a subprogram of its own, see `fragments`).
 #[inline(always)]
 pub fn decide(packet: &Packet, stage: Stage) -> Decision {
     Decision::unpack(decide_packed(packet, stage))

@@ -35,7 +35,13 @@ pub fn classify(src: &Addr, dst: &Addr, transport: &Transport) -> Class {
 #[inline(always)]
 pub fn is_exempt(addr: &Addr) -> bool {
     match addr {
-        Addr::V4(a) => EXEMPT_V4.get(Key::new(32, *a)).is_some(),
-        Addr::V6(a) => EXEMPT_V6.get(Key::new(128, *a)).is_some(),
+        Addr::V4(a) => EXEMPT_V4.get(Key::new(32, a.to_ne_bytes())).is_some(),
+        Addr::V6(a) => {
+            let mut bytes = [0u8; 16];
+            for (i, word) in a.iter().enumerate() {
+                bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            EXEMPT_V6.get(Key::new(128, bytes)).is_some()
+        }
     }
 }

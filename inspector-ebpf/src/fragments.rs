@@ -31,8 +31,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use inspector_common::{
-    Addr16, Class, FRAG_TABLE_SIZE, FRAG_TIMEOUT_V4_NS, FRAG_TIMEOUT_V6_NS, FragEntry, FragKey,
-    ParseDrop, v4_mapped,
+    Class, FRAG_TABLE_SIZE, FRAG_TIMEOUT_V4_NS, FRAG_TIMEOUT_V6_NS, FragEntry, FragKey, ParseDrop,
 };
 
 use crate::{
@@ -64,7 +63,10 @@ const NO_LATER: u16 = 0xffff;
 /// The largest IP datagram.
 const MAX_DATAGRAM: u32 = 65_535;
 
-/// The class and the verdict of one fragment.
+/// The class and the verdict of one fragment. The part inline in the
+/// classifier only gathers what the verdict needs (the key, in per-CPU
+/// memory; the class; the ports); the rest is a subprogram, so that
+/// packets that are not fragments pay nothing for it, not even stack.
 #[inline(always)]
 pub fn judge(
     src: &Addr,
@@ -73,42 +75,87 @@ pub fn judge(
     f: &Fragment,
     stage: Stage,
 ) -> (Class, Option<ParseDrop>) {
-    if f.offset + f.len > MAX_DATAGRAM {
-        // The receiver drops the datagram too (it would be too long).
-        let class = exempt::classify(src, dst, transport);
-        return (class, Some(ParseDrop::FragmentBadOffset));
-    }
+    let class = exempt::classify(src, dst, transport);
+    let l4 = match transport {
+        Transport::Tcp(t) => L4::tcp(t.src_port, t.dst_port),
+        Transport::Udp(s, d) => L4::ports(*s, *d),
+        Transport::Other | Transport::Unparsable(..) => L4::ports(0, 0),
+    };
     let Some(scratch) = FRAG_SCRATCH.get_ptr_mut(0) else {
         // Never: a one-entry array always has its entry.
-        return if f.later {
-            without_first(src, dst, f)
-        } else {
-            first(src, dst, transport)
-        };
+        return (class, Some(ParseDrop::FragmentWithoutFirst));
     };
     // SAFETY: this CPU's slot, used by this program run only (XDP and TC
     // runs do not nest on one CPU).
-    let scratch = unsafe { &mut *scratch };
-    let key = &mut scratch.key;
-    set_addr16(&mut key.src, src);
-    set_addr16(&mut key.dst, dst);
+    let key = unsafe { &mut (*scratch).key };
+    src.write16(&mut key.src);
+    dst.write16(&mut key.dst);
     key.id = f.id;
     // IPv6 reassembly ignores the Next Header of later fragments.
     key.protocol = if f.version == 4 { f.protocol } else { 0 };
     key.version = f.version;
     key._pad = [0; 2];
-    match stage {
-        Stage::Xdp => track(&scratch.key, &mut scratch.entry, src, dst, transport, f),
-        Stage::Tc => look(&scratch.key, src, dst, transport, f),
+    let verdict = judge_packed(f, class as u32, l4.0, stage == Stage::Xdp);
+    (
+        Class::from_u8(verdict as u8),
+        ParseDrop::from_u8(((verdict >> 8) as u8).wrapping_sub(1)),
+    )
+}
+
+/// The transport facts a verdict needs, in one register: TCP or not, the
+/// ports.
+#[derive(Clone, Copy)]
+struct L4(u64);
+
+impl L4 {
+    #[inline(always)]
+    fn ports(src: u16, dst: u16) -> Self {
+        Self(((src as u64) << 16) | ((dst as u64) << 32))
+    }
+
+    #[inline(always)]
+    fn tcp(src: u16, dst: u16) -> Self {
+        Self(Self::ports(src, dst).0 | 1)
+    }
+
+    #[inline(always)]
+    fn is_tcp(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    #[inline(always)]
+    fn src_port(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+
+    #[inline(always)]
+    fn dst_port(self) -> u16 {
+        (self.0 >> 32) as u16
     }
 }
 
-#[inline(always)]
-fn set_addr16(to: &mut Addr16, addr: &Addr) {
-    match addr {
-        Addr::V4(a) => *to = v4_mapped(*a),
-        Addr::V6(a) => *to = *a,
-    }
+/// The verdict, from the key `judge` left in `FRAG_SCRATCH`: the class in
+/// the low byte, the drop reason + 1 (0: pass) in the next.
+#[inline(never)]
+fn judge_packed(f: &Fragment, class: u32, l4: u64, xdp: bool) -> u32 {
+    let (class, l4) = (Class::from_u8(class as u8), L4(l4));
+    let (class, drop) = match FRAG_SCRATCH.get_ptr_mut(0) {
+        _ if f.offset + f.len > MAX_DATAGRAM => {
+            // The receiver drops the datagram too (it would be too long).
+            (class, Some(ParseDrop::FragmentBadOffset))
+        }
+        // SAFETY: as in `judge`.
+        Some(scratch) => unsafe {
+            let scratch = &mut *scratch;
+            if xdp {
+                track(&scratch.key, &mut scratch.entry, class, l4, f)
+            } else {
+                look(&scratch.key, class, l4, f)
+            }
+        },
+        None => (class, Some(ParseDrop::FragmentWithoutFirst)),
+    };
+    class as u32 | (drop.map_or(0, |r| r as u32 + 1) << 8)
 }
 
 /// XDP: judges the fragment and records it in its datagram's entry.
@@ -116,9 +163,8 @@ fn set_addr16(to: &mut Addr16, addr: &Addr) {
 fn track(
     key: &FragKey,
     new: &mut FragEntry,
-    src: &Addr,
-    dst: &Addr,
-    transport: &Transport,
+    class: Class,
+    l4: L4,
     f: &Fragment,
 ) -> (Class, Option<ParseDrop>) {
     // SAFETY: a helper without arguments or preconditions.
@@ -139,10 +185,10 @@ fn track(
             // this packet belongs to a new one with the same identity.
             reset(e, now);
         }
-        return follow(e, src, dst, transport, f);
+        return follow(e, key, class, l4, f);
     }
     reset(new, now);
-    let verdict = follow(new, src, dst, transport, f);
+    let verdict = follow(new, key, class, l4, f);
     // Fails only under memory pressure: the later fragments are then
     // judged as if the first had not been seen.
     let _ = FRAGMENTS.insert(key, &*new, BPF_ANY as u64);
@@ -169,9 +215,9 @@ fn reset(e: &mut FragEntry, now: u64) {
 #[inline(always)]
 fn follow(
     e: &mut FragEntry,
-    src: &Addr,
-    dst: &Addr,
-    transport: &Transport,
+    key: &FragKey,
+    class: Class,
+    l4: L4,
     f: &Fragment,
 ) -> (Class, Option<ParseDrop>) {
     e.received = e.received.wrapping_add(f.len);
@@ -183,7 +229,7 @@ fn follow(
             if f.offset < e.min_later as u32 {
                 e.min_later = f.offset as u16;
             }
-            return without_first(src, dst, f);
+            return without_first(key, class, f);
         }
         let mut drop = stored(e);
         if drop.is_none() && f.offset < e.first_end as u32 {
@@ -192,7 +238,7 @@ fn follow(
         }
         return (Class::from_u8(e.class), drop);
     }
-    let (class, mut drop) = first(src, dst, transport);
+    let mut drop = first(key, class, l4);
     if e.first_seen != 0 {
         if e.first_end as u32 != f.len {
             // A second first fragment, another length: RFC 3128.
@@ -206,15 +252,10 @@ fn follow(
             // A later fragment that came first overlaps this one.
             drop = Some(ParseDrop::FragmentOverlap);
         }
-        let (src_port, dst_port) = match transport {
-            Transport::Tcp(t) => (t.src_port, t.dst_port),
-            Transport::Udp(s, d) => (*s, *d),
-            Transport::Other | Transport::Unparsable(..) => (0, 0),
-        };
         e.first_seen = 1;
         e.first_end = f.len as u16;
-        e.src_port = src_port;
-        e.dst_port = dst_port;
+        e.src_port = l4.src_port();
+        e.dst_port = l4.dst_port();
         e.class = class as u8;
         e.protocol = f.protocol;
     }
@@ -229,13 +270,7 @@ fn follow(
 /// TC: the verdict XDP recorded for this packet, or, with no record, the
 /// same rules without state.
 #[inline(always)]
-fn look(
-    key: &FragKey,
-    src: &Addr,
-    dst: &Addr,
-    transport: &Transport,
-    f: &Fragment,
-) -> (Class, Option<ParseDrop>) {
+fn look(key: &FragKey, class: Class, l4: L4, f: &Fragment) -> (Class, Option<ParseDrop>) {
     // SAFETY: the value is copied out at once.
     if let Some(e) = unsafe { FRAGMENTS.get(key) }
         && e.first_seen != 0
@@ -243,39 +278,32 @@ fn look(
         let class = if f.later {
             Class::from_u8(e.class)
         } else {
-            exempt::classify(src, dst, transport)
+            class
         };
         return (class, stored(e));
     }
     if f.later {
-        without_first(src, dst, f)
+        without_first(key, class, f)
     } else {
-        first(src, dst, transport)
+        (class, first(key, class, l4))
     }
 }
 
 /// The verdict of a first fragment on its own: TCP to port 25 (not
-/// exempt) or to a protected server is dropped.
+/// exempt: class `Inspect`) or to a protected server is dropped.
 #[inline(always)]
-fn first(src: &Addr, dst: &Addr, transport: &Transport) -> (Class, Option<ParseDrop>) {
-    let class = exempt::classify(src, dst, transport);
-    let drop = match transport {
-        Transport::Tcp(_) if class == Class::Inspect || limits::is_protected(dst) => {
-            Some(ParseDrop::TcpFragment)
-        }
-        _ => None,
-    };
-    (class, drop)
+fn first(key: &FragKey, class: Class, l4: L4) -> Option<ParseDrop> {
+    (l4.is_tcp() && (class == Class::Inspect || limits::is_protected16(&key.dst)))
+        .then_some(ParseDrop::TcpFragment)
 }
 
-/// The verdict of a later fragment whose first was not seen: its ports are
-/// unknown, so a TCP one is dropped unless exempt and not to a protected
-/// server.
+/// The verdict of a later fragment whose first was not seen (`class`
+/// comes from its addresses alone): its ports are unknown, so a TCP one is
+/// dropped unless exempt and not to a protected server.
 #[inline(always)]
-fn without_first(src: &Addr, dst: &Addr, f: &Fragment) -> (Class, Option<ParseDrop>) {
-    let class = exempt::classify(src, dst, &Transport::Other);
+fn without_first(key: &FragKey, class: Class, f: &Fragment) -> (Class, Option<ParseDrop>) {
     let tcp = f.protocol == IPPROTO_TCP;
-    let drop = (tcp && (class != Class::Exempt || limits::is_protected(dst)))
+    let drop = (tcp && (class != Class::Exempt || limits::is_protected16(&key.dst)))
         .then_some(ParseDrop::FragmentWithoutFirst);
     (class, drop)
 }

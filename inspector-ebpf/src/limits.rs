@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use inspector_common::{
     Addr16, ClientKey, DropReason, FLOW_TABLE_SIZE, FlowEntry, FlowKey, InterceptEvent,
-    MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state, v4_mapped,
+    MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state,
 };
 
 use self::conns::Kind;
@@ -98,7 +98,13 @@ pub fn track(ctx: &XdpContext) -> Verdict {
 pub fn is_protected(addr: &Addr) -> bool {
     let mut key = [0u8; 16];
     set_addr16(&mut key, addr);
-    SERVERS.get_ptr(&key).is_some()
+    is_protected16(&key)
+}
+
+/// [`is_protected`] for an address in its 16-byte form.
+#[inline(always)]
+pub fn is_protected16(addr: &Addr16) -> bool {
+    SERVERS.get_ptr(addr).is_some()
 }
 
 #[inline(always)]
@@ -399,8 +405,5 @@ fn client_key(flow: &FlowKey) -> Option<&'static ClientKey> {
 
 #[inline(always)]
 fn set_addr16(to: &mut Addr16, addr: &Addr) {
-    match addr {
-        Addr::V4(a) => *to = v4_mapped(*a),
-        Addr::V6(a) => *to = *a,
-    }
+    addr.write16(to);
 }

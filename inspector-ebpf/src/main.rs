@@ -56,18 +56,11 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     if !decision.tcp {
         return xdp_action::XDP_PASS;
     }
-    limit(&ctx, decision.class == Class::Inspect)
-}
-
-/// A whole TCP segment: the connection limits and TCP intercept. A
-/// subprogram, so that its stack frame and the classifier's
-/// (`classify::decide`) are never stacked.
-#[inline(never)]
-fn limit(ctx: &XdpContext, inspected: bool) -> u32 {
-    match limits::track(ctx) {
+    // A whole TCP segment: the connection limits and TCP intercept.
+    match limits::track(&ctx) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        verdict => intercept::apply(ctx, verdict, inspected),
+        verdict => intercept::apply(&ctx, verdict, decision.class == Class::Inspect),
     }
 }
 

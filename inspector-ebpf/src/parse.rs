@@ -7,7 +7,7 @@
 //! TCP), or, when not even its addresses could be read, no headers at all.
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use inspector_common::ParseDrop;
+use inspector_common::{Addr16, ParseDrop};
 
 use crate::packet::Packet;
 
@@ -37,10 +37,31 @@ const MAX_IPV6_EXT_HEADERS: usize = 6;
 /// 64 KiB on their way to TC), where only the frame bounds the reads.
 const UNBOUNDED: usize = 0x1_0000_0000;
 
+/// An address as words in memory order (`from_ne_bytes` of the packet's
+/// bytes), so it moves as 4-byte words, not byte by byte (BPF has no
+/// unaligned access: byte arrays are copied a byte at a time).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Addr {
-    V4([u8; 4]),
-    V6([u8; 16]),
+    V4(u32),
+    V6([u32; 4]),
+}
+
+impl Addr {
+    /// Both versions in one 16-byte form: IPv4 mapped into IPv6.
+    #[inline(always)]
+    pub fn write16(&self, to: &mut Addr16) {
+        match self {
+            Addr::V4(a) => {
+                to[..12].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+                to[12..].copy_from_slice(&a.to_ne_bytes());
+            }
+            Addr::V6(a) => {
+                for (i, word) in a.iter().enumerate() {
+                    to[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -214,8 +235,12 @@ fn ipv4(packet: &Packet, l3: usize) -> Result<Headers, ParseDrop> {
     } else {
         l3 + total_len
     };
-    let src = Addr::V4([first[12], first[13], first[14], first[15]]);
-    let dst = Addr::V4([first[16], first[17], first[18], first[19]]);
+    let src = Addr::V4(u32::from_ne_bytes([
+        first[12], first[13], first[14], first[15],
+    ]));
+    let dst = Addr::V4(u32::from_ne_bytes([
+        first[16], first[17], first[18], first[19],
+    ]));
     let protocol = first[9];
     let frag = u16::from_be_bytes([first[6], first[7]]);
     let more = frag & 0x2000 != 0;
