@@ -105,7 +105,9 @@ impl Netns {
 /// SIGKILL if it has not exited within a grace period.
 pub struct ScopedChild(Option<Child>);
 
-const GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+// Generous: a daemon stopped mid-start first finishes verifying its
+// programs, which takes seconds on a loaded machine.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl ScopedChild {
     pub fn child(&mut self) -> &mut Child {
