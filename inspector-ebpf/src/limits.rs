@@ -41,7 +41,6 @@ use inspector_common::{
     Addr16, ClientKey, DropReason, FLOW_TABLE_SIZE, FlowEntry, FlowKey, InterceptEvent,
     MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_flags, flow_state,
     tcpopt::{MAX_WSCALE, NO_WSCALE},
-    v4_mapped,
 };
 
 use self::conns::{Current, Kind};
@@ -115,18 +114,18 @@ pub fn track(ctx: &XdpContext) -> Verdict {
 }
 
 /// [`track`] as a global function: the verifier checks it once, on its
-/// own, instead of once for each state its caller reaches it in (the
-/// headers are parsed again here, and the parse is where the paths are).
+/// own, instead of once for each state its caller reaches it in. It reads
+/// the headers the classifier kept (`parse::tcp`), not parsing again.
 /// It returns the verdict's number; what intercept needs is in [`Work`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn inspector_track(md: *mut xdp_md) -> u32 {
     let ctx = XdpContext::new(md);
     let packet = Packet::of(&ctx);
-    let Some((src, dst, tcp)) = parse::tcp(&packet) else {
+    let Some((src, dst, tcp)) = parse::tcp() else {
         return Verdict::Pass as u32;
     };
-    let (src, dst, tcp) = (&src, &dst, &tcp);
+    let tcp = &tcp;
     let Some(w) = work() else {
         return Verdict::Pass as u32;
     };
@@ -147,6 +146,20 @@ pub extern "C" fn inspector_track(md: *mut xdp_md) -> u32 {
         return from_server(&packet, tcp, w) as u32;
     }
     Verdict::Pass as u32
+}
+
+/// Whether `addr` is a protected server (the limits apply to it).
+#[inline(always)]
+pub fn is_protected(addr: &Addr) -> bool {
+    let mut key = [0u8; 16];
+    set_addr16(&mut key, addr);
+    is_protected16(&key)
+}
+
+/// [`is_protected`] for an address in its 16-byte form.
+#[inline(always)]
+pub fn is_protected16(addr: &Addr16) -> bool {
+    SERVERS.get_ptr(addr).is_some()
 }
 
 #[inline(always)]
@@ -618,8 +631,5 @@ fn flow_key<'a>(
 
 #[inline(always)]
 fn set_addr16(to: &mut Addr16, addr: &Addr) {
-    match addr {
-        Addr::V4(a) => *to = v4_mapped(*a),
-        Addr::V6(a) => *to = *a,
-    }
+    addr.write16(to);
 }

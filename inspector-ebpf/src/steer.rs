@@ -35,6 +35,7 @@ use inspector_common::{FAIL_CLOSED, SMTP_PORT, SteerConfig};
 pub use self::refuse::refuse;
 use self::sockets::TCP_LISTEN;
 use crate::{
+    classify::{self, Decision, Stage},
     packet::Packet,
     parse::{Addr, TCP_ACK, TCP_SYN, Tcp},
 };
@@ -45,6 +46,10 @@ static STEER_CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
 /// Bytes made linear before parsing: Ethernet, two VLAN tags, IPv6 with
 /// some extension headers, and TCP with options.
 const PULL_LEN: u32 = 256;
+/// Packets up to this long are made linear whole before the classifier
+/// reads them (the headers of bigger, GRO-merged packets are in the part
+/// `PULL_LEN` makes linear).
+const PULL_ALL: u32 = 1_600;
 
 /// Makes the headers linear before they are parsed (a no-op for the usual
 /// packet): outside the linear part of the skb they would be unreadable,
@@ -55,6 +60,19 @@ pub fn pull_headers(ctx: &TcContext) {
     if ctx.data_end() - ctx.data() < want as usize {
         let _ = ctx.pull_data(want);
     }
+}
+
+/// The classifier's decision (`classify`), as XDP took it. Headers
+/// outside the linear part of the skb would read as cut short where XDP
+/// read them whole, so a packet whose linear part is shorter than
+/// `PULL_ALL` is made linear whole first (`pull_headers` made the first
+/// `PULL_LEN` bytes linear in any case).
+#[inline(always)]
+pub fn classify(ctx: &TcContext) -> Decision {
+    if ctx.data_end() - ctx.data() < ctx.len() as usize && ctx.len() <= PULL_ALL {
+        let _ = ctx.pull_data(ctx.len());
+    }
+    classify::decide(&Packet::new(ctx.data(), ctx.data_end()), Stage::Tc)
 }
 
 /// Whether to mark a TCP packet that is not exempt: `Some(mark?)`, or

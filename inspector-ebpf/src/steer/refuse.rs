@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::{packet::Packet, parse};
+use crate::parse;
 
 const TTL: u8 = 64;
 const RST_ACK: u8 = 0x14;
@@ -42,8 +42,8 @@ pub fn refuse(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn rewrite(ctx: &TcContext) -> Option<()> {
-    let packet = Packet::new(ctx.data(), ctx.data_end());
-    let (_, _, tcp) = parse::tcp(&packet)?;
+    // The classifier found a whole TCP segment (the only way here).
+    let (_, _, tcp) = parse::tcp()?;
     let (l3, l4) = (tcp.l3, tcp.l4);
     let version = ctx.load::<u8>(l3).ok()? >> 4;
     let v4 = version == 4 && l4 == l3 + 20;

@@ -1,6 +1,7 @@
 //! The policy file: one TOML document holding the exemptions, the protected
-//! servers with their limits, the flow timeouts, the ESMTP inspection
-//! policy, the proxy and the audit settings.
+//! servers with their limits, the flow timeouts, what the classifier does
+//! with packets it cannot parse, the ESMTP inspection policy, the proxy and
+//! the audit settings.
 //!
 //! One pipeline reads it: the text is deserialized into the raw document
 //! ([`document::deserialize`]), each section of the document compiles into
@@ -16,6 +17,7 @@ mod document;
 mod error;
 mod esmtp;
 mod exempt;
+mod packets;
 mod proxy;
 mod servers;
 mod timeouts;
@@ -31,6 +33,7 @@ use toml::Spanned;
 pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
 pub use error::{ConfigError, UnreadablePolicy, is_config_error};
 pub use exempt::parse_network;
+pub use packets::{PacketPolicy, Unparsable};
 pub use proxy::{
     ClientLimits, FailMode, ProxyConfig, SessionTimeouts, StressPolicy, UpstreamSource,
 };
@@ -53,6 +56,8 @@ pub struct Policy {
     pub exempt: Vec<IpNet>,
     pub servers: Vec<Server>,
     pub timeouts: FlowTimeouts,
+    /// The `[packets]` table: packets the classifier cannot parse.
+    pub packets: PacketPolicy,
     pub esmtp: EsmtpPolicy,
     /// The `[proxy]` table (formerly `[engine]`).
     pub proxy: ProxyConfig,
@@ -71,6 +76,7 @@ struct Document {
     #[serde(default)]
     server: servers::Servers,
     timeouts: Option<timeouts::TimeoutsSection>,
+    packets: Option<packets::PacketsSection>,
     esmtp: Option<EsmtpSection>,
     proxy: Option<Spanned<ProxySection>>,
     /// `[proxy]` under its old name.
@@ -134,6 +140,7 @@ fn compile(text: &str) -> Result<(Policy, Vec<FieldError>), FieldError> {
         exempt: doc.exempt.compile()?,
         servers: doc.server.compile()?,
         timeouts: or_default(doc.timeouts.as_ref())?,
+        packets: or_default(doc.packets.as_ref())?,
         esmtp: or_default(doc.esmtp.as_ref())?,
         proxy: or_default(proxy.as_ref().map(Spanned::get_ref))?,
         audit: or_default(doc.audit.as_ref())?,
@@ -312,6 +319,21 @@ mod tests {
             d.to_string(),
             "p.toml:2:1: engine: deprecated: the table is now `[proxy]`"
         );
+    }
+
+    #[test]
+    fn unparsable_packets_are_dropped_unless_the_policy_says_pass() {
+        assert_eq!(parse("").unwrap().packets.unparsable, Unparsable::Drop);
+        for (text, want) in [("drop", Unparsable::Drop), ("pass", Unparsable::Pass)] {
+            let p = parse(&format!("[packets]\nunparsable = \"{text}\"\n")).unwrap();
+            assert_eq!(p.packets.unparsable, want);
+            assert_eq!(want.name(), text);
+        }
+        let err = parse("[packets]\nunparsable = \"accept\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "packets.unparsable"));
+        assert!(err.message.contains("unknown variant"), "{err}");
+        let err = parse("[packets]\nfragments = \"pass\"\n").unwrap_err();
+        assert!(err.message.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use self::{
 use crate::{
     config::{DEFAULT_QUEUE, FlowTimeouts, OnEmbryonicLimit, Policy, SinkSpec},
     kernel::{
-        bpffs,
+        bpffs, classify,
         exempt::ExemptTable,
         exempt_store::Store,
         limits,
@@ -152,6 +152,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
+    classify::configure(&mut ebpf, &policy.packets)?;
     let mut table = ExemptTable::open(&opts.pin_dir)?;
     table
         .apply_policy(&policy.exempt)
