@@ -5,6 +5,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod tcpopt;
 
 /// Map names, as pinned under the bpffs directory. Userspace opens the pins
 /// by these names, so they are the on-disk interface between daemon and CLI.
@@ -52,6 +53,23 @@ pub mod programs {
     pub const TC_STEER: &str = "inspector_steer";
     /// `XDP_PASS` and nothing else: the benchmark's baseline.
     pub const XDP_EMPTY: &str = "inspector_xdp_empty";
+}
+
+/// Name of the XDP program's settings map (one [`XdpConfig`] at index 0).
+/// Not pinned: each daemon start writes it.
+pub const XDP_CONFIG_MAP: &str = "XDP_CONFIG";
+
+/// The XDP program's settings, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// 1 when the program is attached in generic (skb) mode. There, a
+    /// packet sent back with `XDP_TX` keeps its checksum offload state, so
+    /// TCP intercept's answers to a local sender carry the pseudo-header
+    /// sum for the device to complete; in native mode they become frames
+    /// without that state and carry the full checksum.
+    pub generic: u32,
+    pub _pad: u32,
 }
 
 /// Name of the steering program's settings map (one [`SteerConfig`] at
@@ -251,16 +269,39 @@ pub struct FlowKey {
 /// State of a tracked flow (`FlowEntry::state`).
 pub mod flow_state {
     /// The client's SYN was seen, its handshake-completing ACK not yet.
+    /// Counted as embryonic.
     pub const EMBRYONIC: u32 = 1;
-    /// The client completed the handshake.
+    /// The client completed the handshake. Counted as established.
     pub const ESTABLISHED: u32 = 2;
     /// A FIN was seen: no longer counted, kept until the half-closed
     /// timeout so its last packets are recognised (and translated).
     pub const CLOSING: u32 = 3;
-    /// Intercepted: the client returned a valid SYN cookie and the kernel
-    /// sent the server a SYN; waiting for the server's SYN-ACK. Counted as
-    /// embryonic (the server holds it half-open).
+    /// Intercepted: the client returned a valid SYN cookie (so completed
+    /// its handshake, with us) and the kernel sent the server a SYN;
+    /// waiting for the server's SYN-ACK. Counted as established: the client
+    /// is real, and the server answers within a round trip.
     pub const OPENING: u32 = 4;
+}
+
+/// `FlowEntry::flags`.
+pub mod flow_flags {
+    /// TCP intercept opened the server side: sequence numbers are translated.
+    pub const INTERCEPTED: u8 = 1 << 0;
+    /// Timestamps are translated (both sides sent them).
+    pub const TS: u8 = 1 << 1;
+    /// SACK was offered to the client: its SACK blocks are translated.
+    pub const SACK: u8 = 1 << 2;
+    /// The server's windows are rescaled to the scale the client was told.
+    pub const RESCALE_TO_CLIENT: u8 = 1 << 3;
+    /// The client's windows are unscaled for a server that refused scaling.
+    pub const RESCALE_TO_SERVER: u8 = 1 << 4;
+    /// The client's packets arrive with checksum offload pending
+    /// (`CHECKSUM_PARTIAL`: a local sender on a veth), as its handshake showed.
+    pub const CLIENT_PARTIAL: u8 = 1 << 5;
+    /// The same for the server's packets.
+    pub const SERVER_PARTIAL: u8 = 1 << 6;
+    /// ECN was negotiated with the client.
+    pub const ECN: u8 = 1 << 7;
 }
 
 /// Value of the flow table.
@@ -272,14 +313,30 @@ pub struct FlowEntry {
     /// A [`flow_state`] value.
     pub state: u32,
     /// Intercepted flows only: while `OPENING`, the cookie the client
-    /// acknowledged; then the server's ISN minus the cookie, added to the
-    /// client's acknowledgment numbers and taken from the server's sequence
-    /// numbers. 0 for every other flow (and then nothing is rewritten).
+    /// acknowledged (our ISN); then the server's ISN minus the cookie, added
+    /// to the client's acknowledgment numbers and taken from the server's
+    /// sequence numbers.
     pub seq_delta: u32,
-    /// Intercepted flows only: the client's receive window, announced to
-    /// the server when the kernel completes the server's handshake.
-    pub window: u32,
-    pub _pad: u32,
+    /// Intercepted flows with timestamps: while `OPENING`, the timestamp
+    /// our SYN-ACK sent; then the server's first timestamp minus ours, taken
+    /// from the server's timestamps and added to the client's echoes.
+    pub ts_delta: u32,
+    /// The client's next sequence number after its SYN (ISN + 1): where an
+    /// RST for the server must start, when the sweeper resets a half-open
+    /// flow.
+    pub client_next: u32,
+    /// Intercepted flows only, while `OPENING`: the client's window, for
+    /// the ACK that completes the server's handshake.
+    pub window: u16,
+    /// [`flow_flags`].
+    pub flags: u8,
+    pub _pad: u8,
+    /// Intercepted flows: the window scale our SYN-ACK announced, the
+    /// server's and the client's (0 for none).
+    pub wscale_ours: u8,
+    pub wscale_server: u8,
+    pub wscale_client: u8,
+    pub _pad2: u8,
 }
 
 /// Key of the per-client counters: a client of one protected server.
@@ -476,14 +533,19 @@ pub enum InterceptEvent {
     ClientVerified = 1,
     /// The server answered: the kernel completed its handshake.
     ServerOpened = 2,
+    /// A verified client was let in while half-open flows held every slot
+    /// of `max-conns` (or `per-client-max`): the sweeper resets the oldest
+    /// of them (an RST to the server) to give the slot back.
+    HalfOpenDisplaced = 3,
 }
 
 impl InterceptEvent {
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
     pub const ALL: [InterceptEvent; Self::COUNT as usize] = [
         InterceptEvent::CookieSent,
         InterceptEvent::ClientVerified,
         InterceptEvent::ServerOpened,
+        InterceptEvent::HalfOpenDisplaced,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -491,6 +553,7 @@ impl InterceptEvent {
             InterceptEvent::CookieSent => "syn-cookies-sent",
             InterceptEvent::ClientVerified => "clients-verified",
             InterceptEvent::ServerOpened => "servers-opened",
+            InterceptEvent::HalfOpenDisplaced => "half-open-displaced",
         }
     }
 }
@@ -507,10 +570,15 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(offset_of!(FlowKey, client_port) == 32);
     assert!(offset_of!(FlowKey, protocol) == 36);
-    assert!(size_of::<FlowEntry>() == 24);
+    assert!(size_of::<FlowEntry>() == 32);
     assert!(offset_of!(FlowEntry, state) == 8);
     assert!(offset_of!(FlowEntry, seq_delta) == 12);
-    assert!(offset_of!(FlowEntry, window) == 16);
+    assert!(offset_of!(FlowEntry, ts_delta) == 16);
+    assert!(offset_of!(FlowEntry, client_next) == 20);
+    assert!(offset_of!(FlowEntry, window) == 24);
+    assert!(offset_of!(FlowEntry, flags) == 26);
+    assert!(offset_of!(FlowEntry, wscale_ours) == 28);
+    assert!(size_of::<XdpConfig>() == 8);
     assert!(size_of::<ClientKey>() == 32);
     assert!(size_of::<ConnCounts>() == 16);
     assert!(offset_of!(ConnCounts, established) == 8);
@@ -539,6 +607,7 @@ mod pod {
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::ConnCounts {}
     unsafe impl aya::Pod for super::SteerConfig {}
+    unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::ClassifyConfig {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragEntry {}

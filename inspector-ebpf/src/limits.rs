@@ -10,11 +10,28 @@
 //! the server's side should be too (its FIN and RST; else the sweeper's
 //! timeouts release those flows), and must be for TCP intercept, whose
 //! flows are rewritten in both directions (`intercept`).
+//!
+//! A new SYN, against the server's and the client's counts:
+//!
+//! | the SYN finds | `drop` | `intercept` |
+//! |---|---|---|
+//! | every limit below its value | passed, embryonic | passed, embryonic |
+//! | an embryonic limit reached | dropped | SYN cookie |
+//! | `max-conns`/`per-client-max` reached, but not by established flows alone | dropped | SYN cookie |
+//! | `max-conns`/`per-client-max` reached by established flows | dropped | dropped |
+//!
+//! A client that returns a valid cookie has completed its handshake: it
+//! is counted established (its server side opening) whenever fewer than
+//! `max-conns` (and `per-client-max`) established flows exist, even if
+//! half-open flows fill the slots; it then holds one slot more than the
+//! limit allows, until the sweeper resets the oldest of those half-open
+//! flows (an RST to the server) and gives the slot back. So a flood of
+//! spoofed SYNs never locks out a client that completes the handshake.
 
 mod conns;
 
 use aya_ebpf::{
-    bindings::BPF_ANY,
+    bindings::{BPF_ANY, xdp_md},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -22,13 +39,13 @@ use aya_ebpf::{
 };
 use inspector_common::{
     Addr16, ClientKey, DropReason, FLOW_TABLE_SIZE, FlowEntry, FlowKey, InterceptEvent,
-    MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state,
+    MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_flags, flow_state,
+    tcpopt::{MAX_WSCALE, NO_WSCALE},
 };
 
-use self::conns::Kind;
+use self::conns::{Current, Kind};
 use crate::{
     counters::{count_intercept, count_limit_drop},
-    intercept,
     packet::Packet,
     parse::{self, Addr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp},
 };
@@ -42,55 +59,93 @@ static SERVERS: HashMap<Addr16, ServerLimits> = HashMap::pinned(MAX_SERVERS, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(FLOW_TABLE_SIZE, 0);
 
+/// Each protected server's window scale, as its last SYN-ACK to an
+/// intercepted client announced it: the scale announced to the next
+/// intercepted clients, so that the server's windows need no rescaling.
+#[map]
+static SERVER_WSCALE: HashMap<Addr16, u32> = HashMap::with_max_entries(MAX_SERVERS, 0);
+
+/// The window scale announced before a server's is known (Linux's with its
+/// default buffers).
+const DEFAULT_WSCALE: u8 = 7;
+
 const IPPROTO_TCP: u8 = 6;
 
 /// What to do with the packet. The TCP intercept rewrites are left to the
 /// caller (`intercept::apply`), so that the rewrites' stack frames never
-/// stack on this module's (together they would not fit the BPF stack).
+/// stack on this module's (together they would not fit the BPF stack);
+/// what they need is in this CPU's [`Work`].
+#[repr(u32)]
+#[derive(Clone, Copy)]
 pub enum Verdict {
-    Pass,
-    Drop,
-    /// Over an embryonic limit with `intercept`: answer with a SYN cookie.
-    AnswerSyn,
+    Pass = 0,
+    Drop = 1,
+    /// Over a limit with `intercept`: answer with a SYN cookie, announcing
+    /// `Work::entry.wscale_ours`.
+    AnswerSyn = 2,
     /// An untracked client ACK to a server with `intercept`: if it carries
     /// a valid cookie, open the server side (then [`opening`]).
-    VerifyClient,
-    /// The server's SYN-ACK of an intercepted flow (already marked
-    /// established): answer it with the ACK, announcing this window.
-    CompleteServer(u16),
-    /// An intercepted flow: add the delta to the field, then pass.
-    Shift(usize, u32),
+    VerifyClient = 3,
+    /// The server's SYN-ACK of an intercepted flow being opened (its entry
+    /// in `Work::entry`): answer it with the ACK (then [`server_answered`]).
+    CompleteServer = 4,
+    /// A packet of an intercepted flow (its entry in `Work::entry`),
+    /// client to server: translate, then pass.
+    ToServer = 5,
+    /// The same, server to client.
+    ToClient = 6,
 }
 
 /// Tracks one TCP packet: client -> protected server, or back. The limits
 /// see every TCP packet to or from a protected server, exempt or not: like
 /// the firewall's `static … tcp 50 100`, they protect the server whatever
 /// inspects its traffic.
-///
-/// A subprogram that reads the headers the classifier kept (`parse::tcp`):
-/// passing the parsed headers from the caller makes LLVM spill enum fields
-/// that are undefined on the non-TCP paths, which the verifier rejects.
-#[inline(never)]
+#[inline(always)]
 pub fn track(ctx: &XdpContext) -> Verdict {
+    match inspector_track(ctx.ctx) {
+        1 => Verdict::Drop,
+        2 => Verdict::AnswerSyn,
+        3 => Verdict::VerifyClient,
+        4 => Verdict::CompleteServer,
+        5 => Verdict::ToServer,
+        6 => Verdict::ToClient,
+        _ => Verdict::Pass,
+    }
+}
+
+/// [`track`] as a global function: the verifier checks it once, on its
+/// own, instead of once for each state its caller reaches it in. It reads
+/// the headers the classifier kept (`parse::tcp`), not parsing again.
+/// It returns the verdict's number; what intercept needs is in [`Work`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn inspector_track(md: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(md);
+    let packet = Packet::of(&ctx);
     let Some((src, dst, tcp)) = parse::tcp() else {
-        return Verdict::Pass;
+        return Verdict::Pass as u32;
     };
     let tcp = &tcp;
-    let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) else {
-        return Verdict::Pass;
+    let Some(w) = work() else {
+        return Verdict::Pass as u32;
     };
+    w.tcp = TcpAt {
+        l3: tcp.l3 as u32,
+        l4: tcp.l4 as u32,
+        flags: tcp.flags as u32,
+        _pad: 0,
+    };
+    let key = flow_key(w, src, dst, tcp.src_port, tcp.dst_port);
     // SAFETY: the value is copied out at once; the daemon replaces entries
     // whole, so at worst we read the previous limits.
     if let Some(limits) = unsafe { SERVERS.get(&key.server) } {
-        return from_client(tcp, key, *limits);
+        return from_client(&packet, tcp, w, *limits) as u32;
     }
-    let Some(key) = flow_key(dst, src, tcp.dst_port, tcp.src_port) else {
-        return Verdict::Pass;
-    };
+    let key = flow_key(w, dst, src, tcp.dst_port, tcp.src_port);
     if SERVERS.get_ptr(&key.server).is_some() {
-        return from_server(ctx, tcp, key);
+        return from_server(&packet, tcp, w) as u32;
     }
-    Verdict::Pass
+    Verdict::Pass as u32
 }
 
 /// Whether `addr` is a protected server (the limits apply to it).
@@ -108,48 +163,57 @@ pub fn is_protected16(addr: &Addr16) -> bool {
 }
 
 #[inline(always)]
-fn from_client(tcp: &Tcp, key: &FlowKey, limits: ServerLimits) -> Verdict {
+fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -> Verdict {
+    let key = &w.flow;
     let flags = tcp.flags;
     let new_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     match FLOWS.get_ptr_mut(key) {
         Some(entry) => {
             // SAFETY: a map value, valid during this run; racing writers on
             // other CPUs can only cost a count the sweeper corrects.
-            let (state, delta) = unsafe {
+            let state = unsafe {
                 (*entry).last_seen_ns = now();
-                ((*entry).state, (*entry).seq_delta)
-            };
-            // The client's acknowledgments, in the server's numbers.
-            let pass = if delta != 0 && flags & TCP_ACK != 0 && state != flow_state::OPENING {
-                Verdict::Shift(intercept::ACK, delta)
-            } else {
-                Verdict::Pass
+                (*entry).state
             };
             if state == flow_state::OPENING && flags & TCP_RST == 0 && !new_syn {
                 // The server side is still opening: the client's packets
                 // wait (TCP resends them); an RST or a new SYN starts over.
                 return Verdict::Drop;
             }
+            // The client's packets, in the server's numbers.
+            let pass = if unsafe { (*entry).flags } & flow_flags::INTERCEPTED != 0
+                && state != flow_state::OPENING
+            {
+                // SAFETY: as above.
+                w.entry = unsafe { *entry };
+                Verdict::ToServer
+            } else {
+                Verdict::Pass
+            };
             if flags & TCP_RST != 0 {
-                forget(key);
+                forget(w);
                 return pass;
             }
             if !new_syn {
                 if flags & TCP_FIN != 0 {
-                    close(key, entry, state);
+                    close(w, entry, state);
                 } else if flags & TCP_ACK != 0 && state == flow_state::EMBRYONIC {
                     // The client's ACK after the server's SYN-ACK: the
                     // handshake is complete.
                     unsafe { (*entry).state = flow_state::ESTABLISHED };
-                    established(key);
+                    established(w);
                 }
                 return pass;
             }
             if state == flow_state::EMBRYONIC {
-                return Verdict::Pass; // a retransmitted SYN
+                // A retransmitted SYN (perhaps with a new ISN).
+                if let Some(isn) = seq(packet, tcp) {
+                    unsafe { (*entry).client_next = isn.wrapping_add(1) };
+                }
+                return Verdict::Pass;
             }
             // A new connection on the tuple of an old one: forget the old.
-            forget(key);
+            forget(w);
         }
         None if flags & TCP_RST != 0 => return Verdict::Pass,
         // Not ours to count (it began before we ran, or was evicted), or
@@ -157,21 +221,21 @@ fn from_client(tcp: &Tcp, key: &FlowKey, limits: ServerLimits) -> Verdict {
         None if !new_syn => {
             let pure_ack = flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK;
             if pure_ack && limits.on_embryonic_limit == ON_LIMIT_INTERCEPT {
-                return verify_client(key, &limits);
+                return verify_client(w, &limits);
             }
             return Verdict::Pass;
         }
         None => {}
     }
-    admit(key, &limits)
+    admit(packet, tcp, w, &limits)
 }
 
-/// A new SYN: dropped if a limit is reached (or, over an embryonic limit
-/// with `intercept`, answered with a SYN cookie), else tracked as embryonic.
+/// A new SYN: passed and tracked as embryonic if every limit has room;
+/// else, with `intercept`, answered with a SYN cookie unless established
+/// flows alone fill `max-conns` or `per-client-max`; else dropped.
 #[inline(always)]
-fn admit(key: &FlowKey, limits: &ServerLimits) -> Verdict {
-    let s = conns::server(&key.server);
-    let c = client_key(key).map(conns::client).unwrap_or_default();
+fn admit(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: &ServerLimits) -> Verdict {
+    let (s, c) = counts(w);
     // Every limit that applies is checked, so the lowest one wins.
     let reason = if reached(limits.max_conns, s.embryonic + s.established) {
         Some(DropReason::MaxConns)
@@ -184,123 +248,243 @@ fn admit(key: &FlowKey, limits: &ServerLimits) -> Verdict {
     } else {
         None
     };
-    match reason {
-        None => {}
-        Some(DropReason::MaxEmbryonic | DropReason::PerClientEmbryonicMax)
-            if limits.on_embryonic_limit == ON_LIMIT_INTERCEPT =>
-        {
-            return Verdict::AnswerSyn;
-        }
-        Some(reason) => {
-            count_limit_drop(reason);
-            return Verdict::Drop;
+    let Some(mut reason) = reason else {
+        let isn = seq(packet, tcp).unwrap_or(0);
+        track_new(
+            w,
+            flow_state::EMBRYONIC,
+            Kind::Embryonic,
+            isn.wrapping_add(1),
+        );
+        return Verdict::Pass;
+    };
+    if limits.on_embryonic_limit == ON_LIMIT_INTERCEPT {
+        match established_full(limits, &s, &c) {
+            None => {
+                w.entry.wscale_ours = server_wscale(&w.flow.server);
+                return Verdict::AnswerSyn;
+            }
+            // A verified client would find no slot either.
+            Some(full) => reason = full,
         }
     }
-    track_new(key, flow_state::EMBRYONIC, 0, 0);
-    Verdict::Pass
+    count_limit_drop(reason);
+    Verdict::Drop
+}
+
+/// Which connection limit established flows alone fill, if any: then
+/// there is no slot even for a client that completes the handshake.
+#[inline(always)]
+fn established_full(limits: &ServerLimits, s: &Current, c: &Current) -> Option<DropReason> {
+    if reached(limits.max_conns, s.established) {
+        Some(DropReason::MaxConns)
+    } else if reached(limits.per_client_max, c.established) {
+        Some(DropReason::PerClientMax)
+    } else {
+        None
+    }
 }
 
 /// An untracked client ACK to a server with `intercept`: if it carries a
 /// valid SYN cookie, the client is real and its ACK becomes its SYN to the
-/// server. Connection limits still apply; the embryonic ones do not (this
-/// is how a verified client gets through a SYN flood).
+/// server. The connection limits count established flows only here: half-
+/// open flows give their slots to verified clients (the sweeper resets
+/// them), and the embryonic limits do not apply (this is how a verified
+/// client gets through a SYN flood).
 #[inline(always)]
-fn verify_client(key: &FlowKey, limits: &ServerLimits) -> Verdict {
-    let s = conns::server(&key.server);
-    let c = client_key(key).map(conns::client).unwrap_or_default();
-    if reached(limits.max_conns, s.embryonic + s.established)
-        || reached(limits.per_client_max, c.embryonic + c.established)
-    {
+fn verify_client(w: &mut Work, limits: &ServerLimits) -> Verdict {
+    let (s, c) = counts(w);
+    if established_full(limits, &s, &c).is_some() {
         // No cookie check: an ACK without a flow is let through, as for
         // any flow that predates us (the server answers it with an RST).
         return Verdict::Pass;
     }
+    w.displaces = (reached(limits.max_conns, s.embryonic + s.established)
+        || reached(limits.per_client_max, c.embryonic + c.established)) as u32;
     Verdict::VerifyClient
 }
 
-/// The client's ACK carried a valid `cookie` and became its SYN to the
-/// server: track the flow until the server answers.
+/// What the client's validated ACK said, for its flow entry.
+pub struct Opened {
+    pub cookie: u32,
+    pub client_next: u32,
+    pub window: u16,
+    /// Our SYN-ACK's timestamp, echoed by the client (with `flow_flags::TS`).
+    pub our_ts: u32,
+    pub flags: u8,
+    pub wscale_ours: u8,
+    pub wscale_client: u8,
+}
+
+/// The client's ACK carried a valid cookie and became its SYN to the
+/// server: track the flow, counted established, until the server answers.
 #[inline(never)]
-pub fn opening(src: &Addr, dst: &Addr, tcp: &Tcp, cookie: u32, window: u16) {
-    if let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) {
-        track_new(key, flow_state::OPENING, cookie, window as u32);
-    }
+pub fn opening(o: &Opened) {
+    let Some(w) = work() else {
+        return;
+    };
+    let entry = FlowEntry {
+        last_seen_ns: now(),
+        state: flow_state::OPENING,
+        seq_delta: o.cookie,
+        ts_delta: o.our_ts,
+        client_next: o.client_next,
+        window: o.window,
+        flags: o.flags | flow_flags::INTERCEPTED,
+        _pad: 0,
+        wscale_ours: o.wscale_ours,
+        wscale_server: 0,
+        wscale_client: o.wscale_client,
+        _pad2: 0,
+    };
+    insert(w, &entry, Kind::Established);
     count_intercept(InterceptEvent::ClientVerified);
-}
-
-/// A client the engine's listener accepted beyond the embryonic limit (the
-/// kernel, not us, answered its SYN): counted from its handshake-completing
-/// ACK on, so `max-conns` still holds.
-#[inline(never)]
-pub fn adopt(src: &Addr, dst: &Addr, tcp: &Tcp) {
-    if let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) {
-        track_new(key, flow_state::EMBRYONIC, 0, 0);
-        established(key);
+    if w.displaces != 0 {
+        count_intercept(InterceptEvent::HalfOpenDisplaced);
     }
 }
 
-/// Starts tracking a flow, counted as embryonic.
+/// What the server's SYN-ACK to an intercepted client said.
+pub struct Answered {
+    pub isn: u32,
+    /// The server's timestamp, if `has_ts`.
+    pub ts: u32,
+    pub has_ts: bool,
+    /// The server's window scale, or `tcpopt::NO_WSCALE`.
+    pub wscale: u8,
+    /// Its checksum was pending offload.
+    pub partial: bool,
+}
+
+/// The server's SYN-ACK of a flow being opened, answered with the ACK
+/// that completes its handshake: from now on the flow is translated both
+/// ways.
+#[inline(never)]
+pub fn server_answered(a: &Answered) {
+    let Some(w) = work() else {
+        return;
+    };
+    let Some(entry) = FLOWS.get_ptr_mut(&w.flow) else {
+        return;
+    };
+    // SAFETY: as in `from_client`. While opening, `seq_delta` holds the
+    // cookie and `ts_delta` our timestamp.
+    unsafe {
+        let e = &mut *entry;
+        e.seq_delta = a.isn.wrapping_sub(e.seq_delta);
+        if a.has_ts && e.flags & flow_flags::TS != 0 {
+            e.ts_delta = a.ts.wrapping_sub(e.ts_delta);
+        } else {
+            e.flags &= !flow_flags::TS;
+            e.ts_delta = 0;
+        }
+        if e.wscale_ours != NO_WSCALE {
+            // The client was told our scale. A server that answered with
+            // none scales neither its windows nor, reading them, the
+            // client's.
+            let server = if a.wscale == NO_WSCALE {
+                e.flags |= flow_flags::RESCALE_TO_SERVER;
+                0
+            } else {
+                let _ = SERVER_WSCALE.insert(&w.flow.server, a.wscale as u32, BPF_ANY as u64);
+                a.wscale
+            };
+            e.wscale_server = server;
+            if server != e.wscale_ours {
+                e.flags |= flow_flags::RESCALE_TO_CLIENT;
+            }
+        }
+        if a.partial {
+            e.flags |= flow_flags::SERVER_PARTIAL;
+        }
+        e.state = flow_state::ESTABLISHED;
+    }
+    count_intercept(InterceptEvent::ServerOpened);
+}
+
+/// A client the engine's listener accepted beyond a limit (the kernel,
+/// not us, answered its SYN): counted established from its
+/// handshake-completing ACK on, so `max-conns` still holds.
+#[inline(never)]
+pub fn adopt() {
+    let Some(w) = work() else {
+        return;
+    };
+    let entry = FlowEntry {
+        last_seen_ns: now(),
+        state: flow_state::ESTABLISHED,
+        ..FlowEntry::default()
+    };
+    insert(w, &entry, Kind::Established);
+    if w.displaces != 0 {
+        count_intercept(InterceptEvent::HalfOpenDisplaced);
+    }
+}
+
+/// Starts tracking a flow that is not intercepted.
 #[inline(always)]
-fn track_new(key: &FlowKey, state: u32, seq_delta: u32, window: u32) {
+fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) {
     let entry = FlowEntry {
         last_seen_ns: now(),
         state,
-        seq_delta,
-        window,
-        _pad: 0,
+        client_next,
+        ..FlowEntry::default()
     };
+    insert(w, &entry, kind);
+}
+
+#[inline(always)]
+fn insert(w: &Work, entry: &FlowEntry, kind: Kind) {
     // Fails only under memory pressure: the flow then goes uncounted
     // rather than refused.
-    if FLOWS.insert(key, entry, BPF_ANY as u64).is_ok() {
-        if let Some(client) = client_key(key) {
-            conns::add(client, Kind::Embryonic, 1);
-        }
+    if FLOWS.insert(&w.flow, entry, BPF_ANY as u64).is_ok() {
+        conns::add(&w.client, kind, 1);
     }
 }
 
 #[inline(always)]
-fn from_server(ctx: &XdpContext, tcp: &Tcp, key: &FlowKey) -> Verdict {
+fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
     let flags = tcp.flags;
-    let Some(entry) = FLOWS.get_ptr_mut(key) else {
+    let Some(entry) = FLOWS.get_ptr_mut(&w.flow) else {
         return Verdict::Pass;
     };
     // SAFETY: as in `from_client`. The server's retransmitted SYN-ACKs do
     // not keep a half-open flow alive: its embryonic timeout runs from the
     // client's last SYN.
-    let (state, delta, window) = unsafe {
+    let state = unsafe {
         if (*entry).state != flow_state::EMBRYONIC {
             (*entry).last_seen_ns = now();
         }
-        ((*entry).state, (*entry).seq_delta, (*entry).window)
+        (*entry).state
     };
+    let intercepted = unsafe { (*entry).flags } & flow_flags::INTERCEPTED != 0;
+    if intercepted {
+        w.entry = unsafe { *entry };
+    }
     if state == flow_state::OPENING {
-        if flags & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK {
-            if flags & TCP_RST != 0 {
-                forget(key);
-            }
+        if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            return Verdict::CompleteServer;
+        }
+        if flags & TCP_RST == 0 {
             return Verdict::Pass;
         }
-        let Some(server_isn) = Packet::new(ctx.data(), ctx.data_end()).read::<[u8; 4]>(tcp.l4 + 4)
-        else {
+        // The server refused the connection: so do we, to the client, with
+        // the sequence number it expects from us (the cookie + 1).
+        forget(w);
+        let Some(seq) = seq(packet, tcp) else {
             return Verdict::Drop;
         };
-        // SAFETY: as above. While opening, `seq_delta` holds the cookie.
-        unsafe {
-            (*entry).seq_delta = u32::from_be_bytes(server_isn).wrapping_sub(delta);
-            (*entry).state = flow_state::ESTABLISHED;
-        }
-        established(key);
-        count_intercept(InterceptEvent::ServerOpened);
-        return Verdict::CompleteServer(window as u16);
+        w.entry.seq_delta = seq.wrapping_sub(w.entry.seq_delta.wrapping_add(1));
+        w.entry.flags = flow_flags::INTERCEPTED;
+        return Verdict::ToClient;
     }
     if flags & TCP_RST != 0 {
-        forget(key);
+        forget(w);
     } else if flags & TCP_FIN != 0 {
-        close(key, entry, state);
+        close(w, entry, state);
     }
-    // The server's sequence numbers, in the cookie's terms.
-    if delta != 0 {
-        Verdict::Shift(intercept::SEQ, delta.wrapping_neg())
+    if intercepted {
+        Verdict::ToClient
     } else {
         Verdict::Pass
     }
@@ -308,42 +492,58 @@ fn from_server(ctx: &XdpContext, tcp: &Tcp, key: &FlowKey) -> Verdict {
 
 /// Embryonic -> established, in the server's and the client's counts.
 #[inline(always)]
-fn established(key: &FlowKey) {
-    if let Some(client) = client_key(key) {
-        conns::add(client, Kind::Embryonic, -1);
-        conns::add(client, Kind::Established, 1);
-    }
+fn established(w: &Work) {
+    conns::add(&w.client, Kind::Embryonic, -1);
+    conns::add(&w.client, Kind::Established, 1);
 }
 
 /// A FIN: the connection no longer counts; its entry stays (closing) so
 /// the last packets are not mistaken for anything else.
 #[inline(always)]
-fn close(key: &FlowKey, entry: *mut FlowEntry, state: u32) {
-    release(key, state);
+fn close(w: &Work, entry: *mut FlowEntry, state: u32) {
+    release(w, state);
     // SAFETY: as in `from_client`.
     unsafe { (*entry).state = flow_state::CLOSING };
 }
 
 /// An RST (or a reused tuple): release the flow's count and drop its entry.
 #[inline(always)]
-fn forget(key: &FlowKey) {
-    if let Some(entry) = FLOWS.get_ptr(key) {
+fn forget(w: &Work) {
+    if let Some(entry) = FLOWS.get_ptr(&w.flow) {
         // SAFETY: as in `from_client`.
-        release(key, unsafe { (*entry).state });
-        let _ = FLOWS.remove(key);
+        release(w, unsafe { (*entry).state });
+        let _ = FLOWS.remove(&w.flow);
     }
 }
 
 #[inline(always)]
-fn release(key: &FlowKey, state: u32) {
+fn release(w: &Work, state: u32) {
     let kind = match state {
-        flow_state::EMBRYONIC | flow_state::OPENING => Kind::Embryonic,
-        flow_state::ESTABLISHED => Kind::Established,
+        flow_state::EMBRYONIC => Kind::Embryonic,
+        flow_state::ESTABLISHED | flow_state::OPENING => Kind::Established,
         _ => return,
     };
-    if let Some(client) = client_key(key) {
-        conns::add(client, kind, -1);
+    conns::add(&w.client, kind, -1);
+}
+
+/// The server's and the client's current counts.
+#[inline(always)]
+fn counts(w: &Work) -> (Current, Current) {
+    (conns::server(&w.flow.server), conns::client(&w.client))
+}
+
+#[inline(always)]
+fn server_wscale(server: &Addr16) -> u8 {
+    match unsafe { SERVER_WSCALE.get(server) } {
+        Some(&ws) if ws <= MAX_WSCALE as u32 => ws as u8,
+        _ => DEFAULT_WSCALE,
     }
+}
+
+/// The packet's sequence number.
+#[inline(always)]
+fn seq(packet: &Packet, tcp: &Tcp) -> Option<u32> {
+    packet.read::<[u8; 4]>(tcp.l4 + 4).map(u32::from_be_bytes)
 }
 
 #[inline(always)]
@@ -357,50 +557,76 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The keys of the flow being tracked, in per-CPU memory rather than on
-/// the stack (the BPF stack is 512 bytes for the whole program, and these
-/// would be copied into every helper that builds one).
+/// Where the TCP header of the packet being tracked is, and its flags.
 #[repr(C)]
-struct Keys {
+#[derive(Clone, Copy)]
+pub struct TcpAt {
+    l3: u32,
+    l4: u32,
+    pub flags: u32,
+    _pad: u32,
+}
+
+impl TcpAt {
+    /// Offsets masked so the verifier sees them bounded (the parser never
+    /// finds a header that far in).
+    #[inline(always)]
+    pub fn l3(&self) -> usize {
+        (self.l3 & 0x3fff) as usize
+    }
+
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        (self.l4 & 0x3fff) as usize
+    }
+}
+
+/// This CPU's working memory for the packet being tracked: the flow's
+/// keys (in per-CPU memory rather than on the stack: the BPF stack is 512
+/// bytes for the whole program, and these would be copied into every
+/// helper that builds one) and what TCP intercept needs from the flow.
+#[repr(C)]
+pub struct Work {
     flow: FlowKey,
     client: ClientKey,
+    /// A copy of the flow's entry, for the intercept verdicts.
+    pub entry: FlowEntry,
+    pub tcp: TcpAt,
+    /// 1 when a verified client takes the slot of a half-open flow.
+    displaces: u32,
+    _pad: u32,
 }
 
 #[map]
-static KEYS: PerCpuArray<Keys> = PerCpuArray::with_max_entries(1, 0);
+static WORK: PerCpuArray<Work> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's [`Work`], as `track` left it.
 #[inline(always)]
-fn keys() -> Option<&'static mut Keys> {
+pub fn work() -> Option<&'static mut Work> {
     // SAFETY: this CPU's slot, used by this program run only.
-    KEYS.get_ptr_mut(0).map(|k| unsafe { &mut *k })
+    WORK.get_ptr_mut(0).map(|k| unsafe { &mut *k })
 }
 
-/// The flow key client -> server, oriented as given.
+/// Sets the flow key client -> server, oriented as given, and the
+/// per-client counters' key with it.
 #[inline(always)]
-fn flow_key(
+fn flow_key<'a>(
+    w: &'a mut Work,
     client: &Addr,
     server: &Addr,
     client_port: u16,
     server_port: u16,
-) -> Option<&'static FlowKey> {
-    let keys = keys()?;
-    let key = &mut keys.flow;
+) -> &'a FlowKey {
+    let key = &mut w.flow;
     set_addr16(&mut key.client, client);
     set_addr16(&mut key.server, server);
     key.client_port = client_port;
     key.server_port = server_port;
     key.protocol = IPPROTO_TCP;
     key._pad = [0; 3];
-    Some(key)
-}
-
-/// The per-client counters' key of `flow`.
-#[inline(always)]
-fn client_key(flow: &FlowKey) -> Option<&'static ClientKey> {
-    let keys = keys()?;
-    keys.client.server = flow.server;
-    keys.client.client = flow.client;
-    Some(&keys.client)
+    w.client.server = w.flow.server;
+    w.client.client = w.flow.client;
+    &w.flow
 }
 
 #[inline(always)]

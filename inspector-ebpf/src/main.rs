@@ -24,6 +24,9 @@
 // limits/conns.rs).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
+// `asm!` on the BPF target: an empty block hides a packet offset from
+// LLVM (see packet.rs, `read_var`).
+#![feature(asm_experimental_arch)]
 
 mod classify;
 mod counters;

@@ -246,13 +246,25 @@ fn syn_flood_is_held_to_max_embryonic_and_expires() {
 /// smtp-sink) through the SYN cookies the gateway answers with.
 #[test]
 fn intercept_lets_a_real_client_through_a_syn_flood_v4() {
-    intercept_through_flood("icept4", CLIENT_V4.into(), SERVER_V4.into(), false);
+    intercept_through_flood(
+        "icept4",
+        CLIENT_V4.into(),
+        SERVER_V4.into(),
+        false,
+        (50, 20),
+    );
 }
 
 /// The same over IPv6.
 #[test]
 fn intercept_lets_a_real_client_through_a_syn_flood_v6() {
-    intercept_through_flood("icept6", CLIENT_V6.into(), SERVER_V6.into(), false);
+    intercept_through_flood(
+        "icept6",
+        CLIENT_V6.into(),
+        SERVER_V6.into(),
+        false,
+        (50, 20),
+    );
 }
 
 /// With the proxy running, the SMTP sessions it terminates are left to its
@@ -261,16 +273,46 @@ fn intercept_lets_a_real_client_through_a_syn_flood_v6() {
 /// flood, and the server still never holds more than the limit.
 #[test]
 fn intercept_leaves_inspected_sessions_to_the_proxy() {
-    intercept_through_flood("icepte", CLIENT_V4.into(), SERVER_V4.into(), true);
+    intercept_through_flood("icepte", CLIENT_V4.into(), SERVER_V4.into(), true, (50, 20));
 }
 
-fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, proxy: bool) {
+/// The first source document's own limits, `static … tcp 50 100`: max-conns
+/// below max-embryonic, so the flood's half-open flows fill every slot of
+/// max-conns. SYNs are then answered with cookies (not dropped as over
+/// max-conns), and the real client that returns its cookie is served.
+#[test]
+fn intercept_serves_a_real_client_when_half_open_flows_fill_max_conns() {
+    intercept_through_flood(
+        "icept50",
+        CLIENT_V4.into(),
+        SERVER_V4.into(),
+        false,
+        (50, 100),
+    );
+}
+
+/// The same with `tcp 3 20`.
+#[test]
+fn intercept_serves_a_real_client_with_three_slots() {
+    intercept_through_flood("icept3", CLIENT_V4.into(), SERVER_V4.into(), false, (3, 20));
+}
+
+/// `limits`: (max-conns, max-embryonic).
+fn intercept_through_flood(
+    test: &str,
+    client: IpAddr,
+    server: IpAddr,
+    proxy: bool,
+    (max_conns, max_embryonic): (u32, u32),
+) {
+    // The most half-open flows the flood can give the server.
+    let held = max_conns.min(max_embryonic) as usize;
     let lab = lab(test);
     let pins = PinDir::new(test);
     let policy = PolicyFile::new(
         test,
         &format!(
-            "[[server]]\naddress = \"{server}\"\nmax-embryonic = 20\nmax-conns = 50\n\
+            "[[server]]\naddress = \"{server}\"\nmax-embryonic = {max_embryonic}\nmax-conns = {max_conns}\n\
              on-embryonic-limit = \"intercept\"\n"
         ),
     );
@@ -367,7 +409,7 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, proxy: bo
         assert!(most <= 1, "the server held {most} half-open connections");
     } else {
         assert!(most > 0, "the flood reached the server at all");
-        assert!(most <= 20, "the server held {most} half-open connections");
+        assert!(most <= held, "the server held {most} half-open connections");
     }
 
     let json = stats_json(pins.path());
@@ -382,7 +424,7 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, proxy: bo
         return;
     }
     assert!(
-        intercept["syn-cookies-sent"].as_u64().unwrap() >= 480,
+        intercept["syn-cookies-sent"].as_u64().unwrap() >= 500 - held as u64,
         "{json}"
     );
     assert!(
@@ -391,6 +433,14 @@ fn intercept_through_flood(test: &str, client: IpAddr, server: IpAddr, proxy: bo
     );
     assert!(intercept["servers-opened"].as_u64().unwrap() >= 1, "{json}");
     assert_eq!(json["limits"]["drops"]["max-embryonic"], 0, "{json}");
+    assert_eq!(json["limits"]["drops"]["max-conns"], 0, "{json}");
+    if max_conns <= max_embryonic {
+        // Half-open flows held every slot: the client took one of theirs.
+        assert!(
+            intercept["half-open-displaced"].as_u64().unwrap() >= 1,
+            "{json}"
+        );
+    }
 }
 
 /// Whether something listens on port 25 in `ns`.
