@@ -11,6 +11,10 @@
 //! - `inspector_steer` (TC clsact ingress, the same interfaces): parse,
 //!   leave exempt traffic alone, and mark the flows the engine inspects for
 //!   local delivery (`steer`).
+//! - `inspector_steer_return` (TC clsact ingress, the interfaces facing
+//!   the servers when the proxy connects from the client's address): mark
+//!   the servers' answers to the engine's connections, nothing else
+//!   (`steer::is_engines_answer`).
 //! - `inspector_xdp_empty`: the benchmark's baseline.
 //!
 //! `packet` is the only module that touches packet memory; every read and
@@ -35,7 +39,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use inspector_common::{Class, STEER_MARK};
+use inspector_common::{Class, SMTP_PORT, STEER_MARK};
 
 use crate::{limits::Verdict, packet::Packet};
 
@@ -76,6 +80,22 @@ pub fn inspector_steer(ctx: TcContext) -> i32 {
         Some(false) => TC_ACT_OK as i32,
         None => TC_ACT_SHOT as i32,
     }
+}
+
+#[classifier]
+pub fn inspector_steer_return(ctx: TcContext) -> i32 {
+    steer::pull_headers(&ctx);
+    let packet = Packet::new(ctx.data(), ctx.data_end());
+    // No exemption check: a packet that matches one of the engine's
+    // sockets belongs to it (a live `exempt add` must not cut the sessions
+    // the engine holds), and nothing else is marked.
+    if let Some((src, dst, tcp)) = parse::tcp(&packet)
+        && tcp.src_port == SMTP_PORT
+        && steer::is_engines_answer(&ctx, &src, &dst, &tcp)
+    {
+        ctx.set_mark(STEER_MARK);
+    }
+    TC_ACT_OK as i32
 }
 
 /// Passes every packet and does nothing else: the baseline the benchmark
