@@ -4,6 +4,7 @@
 mod exempt;
 mod policy;
 mod stats;
+mod status;
 
 use std::path::PathBuf;
 
@@ -81,6 +82,12 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// What each running daemon does now: its upstream mode (how the proxy
+    /// connects to the servers, what they see of the clients, and why).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -120,6 +127,7 @@ pub fn execute(cli: Cli) -> Result<()> {
         }
         Command::Exempt { action } => exempt::execute(&pin_dir, action),
         Command::Stats { json, top } => stats::show(&pin_dir, json, top),
+        Command::Status { json } => status::show(&pin_dir, json),
         Command::Policy { action } => policy::execute(action),
         Command::Unload => {
             let holders = IfaceLock::holders(&pin_dir);

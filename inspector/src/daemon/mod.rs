@@ -3,6 +3,7 @@
 
 pub mod lock;
 mod signals;
+mod upstream;
 
 use std::{
     path::PathBuf,
@@ -11,9 +12,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use inspector_common::SMTP_PORT;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
-use self::{lock::IfaceLock, signals::Signals};
+use self::{lock::IfaceLock, signals::Signals, upstream::ReturnSteering};
 use crate::{
     config::{DEFAULT_QUEUE, OnEmbryonicLimit, Policy, SinkSpec},
     kernel::{
@@ -30,7 +31,10 @@ use crate::{
         metrics::{self, MetricsAddr},
         stats_socket::StatsSocket,
     },
-    proxy::{self, Counters, Shared},
+    proxy::{
+        self, Counters, Shared,
+        upstream::{Learn, Upstream},
+    },
 };
 
 pub struct RunOptions {
@@ -96,6 +100,10 @@ pub fn run(opts: RunOptions) -> Result<()> {
     )?;
     log::info!("audit records: {sink} (queue {queue})");
     let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
+    // How the proxy connects to the servers; servers it meets for the first
+    // time are learned through `learn` (route, return steering).
+    let (learn_tx, learn_rx) = mpsc::channel(64);
+    let upstream = Arc::new(Upstream::new(policy.proxy.upstream_source, Some(learn_tx)));
     let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
     let metrics_listener = match opts.metrics {
         MetricsAddr::Off => None,
@@ -136,7 +144,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
     runtime.spawn(sweep_forever(sweeper));
     runtime.spawn({
         let esmtp = esmtp.clone();
-        async move { stats_socket.serve(esmtp).await }
+        let upstream = opts.proxy.then(|| upstream.clone());
+        async move { stats_socket.serve(esmtp, upstream).await }
     });
     if let Some(listener) = metrics_listener {
         log::info!(
@@ -156,9 +165,21 @@ pub fn run(opts: RunOptions) -> Result<()> {
         return Ok(());
     }
     steer::load(&mut ebpf, policy.proxy.fail)?;
-    let result = runtime.block_on(run_proxy(&opts, &policy, esmtp, &mut ebpf, &mut signals));
+    let mut steering = ReturnSteering::new(&opts.pin_dir, &opts.ifaces);
+    let result = runtime.block_on(run_proxy(
+        &opts,
+        &policy,
+        Proxy {
+            esmtp,
+            upstream,
+            learn: learn_rx,
+        },
+        &mut ebpf,
+        &mut steering,
+        &mut signals,
+    ));
     // Whatever happened: no steering is left behind by a clean exit.
-    let cleanup = runtime.block_on(unsteer(&opts));
+    let cleanup = runtime.block_on(unsteer(&opts, &steering));
     log::info!(
         "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
     );
@@ -166,13 +187,27 @@ pub fn run(opts: RunOptions) -> Result<()> {
     result.and(cleanup)
 }
 
+/// What the proxy shares with the rest of the daemon.
+struct Proxy {
+    esmtp: Arc<EsmtpState>,
+    upstream: Arc<Upstream>,
+    /// Servers the proxy meets for the first time.
+    learn: mpsc::Receiver<Learn>,
+}
+
 async fn run_proxy(
     opts: &RunOptions,
     policy: &Policy,
-    esmtp: Arc<EsmtpState>,
+    proxy: Proxy,
     ebpf: &mut aya::Ebpf,
+    steering: &mut ReturnSteering,
     signals: &mut Signals,
 ) -> Result<()> {
+    let Proxy {
+        esmtp,
+        upstream,
+        mut learn,
+    } = proxy;
     // Listening first: the steering program treats the listener as the
     // proxy's liveness.
     let listeners = proxy::listeners(SMTP_PORT)?;
@@ -184,6 +219,7 @@ async fn run_proxy(
         steer::attach(ebpf, iface, &opts.pin_dir)?;
         log::info!("{iface}: steering attached (TC ingress)");
     }
+    self::upstream::start(&upstream, policy, ebpf, &netlink, steering).await?;
     esmtp
         .max_sessions
         .store(policy.proxy.max_sessions as u64, Ordering::Relaxed);
@@ -192,9 +228,10 @@ async fn run_proxy(
         esmtp,
         config: policy.proxy.clone(),
         counters: Counters::default(),
+        upstream: upstream.clone(),
     });
     log::info!(
-        "proxy listening on port {SMTP_PORT} (fail {:?}, upstream source {:?}, max-sessions {}, timeouts {:?})",
+        "proxy listening on port {SMTP_PORT} (fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
         policy.proxy.fail,
         policy.proxy.upstream_source,
         policy.proxy.max_sessions,
@@ -202,7 +239,18 @@ async fn run_proxy(
     );
     let (stop, stopped) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
-    signals.wait().await;
+    loop {
+        tokio::select! {
+            () = signals.wait() => break,
+            Some(Learn { server, reply }) = learn.recv() => {
+                let found = steering.prepare(ebpf, &netlink, server).await;
+                if let Ok(iface) = &found {
+                    log::info!("{server}: a new server, via {iface}");
+                }
+                let _ = reply.send(found.map_err(|e| format!("{e:#}")));
+            }
+        }
+    }
     shared.esmtp.ready.store(false, Ordering::Relaxed);
     let _ = stop.send(true);
     serve.await.context("the proxy task failed")??;
@@ -217,8 +265,8 @@ async fn run_proxy(
 }
 
 /// Removes the steering links and the policy routing.
-async fn unsteer(opts: &RunOptions) -> Result<()> {
-    let mut result = Ok(());
+async fn unsteer(opts: &RunOptions, steering: &ReturnSteering) -> Result<()> {
+    let mut result = steering.remove();
     for iface in &opts.ifaces {
         if let Err(e) = steer::detach(&steer::link_pin(&opts.pin_dir, iface)) {
             result = Err(e);

@@ -2,7 +2,8 @@
 //! daemon's memory (the kernel counters are read from the pinned maps).
 //!
 //! Each daemon listens on a unix socket `/run/inspector/<pid>.stats`; a
-//! client connects, the daemon writes one JSON [`EsmtpSnapshot`] and closes.
+//! client connects, the daemon writes one JSON [`DaemonSnapshot`] (the
+//! [`EsmtpSnapshot`] and the upstream mode in force) and closes.
 //! The CLI finds the daemons of a pin directory through their interface
 //! locks (see [`crate::daemon::lock`]), so it works across network
 //! namespaces and whether or not the metrics endpoint is on.
@@ -18,8 +19,23 @@ use std::{
 use anyhow::{Context, Result};
 use tokio::{io::AsyncWriteExt, net::UnixListener};
 
+use serde::{Deserialize, Serialize};
+
 use super::esmtp::{EsmtpSnapshot, EsmtpState};
-use crate::RUN_DIR;
+use crate::{
+    RUN_DIR,
+    proxy::upstream::{Upstream, UpstreamStatus},
+};
+
+/// What a daemon tells about itself: its ESMTP counters (`inspector stats`)
+/// and, with the proxy, the upstream mode in force (`inspector status`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonSnapshot {
+    #[serde(flatten)]
+    pub esmtp: EsmtpSnapshot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<UpstreamStatus>,
+}
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -44,12 +60,16 @@ impl StatsSocket {
         Ok(Self { listener, path })
     }
 
-    /// Answers every connection with a snapshot of `state`.
-    pub async fn serve(&self, state: Arc<EsmtpState>) {
+    /// Answers every connection with a snapshot of `state` and `upstream`.
+    pub async fn serve(&self, state: Arc<EsmtpState>, upstream: Option<Arc<Upstream>>) {
         loop {
             match self.listener.accept().await {
                 Ok((mut stream, _)) => {
-                    let mut body = serde_json::to_vec(&state.snapshot()).unwrap_or_default();
+                    let snapshot = DaemonSnapshot {
+                        esmtp: state.snapshot(),
+                        upstream: upstream.as_ref().map(|u| u.status()),
+                    };
+                    let mut body = serde_json::to_vec(&snapshot).unwrap_or_default();
                     body.push(b'\n');
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(TIMEOUT, stream.write_all(&body)).await;
@@ -93,6 +113,11 @@ fn remove_leftovers() {
 
 /// The ESMTP counters of one daemon.
 pub fn read(pid: u32) -> Result<EsmtpSnapshot> {
+    read_daemon(pid).map(|d| d.esmtp)
+}
+
+/// All one daemon tells.
+pub fn read_daemon(pid: u32) -> Result<DaemonSnapshot> {
     let path = path_of(pid);
     let mut stream =
         UnixStream::connect(&path).with_context(|| format!("connecting to {}", path.display()))?;
