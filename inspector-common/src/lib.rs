@@ -27,8 +27,11 @@ pub mod maps {
     pub const LIMIT_DROPS: &str = "LIMIT_DROPS";
     /// Per-CPU array of u64 TCP intercept events, indexed by [`super::InterceptEvent`].
     pub const INTERCEPTS: &str = "INTERCEPTS";
+    /// Per-CPU array of u64 packets dropped for their shape (fragments,
+    /// headers the classifier cannot parse), indexed by [`super::ParseDrop`].
+    pub const PARSE_DROPS: &str = "PARSE_DROPS";
     /// Every pinned map, for `inspector unload`.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         CLASS_STATS,
         EXEMPT_V4,
         EXEMPT_V6,
@@ -38,6 +41,7 @@ pub mod maps {
         CLIENT_CONNS,
         LIMIT_DROPS,
         INTERCEPTS,
+        PARSE_DROPS,
     ];
 }
 
@@ -84,6 +88,37 @@ pub struct SteerConfig {
     pub engine: u32,
 }
 
+/// Name of the steering program's heartbeat map: one u64 at index 0, the
+/// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`'s clock) of the proxy
+/// loop's last beat. Not pinned.
+pub const HEARTBEAT_MAP: &str = "HEARTBEAT";
+/// How often the proxy's loop writes its heartbeat.
+pub const HEARTBEAT_INTERVAL_NS: u64 = 1_000_000_000;
+/// A heartbeat older than this means the proxy is stuck or stopped: new
+/// SMTP sessions then follow `fail` as with no proxy.
+pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
+
+/// Name of the classifier's settings map (one [`ClassifyConfig`] at index
+/// 0), read by XDP and TC alike. Not pinned: each daemon start writes it;
+/// until then every field is 0, the safe default.
+pub const CLASSIFY_CONFIG_MAP: &str = "CLASSIFY_CONFIG";
+
+/// [`ClassifyConfig::unparsable`]: a packet whose transport header cannot
+/// be found is dropped when it could be TCP to port 25 or is addressed to a
+/// protected server (the default).
+pub const UNPARSABLE_DROP: u32 = 0;
+/// [`ClassifyConfig::unparsable`]: every such packet is passed (counted
+/// `malformed`).
+pub const UNPARSABLE_PASS: u32 = 1;
+
+/// The classifier's settings, written by the daemon from the policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassifyConfig {
+    /// [`UNPARSABLE_DROP`] or [`UNPARSABLE_PASS`].
+    pub unparsable: u32,
+}
+
 /// Capacity of each exemption trie (rules per IP version).
 pub const EXEMPT_MAX_RULES: u32 = 16_384;
 
@@ -100,7 +135,8 @@ pub enum Class {
     Inspect = 1,
     /// Source or destination matches an exemption rule: never inspected.
     Exempt = 2,
-    /// A header was truncated or invalid: counted and passed.
+    /// A header was truncated or invalid, or the transport header could not
+    /// be found: dropped or passed as `unparsable` says.
     Malformed = 3,
 }
 
@@ -115,6 +151,17 @@ impl Class {
             Class::Inspect => "inspect",
             Class::Exempt => "exempt",
             Class::Malformed => "malformed",
+        }
+    }
+
+    /// The class stored as a byte (fragment table entries); anything else
+    /// reads as `Pass`.
+    pub const fn from_u8(v: u8) -> Class {
+        match v {
+            1 => Class::Inspect,
+            2 => Class::Exempt,
+            3 => Class::Malformed,
+            _ => Class::Pass,
         }
     }
 }
@@ -143,6 +190,10 @@ pub enum RuleOrigin {
 pub struct ExemptRule {
     /// A [`RuleOrigin`] as u32 (kept raw: the kernel never trusts an enum).
     pub origin: u32,
+    pub _pad: u32,
+    /// Packets the rule exempted (XDP adds to it atomically; 0 when the
+    /// rule is made). Lives and dies with the rule.
+    pub hits: u64,
 }
 
 /// Protected servers (entries of the `SERVERS` map).
@@ -188,7 +239,7 @@ pub struct ServerLimits {
 
 /// Key of the flow table: the 5-tuple, oriented client -> server whichever
 /// way the packet went. Padding is explicit and always zero.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub client: Addr16,
@@ -236,7 +287,7 @@ pub struct FlowEntry {
 }
 
 /// Key of the per-client counters: a client of one protected server.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ClientKey {
     pub server: Addr16,
@@ -283,6 +334,142 @@ impl DropReason {
     }
 }
 
+/// Why the classifier dropped a packet for its shape, before any flow
+/// logic: the index into `PARSE_DROPS`. XDP and TC take the same decision
+/// (a packet XDP drops never reaches TC).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParseDrop {
+    /// A fragment of a TCP datagram to port 25 (not exempt) or to a
+    /// protected server: TCP with path MTU discovery never fragments.
+    TcpFragment = 0,
+    /// A first fragment too short to hold the whole TCP header (RFC 1858)
+    /// or, over IPv6, the header chain (RFC 7112).
+    TinyFragment = 1,
+    /// A fragment overlapping its datagram's first fragment, where the
+    /// ports and flags are (RFC 1858, 3128, 5722); the datagram is dropped.
+    FragmentOverlap = 2,
+    /// A later fragment of a TCP datagram whose first fragment was not
+    /// seen (out of order, evicted, or never sent).
+    FragmentWithoutFirst = 3,
+    /// A fragment ending past the largest datagram (65,535 bytes).
+    FragmentBadOffset = 4,
+    /// A header cut short (by the frame or by the IP length).
+    UnparsableTruncated = 5,
+    /// A header with an impossible value (IP version, header lengths).
+    UnparsableInvalid = 6,
+    /// An IPv6 extension header chain longer than the classifier walks.
+    UnparsableExtHeaders = 7,
+    /// An encapsulation the classifier does not look into but the kernel
+    /// may route: a third VLAN tag, MPLS, a PPPoE session.
+    UnparsableEncapsulation = 8,
+}
+
+impl ParseDrop {
+    pub const COUNT: u32 = 9;
+    pub const ALL: [ParseDrop; Self::COUNT as usize] = [
+        ParseDrop::TcpFragment,
+        ParseDrop::TinyFragment,
+        ParseDrop::FragmentOverlap,
+        ParseDrop::FragmentWithoutFirst,
+        ParseDrop::FragmentBadOffset,
+        ParseDrop::UnparsableTruncated,
+        ParseDrop::UnparsableInvalid,
+        ParseDrop::UnparsableExtHeaders,
+        ParseDrop::UnparsableEncapsulation,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ParseDrop::TcpFragment => "tcp-fragment",
+            ParseDrop::TinyFragment => "tiny-fragment",
+            ParseDrop::FragmentOverlap => "fragment-overlap",
+            ParseDrop::FragmentWithoutFirst => "fragment-without-first",
+            ParseDrop::FragmentBadOffset => "fragment-bad-offset",
+            ParseDrop::UnparsableTruncated => "unparsable-truncated",
+            ParseDrop::UnparsableInvalid => "unparsable-invalid",
+            ParseDrop::UnparsableExtHeaders => "unparsable-ext-headers",
+            ParseDrop::UnparsableEncapsulation => "unparsable-encapsulation",
+        }
+    }
+
+    /// Whether the `unparsable` policy setting decides this drop (the
+    /// fragment rules always apply).
+    pub const fn is_unparsable(self) -> bool {
+        self as u32 >= ParseDrop::UnparsableTruncated as u32
+    }
+
+    /// The reason stored as a byte (fragment table entries), if valid.
+    pub const fn from_u8(v: u8) -> Option<ParseDrop> {
+        Some(match v {
+            0 => ParseDrop::TcpFragment,
+            1 => ParseDrop::TinyFragment,
+            2 => ParseDrop::FragmentOverlap,
+            3 => ParseDrop::FragmentWithoutFirst,
+            4 => ParseDrop::FragmentBadOffset,
+            5 => ParseDrop::UnparsableTruncated,
+            6 => ParseDrop::UnparsableInvalid,
+            7 => ParseDrop::UnparsableExtHeaders,
+            8 => ParseDrop::UnparsableEncapsulation,
+            _ => return None,
+        })
+    }
+}
+
+/// Capacity of the fragment table (`FRAGMENTS`), in datagrams being
+/// fragmented (Cilium's default).
+pub const FRAG_TABLE_SIZE: u32 = 8_192;
+/// How long a datagram's fragments are followed, from its first packet:
+/// the kernel's reassembly timeouts (`ipfrag_time`, `ip6frag_time`).
+pub const FRAG_TIMEOUT_V4_NS: u64 = 30_000_000_000;
+pub const FRAG_TIMEOUT_V6_NS: u64 = 60_000_000_000;
+
+/// Key of the fragment table: one fragmented datagram, as the receiver's
+/// reassembly keys it. IPv4 (RFC 791): addresses, protocol and the 16-bit
+/// identification; IPv6 (RFC 8200): addresses and the 32-bit
+/// identification, protocol 0 (the first fragment's says what it is).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub src: Addr16,
+    pub dst: Addr16,
+    pub id: u32,
+    pub protocol: u8,
+    /// 4 or 6.
+    pub version: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the fragment table: what the datagram's first fragment said,
+/// and enough of the others to tell overlaps and the datagram's end.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// `bpf_ktime_get_ns()` of the datagram's first packet seen.
+    pub created_ns: u64,
+    /// Bytes of fragment data seen (duplicates included).
+    pub received: u32,
+    /// The datagram's length, known from its last fragment (0 until then);
+    /// once `received` reaches it the entry is done and its key free.
+    pub total: u32,
+    /// Ports of the datagram (TCP, UDP; host order), from the first fragment.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// End of the first fragment's data (bytes, from the fragmentable part).
+    pub first_end: u16,
+    /// Lowest offset of a later fragment seen before the first (0xffff: none).
+    pub min_later: u16,
+    /// 1 once the first fragment was seen.
+    pub first_seen: u8,
+    /// 0 to pass the datagram's fragments, else its [`ParseDrop`] + 1.
+    pub drop: u8,
+    /// The datagram's [`Class`].
+    pub class: u8,
+    /// The datagram's protocol, from its first fragment.
+    pub protocol: u8,
+    pub _pad: u32,
+}
+
 /// What TCP intercept did: the index into `INTERCEPTS`.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,7 +504,8 @@ const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<ClassCounters>() == 16);
     assert!(offset_of!(ClassCounters, bytes) == 8);
-    assert!(size_of::<ExemptRule>() == 4);
+    assert!(size_of::<ExemptRule>() == 16);
+    assert!(offset_of!(ExemptRule, hits) == 8);
     assert!(size_of::<ServerLimits>() == 24);
     assert!(offset_of!(ServerLimits, on_embryonic_limit) == 16);
     assert!(size_of::<FlowKey>() == 40);
@@ -331,6 +519,16 @@ const _: () = {
     assert!(size_of::<ConnCounts>() == 16);
     assert!(offset_of!(ConnCounts, established) == 8);
     assert!(size_of::<SteerConfig>() == 8);
+    assert!(size_of::<ClassifyConfig>() == 4);
+    assert!(size_of::<FragKey>() == 40);
+    assert!(offset_of!(FragKey, id) == 32);
+    assert!(offset_of!(FragKey, protocol) == 36);
+    assert!(size_of::<FragEntry>() == 32);
+    assert!(offset_of!(FragEntry, received) == 8);
+    assert!(offset_of!(FragEntry, src_port) == 16);
+    assert!(offset_of!(FragEntry, first_end) == 20);
+    assert!(offset_of!(FragEntry, first_seen) == 24);
+    assert!(offset_of!(FragEntry, protocol) == 27);
 };
 
 #[cfg(feature = "user")]
@@ -345,4 +543,7 @@ mod pod {
     unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::ConnCounts {}
     unsafe impl aya::Pod for super::SteerConfig {}
+    unsafe impl aya::Pod for super::ClassifyConfig {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragEntry {}
 }

@@ -1,16 +1,19 @@
 //! Every counter the programs keep, in per-CPU arrays that userspace sums
-//! on read: packets and bytes per class, SYNs dropped per limit, and TCP
-//! intercept events. (The connection counts the limits compare against are
+//! on read: packets and bytes per class, packets dropped for their shape
+//! per reason, SYNs dropped per limit, and TCP intercept events. (The connection counts the limits compare against are
 //! not counters but the flow table's state: see `limits::conns`.)
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
-use inspector_common::{Class, ClassCounters, DropReason, InterceptEvent};
+use inspector_common::{Class, ClassCounters, DropReason, InterceptEvent, ParseDrop};
 
 #[map]
 static CLASS_STATS: PerCpuArray<ClassCounters> = PerCpuArray::pinned(Class::COUNT, 0);
 
 #[map]
 static LIMIT_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+#[map]
+static PARSE_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(ParseDrop::COUNT, 0);
 
 #[map]
 static INTERCEPTS: PerCpuArray<u64> = PerCpuArray::pinned(InterceptEvent::COUNT, 0);
@@ -26,6 +29,12 @@ pub fn count_class(class: Class, bytes: u64) {
             (*counters).bytes += bytes;
         }
     }
+}
+
+/// Counts a packet dropped for its shape (fragments, unparsable headers).
+#[inline(always)]
+pub fn count_parse_drop(reason: ParseDrop) {
+    increment(&PARSE_DROPS, reason as u32);
 }
 
 /// Counts a SYN dropped over a limit.

@@ -3,13 +3,18 @@
 //! destination falls in any rule is exempt, whatever its protocol (like
 //! `permit ip any HOST` / `permit ip HOST any`), and is never inspected.
 
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use aya_ebpf::{
     macros::map,
     maps::{LpmTrie, lpm_trie::Key},
 };
 use inspector_common::{Class, EXEMPT_MAX_RULES, ExemptRule, SMTP_PORT};
 
-use crate::parse::{Addr, Headers, Transport};
+use crate::{
+    classify::Stage,
+    parse::{Addr, Transport},
+};
 
 #[map]
 static EXEMPT_V4: LpmTrie<[u8; 4], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULES, 0);
@@ -17,24 +22,51 @@ static EXEMPT_V4: LpmTrie<[u8; 4], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULE
 #[map]
 static EXEMPT_V6: LpmTrie<[u8; 16], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULES, 0);
 
-/// The exemption ACL first (it matches any IP packet), then SMTP.
-/// (Malformed packets never get here.)
+/// The class of an IP packet: the exemption ACL first (it matches any IP
+/// packet), then SMTP. (Non-IP and unparsable packets never get here.)
+/// XDP counts the packet in the rule it falls in; TC, which sees the same
+/// packet after it, does not, so each packet counts once.
 #[inline(always)]
-pub fn classify(headers: &Headers) -> Class {
-    match headers {
-        Headers::NotIp => Class::Pass,
-        Headers::Ip {
-            src,
-            dst,
-            transport,
-        } => {
-            if is_exempt(src) || is_exempt(dst) {
-                Class::Exempt
-            } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
-                Class::Inspect
-            } else {
-                Class::Pass
+pub fn classify(src: &Addr, dst: &Addr, transport: &Transport, stage: Stage) -> Class {
+    let count = stage == Stage::Xdp;
+    if hit(src, count) || hit(dst, count) {
+        Class::Exempt
+    } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
+        Class::Inspect
+    } else {
+        Class::Pass
+    }
+}
+
+/// Whether `addr` falls in a rule; with `count`, the packet is added to the
+/// rule's `hits`.
+#[inline(always)]
+fn hit(addr: &Addr, count: bool) -> bool {
+    let Some(rule) = rule_of(addr) else {
+        return false;
+    };
+    if count {
+        // SAFETY: the value lives in the trie for this program run; the add
+        // is atomic because other CPUs count into the same rule.
+        unsafe {
+            let hits = core::ptr::addr_of!(rule.hits) as *mut u64;
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(hits, 1);
+        }
+    }
+    true
+}
+
+/// The rule `addr` falls in, if any.
+#[inline(always)]
+fn rule_of(addr: &Addr) -> Option<&ExemptRule> {
+    match addr {
+        Addr::V4(a) => EXEMPT_V4.get(Key::new(32, a.to_ne_bytes())),
+        Addr::V6(a) => {
+            let mut bytes = [0u8; 16];
+            for (i, word) in a.iter().enumerate() {
+                bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
             }
+            EXEMPT_V6.get(Key::new(128, bytes))
         }
     }
 }
@@ -43,8 +75,5 @@ pub fn classify(headers: &Headers) -> Class {
 /// its destination does).
 #[inline(always)]
 pub fn is_exempt(addr: &Addr) -> bool {
-    match addr {
-        Addr::V4(a) => EXEMPT_V4.get(Key::new(32, *a)).is_some(),
-        Addr::V6(a) => EXEMPT_V6.get(Key::new(128, *a)).is_some(),
-    }
+    rule_of(addr).is_some()
 }

@@ -58,37 +58,37 @@ pub const ACK: usize = 8;
 #[inline(always)]
 pub fn apply(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
     let engines = || inspected && steer::engine_runs();
-    // Parsed again rather than kept: this keeps the main frame small.
-    let packet = packet(ctx);
-    let Some((src, dst, tcp)) = parse::tcp(&packet) else {
+    // Kept by the classifier rather than passed: this keeps the frames small.
+    let Some((src, dst, tcp)) = parse::tcp() else {
         return xdp_action::XDP_DROP;
     };
+    let tcp = &tcp;
     let done = match verdict {
         Verdict::AnswerSyn if engines() => true,
         Verdict::VerifyClient if engines() => {
-            limits::adopt(&src, &dst, &tcp);
+            limits::adopt(src, dst, tcp);
             true
         }
         Verdict::AnswerSyn => {
-            if answer_syn(ctx, &tcp) {
+            if answer_syn(ctx, tcp) {
                 count_intercept(InterceptEvent::CookieSent);
                 return xdp_action::XDP_TX;
             }
             false
         }
         Verdict::VerifyClient => {
-            if let Some((cookie, window)) = open_server_side(ctx, &tcp) {
-                limits::opening(&src, &dst, &tcp, cookie, window);
+            if let Some((cookie, window)) = open_server_side(ctx, tcp) {
+                limits::opening(src, dst, tcp, cookie, window);
             }
             true
         }
         Verdict::CompleteServer(window) => {
-            if complete_server_side(ctx, &tcp, window).is_some() {
+            if complete_server_side(ctx, tcp, window).is_some() {
                 return xdp_action::XDP_TX;
             }
             false
         }
-        Verdict::Shift(field, delta) => shift(ctx, &tcp, field, delta),
+        Verdict::Shift(field, delta) => shift(ctx, tcp, field, delta),
         Verdict::Pass | Verdict::Drop => true,
     };
     if done {
@@ -123,13 +123,14 @@ struct Segment {
 impl Segment {
     #[inline(always)]
     fn read(packet: &Packet, tcp: &Tcp) -> Option<Self> {
-        let version = packet.u8_at(tcp.l3)? >> 4;
+        // (Both versions have 20 bytes of IP header at least; a one-byte
+        // read here would compile to a bounds check the verifier cannot use.)
+        let ip: [u8; 20] = packet.read(tcp.l3)?;
         // SAFETY: this CPU's slot, used by this program run only.
         let s = unsafe { &mut *SCRATCH.get_ptr_mut(0)? };
-        let v6 = match version {
+        let v6 = match ip[0] >> 4 {
             // IPv4 options and IPv6 extension headers are not intercepted.
             4 if tcp.l4 == tcp.l3 + 20 => {
-                let ip: [u8; 20] = packet.read(tcp.l3)?;
                 s.ip[..20].copy_from_slice(&ip);
                 false
             }

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use inspector_common::{
     Addr16, ClientKey, DropReason, FLOW_TABLE_SIZE, FlowEntry, FlowKey, InterceptEvent,
-    MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state, v4_mapped,
+    MAX_SERVERS, ON_LIMIT_INTERCEPT, ServerLimits, flow_state,
 };
 
 use self::conns::Kind;
@@ -67,15 +67,15 @@ pub enum Verdict {
 /// the firewall's `static … tcp 50 100`, they protect the server whatever
 /// inspects its traffic.
 ///
-/// A subprogram that parses the headers again: passing the parsed headers
-/// from the caller makes LLVM spill enum fields that are undefined on the
-/// non-TCP paths, which the verifier rejects.
+/// A subprogram that reads the headers the classifier kept (`parse::tcp`):
+/// passing the parsed headers from the caller makes LLVM spill enum fields
+/// that are undefined on the non-TCP paths, which the verifier rejects.
 #[inline(never)]
 pub fn track(ctx: &XdpContext) -> Verdict {
-    let Some((src, dst, tcp)) = parse::tcp(&Packet::new(ctx.data(), ctx.data_end())) else {
+    let Some((src, dst, tcp)) = parse::tcp() else {
         return Verdict::Pass;
     };
-    let (src, dst, tcp) = (&src, &dst, &tcp);
+    let tcp = &tcp;
     let Some(key) = flow_key(src, dst, tcp.src_port, tcp.dst_port) else {
         return Verdict::Pass;
     };
@@ -91,6 +91,20 @@ pub fn track(ctx: &XdpContext) -> Verdict {
         return from_server(ctx, tcp, key);
     }
     Verdict::Pass
+}
+
+/// Whether `addr` is a protected server (the limits apply to it).
+#[inline(always)]
+pub fn is_protected(addr: &Addr) -> bool {
+    let mut key = [0u8; 16];
+    set_addr16(&mut key, addr);
+    is_protected16(&key)
+}
+
+/// [`is_protected`] for an address in its 16-byte form.
+#[inline(always)]
+pub fn is_protected16(addr: &Addr16) -> bool {
+    SERVERS.get_ptr(addr).is_some()
 }
 
 #[inline(always)]
@@ -391,8 +405,5 @@ fn client_key(flow: &FlowKey) -> Option<&'static ClientKey> {
 
 #[inline(always)]
 fn set_addr16(to: &mut Addr16, addr: &Addr) {
-    match addr {
-        Addr::V4(a) => *to = v4_mapped(*a),
-        Addr::V6(a) => *to = *a,
-    }
+    addr.write16(to);
 }

@@ -3,17 +3,21 @@
 //!
 //! - `inspector_xdp` (XDP, ingress of the protected interfaces): parse the
 //!   headers (`parse`), give the packet its [`Class`] (`exempt`: the
-//!   exemption ACL, then SMTP), count it (`counters`); a TCP packet to or
-//!   from a protected server then goes through the connection limits
-//!   (`limits`), which pass it, drop a SYN over a limit, or ask TCP
-//!   intercept (`intercept`) to answer it with a SYN cookie or rewrite it.
-//!   Nothing else is dropped or rewritten.
-//! - `inspector_steer` (TC clsact ingress, the same interfaces): parse,
-//!   leave exempt traffic alone, and mark the flows the engine inspects for
-//!   local delivery (`steer`).
+//!   exemption ACL, then SMTP) and decide whether its shape is refused
+//!   (`classify`: fragments of TCP to port 25 or to a protected server,
+//!   followed through `fragments`; packets it cannot parse that could be
+//!   TCP to port 25), count it (`counters`); a whole TCP packet to or from
+//!   a protected server then goes through the connection limits (`limits`),
+//!   which pass it, drop a SYN over a limit, or ask TCP intercept
+//!   (`intercept`) to answer it with a SYN cookie or rewrite it. Nothing
+//!   else is dropped or rewritten.
+//! - `inspector_steer` (TC clsact ingress, the same interfaces): the same
+//!   decision (`classify`), then leave exempt traffic alone and mark the
+//!   flows the engine inspects for local delivery (`steer`).
 //! - `inspector_steer_return` (TC clsact ingress, the interfaces facing
-//!   the servers when the proxy connects from the client's address): mark
-//!   the servers' answers to the engine's connections, nothing else
+//!   the servers when the proxy connects from the client's address): the
+//!   same decision (`classify`, then the same per-CPU TCP headers), then
+//!   mark the servers' answers to the engine's connections, nothing else
 //!   (`steer::is_engines_answer`).
 //! - `inspector_xdp_empty`: the benchmark's baseline.
 //!
@@ -26,8 +30,10 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod classify;
 mod counters;
 mod exempt;
+mod fragments;
 mod intercept;
 mod limits;
 mod packet;
@@ -41,36 +47,53 @@ use aya_ebpf::{
 };
 use inspector_common::{Class, SMTP_PORT, STEER_MARK};
 
-use crate::{limits::Verdict, packet::Packet};
+use crate::{classify::Stage, limits::Verdict, packet::Packet};
 
 #[xdp]
 pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    let (class, tcp) = match parse::headers(&packet) {
-        Ok(headers) => (exempt::classify(&headers), headers.is_tcp()),
-        Err(_) => (Class::Malformed, false),
-    };
-    counters::count_class(class, packet.len());
-    if !tcp {
+    let decision = classify::decide(&packet, Stage::Xdp);
+    counters::count_class(decision.class, packet.len());
+    if let Some(reason) = decision.drop {
+        counters::count_parse_drop(reason);
+        return xdp_action::XDP_DROP;
+    }
+    if !decision.tcp {
         return xdp_action::XDP_PASS;
     }
+    // A whole TCP segment: the connection limits and TCP intercept.
     match limits::track(&ctx) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        verdict => intercept::apply(&ctx, verdict, class == Class::Inspect),
+        verdict => intercept::apply(&ctx, verdict, decision.class == Class::Inspect),
     }
 }
 
 #[classifier]
 pub fn inspector_steer(ctx: TcContext) -> i32 {
     steer::pull_headers(&ctx);
+    let decision = steer::classify(&ctx);
+    if let Some(reason) = decision.drop {
+        // Only when XDP passed it (it runs first): a packet that changed
+        // between the two, or an interface without XDP.
+        counters::count_parse_drop(reason);
+        return TC_ACT_SHOT as i32;
+    }
+    if !decision.tcp || decision.class == Class::Exempt {
+        return TC_ACT_OK as i32;
+    }
+    steer(&ctx)
+}
+
+/// A whole TCP segment, not exempt: mark it for the engine, or not. A
+/// subprogram, for the same reason as `limit`.
+#[inline(never)]
+fn steer(ctx: &TcContext) -> i32 {
     let packet = Packet::new(ctx.data(), ctx.data_end());
-    // `Some(mark?)`, or `None` to drop (see `steer::decide`).
-    let mark = match parse::tcp(&packet) {
-        Some((src, dst, tcp)) if !(exempt::is_exempt(&src) || exempt::is_exempt(&dst)) => {
-            steer::decide(&ctx, &packet, &src, &dst, &tcp)
-        }
-        _ => Some(false),
+    // `Some(mark?)`, or `None` to refuse (see `steer::decide`).
+    let mark = match parse::tcp() {
+        Some((src, dst, tcp)) => steer::decide(ctx, &packet, src, dst, &tcp),
+        None => Some(false),
     };
     match mark {
         Some(true) => {
@@ -78,20 +101,33 @@ pub fn inspector_steer(ctx: TcContext) -> i32 {
             TC_ACT_OK as i32
         }
         Some(false) => TC_ACT_OK as i32,
-        None => TC_ACT_SHOT as i32,
+        None => steer::refuse(ctx),
     }
 }
 
 #[classifier]
 pub fn inspector_steer_return(ctx: TcContext) -> i32 {
     steer::pull_headers(&ctx);
-    let packet = Packet::new(ctx.data(), ctx.data_end());
-    // No exemption check: a packet that matches one of the engine's
-    // sockets belongs to it (a live `exempt add` must not cut the sessions
-    // the engine holds), and nothing else is marked.
-    if let Some((src, dst, tcp)) = parse::tcp(&packet)
+    // The same classifier and parse as `inspector_steer` (one path per
+    // packet). This interface is not inspected: nothing is dropped here,
+    // a packet the classifier refuses is left to the kernel unmarked.
+    let decision = steer::classify(&ctx);
+    if decision.drop.is_some() || !decision.tcp {
+        return TC_ACT_OK as i32;
+    }
+    steer_return(&ctx)
+}
+
+/// A whole TCP segment on an interface facing the servers: mark it when it
+/// answers one of the engine's connections. No exemption check: a packet
+/// that matches one of the engine's sockets belongs to it (a live `exempt
+/// add` must not cut the sessions the engine holds), and nothing else is
+/// marked. A subprogram, for the same reason as `steer`.
+#[inline(never)]
+fn steer_return(ctx: &TcContext) -> i32 {
+    if let Some((src, dst, tcp)) = parse::tcp()
         && tcp.src_port == SMTP_PORT
-        && steer::is_engines_answer(&ctx, &src, &dst, &tcp)
+        && steer::is_engines_answer(ctx, src, dst, &tcp)
     {
         ctx.set_mark(STEER_MARK);
     }

@@ -48,11 +48,6 @@ impl Packet {
     }
 
     #[inline(always)]
-    pub fn u8_at(&self, offset: usize) -> Option<u8> {
-        self.read::<[u8; 1]>(offset).map(|b| b[0])
-    }
-
-    #[inline(always)]
     pub fn u16_at(&self, offset: usize) -> Option<u16> {
         self.read::<[u8; 2]>(offset).map(u16::from_be_bytes)
     }

@@ -11,12 +11,12 @@
 //! - a packet of a connection the engine holds (an established or
 //!   half-open socket matches its 4-tuple) is always marked, so sessions
 //!   already inspected stay with the engine whatever happens;
-//! - a SYN is marked when the engine's listener is there (it is the
-//!   engine's liveness: it vanishes with the process). Without one, the
-//!   policy's `fail` decides: `"closed"` drops the SYN (the client's
-//!   connect times out and its MTA retries later; the kernel cannot answer
-//!   RST for an address it does not own), `"open"` lets it go to the
-//!   server uninspected;
+//! - a SYN is marked when the engine's listener is there and the proxy's
+//!   heartbeat is fresh (`liveness`): the listener vanishes with the
+//!   process, the heartbeat stops with a stopped or stuck proxy loop.
+//!   Otherwise the policy's `fail` decides: `"closed"` answers the SYN with
+//!   a RST (`refuse`: the client's MTA sees the refusal at once and retries
+//!   later), `"open"` lets it go to the server uninspected;
 //! - any other packet is not marked: it belongs to a flow that went
 //!   straight to the server.
 //!
@@ -28,13 +28,17 @@
 //! `inspector_steer_return` ([`is_engines_answer`] only) to the interfaces
 //! the routes to the servers use, when they are not inspected themselves.
 
+mod liveness;
+mod refuse;
 mod sockets;
 
 use aya_ebpf::{macros::map, maps::Array, programs::TcContext};
 use inspector_common::{FAIL_CLOSED, SMTP_PORT, SteerConfig};
 
+pub use self::refuse::refuse;
 use self::sockets::TCP_LISTEN;
 use crate::{
+    classify::{self, Decision, Stage},
     packet::Packet,
     parse::{Addr, TCP_ACK, TCP_SYN, Tcp},
 };
@@ -45,6 +49,10 @@ static STEER_CONFIG: Array<SteerConfig> = Array::with_max_entries(1, 0);
 /// Bytes made linear before parsing: Ethernet, two VLAN tags, IPv6 with
 /// some extension headers, and TCP with options.
 const PULL_LEN: u32 = 256;
+/// Packets up to this long are made linear whole before the classifier
+/// reads them (the headers of bigger, GRO-merged packets are in the part
+/// `PULL_LEN` makes linear).
+const PULL_ALL: u32 = 1_600;
 
 /// Makes the headers linear before they are parsed (a no-op for the usual
 /// packet): outside the linear part of the skb they would be unreadable,
@@ -57,9 +65,22 @@ pub fn pull_headers(ctx: &TcContext) {
     }
 }
 
+/// The classifier's decision (`classify`), as XDP took it. Headers
+/// outside the linear part of the skb would read as cut short where XDP
+/// read them whole, so a packet whose linear part is shorter than
+/// `PULL_ALL` is made linear whole first (`pull_headers` made the first
+/// `PULL_LEN` bytes linear in any case).
+#[inline(always)]
+pub fn classify(ctx: &TcContext) -> Decision {
+    if ctx.data_end() - ctx.data() < ctx.len() as usize && ctx.len() <= PULL_ALL {
+        let _ = ctx.pull_data(ctx.len());
+    }
+    classify::decide(&Packet::new(ctx.data(), ctx.data_end()), Stage::Tc)
+}
+
 /// Whether to mark a TCP packet that is not exempt: `Some(mark?)`, or
-/// `None` to drop it (`fail = "closed"` with no engine). Unmarked packets
-/// are forwarded (or delivered) as the kernel decides.
+/// `None` to refuse it (a SYN under `fail = "closed"` with no live proxy).
+/// Unmarked packets are forwarded (or delivered) as the kernel decides.
 #[inline(always)]
 pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tcp) -> Option<bool> {
     if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
@@ -69,6 +90,7 @@ pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tc
         return Some(false);
     }
     let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let live = syn && liveness::proxy_alive();
     match sockets::lookup(
         ctx.skb.skb as *mut _,
         src,
@@ -79,12 +101,12 @@ pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tc
             // The engine's connection; a new flow while it listens; or the ACK
             // that completes a handshake its listener answered with a SYN
             // cookie (under a flood it keeps no half-open socket to find).
-            state != TCP_LISTEN || syn || sockets::is_valid_syncookie(packet, tcp, sk)
+            state != TCP_LISTEN || live || sockets::is_valid_syncookie(packet, tcp, sk)
         },
     ) {
-        Some(mark) => Some(mark),
-        None if syn && fail_closed() => None,
-        None => Some(false),
+        Some(true) => Some(true),
+        _ if syn && fail_closed() => None,
+        _ => Some(false),
     }
 }
 
@@ -113,8 +135,9 @@ fn fail_closed() -> bool {
     STEER_CONFIG.get(0).is_some_and(|c| c.fail == FAIL_CLOSED)
 }
 
-/// Whether the daemon runs the engine (it says so when it loads us).
+/// Whether the daemon runs the engine (it says so when it loads us) and
+/// its heartbeat is fresh: a stuck proxy's flows are nobody's to protect.
 #[inline(always)]
 pub fn engine_runs() -> bool {
-    STEER_CONFIG.get(0).is_some_and(|c| c.engine != 0)
+    STEER_CONFIG.get(0).is_some_and(|c| c.engine != 0) && liveness::proxy_alive()
 }

@@ -1,10 +1,12 @@
 //! The kernel half of `cargo xtask bench` (needs root): prints one JSON
 //! object with
-//! - the XDP classifier's cost per packet for each class under
+//! - the XDP classifier's cost per packet for each class, and for the
+//!   fragments and unparsable packets it follows or drops, under
 //!   BPF_PROG_TEST_RUN, next to an empty XDP program run side by side
 //!   (alternating, the median of `--repeats` runs of each);
-//! - the kernel memory per flow-table entry and per exemption rule, from
-//!   the maps' `memlock` (fdinfo) as the kernel accounts it.
+//! - the kernel memory per flow-table entry, per fragment-table entry and
+//!   per exemption rule, from the maps' `memlock` (fdinfo) as the kernel
+//!   accounts it.
 //!
 //! `cargo bench -p inspector --bench kernel -- --repeats 9`
 
@@ -18,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::MapData,
+    maps::{Map, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use inspector::{
@@ -32,6 +34,7 @@ use inspector::{
 use inspector_common::{maps, programs};
 use inspector_lab::{figures::median, packets::*};
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// Runs per BPF_PROG_TEST_RUN call: the kernel reports their mean.
 const RUNS: u32 = 200_000;
@@ -75,7 +78,29 @@ fn main() -> Result<()> {
     limits::apply_policy(pins.path(), &policy.servers)?;
 
     let truncated_v4 = frame(&[&ethernet(&[], ETH_P_IP), &[0x45, 0, 0, 40, 0, 1]]);
-    let workloads: [(&str, Vec<u8>); 6] = [
+    // A 3,000-byte UDP datagram in fragments (its first, then a later one
+    // of the same datagram, found in the fragment table), and the first
+    // fragment of a SYN to port 25.
+    let udp_datagram = [&udp(53)[..], &[7u8; 3000]].concat();
+    let udp_fragments = fragments(
+        CLIENT.into(),
+        SERVER.into(),
+        UDP,
+        7,
+        &split(&udp_datagram, &[1480, 2960]),
+    );
+    let syn_fragment = fragments(
+        CLIENT.into(),
+        SERVER.into(),
+        TCP,
+        8,
+        &split(
+            &syn(CLIENT.into(), SERVER.into(), (40000, 25), &[0; 16]),
+            &[40],
+        ),
+    );
+    let eth = |p: &[u8]| frame(&[&ethernet(&[], ETH_P_IP), p]);
+    let workloads: [(&str, Vec<u8>, u32); 9] = [
         (
             "pass (IPv4 UDP)",
             frame(&[
@@ -83,8 +108,13 @@ fn main() -> Result<()> {
                 &ipv4(CLIENT, SERVER, UDP, 8),
                 &udp(53),
             ]),
+            XDP_PASS,
         ),
-        ("inspect (IPv4 TCP/25)", v4_tcp(CLIENT, SERVER, 25)),
+        (
+            "inspect (IPv4 TCP/25)",
+            v4_tcp(CLIENT, SERVER, 25),
+            XDP_PASS,
+        ),
         (
             "inspect (IPv6 TCP/25)",
             v6_tcp(
@@ -92,23 +122,48 @@ fn main() -> Result<()> {
                 Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1),
                 25,
             ),
+            XDP_PASS,
         ),
-        ("exempt (IPv4, LPM hit)", v4_tcp(EXEMPT_HOST, SERVER, 25)),
-        ("malformed (IPv4 cut short)", truncated_v4),
+        (
+            "exempt (IPv4, LPM hit)",
+            v4_tcp(EXEMPT_HOST, SERVER, 25),
+            XDP_PASS,
+        ),
         (
             "protected server (SYN, flow table)",
             v4_tcp(CLIENT, PROTECTED, 25),
+            XDP_PASS,
+        ),
+        (
+            "malformed (IPv4 cut short, dropped)",
+            truncated_v4,
+            XDP_DROP,
+        ),
+        (
+            "fragment (IPv4 UDP, first)",
+            eth(&udp_fragments[0]),
+            XDP_PASS,
+        ),
+        (
+            "fragment (IPv4 UDP, later)",
+            eth(&udp_fragments[1]),
+            XDP_PASS,
+        ),
+        (
+            "fragment (IPv4 TCP/25, dropped)",
+            eth(&syn_fragment[0]),
+            XDP_DROP,
         ),
     ];
 
     let mut xdp_rows = Vec::new();
-    for (name, frame) in &workloads {
+    for (name, frame, action) in &workloads {
         let mut ours = Vec::new();
         let mut base = Vec::new();
         for _ in 0..repeats {
             // Side by side: the empty program, then ours, on the same frame.
-            base.push(run(&mut ebpf, programs::XDP_EMPTY, frame)?);
-            ours.push(run(&mut ebpf, programs::XDP_CLASSIFY, frame)?);
+            base.push(run(&mut ebpf, programs::XDP_EMPTY, frame, XDP_PASS)?);
+            ours.push(run(&mut ebpf, programs::XDP_CLASSIFY, frame, *action)?);
         }
         let (ours, base) = (median(ours), median(base));
         xdp_rows.push(serde_json::json!({
@@ -120,6 +175,10 @@ fn main() -> Result<()> {
     }
 
     let flows = map_memory(pins.path(), maps::FLOWS)?;
+    let fragments = match ebpf.map("FRAGMENTS") {
+        Some(Map::LruHashMap(data)) => fd_memory(data, "FRAGMENTS")?,
+        _ => bail!("the object has no fragment table"),
+    };
     let v4_before = map_memory(pins.path(), maps::EXEMPT_V4)?;
     let v6_before = map_memory(pins.path(), maps::EXEMPT_V6)?;
     let mut table = ExemptTable::open(pins.path())?;
@@ -143,6 +202,9 @@ fn main() -> Result<()> {
             "flow_table_bytes": flows.0,
             "flow_table_entries": flows.1,
             "flow_entry_bytes": flows.0 as f64 / f64::from(flows.1.max(1)),
+            "fragment_table_bytes": fragments.0,
+            "fragment_table_entries": fragments.1,
+            "fragment_entry_bytes": fragments.0 as f64 / f64::from(fragments.1.max(1)),
             "exempt_rules_inserted": RULES,
             "exempt_v4_rule_bytes": per_rule(v4_before, v4_after),
             "exempt_v6_rule_bytes": per_rule(v6_before, v6_after),
@@ -152,8 +214,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Mean ns per run of `program` over `RUNS` runs on `frame`.
-fn run(ebpf: &mut Ebpf, program: &str, frame: &[u8]) -> Result<f64> {
+/// Mean ns per run of `program` over `RUNS` runs on `frame`, which it must
+/// answer with `action`.
+fn run(ebpf: &mut Ebpf, program: &str, frame: &[u8], action: u32) -> Result<f64> {
     let xdp: &mut Xdp = ebpf
         .program_mut(program)
         .context(program.to_string())?
@@ -163,8 +226,8 @@ fn run(ebpf: &mut Ebpf, program: &str, frame: &[u8]) -> Result<f64> {
         repeat: RUNS,
         ..Default::default()
     })?;
-    if result.return_value != XDP_PASS {
-        bail!("{program} returned {} (not XDP_PASS)", result.return_value);
+    if result.return_value != action {
+        bail!("{program} returned {} (not {action})", result.return_value);
     }
     Ok(duration_ns(result.duration))
 }
@@ -175,7 +238,10 @@ fn duration_ns(d: Duration) -> f64 {
 
 /// (memlock bytes, max entries) of a pinned map, as the kernel accounts them.
 fn map_memory(pin_dir: &Path, name: &str) -> Result<(u64, u32)> {
-    let data = MapData::from_pin(pin_dir.join(name))?;
+    fd_memory(&MapData::from_pin(pin_dir.join(name))?, name)
+}
+
+fn fd_memory(data: &MapData, name: &str) -> Result<(u64, u32)> {
     let fd = data.fd().as_fd().as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
     let field = |key: &str| {

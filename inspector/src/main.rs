@@ -3,17 +3,19 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use inspector::cli::{Cli, execute};
+use inspector::{
+    cli::{Cli, execute, exit_code},
+    observe::logging,
+};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
-    match execute(Cli::parse()) {
+    let cli = Cli::parse();
+    logging::init(cli.log_level());
+    match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("inspector: {e:#}");
-            ExitCode::FAILURE
+            logging::report_error(&e);
+            ExitCode::from(exit_code(&e))
         }
     }
 }

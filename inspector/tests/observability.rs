@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use inspector_common::ParseDrop;
 use inspector_lab::{CLIENT_V4, INSIDE, Lab, OUTSIDE, SERVER_V4};
 use support::{PinDir, PolicyFile, cli_ok, lab, start_daemon_with, stats_json, wait_until};
 
@@ -86,6 +87,17 @@ fn assert_scrape_matches_cli(lab: &Lab, pins: &PinDir) {
                 get(
                     &first,
                     &format!(r#"inspector_limit_drops_total{{reason="{reason}"}}"#)
+                ),
+                n.as_f64().unwrap()
+            );
+        }
+        let parse_drops = json["parse_drops"].as_object().unwrap();
+        assert_eq!(parse_drops.len(), ParseDrop::COUNT as usize, "{json}");
+        for (reason, n) in parse_drops {
+            assert_eq!(
+                get(
+                    &first,
+                    &format!(r#"inspector_parse_drops_total{{reason="{reason}"}}"#)
                 ),
                 n.as_f64().unwrap()
             );

@@ -1,34 +1,53 @@
-//! The XDP classifier under BPF_PROG_TEST_RUN: crafted frames of every shape,
-//! each checked for its verdict and for the one class counter it moved.
-//! Needs root (loads BPF programs); fails, never skips, without it.
+//! The classifier under BPF_PROG_TEST_RUN: crafted frames of every shape,
+//! each run through the XDP program and then the TC steering program (the
+//! order of the real path), checked for their verdict (the two must
+//! agree), for the one class counter the packet moved, and for the reason
+//! a drop was counted under. Needs root (loads BPF programs); fails, never
+//! skips, without it.
 
 mod support;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use aya::{
     Ebpf,
-    programs::{TestRun, TestRunOptions},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
 };
 use inspector::{
-    config::parse_network,
+    config::{FailMode, PacketPolicy, Policy, Unparsable, parse_network},
     kernel::{
-        counters::ClassStats,
+        classify,
+        counters::{ClassStats, ParseDrops},
         exempt::{ExemptTable, Origin},
-        loader,
+        limits, loader, steer,
     },
 };
-use inspector_common::Class;
+use inspector_common::{Class, ParseDrop, programs};
 use inspector_lab::packets::*;
 use support::PinDir;
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 25);
+const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 30);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
 const SERVER6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 0x25);
 
-/// The loaded classifier with its own pinned maps.
+/// What the programs did with one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    class: Class,
+    /// `None`: passed by both; else dropped by both, for this reason.
+    drop: Option<ParseDrop>,
+}
+
+/// The loaded programs with their own pinned maps.
 struct Classifier {
     ebpf: Ebpf,
     pins: PinDir,
@@ -37,7 +56,8 @@ struct Classifier {
 impl Classifier {
     fn new(test: &str) -> Self {
         let pins = PinDir::new(test);
-        let ebpf = loader::load(pins.path()).expect("loading the classifier");
+        let mut ebpf = loader::load(pins.path()).expect("loading the classifier");
+        steer::load(&mut ebpf, FailMode::Open).expect("loading the steering program");
         Self { ebpf, pins }
     }
 
@@ -49,22 +69,89 @@ impl Classifier {
             .unwrap();
     }
 
-    /// Runs `frame` once; asserts XDP_PASS and that exactly one class
-    /// counted exactly this packet and its bytes; returns that class.
-    fn classify(&mut self, frame: &[u8]) -> Class {
-        let before = ClassStats::read(self.pins.path()).unwrap();
+    /// Makes `addrs` protected servers (no limits: only "protected").
+    fn protect(&self, addrs: &[IpAddr]) {
+        let text: String = addrs
+            .iter()
+            .map(|a| format!("[[server]]\naddress = \"{a}\"\n"))
+            .collect();
+        let policy = Policy::parse(Path::new("(test)"), &text).unwrap();
+        limits::apply_policy(self.pins.path(), &policy.servers).unwrap();
+    }
+
+    fn unparsable(&mut self, unparsable: Unparsable) {
+        classify::configure(&mut self.ebpf, &PacketPolicy { unparsable }).unwrap();
+    }
+
+    fn xdp(&mut self, frame: &[u8]) -> u32 {
         let xdp = loader::xdp_program(&mut self.ebpf).unwrap();
-        let result = xdp
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        assert_eq!(result.return_value, XDP_PASS, "every packet is passed");
-        let after = ClassStats::read(self.pins.path()).unwrap();
+        xdp.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN of XDP")
+        .return_value
+    }
+
+    /// `None` when the kernel refuses the frame as a test input: it wants
+    /// a whole IP header after an IP EtherType (`bpf_prog_test_run_skb`).
+    fn tc(&mut self, frame: &[u8]) -> Option<u32> {
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(programs::TC_STEER)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        match tc.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        }) {
+            Ok(result) => Some(result.return_value),
+            Err(e) => {
+                let ip_header = match u16::from_be_bytes([frame[12], frame[13]]) {
+                    ETH_P_IP => 20,
+                    ETH_P_IPV6 => 40,
+                    _ => 0,
+                };
+                assert!(
+                    frame.len() < 14 + ip_header,
+                    "BPF_PROG_TEST_RUN of TC ({} bytes): {e}",
+                    frame.len()
+                );
+                None
+            }
+        }
+    }
+
+    fn counters(&self) -> (ClassStats, ParseDrops) {
+        (
+            ClassStats::read(self.pins.path()).unwrap(),
+            ParseDrops::read(self.pins.path()).unwrap(),
+        )
+    }
+
+    /// Runs `frame` through XDP, then TC. Asserts that they agree (pass and
+    /// not marked, or drop and drop), that exactly one class counted the
+    /// packet and its bytes, and that a drop was counted once by each
+    /// program under one reason.
+    fn run(&mut self, frame: &[u8]) -> Seen {
+        let before = self.counters();
+        let xdp = self.xdp(frame);
+        let middle = self.counters();
+        let tc = self.tc(frame);
+        let after = self.counters();
+        // (A frame too short for TC's test input is judged by XDP alone.)
+        let tc_agrees = match tc {
+            Some(tc) => matches!((xdp, tc), (XDP_PASS, TC_ACT_OK) | (XDP_DROP, TC_ACT_SHOT)),
+            None => true,
+        };
+        assert!(
+            tc_agrees,
+            "XDP returned {xdp} and TC {tc:?}: they must agree"
+        );
         let moved: Vec<Class> = Class::ALL
             .into_iter()
-            .filter(|&c| after.get(c) != before.get(c))
+            .filter(|&c| middle.0.get(c) != before.0.get(c))
             .collect();
         assert_eq!(
             moved.len(),
@@ -72,13 +159,79 @@ impl Classifier {
             "exactly one class counts a packet: {moved:?}"
         );
         let class = moved[0];
-        assert_eq!(after.get(class).packets, before.get(class).packets + 1);
+        assert_eq!(middle.0.get(class).packets, before.0.get(class).packets + 1);
         assert_eq!(
-            after.get(class).bytes,
-            before.get(class).bytes + frame.len() as u64
+            middle.0.get(class).bytes,
+            before.0.get(class).bytes + frame.len() as u64
         );
-        class
+        assert_eq!(after.0, middle.0, "TC counts no class");
+        let reason = |a: &ParseDrops, b: &ParseDrops| -> Option<ParseDrop> {
+            let moved: Vec<ParseDrop> = ParseDrop::ALL
+                .into_iter()
+                .filter(|&r| a.get(r) != b.get(r))
+                .collect();
+            assert!(moved.len() <= 1, "one reason per drop: {moved:?}");
+            let r = *moved.first()?;
+            assert_eq!(b.get(r), a.get(r) + 1);
+            Some(r)
+        };
+        let drop = reason(&before.1, &middle.1);
+        assert_eq!(drop.is_some(), xdp == XDP_DROP, "a drop is counted");
+        if tc.is_some() {
+            assert_eq!(
+                reason(&middle.1, &after.1),
+                drop,
+                "TC drops it for the same reason"
+            );
+        }
+        Seen { class, drop }
     }
+
+    /// Runs `frame`; asserts it passed; returns its class.
+    fn classify(&mut self, frame: &[u8]) -> Class {
+        let seen = self.run(frame);
+        assert_eq!(seen.drop, None, "passed: {seen:?}");
+        seen.class
+    }
+
+    /// Runs `frame`; asserts it was dropped; returns its class and reason.
+    fn refuse(&mut self, frame: &[u8]) -> (Class, ParseDrop) {
+        let seen = self.run(frame);
+        (seen.class, seen.drop.expect("dropped"))
+    }
+}
+
+fn eth4(parts: &[&[u8]]) -> Vec<u8> {
+    [&ethernet(&[], ETH_P_IP)[..], &parts.concat()].concat()
+}
+
+fn eth6(parts: &[&[u8]]) -> Vec<u8> {
+    [&ethernet(&[], ETH_P_IPV6)[..], &parts.concat()].concat()
+}
+
+/// Each piece of `payload` as a frame: IPv4 fragments of datagram `id`.
+fn frags4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, id: u32, pieces: &[Piece]) -> Vec<Vec<u8>> {
+    fragments(src.into(), dst.into(), protocol, id, pieces)
+        .iter()
+        .map(|p| eth4(&[p]))
+        .collect()
+}
+
+fn frags6(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, id: u32, pieces: &[Piece]) -> Vec<Vec<u8>> {
+    fragments(src.into(), dst.into(), protocol, id, pieces)
+        .iter()
+        .map(|p| eth6(&[p]))
+        .collect()
+}
+
+/// A SYN from CLIENT to `dst`:`port` with a 40-byte header and 16 bytes of
+/// data, so that a first fragment of 40 or 48 bytes holds the whole header.
+fn syn4(dst: Ipv4Addr, port: u16) -> Vec<u8> {
+    syn(CLIENT.into(), dst.into(), (40000, port), &[0x55; 16])
+}
+
+fn syn6(dst: Ipv6Addr, port: u16) -> Vec<u8> {
+    syn(CLIENT6.into(), dst.into(), (40000, port), &[0x55; 16])
 }
 
 #[test]
@@ -87,17 +240,9 @@ fn ipv4_smtp_is_inspected_and_other_traffic_passes() {
     assert_eq!(c.classify(&v4_tcp(CLIENT, SERVER, 25)), Class::Inspect);
     assert_eq!(c.classify(&v4_tcp(CLIENT, SERVER, 587)), Class::Pass);
     assert_eq!(c.classify(&v4_tcp(SERVER, CLIENT, 40000)), Class::Pass);
-    let udp25 = frame(&[
-        &ethernet(&[], ETH_P_IP),
-        &ipv4(CLIENT, SERVER, UDP, 8),
-        &udp(25),
-    ]);
+    let udp25 = eth4(&[&ipv4(CLIENT, SERVER, UDP, 8), &udp(25)]);
     assert_eq!(c.classify(&udp25), Class::Pass);
-    let icmp = frame(&[
-        &ethernet(&[], ETH_P_IP),
-        &ipv4(CLIENT, SERVER, ICMP, 8),
-        &[8, 0, 0, 0, 0, 0, 0, 0],
-    ]);
+    let icmp = eth4(&[&ipv4(CLIENT, SERVER, ICMP, 8), &[8, 0, 0, 0, 0, 0, 0, 0]]);
     assert_eq!(c.classify(&icmp), Class::Pass);
     let arp = frame(&[&ethernet(&[], ETH_P_ARP), &[0u8; 28]]);
     assert_eq!(c.classify(&arp), Class::Pass);
@@ -107,15 +252,38 @@ fn ipv4_smtp_is_inspected_and_other_traffic_passes() {
 fn ipv4_options_and_tcp_options_are_skipped() {
     let mut c = Classifier::new("options");
     // IHL 6: one 4-byte option (NOPs); TCP data offset 6: one option word.
-    let mut ip = ipv4(CLIENT, SERVER, TCP, 24);
+    let mut ip = ipv4(CLIENT, SERVER, TCP, 28);
     ip[0] = 0x46;
     ip.extend([1, 1, 1, 1]);
     let mut t = tcp(25);
     t[12] = 0x60;
     t.extend([1, 1, 1, 1]);
+    assert_eq!(c.classify(&eth4(&[&ip, &t])), Class::Inspect);
+}
+
+/// A frame padded to the Ethernet minimum (60 bytes) is parsed by its IP
+/// length: padding is never read as a header.
+#[test]
+fn ethernet_padding_is_not_read_as_a_header() {
+    let mut c = Classifier::new("padding");
+    let mut padded = v4_tcp(CLIENT, SERVER, 25);
+    padded.resize(60, 0);
+    assert_eq!(c.classify(&padded), Class::Inspect);
+    // The IP length leaves out the TCP options the padding would supply.
+    let mut t = tcp(25);
+    t[12] = 0x60;
+    let mut short = eth4(&[&ipv4(CLIENT, SERVER, TCP, 20), &t]);
+    short.resize(64, 1);
     assert_eq!(
-        c.classify(&frame(&[&ethernet(&[], ETH_P_IP), &ip, &t])),
-        Class::Inspect
+        c.refuse(&short),
+        (Class::Malformed, ParseDrop::UnparsableTruncated)
+    );
+    // IPv6 likewise, by its payload length.
+    let mut t6 = eth6(&[&ipv6(CLIENT6, SERVER6, TCP, 16), &tcp(25)]);
+    t6.resize(80, 0);
+    assert_eq!(
+        c.refuse(&t6),
+        (Class::Malformed, ParseDrop::UnparsableTruncated)
     );
 }
 
@@ -127,38 +295,34 @@ fn ipv6_smtp_is_inspected_through_extension_headers() {
     // Hop-by-hop (8 bytes, next = destination options), destination options
     // (8 bytes, next = TCP).
     let hbh = [60u8, 0, 1, 4, 0, 0, 0, 0];
-    let dst = [TCP, 0, 1, 4, 0, 0, 0, 0];
-    let f = frame(&[
-        &ethernet(&[], ETH_P_IPV6),
+    let f = eth6(&[
         &ipv6(CLIENT6, SERVER6, 0, 36),
         &hbh,
-        &dst,
+        &ipv6_dstopts(TCP),
         &tcp(25),
     ]);
     assert_eq!(c.classify(&f), Class::Inspect);
-    // First fragment carries the TCP header; a later one has no ports.
-    let first = [TCP, 0, 0, 1, 0, 0, 0, 7];
-    let f = frame(&[
-        &ethernet(&[], ETH_P_IPV6),
-        &ipv6(CLIENT6, SERVER6, 44, 28),
-        &first,
+    // Six extension headers, the most RFC 8200's order allows.
+    let mut six = ipv6(CLIENT6, SERVER6, IPV6_DSTOPTS, 6 * 8 + 20);
+    for i in 0..6 {
+        six.extend(ipv6_dstopts(if i == 5 { TCP } else { IPV6_DSTOPTS }));
+    }
+    assert_eq!(c.classify(&eth6(&[&six, &tcp(25)])), Class::Inspect);
+    // An atomic fragment (offset 0, no more) is a whole packet (RFC 6946).
+    let atomic = ipv6_fragment_header(TCP, 0, false, 7);
+    let f = eth6(&[
+        &ipv6(CLIENT6, SERVER6, IPV6_FRAGMENT, 28),
+        &atomic,
         &tcp(25),
     ]);
     assert_eq!(c.classify(&f), Class::Inspect);
-    let later = [TCP, 0, 0x05, 0x00, 0, 0, 0, 7];
-    let f = frame(&[
-        &ethernet(&[], ETH_P_IPV6),
-        &ipv6(CLIENT6, SERVER6, 44, 16),
-        &later,
-        &[0u8; 8],
-    ]);
-    assert_eq!(c.classify(&f), Class::Pass);
-    let udp = frame(&[
-        &ethernet(&[], ETH_P_IPV6),
-        &ipv6(CLIENT6, SERVER6, UDP, 8),
-        &udp(25),
-    ]);
+    let udp = eth6(&[&ipv6(CLIENT6, SERVER6, UDP, 8), &udp(25)]);
     assert_eq!(c.classify(&udp), Class::Pass);
+    // ESP and No Next Header: not TCP.
+    for next in [50, 59] {
+        let f = eth6(&[&ipv6(CLIENT6, SERVER6, next, 8), &[0u8; 8]]);
+        assert_eq!(c.classify(&f), Class::Pass, "next header {next}");
+    }
 }
 
 #[test]
@@ -176,33 +340,51 @@ fn vlan_tagged_frames_are_parsed() {
         &t,
     ]);
     assert_eq!(c.classify(&v6), Class::Inspect);
-    // Three tags: the third is not followed; its EtherType is not IP.
+    // A third tag, MPLS, a PPPoE session: encapsulations the classifier
+    // does not look into, which could carry SMTP.
     let three = frame(&[
         &ethernet(&[ETH_P_8021Q, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP),
         &ip,
         &t,
     ]);
-    assert_eq!(c.classify(&three), Class::Pass);
+    for f in [
+        three,
+        frame(&[&ethernet(&[], 0x8847), &[0, 0, 0x11, 64], &ip, &t]),
+        frame(&[
+            &ethernet(&[], 0x8864),
+            &[0x11, 0, 0, 1, 0, 42, 0, 0x21],
+            &ip,
+            &t,
+        ]),
+    ] {
+        assert_eq!(
+            c.refuse(&f),
+            (Class::Malformed, ParseDrop::UnparsableEncapsulation)
+        );
+    }
+    // Other EtherTypes are not IP and not ours to judge.
+    let lldp = frame(&[&ethernet(&[], 0x88cc), &[0u8; 32]]);
+    assert_eq!(c.classify(&lldp), Class::Pass);
 }
 
 #[test]
-fn frames_truncated_at_each_header_are_malformed() {
+fn frames_cut_short_are_dropped_when_they_could_be_smtp() {
     let mut c = Classifier::new("truncated");
     let whole = v4_tcp(CLIENT, SERVER, 25);
     // Cut inside the IPv4 header, at its end, and inside the TCP header
     // (the kernel refuses test frames shorter than an Ethernet header).
     for len in [14, 20, 33, 34, 40, 53] {
         assert_eq!(
-            c.classify(&whole[..len]),
-            Class::Malformed,
+            c.refuse(&whole[..len]),
+            (Class::Malformed, ParseDrop::UnparsableTruncated),
             "IPv4 frame cut at {len}"
         );
     }
     let whole6 = v6_tcp(CLIENT6, SERVER6, 25);
     for len in [14, 30, 53, 54, 60, 73] {
         assert_eq!(
-            c.classify(&whole6[..len]),
-            Class::Malformed,
+            c.refuse(&whole6[..len]),
+            (Class::Malformed, ParseDrop::UnparsableTruncated),
             "IPv6 frame cut at {len}"
         );
     }
@@ -212,66 +394,416 @@ fn frames_truncated_at_each_header_are_malformed() {
         &tcp(25),
     ]);
     assert_eq!(
-        c.classify(&vlan[..16]),
-        Class::Malformed,
+        c.refuse(&vlan[..16]),
+        (Class::Malformed, ParseDrop::UnparsableTruncated),
         "cut inside the VLAN tag"
     );
-    let udp = frame(&[
-        &ethernet(&[], ETH_P_IP),
-        &ipv4(CLIENT, SERVER, UDP, 8),
-        &udp(53),
-    ]);
-    assert_eq!(c.classify(&udp[..38]), Class::Malformed, "cut inside UDP");
     let hbh = [TCP, 0, 1, 4, 0, 0, 0, 0];
-    let ext = frame(&[
-        &ethernet(&[], ETH_P_IPV6),
-        &ipv6(CLIENT6, SERVER6, 0, 28),
-        &hbh,
-        &tcp(25),
-    ]);
+    let ext = eth6(&[&ipv6(CLIENT6, SERVER6, 0, 28), &hbh, &tcp(25)]);
     assert_eq!(
-        c.classify(&ext[..55]),
-        Class::Malformed,
-        "cut inside an extension header"
+        c.refuse(&ext[..55]),
+        (Class::Malformed, ParseDrop::UnparsableTruncated),
+        "cut inside an extension header: the protocol could be TCP"
+    );
+    // UDP cut short cannot be TCP to port 25: passed, counted malformed.
+    let udp = eth4(&[&ipv4(CLIENT, SERVER, UDP, 8), &udp(53)]);
+    assert_eq!(c.classify(&udp[..38]), Class::Malformed, "cut inside UDP");
+    // ... unless it goes to a protected server.
+    c.protect(&[SERVER.into()]);
+    assert_eq!(
+        c.refuse(&udp[..38]),
+        (Class::Malformed, ParseDrop::UnparsableTruncated)
     );
 }
 
 #[test]
-fn impossible_header_values_are_malformed() {
+fn impossible_header_values_are_dropped() {
     let mut c = Classifier::new("invalid");
+    let invalid = (Class::Malformed, ParseDrop::UnparsableInvalid);
     let whole = v4_tcp(CLIENT, SERVER, 25);
     let mut bad_version = whole.clone();
     bad_version[14] = 0x55;
-    assert_eq!(c.classify(&bad_version), Class::Malformed);
+    assert_eq!(c.refuse(&bad_version), invalid);
     let mut short_ihl = whole.clone();
     short_ihl[14] = 0x44;
-    assert_eq!(c.classify(&short_ihl), Class::Malformed);
+    assert_eq!(c.refuse(&short_ihl), invalid);
     let mut ihl_past_end = whole.clone();
     ihl_past_end[14] = 0x4f; // 60-byte header in a 40-byte packet
-    assert_eq!(c.classify(&ihl_past_end), Class::Malformed);
+    assert_eq!(c.refuse(&ihl_past_end), invalid);
     let mut total_too_small = whole.clone();
     total_too_small[16..18].copy_from_slice(&10u16.to_be_bytes());
-    assert_eq!(c.classify(&total_too_small), Class::Malformed);
+    assert_eq!(c.refuse(&total_too_small), invalid);
     let mut doff_small = whole.clone();
     doff_small[14 + 20 + 12] = 0x40;
-    assert_eq!(c.classify(&doff_small), Class::Malformed);
+    assert_eq!(c.refuse(&doff_small), invalid);
     let mut doff_past_end = whole.clone();
     doff_past_end[14 + 20 + 12] = 0xf0; // 60-byte TCP header in 20 bytes
-    assert_eq!(c.classify(&doff_past_end), Class::Malformed);
+    assert_eq!(
+        c.refuse(&doff_past_end),
+        (Class::Malformed, ParseDrop::UnparsableTruncated)
+    );
     let mut bad_v6 = v6_tcp(CLIENT6, SERVER6, 25);
     bad_v6[14] = 0x40;
-    assert_eq!(c.classify(&bad_v6), Class::Malformed);
-    // More extension headers than the classifier walks.
-    let hop = [0u8, 0, 1, 4, 0, 0, 0, 0];
-    let mut f = frame(&[
-        &ethernet(&[], ETH_P_IPV6),
-        &ipv6(CLIENT6, SERVER6, 0, 7 * 8 + 20),
-    ]);
-    for _ in 0..7 {
-        f.extend(hop);
+    assert_eq!(c.refuse(&bad_v6), invalid);
+    // More extension headers than the classifier walks: the server would
+    // deliver it, so it could be SMTP.
+    let mut f = ipv6(CLIENT6, SERVER6, IPV6_DSTOPTS, 7 * 8 + 20);
+    for i in 0..7 {
+        f.extend(ipv6_dstopts(if i == 6 { TCP } else { IPV6_DSTOPTS }));
     }
-    f.extend(tcp(25));
-    assert_eq!(c.classify(&f), Class::Malformed);
+    assert_eq!(
+        c.refuse(&eth6(&[&f, &tcp(25)])),
+        (Class::Malformed, ParseDrop::UnparsableExtHeaders)
+    );
+}
+
+#[test]
+fn unparsable_packets_pass_out_of_scope_or_when_the_policy_says_pass() {
+    let mut c = Classifier::new("unparsable");
+    let gateway = Ipv4Addr::new(198, 18, 1, 26);
+    c.exempt("198.18.1.26/32");
+    // From an exempt host, to a server that is not protected: never
+    // inspected anyway.
+    let cut = v4_tcp(gateway, CLIENT, 25);
+    assert_eq!(c.classify(&cut[..40]), Class::Malformed);
+    // To a protected server, exempt or not.
+    c.protect(&[CLIENT.into()]);
+    assert_eq!(
+        c.refuse(&cut[..40]),
+        (Class::Malformed, ParseDrop::UnparsableTruncated)
+    );
+
+    c.unparsable(Unparsable::Pass);
+    let whole = v4_tcp(CLIENT, SERVER, 25);
+    assert_eq!(c.classify(&whole[..40]), Class::Malformed);
+    let mut seven = ipv6(CLIENT6, SERVER6, IPV6_DSTOPTS, 7 * 8 + 20);
+    for i in 0..7 {
+        seven.extend(ipv6_dstopts(if i == 6 { TCP } else { IPV6_DSTOPTS }));
+    }
+    assert_eq!(c.classify(&eth6(&[&seven, &tcp(25)])), Class::Malformed);
+    // The fragment rules are no part of the setting.
+    let tiny = &frags4(CLIENT, SERVER, TCP, 1, &split(&syn4(SERVER, 25), &[8]))[0];
+    assert_eq!(c.refuse(tiny), (Class::Malformed, ParseDrop::TinyFragment));
+
+    c.unparsable(Unparsable::Drop);
+    assert_eq!(
+        c.refuse(&whole[..40]),
+        (Class::Malformed, ParseDrop::UnparsableTruncated)
+    );
+}
+
+#[test]
+fn tcp_fragments_to_smtp_or_protected_servers_are_dropped() {
+    let mut c = Classifier::new("tcpfrag");
+    c.protect(&[SERVER.into(), SERVER6.into()]);
+    // A first fragment with the whole header (40 bytes), then the rest.
+    let to_smtp = frags4(CLIENT, OTHER, TCP, 1, &split(&syn4(OTHER, 25), &[40]));
+    assert_eq!(
+        c.refuse(&to_smtp[0]),
+        (Class::Inspect, ParseDrop::TcpFragment)
+    );
+    assert_eq!(
+        c.refuse(&to_smtp[1]),
+        (Class::Inspect, ParseDrop::TcpFragment),
+        "a later fragment gets its datagram's class and verdict"
+    );
+    // Any TCP port of a protected server: the limits protect the server.
+    let to_protected = frags4(CLIENT, SERVER, TCP, 2, &split(&syn4(SERVER, 443), &[48]));
+    assert_eq!(
+        c.refuse(&to_protected[0]),
+        (Class::Pass, ParseDrop::TcpFragment)
+    );
+    assert_eq!(
+        c.refuse(&to_protected[1]),
+        (Class::Pass, ParseDrop::TcpFragment)
+    );
+    // Other TCP fragments pass, with their datagram's class.
+    let other = frags4(CLIENT, OTHER, TCP, 3, &split(&syn4(OTHER, 443), &[40]));
+    assert_eq!(c.classify(&other[0]), Class::Pass);
+    assert_eq!(c.classify(&other[1]), Class::Pass);
+    // IPv6: a SYN behind a Fragment header.
+    let v6 = frags6(CLIENT6, SERVER6, TCP, 4, &split(&syn6(SERVER6, 25), &[40]));
+    assert_eq!(c.refuse(&v6[0]), (Class::Inspect, ParseDrop::TcpFragment));
+    assert_eq!(c.refuse(&v6[1]), (Class::Inspect, ParseDrop::TcpFragment));
+    // An exempt host's TCP fragments to a server that is not protected:
+    // never inspected, so passed.
+    c.exempt("198.18.1.30/32");
+    let exempt = frags4(CLIENT, OTHER, TCP, 5, &split(&syn4(OTHER, 25), &[40]));
+    assert_eq!(c.classify(&exempt[0]), Class::Exempt);
+    assert_eq!(c.classify(&exempt[1]), Class::Exempt);
+}
+
+/// RFC 1858's tiny fragment: the first fragment stops before the end of the
+/// TCP header, so the flags (or the ports) are in the second.
+#[test]
+fn tiny_first_fragments_are_dropped() {
+    let mut c = Classifier::new("tiny");
+    let tiny = (Class::Malformed, ParseDrop::TinyFragment);
+    let segment = syn4(OTHER, 443);
+    // 8 bytes: the ports only; 16: not the flags; 32: not all the options.
+    for (id, cut) in [(1, 8), (2, 16), (3, 32)] {
+        let f = frags4(CLIENT, OTHER, TCP, id, &split(&segment, &[cut]));
+        assert_eq!(c.refuse(&f[0]), tiny, "first fragment of {cut} bytes");
+        assert_eq!(
+            c.refuse(&f[1]),
+            (Class::Pass, ParseDrop::FragmentWithoutFirst),
+            "its second fragment"
+        );
+    }
+    let f = frags6(CLIENT6, SERVER6, TCP, 4, &split(&syn6(SERVER6, 25), &[16]));
+    assert_eq!(c.refuse(&f[0]), tiny);
+    // IPv6: the header chain itself must be in the first fragment (RFC 7112).
+    let mut chain = ipv6_dstopts(TCP);
+    chain.extend(&syn6(SERVER6, 25));
+    let f = frags6(CLIENT6, SERVER6, IPV6_DSTOPTS, 5, &split(&chain, &[8]));
+    assert_eq!(c.refuse(&f[0]), tiny);
+}
+
+#[test]
+fn overlapping_fragments_drop_their_datagram() {
+    let mut c = Classifier::new("overlap");
+    let overlap = ParseDrop::FragmentOverlap;
+    let segment = syn4(OTHER, 443);
+    // A first fragment that passes, then a piece over its bytes 8.. (RFC
+    // 1858: FO = 1 rewrites the flags), then the rest.
+    let f = frags4(
+        CLIENT,
+        OTHER,
+        TCP,
+        1,
+        &[
+            Piece {
+                offset: 0,
+                more: true,
+                data: segment[..40].to_vec(),
+            },
+            Piece {
+                offset: 8,
+                more: true,
+                data: vec![0; 32],
+            },
+            Piece {
+                offset: 40,
+                more: false,
+                data: segment[40..].to_vec(),
+            },
+        ],
+    );
+    assert_eq!(c.classify(&f[0]), Class::Pass);
+    assert_eq!(c.refuse(&f[1]), (Class::Pass, overlap));
+    assert_eq!(
+        c.refuse(&f[2]),
+        (Class::Pass, overlap),
+        "the datagram is dropped"
+    );
+    // RFC 3128: a second first fragment, shorter, that rewrites the ports.
+    let mut to_smtp = syn4(OTHER, 25);
+    to_smtp.truncate(8);
+    let f = frags4(
+        CLIENT,
+        OTHER,
+        TCP,
+        2,
+        &[
+            Piece {
+                offset: 0,
+                more: true,
+                data: segment[..40].to_vec(),
+            },
+            Piece {
+                offset: 0,
+                more: true,
+                data: to_smtp,
+            },
+            Piece {
+                offset: 40,
+                more: false,
+                data: segment[40..].to_vec(),
+            },
+        ],
+    );
+    assert_eq!(c.classify(&f[0]), Class::Pass);
+    assert_eq!(c.refuse(&f[1]).1, ParseDrop::TinyFragment);
+    assert_eq!(c.classify(&f[0]), Class::Pass, "an exact duplicate passes");
+    // ... or longer than the header: it overlaps, and the datagram goes.
+    let header_only = tcp_segment(
+        CLIENT.into(),
+        OTHER.into(),
+        (40000, 25),
+        1,
+        0x02,
+        &[],
+        &[0; 4],
+    );
+    let second = frags4(
+        CLIENT,
+        OTHER,
+        TCP,
+        2,
+        &[Piece {
+            offset: 0,
+            more: true,
+            data: header_only,
+        }],
+    );
+    assert_eq!(c.refuse(&second[0]), (Class::Inspect, overlap));
+    assert_eq!(c.refuse(&f[2]), (Class::Pass, overlap));
+    // Over UDP, out of order: a later piece arrives first and overlaps the
+    // first fragment when it comes.
+    let datagram = [&udp(53)[..], &[7u8; 40]].concat();
+    let f = frags4(
+        CLIENT,
+        OTHER,
+        UDP,
+        3,
+        &[
+            Piece {
+                offset: 16,
+                more: false,
+                data: datagram[16..].to_vec(),
+            },
+            Piece {
+                offset: 0,
+                more: true,
+                data: datagram[..24].to_vec(),
+            },
+        ],
+    );
+    assert_eq!(c.classify(&f[0]), Class::Pass);
+    assert_eq!(c.refuse(&f[1]), (Class::Pass, overlap));
+    // A second first fragment of another length.
+    let f = frags4(CLIENT, OTHER, UDP, 4, &split(&datagram, &[24]));
+    let shorter = frags4(CLIENT, OTHER, UDP, 4, &split(&datagram, &[16]));
+    assert_eq!(c.classify(&f[0]), Class::Pass);
+    assert_eq!(c.refuse(&shorter[0]), (Class::Pass, overlap));
+    assert_eq!(c.refuse(&f[1]), (Class::Pass, overlap));
+}
+
+#[test]
+fn later_tcp_fragments_without_their_first_are_dropped() {
+    let mut c = Classifier::new("nofirst");
+    // Out of order: the second fragment of a SYN to port 25 comes first.
+    let f = frags4(CLIENT, OTHER, TCP, 1, &split(&syn4(OTHER, 25), &[40]));
+    assert_eq!(
+        c.refuse(&f[1]),
+        (Class::Pass, ParseDrop::FragmentWithoutFirst)
+    );
+    assert_eq!(c.refuse(&f[0]), (Class::Inspect, ParseDrop::TcpFragment));
+    let f = frags6(CLIENT6, SERVER6, TCP, 2, &split(&syn6(SERVER6, 25), &[40]));
+    assert_eq!(
+        c.refuse(&f[1]),
+        (Class::Pass, ParseDrop::FragmentWithoutFirst)
+    );
+    // From an exempt host (to a server that is not protected): passed.
+    c.exempt("198.18.1.30/32");
+    let f = frags4(CLIENT, OTHER, TCP, 3, &split(&syn4(OTHER, 25), &[40]));
+    assert_eq!(c.classify(&f[1]), Class::Exempt);
+}
+
+#[test]
+fn udp_and_other_fragments_pass_with_their_datagram_class() {
+    let mut c = Classifier::new("udpfrag");
+    let datagram = [&udp(53)[..], &[7u8; 3000]].concat();
+    // In order, out of order, twice with the same identification (the
+    // first datagram complete before the second).
+    for order in [[0, 1, 2], [2, 0, 1], [0, 1, 2]] {
+        let f = frags4(CLIENT, OTHER, UDP, 9, &split(&datagram, &[1480, 2960]));
+        for i in order {
+            assert_eq!(c.classify(&f[i]), Class::Pass, "piece {i} of {order:?}");
+        }
+    }
+    let f = frags6(CLIENT6, SERVER6, UDP, 9, &split(&datagram, &[1448, 2896]));
+    for piece in &f {
+        assert_eq!(c.classify(piece), Class::Pass);
+    }
+    let echo = [&[8u8, 0, 0, 0, 0, 1, 0, 1][..], &[0u8; 2000]].concat();
+    for piece in frags4(CLIENT, OTHER, ICMP, 10, &split(&echo, &[1480])) {
+        assert_eq!(c.classify(&piece), Class::Pass);
+    }
+    // Even to a protected server (the limits count TCP only).
+    c.protect(&[OTHER.into()]);
+    for piece in frags4(CLIENT, OTHER, UDP, 11, &split(&datagram, &[1480, 2960])) {
+        assert_eq!(c.classify(&piece), Class::Pass);
+    }
+    c.exempt("198.18.0.2/32");
+    let f = frags4(CLIENT, SERVER, UDP, 12, &split(&datagram, &[1480, 2960]));
+    assert_eq!(c.classify(&f[0]), Class::Exempt);
+    assert_eq!(c.classify(&f[2]), Class::Exempt);
+}
+
+#[test]
+fn fragments_past_the_largest_datagram_are_dropped() {
+    let mut c = Classifier::new("badoffset");
+    let f = frags4(
+        CLIENT,
+        OTHER,
+        UDP,
+        1,
+        &[Piece {
+            offset: 65528,
+            more: false,
+            data: vec![0; 16],
+        }],
+    );
+    assert_eq!(c.refuse(&f[0]), (Class::Pass, ParseDrop::FragmentBadOffset));
+}
+
+/// Every evasion class through TC alone, with no XDP before it (an
+/// interface without XDP, or a fragment table that lost the datagram):
+/// the same verdict as XDP's, from the same rules without state.
+#[test]
+fn tc_alone_takes_the_decision_xdp_takes() {
+    let mut frames: Vec<(&str, Vec<u8>)> = vec![
+        ("whole SYN to port 25", v4_tcp(CLIENT, SERVER, 25)),
+        ("UDP", eth4(&[&ipv4(CLIENT, SERVER, UDP, 8), &udp(53)])),
+        (
+            "TCP first fragment to port 25",
+            frags4(CLIENT, OTHER, TCP, 1, &split(&syn4(OTHER, 25), &[40])).remove(0),
+        ),
+        (
+            "TCP later fragment",
+            frags4(CLIENT, OTHER, TCP, 5, &split(&syn4(OTHER, 25), &[40])).remove(1),
+        ),
+        (
+            "tiny fragment",
+            frags4(CLIENT, OTHER, TCP, 2, &split(&syn4(OTHER, 443), &[8])).remove(0),
+        ),
+        (
+            "IPv6 TCP fragment",
+            frags6(CLIENT6, SERVER6, TCP, 3, &split(&syn6(SERVER6, 25), &[40])).remove(0),
+        ),
+        (
+            "UDP later fragment",
+            frags4(CLIENT, OTHER, UDP, 4, &split(&[0u8; 64], &[32])).remove(1),
+        ),
+        ("cut short", v4_tcp(CLIENT, SERVER, 25)[..40].to_vec()),
+        (
+            "three VLAN tags",
+            frame(&[
+                &ethernet(&[ETH_P_8021Q; 3], ETH_P_IP),
+                &ipv4(CLIENT, SERVER, TCP, 20),
+                &tcp(25),
+            ]),
+        ),
+    ];
+    let mut seven = ipv6(CLIENT6, SERVER6, IPV6_DSTOPTS, 7 * 8 + 20);
+    for i in 0..7 {
+        seven.extend(ipv6_dstopts(if i == 6 { TCP } else { IPV6_DSTOPTS }));
+    }
+    frames.push(("seven extension headers", eth6(&[&seven, &tcp(25)])));
+    // One classifier runs only XDP, the other only TC; every frame is of a
+    // datagram of its own, so no frame sees another's state.
+    let (mut xdp_only, mut tc_only) = (Classifier::new("xdpalone"), Classifier::new("tcalone"));
+    for (name, f) in &frames {
+        let xdp = xdp_only.xdp(f);
+        let tc = tc_only.tc(f).expect("a whole IP header");
+        let want = if xdp == XDP_PASS {
+            TC_ACT_OK
+        } else {
+            TC_ACT_SHOT
+        };
+        assert_eq!(tc, want, "{name}: XDP {xdp}, TC alone {tc}");
+    }
 }
 
 #[test]
@@ -295,11 +827,7 @@ fn exemptions_match_source_or_destination() {
         Class::Inspect,
         "other hosts"
     );
-    let udp = frame(&[
-        &ethernet(&[], ETH_P_IP),
-        &ipv4(CLIENT, gateway, UDP, 8),
-        &udp(53),
-    ]);
+    let udp = eth4(&[&ipv4(CLIENT, gateway, UDP, 8), &udp(53)]);
     assert_eq!(
         c.classify(&udp),
         Class::Exempt,

@@ -15,9 +15,10 @@ use crate::{Netns, ScopedChild};
 /// What the daemon logs once its proxy listens.
 pub const PROXY_LISTENING: &str = "proxy listening";
 
-/// Starts `INSPECTOR --pin-dir PIN_DIR run ARGS` in `ns`, its stdout and
-/// stderr in `log`, and waits up to 30 s for its proxy to listen. Fails,
-/// with the log, if it exits or does not get there.
+/// Starts `INSPECTOR --pin-dir PIN_DIR --log-level debug run ARGS` in `ns`
+/// (each session's lines are `debug`), its stdout and stderr in `log`, and
+/// waits up to 30 s for its proxy to listen. Fails, with the log, if it
+/// exits or does not get there.
 pub fn start_proxy(
     ns: &Netns,
     inspector: &Path,
@@ -29,7 +30,7 @@ pub fn start_proxy(
     let mut cmd: Command = ns.command(inspector);
     cmd.arg("--pin-dir")
         .arg(pin_dir)
-        .arg("run")
+        .args(["--log-level", "debug", "run"])
         .args(args)
         .stdout(file.try_clone()?)
         .stderr(file);

@@ -18,6 +18,7 @@ pub mod inspector;
 pub mod messages;
 mod netns;
 pub mod packets;
+pub mod raw;
 pub mod syn;
 
 use std::{

@@ -262,8 +262,8 @@ fn render(
     writeln!(
         w,
         "As the kernel accounts it (`memlock` in the maps' fdinfo). The flow table \
-         is preallocated; the exemption tries grow with their rules (measured by \
-         inserting {} rules of each version).\n",
+         and the fragment table are preallocated; the exemption tries grow with \
+         their rules (measured by inserting {} rules of each version).\n",
         m["exempt_rules_inserted"]
     )?;
     writeln!(w, "| what | bytes |")?;
@@ -274,6 +274,13 @@ fn render(
         m["flow_table_entries"],
         f(m, "flow_table_bytes")? / (1 << 20) as f64,
         f(m, "flow_entry_bytes")?
+    )?;
+    writeln!(
+        w,
+        "| per fragment-table entry ({} entries, {:.1} MiB in all) | {:.0} |",
+        m["fragment_table_entries"],
+        f(m, "fragment_table_bytes")? / (1 << 20) as f64,
+        f(m, "fragment_entry_bytes")?
     )?;
     writeln!(
         w,

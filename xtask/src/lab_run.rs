@@ -45,6 +45,9 @@ fn run_lab(inspector: &Path, policy: &Path, extra: &[String]) -> Result<()> {
         .args([
             "--pin-dir",
             LAB_PIN_DIR,
+            // Each session's start and end, as the instructions say.
+            "--log-level",
+            "debug",
             "run",
             "--iface",
             OUTSIDE,
@@ -63,6 +66,8 @@ fn run_lab(inspector: &Path, policy: &Path, extra: &[String]) -> Result<()> {
     let _ = Command::new(inspector)
         .args(["--pin-dir", LAB_PIN_DIR, "unload"])
         .status();
+    // The lab's live exemptions, saved for a restart of the daemon.
+    let _ = std::fs::remove_file("/var/lib/inspector/exemptions-inspector-lab.json");
     drop(lab);
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! `cargo xtask run` and `cargo xtask test`; both install what is missing.
 
 mod bench;
+mod deb;
 mod lab_run;
 mod setup;
 mod test;
@@ -40,6 +41,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (target/deb/inspector_VERSION_ARCH.deb) and
+    /// check it: contents, an install into a throwaway root, the unit.
+    Deb,
     /// Measure (XDP per packet vs an empty program, kernel memory, the
     /// engine vs memchr, SMTP, legitimate mail during attacks), print a
     /// table and write docs/benchmarks.md. Needs root.
@@ -68,6 +72,11 @@ fn main() -> Result<()> {
             setup::install_missing()?;
             test::run(&args)
         }
+        Task::Deb => {
+            setup::install_missing()?;
+            let deb = deb::build()?;
+            deb::check(&deb)
+        }
         Task::Bench { only } => {
             setup::install_missing()?;
             match only {
@@ -85,7 +94,7 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn build_release() -> Result<()> {
+pub fn build_release() -> Result<()> {
     cargo(&["build", "--release", "--package", "inspector"])
 }
 

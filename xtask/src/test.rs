@@ -25,6 +25,10 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     cargo(&args)?;
     if extra.is_empty() {
+        // The Debian package: a release build, then its contents, an
+        // install into a throwaway root and its unit checked.
+        let deb = crate::deb::build()?;
+        crate::deb::check(&deb)?;
         fuzz()?;
     }
     Ok(())

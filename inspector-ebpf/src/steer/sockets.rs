@@ -37,8 +37,8 @@ pub fn lookup<T>(
             // SAFETY: writing plain integers into the union's IPv4 member.
             unsafe {
                 let t = &mut tuple.__bindgen_anon_1.ipv4;
-                t.saddr = u32::from_ne_bytes(*s);
-                t.daddr = u32::from_ne_bytes(*d);
+                t.saddr = *s;
+                t.daddr = *d;
                 t.sport = sport.to_be();
                 t.dport = dport.to_be();
             }
@@ -48,12 +48,8 @@ pub fn lookup<T>(
             // SAFETY: as above, the IPv6 member.
             unsafe {
                 let t = &mut tuple.__bindgen_anon_1.ipv6;
-                for i in 0..4 {
-                    t.saddr[i] =
-                        u32::from_ne_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-                    t.daddr[i] =
-                        u32::from_ne_bytes([d[4 * i], d[4 * i + 1], d[4 * i + 2], d[4 * i + 3]]);
-                }
+                t.saddr = *s;
+                t.daddr = *d;
                 t.sport = sport.to_be();
                 t.dport = dport.to_be();
             }

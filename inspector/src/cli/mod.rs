@@ -2,6 +2,8 @@
 //! command prints (the text and JSON views live in the submodules).
 
 mod exempt;
+pub mod exit;
+mod generate;
 mod policy;
 mod stats;
 mod status;
@@ -11,11 +13,15 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
+pub use self::exit::exit_code;
 use crate::{
     config::SinkSpec,
     daemon::{self, RunOptions, lock::IfaceLock},
-    kernel::{bpffs, loader::AttachMode},
-    observe::metrics::{self, MetricsAddr},
+    kernel::{bpffs, exempt_store, loader::AttachMode},
+    observe::{
+        logging::LogLevel,
+        metrics::{self, MetricsAddr},
+    },
 };
 
 #[derive(Parser)]
@@ -28,13 +34,28 @@ pub struct Cli {
     /// bpffs directory holding the pinned maps shared by the daemon and the CLI.
     #[arg(long, global = true, env = "INSPECTOR_PIN_DIR", default_value = bpffs::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The level of the inspector's own log lines (each session's start and
+    /// end are `debug`); without it `RUST_LOG` decides, else `info`.
+    #[arg(long, global = true, value_enum, env = "INSPECTOR_LOG_LEVEL")]
+    log_level: Option<LogLevel>,
+    /// Where live exemptions (`exempt add`) are saved, so the daemon
+    /// restores them after a reboot: one file per pin directory.
+    #[arg(long, global = true, env = "INSPECTOR_STATE_DIR", default_value = exempt_store::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
+impl Cli {
+    pub fn log_level(&self) -> Option<LogLevel> {
+        self.log_level
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Attach to interfaces and inspect until SIGINT/SIGTERM.
+    /// Attach to interfaces and inspect until SIGINT/SIGTERM; SIGHUP
+    /// re-reads the policy.
     Run {
         /// Interface to attach to (repeat for several).
         #[arg(long = "iface", required = true)]
@@ -82,12 +103,19 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
-    /// What each running daemon does now: its upstream mode (how the proxy
-    /// connects to the servers, what they see of the clients, and why).
+    /// The running daemon: version, pid, uptime, policy (path and SHA-256),
+    /// interfaces with their XDP mode and steering, readiness, rule counts.
+    /// Exits 0 when ready, 69 when not (starting, stopping, a stale
+    /// heartbeat, not answering), 3 when no daemon runs.
     Status {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running daemon re-read its policy (as SIGHUP does) and
+    /// wait for the outcome: open sessions keep the policy they started
+    /// with, new ones get the new one. A bad policy is refused (exit 78)
+    /// and the running one stays.
+    Reload,
     /// Policy files.
     Policy {
         #[command(subcommand)]
@@ -95,6 +123,12 @@ enum Command {
     },
     /// Remove the pinned maps (exemptions and counters). The daemon must be stopped.
     Unload,
+    /// The man page and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        action: generate::Action,
+    },
 }
 
 /// Runs one command line.
@@ -118,6 +152,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 ifaces,
                 policy,
                 pin_dir,
+                state_dir: cli.state_dir,
                 mode: xdp_mode,
                 proxy: !(no_proxy || no_engine),
                 metrics,
@@ -125,9 +160,11 @@ pub fn execute(cli: Cli) -> Result<()> {
                 audit_queue,
             })
         }
-        Command::Exempt { action } => exempt::execute(&pin_dir, action),
+        Command::Exempt { action } => exempt::execute(&pin_dir, &cli.state_dir, action),
         Command::Stats { json, top } => stats::show(&pin_dir, json, top),
+        Command::Generate { action } => generate::execute(action),
         Command::Status { json } => status::show(&pin_dir, json),
+        Command::Reload => status::reload(&pin_dir),
         Command::Policy { action } => policy::execute(action),
         Command::Unload => {
             let holders = IfaceLock::holders(&pin_dir);

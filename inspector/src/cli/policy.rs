@@ -152,6 +152,7 @@ fn render(policy: &Policy) -> String {
         t.idle.as_secs(),
         t.half_closed.as_secs()
     );
+    out += &format!("unparsable packets: {}\n", policy.packets.unparsable.name());
     out += &format!(
         "audit: sink {}, queue {}\n",
         policy
@@ -211,6 +212,7 @@ mod tests {
                 "exemptions: 0\nprotected servers: 1\n  198.18.1.26: max-conns 50, max-embryonic unlimited, \
                  per-client-max unlimited, per-client-embryonic-max unlimited, on-embryonic-limit drop\n\
                  timeouts: embryonic 30s, idle 3600s, half-closed 600s\n\
+                 unparsable packets: drop\n\
                  audit: sink stdout (default), queue 4096 (default)\nupstream: auto: transparent"
             ),
             "{text}"

@@ -1,24 +1,30 @@
-//! `inspector stats`: the kernel's class counters and limits (read from the
-//! pinned maps) and each running daemon's ESMTP counters (read from its
-//! stats socket), as text or JSON.
+//! `inspector stats`: the kernel's class counters, its drops for a
+//! packet's shape, and its limits (read from the pinned maps), and each
+//! running daemon's ESMTP counters (read from its stats socket), as text or
+//! JSON.
 
 use std::path::Path;
 
 use anyhow::Result;
-use inspector_common::{Class, DropReason, InterceptEvent};
+use inspector_common::{Class, DropReason, InterceptEvent, ParseDrop};
 
 use crate::{
     daemon::lock::IfaceLock,
-    kernel::{counters::ClassStats, limits::LimitStats},
+    kernel::{
+        counters::{ClassStats, ParseDrops},
+        limits::LimitStats,
+    },
     observe::{esmtp::EsmtpSnapshot, stats_socket},
 };
 
 pub fn show(pin_dir: &Path, json: bool, top: usize) -> Result<()> {
     let classes = ClassStats::read(pin_dir)?;
+    let parse_drops = ParseDrops::read(pin_dir)?;
     let limits = LimitStats::read(pin_dir, top)?;
     let esmtp = read_daemons(pin_dir);
     if json {
         let mut out = classes_json(&classes);
+        out["parse_drops"] = parse_drops_json(&parse_drops);
         out["limits"] = limits_json(&limits);
         out["esmtp"] = esmtp
             .iter()
@@ -29,7 +35,12 @@ pub fn show(pin_dir: &Path, json: bool, top: usize) -> Result<()> {
             .collect();
         println!("{out}");
     } else {
-        print!("{}{}", classes_text(&classes), limits_text(&limits));
+        print!(
+            "{}{}{}",
+            classes_text(&classes),
+            parse_drops_text(&parse_drops),
+            limits_text(&limits)
+        );
         println!();
         if esmtp.is_empty() {
             println!("ESMTP: no daemon is running with {}", pin_dir.display());
@@ -81,7 +92,6 @@ fn esmtp_text(pid: u32, snap: &EsmtpSnapshot) -> String {
 }
 
 /// `{"classes": {"pass": {"packets": N, "bytes": N}, ...}}`
-/// `{"classes": {"pass": {"packets": N, "bytes": N}, ...}}`
 fn classes_json(classes: &ClassStats) -> serde_json::Value {
     let by_class: serde_json::Map<String, serde_json::Value> = Class::ALL
         .iter()
@@ -95,6 +105,23 @@ fn classes_text(classes: &ClassStats) -> String {
     for class in Class::ALL {
         let c = classes.get(class);
         out += &format!("{:<10} {:>14} {:>18}\n", class.name(), c.packets, c.bytes);
+    }
+    out
+}
+
+/// `{"tcp-fragment": N, "tiny-fragment": N, ...}`
+fn parse_drops_json(drops: &ParseDrops) -> serde_json::Value {
+    ParseDrop::ALL
+        .iter()
+        .map(|&r| (r.name().to_string(), drops.get(r).into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+fn parse_drops_text(drops: &ParseDrops) -> String {
+    let mut out = String::from("\npackets dropped for their shape (fragments, unparsable)\n");
+    for reason in ParseDrop::ALL {
+        out += &format!("{:<26} {:>14}\n", reason.name(), drops.get(reason));
     }
     out
 }

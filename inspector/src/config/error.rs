@@ -56,6 +56,35 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A policy file that cannot be read at all (missing, not readable, not
+/// UTF-8): as much a configuration error as a wrong field.
+#[derive(Debug)]
+pub struct UnreadablePolicy {
+    pub file: PathBuf,
+    pub error: std::io::Error,
+}
+
+impl fmt::Display for UnreadablePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: cannot read policy: {}",
+            self.file.display(),
+            self.error
+        )
+    }
+}
+
+impl std::error::Error for UnreadablePolicy {}
+
+/// Whether `error` is, or was caused by, a bad policy file: what exit code
+/// 78 (`EX_CONFIG`) stands for.
+pub fn is_config_error(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|e| e.is::<ConfigError>() || e.is::<UnreadablePolicy>())
+}
+
 /// The 1-based line and column (in characters) of byte `offset`.
 pub(super) fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     let mut end = offset.min(text.len());

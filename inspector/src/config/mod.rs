@@ -1,6 +1,7 @@
 //! The policy file: one TOML document holding the exemptions, the protected
-//! servers with their limits, the flow timeouts, the ESMTP inspection
-//! policy, the proxy and the audit settings.
+//! servers with their limits, the flow timeouts, what the classifier does
+//! with packets it cannot parse, the ESMTP inspection policy, the proxy and
+//! the audit settings.
 //!
 //! One pipeline reads it: the text is deserialized into the raw document
 //! ([`document::deserialize`]), each section of the document compiles into
@@ -16,6 +17,7 @@ mod document;
 mod error;
 mod esmtp;
 mod exempt;
+mod packets;
 mod proxy;
 mod servers;
 mod timeouts;
@@ -29,8 +31,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
-pub use error::ConfigError;
+pub use error::{ConfigError, UnreadablePolicy, is_config_error};
 pub use exempt::parse_network;
+pub use packets::{PacketPolicy, Unparsable};
 pub use proxy::{
     ClientLimits, FailMode, GATEWAY_WARNING, ProxyConfig, SessionTimeouts, StressPolicy,
     UpstreamSource,
@@ -54,6 +57,8 @@ pub struct Policy {
     pub exempt: Vec<IpNet>,
     pub servers: Vec<Server>,
     pub timeouts: FlowTimeouts,
+    /// The `[packets]` table: packets the classifier cannot parse.
+    pub packets: PacketPolicy,
     pub esmtp: EsmtpPolicy,
     /// The `[proxy]` table (formerly `[engine]`).
     pub proxy: ProxyConfig,
@@ -72,6 +77,7 @@ struct Document {
     #[serde(default)]
     server: servers::Servers,
     timeouts: Option<timeouts::TimeoutsSection>,
+    packets: Option<packets::PacketsSection>,
     esmtp: Option<EsmtpSection>,
     proxy: Option<Spanned<ProxySection>>,
     /// `[proxy]` under its old name.
@@ -82,8 +88,10 @@ struct Document {
 impl Policy {
     /// Reads and parses the file at `path`, and logs its deprecations.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read policy: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|error| UnreadablePolicy {
+            file: path.to_path_buf(),
+            error,
+        })?;
         let policy = Self::parse(path, &text)?;
         for deprecation in &policy.deprecations {
             log::warn!("{deprecation}");
@@ -137,6 +145,7 @@ fn compile(text: &str) -> Result<(Policy, Vec<FieldError>), FieldError> {
         exempt: doc.exempt.compile()?,
         servers: doc.server.compile()?,
         timeouts: or_default(doc.timeouts.as_ref())?,
+        packets: or_default(doc.packets.as_ref())?,
         esmtp,
         proxy: or_default(proxy.as_ref().map(Spanned::get_ref))?,
         audit: or_default(doc.audit.as_ref())?,
@@ -340,6 +349,21 @@ mod tests {
             parse("[proxy]\nupstream-source = \"proxy\"\n\n[esmtp]\nallow-verbs = [\"XCLIENT\"]\n")
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn unparsable_packets_are_dropped_unless_the_policy_says_pass() {
+        assert_eq!(parse("").unwrap().packets.unparsable, Unparsable::Drop);
+        for (text, want) in [("drop", Unparsable::Drop), ("pass", Unparsable::Pass)] {
+            let p = parse(&format!("[packets]\nunparsable = \"{text}\"\n")).unwrap();
+            assert_eq!(p.packets.unparsable, want);
+            assert_eq!(want.name(), text);
+        }
+        let err = parse("[packets]\nunparsable = \"accept\"\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (2, "packets.unparsable"));
+        assert!(err.message.contains("unknown variant"), "{err}");
+        let err = parse("[packets]\nfragments = \"pass\"\n").unwrap_err();
+        assert!(err.message.contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub enum FailMode {
     /// Forwarded to the server, uninspected.
     #[default]
     Open,
-    /// Refused: the SYN is dropped, so the client's MTA keeps the message
-    /// and retries later.
+    /// Refused: the SYN is answered with a RST, so the client's MTA keeps
+    /// the message and retries later.
     Closed,
 }
 

@@ -1,28 +1,42 @@
-//! `inspector run`: load, apply the policy, attach, run the proxy, wait for
-//! a signal, drain, detach.
+//! `inspector run`: load, apply the policy, attach, run the proxy, tell a
+//! supervisor when it is ready, reload on SIGHUP or `inspector reload`,
+//! wait for a stop signal, drain, detach.
 
+mod control;
 pub mod lock;
+mod notify;
 mod signals;
+pub mod status;
 mod upstream;
 
 use std::{
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
-use inspector_common::SMTP_PORT;
+use inspector_common::{HEARTBEAT_INTERVAL_NS, SMTP_PORT};
 use tokio::sync::{mpsc, watch};
 
-use self::{lock::IfaceLock, signals::Signals, upstream::ReturnSteering};
+use self::{
+    control::{Control, ReloadRequest, Reloader},
+    lock::IfaceLock,
+    notify::Notifier,
+    signals::{Event, Signals},
+    status::{Board, PolicyInfo, Readiness},
+    upstream::ReturnSteering,
+};
 use crate::{
-    config::{DEFAULT_QUEUE, OnEmbryonicLimit, Policy, SinkSpec},
+    config::{DEFAULT_QUEUE, FlowTimeouts, OnEmbryonicLimit, Policy, SinkSpec},
     kernel::{
-        bpffs,
+        bpffs, classify,
         exempt::ExemptTable,
+        exempt_store::Store,
         limits,
         loader::{self, AttachMode},
-        routing, steer,
+        routing,
+        steer::{self, Heartbeat},
         sweeper::{self, Sweeper},
     },
     observe::{
@@ -41,6 +55,8 @@ pub struct RunOptions {
     pub ifaces: Vec<String>,
     pub policy: Option<PathBuf>,
     pub pin_dir: PathBuf,
+    /// Where live exemptions are saved (see `kernel::exempt_store`).
+    pub state_dir: PathBuf,
     pub mode: AttachMode,
     /// Run the proxy and steer flagged flows to it (the default); `false`
     /// only classifies and counts.
@@ -51,6 +67,24 @@ pub struct RunOptions {
     /// `None`: the policy's `[audit]`, else stdout and 4096.
     pub audit: Option<SinkSpec>,
     pub audit_queue: Option<usize>,
+}
+
+/// The policy file's name in messages when there is none.
+const BUILT_IN: &str = "(built-in default)";
+
+/// Reads the policy (or the built-in default) and the bytes it was read
+/// from (for its hash).
+fn load_policy(path: Option<&std::path::Path>) -> Result<(Policy, Vec<u8>)> {
+    match path {
+        Some(path) => {
+            let policy = Policy::load(path)?;
+            Ok((policy, std::fs::read(path).unwrap_or_default()))
+        }
+        None => Ok((
+            Policy::parse(std::path::Path::new(BUILT_IN), "")?,
+            Vec::new(),
+        )),
+    }
 }
 
 pub fn run(opts: RunOptions) -> Result<()> {
@@ -66,10 +100,8 @@ pub fn run(opts: RunOptions) -> Result<()> {
         let _runtime = runtime.enter();
         Signals::new()?
     };
-    let policy = match &opts.policy {
-        Some(path) => Policy::load(path)?,
-        None => Policy::parse(std::path::Path::new("(built-in default)"), "")?,
-    };
+    let notifier = Arc::new(Notifier::from_env());
+    let (policy, text) = load_policy(opts.policy.as_deref())?;
     bpffs::prepare(&opts.pin_dir)?;
     let _locks = opts
         .ifaces
@@ -100,31 +132,136 @@ pub fn run(opts: RunOptions) -> Result<()> {
     )?;
     log::info!("audit records: {sink} (queue {queue})");
     let esmtp = Arc::new(EsmtpState::new(policy.esmtp.clone(), audit));
+    let board = Arc::new(Board::new(
+        PolicyInfo::new(
+            opts.policy.as_deref(),
+            &text,
+            policy.exempt.len(),
+            policy.servers.len(),
+        ),
+        opts.proxy,
+        control::fail_name(policy.proxy.fail),
+        notifier.watchdog().is_some(),
+    ));
+    board.set_esmtp_rules(policy.esmtp.rules.len());
     // How the proxy connects to the servers; servers it meets for the first
     // time are learned through `learn` (route, return steering).
     let (learn_tx, learn_rx) = mpsc::channel(64);
     let upstream = Arc::new(Upstream::new(policy.proxy.upstream_source, Some(learn_tx)));
-    let stats_socket = runtime.block_on(async { StatsSocket::bind() })?;
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let stats_socket = StatsSocket::bind()?;
+    stats_socket.serve(Arc::new(Control {
+        esmtp: esmtp.clone(),
+        board: board.clone(),
+        reload: reload_tx,
+        upstream: opts.proxy.then(|| upstream.clone()),
+    }))?;
     let metrics_listener = match opts.metrics {
         MetricsAddr::Off => None,
         MetricsAddr::Listen(addr) => Some(runtime.block_on(metrics::bind(addr))?),
     };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
-    ExemptTable::open(&opts.pin_dir)?
+    classify::configure(&mut ebpf, &policy.packets)?;
+    let mut table = ExemptTable::open(&opts.pin_dir)?;
+    table
         .apply_policy(&policy.exempt)
         .context("applying the policy's exemptions")?;
+    let store = Store::for_pin_dir(&opts.state_dir, &opts.pin_dir);
+    match store.restore(&mut table) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "restored {n} live exemption(s) from {}",
+            store.path().display()
+        ),
+        Err(e) => log::warn!("live exemptions not restored: {e:#}"),
+    }
     limits::apply_policy(&opts.pin_dir, &policy.servers)
         .context("applying the policy's protected servers")?;
     log::info!(
         "policy {}: {} exemption(s), {} protected server(s); maps pinned in {}",
         opts.policy
             .as_ref()
-            .map_or("(built-in default)".into(), |p| p.display().to_string()),
+            .map_or(BUILT_IN.into(), |p| p.display().to_string()),
         policy.exempt.len(),
         policy.servers.len(),
         opts.pin_dir.display()
     );
+    warn_about_intercept(&policy, &opts);
+    let sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
+    for iface in &opts.ifaces {
+        let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;
+        board.add_interface(iface, mode);
+        log::info!("{iface}: classifier attached ({mode} XDP)");
+    }
+
+    // These run whenever the runtime does, with or without the proxy.
+    let (timeouts_tx, timeouts_rx) = watch::channel(policy.timeouts);
+    runtime.spawn(sweep_forever(sweeper, timeouts_rx));
+    runtime.spawn(expire_forever(store, table));
+    if let Some(listener) = metrics_listener {
+        log::info!(
+            "metrics endpoint on http://{}/metrics",
+            listener.local_addr()?
+        );
+        let registry = Arc::new(metrics::registry(&opts.pin_dir, esmtp.clone()));
+        runtime.spawn(metrics::serve(listener, registry));
+    }
+    let mut reloader = Reloader {
+        pin_dir: opts.pin_dir.clone(),
+        path: opts.policy.clone(),
+        audit_override: opts.audit.is_some(),
+        policy,
+        esmtp: esmtp.clone(),
+        board: board.clone(),
+        notifier: notifier.clone(),
+        timeouts: timeouts_tx,
+    };
+    let mut controls = Controls {
+        signals: &mut signals,
+        reloads: reload_rx,
+    };
+    if !opts.proxy {
+        board.set_state(Readiness::Ready);
+        esmtp.ready.store(true, Ordering::Relaxed);
+        notifier.ready(&status_line(&board));
+        log::info!("ready: classifying and counting (no proxy)");
+        runtime.block_on(controls.until_stop(&mut reloader, None, &notifier, None));
+        board.set_state(Readiness::Stopping);
+        esmtp.ready.store(false, Ordering::Relaxed);
+        notifier.stopping();
+        log::info!(
+            "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
+        );
+        drop(stats_socket);
+        return Ok(());
+    }
+    steer::load(&mut ebpf, reloader.policy.proxy.fail)?;
+    let heartbeat = Heartbeat::take(&mut ebpf)?;
+    let mut steering = ReturnSteering::new(&opts.pin_dir, &opts.ifaces);
+    let result = runtime.block_on(run_proxy(
+        &opts,
+        &mut reloader,
+        &mut ebpf,
+        heartbeat,
+        &mut controls,
+        Learner {
+            upstream,
+            requests: learn_rx,
+            steering: &mut steering,
+        },
+    ));
+    // Whatever happened: no steering is left behind by a clean exit.
+    let cleanup = runtime.block_on(unsteer(&opts, &steering));
+    log::info!(
+        "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
+    );
+    drop(ebpf);
+    drop(stats_socket);
+    result.and(cleanup)
+}
+
+fn warn_about_intercept(policy: &Policy, opts: &RunOptions) {
     let intercepting = policy.servers.iter().any(|s| {
         s.on_embryonic_limit == OnEmbryonicLimit::Intercept
             && (s.max_embryonic | s.per_client_embryonic_max) != 0
@@ -134,98 +271,129 @@ pub fn run(opts: RunOptions) -> Result<()> {
             "TCP intercept rewrites packets both ways: give `--iface` for the clients' side and the servers' side, or intercepted connections will stall"
         );
     }
-    let sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
-    for iface in &opts.ifaces {
-        let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;
-        log::info!("{iface}: classifier attached ({mode} XDP)");
-    }
-
-    // These run whenever the runtime does, with or without the proxy.
-    runtime.spawn(sweep_forever(sweeper));
-    runtime.spawn({
-        let esmtp = esmtp.clone();
-        let upstream = opts.proxy.then(|| upstream.clone());
-        async move { stats_socket.serve(esmtp, upstream).await }
-    });
-    if let Some(listener) = metrics_listener {
-        log::info!(
-            "metrics endpoint on http://{}/metrics",
-            listener.local_addr()?
-        );
-        let registry = Arc::new(metrics::registry(&opts.pin_dir, esmtp.clone()));
-        runtime.spawn(metrics::serve(listener, registry));
-    }
-    if !opts.proxy {
-        esmtp.ready.store(true, Ordering::Relaxed);
-        runtime.block_on(signals.wait());
-        esmtp.ready.store(false, Ordering::Relaxed);
-        log::info!(
-            "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
-        );
-        return Ok(());
-    }
-    steer::load(&mut ebpf, policy.proxy.fail)?;
-    let mut steering = ReturnSteering::new(&opts.pin_dir, &opts.ifaces);
-    let result = runtime.block_on(run_proxy(
-        &opts,
-        &policy,
-        Proxy {
-            esmtp,
-            upstream,
-            learn: learn_rx,
-        },
-        &mut ebpf,
-        &mut steering,
-        &mut signals,
-    ));
-    // Whatever happened: no steering is left behind by a clean exit.
-    let cleanup = runtime.block_on(unsteer(&opts, &steering));
-    log::info!(
-        "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
-    );
-    drop(ebpf);
-    result.and(cleanup)
 }
 
-/// What the proxy shares with the rest of the daemon.
-struct Proxy {
-    esmtp: Arc<EsmtpState>,
+/// What `systemctl status` shows on its `Status:` line.
+fn status_line(board: &Board) -> String {
+    let s = board.snapshot(0);
+    let ifaces: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| format!("{} ({} XDP)", i.name, i.xdp))
+        .collect();
+    format!(
+        "inspecting on {}; policy {} sha256 {}",
+        ifaces.join(", "),
+        s.policy.path.as_deref().unwrap_or(BUILT_IN),
+        &s.policy.sha256[..12]
+    )
+}
+
+/// Where the daemon's orders come from while it runs: signals, and
+/// `inspector reload` through the stats socket.
+struct Controls<'a> {
+    signals: &'a mut Signals,
+    reloads: mpsc::Receiver<ReloadRequest>,
+}
+
+/// The proxy's upstream and the daemon's side of it: servers the proxy
+/// meets for the first time, whose return path the daemon prepares.
+struct Learner<'a> {
     upstream: Arc<Upstream>,
-    /// Servers the proxy meets for the first time.
-    learn: mpsc::Receiver<Learn>,
+    requests: mpsc::Receiver<Learn>,
+    steering: &'a mut ReturnSteering,
+}
+
+/// A learn request, or never (without a proxy).
+async fn next_learn(requests: Option<&mut mpsc::Receiver<Learn>>) -> Option<Learn> {
+    match requests {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Controls<'_> {
+    /// Reloads when asked, and (with the proxy) prepares the return path
+    /// to servers met for the first time, until SIGTERM or SIGINT. Without
+    /// a proxy the watchdog is fed from here.
+    async fn until_stop(
+        &mut self,
+        reloader: &mut Reloader,
+        mut ebpf: Option<&mut aya::Ebpf>,
+        notifier: &Notifier,
+        mut learn: Option<(
+            &mut mpsc::Receiver<Learn>,
+            &mut ReturnSteering,
+            &rtnetlink::Handle,
+        )>,
+    ) {
+        let mut watchdog = tokio::time::interval(Duration::from_nanos(HEARTBEAT_INTERVAL_NS));
+        let feed = ebpf.is_none();
+        loop {
+            let requests = learn.as_mut().map(|(r, _, _)| &mut **r);
+            tokio::select! {
+                Some(Learn { server, reply }) = next_learn(requests) => {
+                    let found = match (learn.as_mut(), ebpf.as_deref_mut()) {
+                        (Some((_, steering, netlink)), Some(ebpf)) => {
+                            steering.prepare(ebpf, netlink, server).await
+                        }
+                        _ => Err(anyhow::anyhow!("no proxy")),
+                    };
+                    if let Ok(iface) = &found {
+                        log::info!("{server}: a new server, via {iface}");
+                    }
+                    let _ = reply.send(found.map_err(|e| format!("{e:#}")));
+                }
+                event = self.signals.next() => match event {
+                    Event::Stop => return,
+                    Event::Reload => {
+                        let _ = reloader.reload(ebpf.as_deref_mut());
+                    }
+                },
+                Some(reply) = self.reloads.recv() => {
+                    let answer = reloader.reload(ebpf.as_deref_mut());
+                    let _ = reply.send(answer);
+                }
+                _ = watchdog.tick(), if feed => notifier.watchdog_ping(),
+            }
+        }
+    }
 }
 
 async fn run_proxy(
     opts: &RunOptions,
-    policy: &Policy,
-    proxy: Proxy,
+    reloader: &mut Reloader,
     ebpf: &mut aya::Ebpf,
-    steering: &mut ReturnSteering,
-    signals: &mut Signals,
+    mut heartbeat: Heartbeat,
+    controls: &mut Controls<'_>,
+    learner: Learner<'_>,
 ) -> Result<()> {
-    let Proxy {
-        esmtp,
+    let Learner {
         upstream,
-        mut learn,
-    } = proxy;
-    // Listening first: the steering program treats the listener as the
-    // proxy's liveness.
+        requests: mut learn,
+        steering,
+    } = learner;
+    // Listening first: the steering program checks that the listener is
+    // there (and that the proxy's heartbeat is fresh).
     let listeners = proxy::listeners(SMTP_PORT)?;
     let netlink = routing::connect()?;
     routing::install(&netlink)
         .await
         .context("installing the policy routing for flagged flows")?;
+    let board = reloader.board.clone();
     for iface in &opts.ifaces {
         steer::attach(ebpf, iface, &opts.pin_dir)?;
+        board.set_steering(iface, "attached");
         log::info!("{iface}: steering attached (TC ingress)");
     }
-    self::upstream::start(&upstream, policy, ebpf, &netlink, steering).await?;
-    esmtp
+    self::upstream::start(&upstream, &reloader.policy, ebpf, &netlink, steering).await?;
+    let policy = &reloader.policy;
+    reloader
+        .esmtp
         .max_sessions
         .store(policy.proxy.max_sessions as u64, Ordering::Relaxed);
-    esmtp.ready.store(true, Ordering::Relaxed);
     let shared = Arc::new(Shared {
-        esmtp,
+        esmtp: reloader.esmtp.clone(),
         config: policy.proxy.clone(),
         counters: Counters::default(),
         upstream: upstream.clone(),
@@ -237,21 +405,41 @@ async fn run_proxy(
         policy.proxy.max_sessions,
         policy.proxy.timeouts
     );
-    let (stop, stopped) = watch::channel(false);
-    let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped));
-    loop {
-        tokio::select! {
-            () = signals.wait() => break,
-            Some(Learn { server, reply }) = learn.recv() => {
-                let found = steering.prepare(ebpf, &netlink, server).await;
-                if let Ok(iface) = &found {
-                    log::info!("{server}: a new server, via {iface}");
-                }
-                let _ = reply.send(found.map_err(|e| format!("{e:#}")));
-            }
+    // The proxy's loop beats every second: the kernel's heartbeat (new
+    // sessions are steered only while it is fresh) and systemd's watchdog.
+    // Its first beat makes the daemon ready: XDP, TC, the routes and the
+    // listener are all up by then.
+    let notifier = reloader.notifier.clone();
+    let esmtp = reloader.esmtp.clone();
+    let mut first = true;
+    let beat = move || {
+        if let Err(e) = heartbeat.beat() {
+            log::warn!("writing the heartbeat: {e:#}");
         }
-    }
-    shared.esmtp.ready.store(false, Ordering::Relaxed);
+        board.beat();
+        if first {
+            first = false;
+            board.set_state(Readiness::Ready);
+            esmtp.ready.store(true, Ordering::Relaxed);
+            notifier.ready(&status_line(&board));
+            log::info!("ready: the kernel steers new SMTP sessions to the proxy");
+        }
+        notifier.watchdog_ping();
+    };
+    let (stop, stopped) = watch::channel(false);
+    let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped, beat));
+    let notifier = reloader.notifier.clone();
+    controls
+        .until_stop(
+            reloader,
+            Some(ebpf),
+            &notifier,
+            Some((&mut learn, steering, &netlink)),
+        )
+        .await;
+    reloader.board.set_state(Readiness::Stopping);
+    reloader.esmtp.ready.store(false, Ordering::Relaxed);
+    reloader.notifier.stopping();
     let _ = stop.send(true);
     serve.await.context("the proxy task failed")??;
     let c = &shared.counters;
@@ -260,7 +448,9 @@ async fn run_proxy(
         c.accepted.load(Ordering::Relaxed),
         c.refused.load(Ordering::Relaxed)
     );
-    print!("{}", shared.esmtp.stats.render(&shared.esmtp.policy));
+    // The summary goes to stderr with the log: stdout is the default audit
+    // sink (JSON lines).
+    eprint!("{}", shared.esmtp.render());
     Ok(())
 }
 
@@ -279,11 +469,31 @@ async fn unsteer(opts: &RunOptions, steering: &ReturnSteering) -> Result<()> {
     result
 }
 
-/// Sweeps the flow table every [`sweeper::INTERVAL`].
-async fn sweep_forever(mut sweeper: Sweeper) {
+/// Removes live exemptions whose `--for` is up, every second.
+async fn expire_forever(store: Store, mut table: ExemptTable) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        match store.expire(&mut table) {
+            Ok(gone) => {
+                for net in gone {
+                    log::info!("exemption {net} expired");
+                }
+            }
+            Err(e) => log::warn!("expiring exemptions: {e:#}"),
+        }
+    }
+}
+
+/// Sweeps the flow table every [`sweeper::INTERVAL`], with the timeouts of
+/// the policy in force (a reload changes them).
+async fn sweep_forever(mut sweeper: Sweeper, mut timeouts: watch::Receiver<FlowTimeouts>) {
     let mut tick = tokio::time::interval(sweeper::INTERVAL);
     loop {
         tick.tick().await;
+        if timeouts.has_changed().unwrap_or(false) {
+            sweeper.set_timeouts(*timeouts.borrow_and_update());
+        }
         match sweeper.sweep(sweeper::monotonic_ns()) {
             Ok(sweep) if sweep.expired > 0 => log::debug!("sweeper: {sweep:?}"),
             Ok(_) => {}

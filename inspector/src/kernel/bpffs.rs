@@ -118,6 +118,13 @@ impl OwnedPinDir {
 impl Drop for OwnedPinDir {
     fn drop(&mut self) {
         let _ = unload(&self.0);
+        // And the live exemptions it saved under the default state dir.
+        let store = super::exempt_store::Store::for_pin_dir(
+            Path::new(super::exempt_store::DEFAULT_STATE_DIR),
+            &self.0,
+        );
+        let _ = fs::remove_file(store.path());
+        let _ = fs::remove_file(store.path().with_extension("json.lock"));
     }
 }
 

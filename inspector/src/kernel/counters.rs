@@ -1,10 +1,11 @@
-//! The kernel's per-class counters, summed over CPUs.
+//! The kernel's per-class counters and its drops for a packet's shape,
+//! summed over CPUs.
 
 use std::path::Path;
 
 use anyhow::Result;
 use aya::maps::{MapData, PerCpuArray};
-use inspector_common::{Class, ClassCounters, maps};
+use inspector_common::{Class, ClassCounters, ParseDrop, maps};
 use serde::Serialize;
 
 use super::bpffs;
@@ -37,5 +38,31 @@ impl ClassStats {
 
     pub fn get(&self, class: Class) -> Counter {
         self.0[class as usize]
+    }
+}
+
+/// Packets the classifier dropped for their shape (fragments, headers it
+/// cannot parse), in [`ParseDrop::ALL`] order. XDP and TC count into the
+/// same map; a packet is dropped (and counted) by one of them at most.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParseDrops(pub [u64; ParseDrop::COUNT as usize]);
+
+impl ParseDrops {
+    pub fn read(pin_dir: &Path) -> Result<Self> {
+        let array: PerCpuArray<MapData, u64> =
+            bpffs::open_map(pin_dir, maps::PARSE_DROPS)?.try_into()?;
+        let mut drops = Self::default();
+        for reason in ParseDrop::ALL {
+            drops.0[reason as usize] = array.get(&(reason as u32), 0)?.iter().sum();
+        }
+        Ok(drops)
+    }
+
+    pub fn get(&self, reason: ParseDrop) -> u64 {
+        self.0[reason as usize]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
     }
 }

@@ -22,6 +22,8 @@ use super::bpffs;
 pub struct Rule {
     pub network: IpNet,
     pub origin: Origin,
+    /// Packets it exempted since it was made.
+    pub hits: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -39,6 +41,8 @@ impl Origin {
         };
         ExemptRule {
             origin: origin as u32,
+            _pad: 0,
+            hits: 0,
         }
     }
 
@@ -78,6 +82,11 @@ impl ExemptTable {
         }
         rules.sort();
         Ok(rules)
+    }
+
+    /// The origin of the rule for exactly `net`, if there is one.
+    pub fn origin(&self, net: &IpNet) -> Result<Option<Origin>> {
+        self.contains(net)
     }
 
     fn contains(&self, net: &IpNet) -> Result<Option<Origin>> {
@@ -160,5 +169,6 @@ fn rule(addr: IpAddr, prefix_len: u32, value: ExemptRule) -> Result<Rule> {
     Ok(Rule {
         network: IpNet::new(addr, prefix)?,
         origin: Origin::from_value(value),
+        hits: value.hits,
     })
 }

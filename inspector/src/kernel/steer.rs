@@ -5,7 +5,7 @@
 //! (it marks the servers' answers to the engine's connections and nothing
 //! else). Their links are pinned in the pin directory (`steer-<iface>`,
 //! `steer-return-<iface>`), so they outlive a daemon that is killed: with
-//! `fail = "closed"` the SYNs of new flagged flows are then dropped; with
+//! `fail = "closed"` the SYNs of new flagged flows are then refused (RST); with
 //! `fail = "open"` they go to the server uninspected (see `inspector-ebpf/src/steer.rs`). A clean
 //! stop removes the link.
 
@@ -14,13 +14,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::Array,
+    maps::{Array, MapData},
     programs::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
     },
 };
-use inspector_common::{FAIL_CLOSED, FAIL_OPEN, STEER_CONFIG_MAP, SteerConfig, programs};
+use inspector_common::{
+    FAIL_CLOSED, FAIL_OPEN, HEARTBEAT_MAP, STEER_CONFIG_MAP, SteerConfig, programs,
+};
 
 use crate::config::FailMode;
 
@@ -51,6 +53,12 @@ pub fn load(ebpf: &mut Ebpf, fail: FailMode) -> Result<()> {
     program(ebpf, programs::TC_STEER_RETURN)?
         .load()
         .context("verifying the return steering program")?;
+    set_fail(ebpf, fail)
+}
+
+/// Writes the steering settings: `fail`, with the engine running (a reload
+/// calls this again with the new policy's `fail`).
+pub fn set_fail(ebpf: &mut Ebpf, fail: FailMode) -> Result<()> {
     let mut config: Array<_, SteerConfig> = Array::try_from(
         ebpf.map_mut(STEER_CONFIG_MAP)
             .context("the object has no steering settings map")?,
@@ -61,6 +69,27 @@ pub fn load(ebpf: &mut Ebpf, fail: FailMode) -> Result<()> {
     };
     config.set(0, SteerConfig { fail, engine: 1 }, 0)?;
     Ok(())
+}
+
+/// The proxy's heartbeat in the kernel (see `inspector-ebpf/src/steer/liveness.rs`):
+/// the steering marks new sessions only while it is at most
+/// [`inspector_common::HEARTBEAT_STALE_NS`] old.
+pub struct Heartbeat(Array<MapData, u64>);
+
+impl Heartbeat {
+    /// Takes the heartbeat map out of the loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        let map = ebpf
+            .take_map(HEARTBEAT_MAP)
+            .context("the object has no heartbeat map")?;
+        Ok(Self(Array::try_from(map)?))
+    }
+
+    /// Writes now (CLOCK_MONOTONIC, `bpf_ktime_get_ns`'s clock).
+    pub fn beat(&mut self) -> Result<()> {
+        self.0.set(0, super::sweeper::monotonic_ns(), 0)?;
+        Ok(())
+    }
 }
 
 /// Attaches to `iface`'s ingress (TCX) and pins the link, replacing the

@@ -43,6 +43,11 @@ impl Sweeper {
         })
     }
 
+    /// The policy's timeouts after a reload (from the next sweep on).
+    pub fn set_timeouts(&mut self, timeouts: FlowTimeouts) {
+        self.timeouts = timeouts;
+    }
+
     /// One pass at `now_ns` (CLOCK_MONOTONIC, the kernel's `bpf_ktime_get_ns`).
     pub fn sweep(&mut self, now_ns: u64) -> Result<Sweep> {
         let mut servers: StdHashMap<Addr16, ConnCounts> = StdHashMap::new();

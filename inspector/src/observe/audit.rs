@@ -13,7 +13,7 @@ use std::{
     os::unix::net::UnixDatagram,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, SyncSender, TrySendError},
     },
     thread,
@@ -68,6 +68,9 @@ type Writer = Box<dyn FnMut(&Queued) -> io::Result<()> + Send>;
 pub struct AuditLog {
     tx: Option<SyncSender<Queued>>,
     counts: Arc<AuditCounts>,
+    /// Set by [`AuditLog::reopen`]; the writer reopens the file (or
+    /// reconnects to syslog) before its next record.
+    reopen: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -176,9 +179,15 @@ impl AuditLog {
     /// [`Self::start`] with the syslog facility and tag.
     pub fn start_syslog(spec: &SinkSpec, capacity: usize, format: SyslogFormat) -> Result<Self> {
         let counts = Arc::new(AuditCounts::default());
+        let reopen = Arc::new(AtomicBool::new(false));
+        let reopening = reopen.clone();
         let mut sink: Writer = match spec {
             SinkSpec::Off => {
-                return Ok(Self { tx: None, counts });
+                return Ok(Self {
+                    tx: None,
+                    counts,
+                    reopen,
+                });
             }
             SinkSpec::Stdout => {
                 let mut out = io::stdout();
@@ -188,12 +197,19 @@ impl AuditLog {
                 })
             }
             SinkSpec::File(path) => {
-                let mut file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .with_context(|| format!("opening the audit log {}", path.display()))?;
-                Box::new(move |q| file.write_all(json_line(q.time, &q.event).as_bytes()))
+                let open = {
+                    let path = path.clone();
+                    move || OpenOptions::new().create(true).append(true).open(&path)
+                };
+                let mut file =
+                    open().with_context(|| format!("opening the audit log {}", path.display()))?;
+                Box::new(move |q| {
+                    // After logrotate moved the file: write to a new one.
+                    if reopening.swap(false, Ordering::Relaxed) {
+                        file = open()?;
+                    }
+                    file.write_all(json_line(q.time, &q.event).as_bytes())
+                })
             }
             SinkSpec::Syslog(socket) => {
                 let path = socket.clone();
@@ -282,6 +298,7 @@ impl AuditLog {
         Ok(Self {
             tx: Some(tx),
             counts,
+            reopen,
         })
     }
 
@@ -290,7 +307,14 @@ impl AuditLog {
         Self {
             tx: None,
             counts: Arc::default(),
+            reopen: Arc::default(),
         }
+    }
+
+    /// Reopens a file sink (after logrotate) or reconnects to syslog,
+    /// before the next record is written. Stdout stays as it is.
+    pub fn reopen(&self) {
+        self.reopen.store(true, Ordering::Relaxed);
     }
 
     /// Queues `event` for the sink; never blocks. A full queue drops it

@@ -18,7 +18,7 @@
 //! ```
 
 use std::sync::{
-    Arc,
+    Arc, Mutex, RwLock,
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
@@ -116,9 +116,30 @@ impl Default for Timings {
     }
 }
 
-pub struct EsmtpState {
+/// The policy new sessions get and the counters they count into. A reload
+/// makes a new generation; sessions already open keep theirs (they hold
+/// its `Arc`s) until they end.
+#[derive(Clone)]
+pub struct Generation {
     pub policy: Arc<EsmtpPolicy>,
     pub stats: Arc<PolicyStats>,
+}
+
+impl Generation {
+    fn new(policy: EsmtpPolicy) -> Self {
+        Self {
+            stats: Arc::new(PolicyStats::new(&policy)),
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+pub struct EsmtpState {
+    current: RwLock<Generation>,
+    /// Every generation's counters, the current one last: the totals
+    /// (`packet`, `drop`, `reset-drop`) add them up, so they never go back
+    /// at a reload; per-criterion counts are the current policy's.
+    generations: Mutex<Vec<Arc<PolicyStats>>>,
     pub audit: AuditLog,
     /// The proxy's admission: refusals, evictions, stress mode.
     pub admission: Arc<AdmissionCounts>,
@@ -136,10 +157,10 @@ pub struct EsmtpState {
 
 impl EsmtpState {
     pub fn new(policy: EsmtpPolicy, audit: AuditLog) -> Self {
-        let stats = Arc::new(PolicyStats::new(&policy));
+        let generation = Generation::new(policy);
         Self {
-            policy: Arc::new(policy),
-            stats,
+            generations: Mutex::new(vec![generation.stats.clone()]),
+            current: RwLock::new(generation),
             audit,
             admission: Arc::default(),
             ready: AtomicBool::new(false),
@@ -151,9 +172,49 @@ impl EsmtpState {
         }
     }
 
-    /// An engine session counting into this state's [`PolicyStats`].
+    /// The policy and counters new sessions get now.
+    pub fn current(&self) -> Generation {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn policy(&self) -> Arc<EsmtpPolicy> {
+        self.current().policy
+    }
+
+    /// Makes `policy` the one new sessions get (a reload); open sessions
+    /// keep the one they started with.
+    pub fn replace_policy(&self, policy: EsmtpPolicy) {
+        let generation = Generation::new(policy);
+        self.generations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(generation.stats.clone());
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = generation;
+    }
+
+    /// `packet`, `drop` and `reset-drop` over every generation.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.iter().fold((0, 0, 0), |(p, d, r), stats| {
+            let (p2, d2, r2) = stats.totals();
+            (p + p2, d + d2, r + r2)
+        })
+    }
+
+    /// The `show service-policy inspect esmtp` view of the current policy
+    /// (its totals over every generation).
+    pub fn render(&self) -> String {
+        self.snapshot().show
+    }
+
+    /// An engine session counting into the current generation's
+    /// [`PolicyStats`], with its policy for as long as it lasts.
     pub fn new_session(&self, peers: Peers) -> Session {
-        Session::new(self.policy.clone(), self.stats.clone(), peers)
+        let generation = self.current();
+        Session::new(generation.policy, generation.stats, peers)
     }
 
     /// Counts a session as active until the guard drops, then counts its
@@ -193,10 +254,11 @@ impl EsmtpState {
     /// Everything `inspector stats` shows about ESMTP, as the stats socket
     /// sends it.
     pub fn snapshot(&self) -> EsmtpSnapshot {
-        let (packet, drop, reset_drop) = self.stats.totals();
+        let Generation { policy, stats } = self.current();
+        let (packet, drop, reset_drop) = self.totals();
         EsmtpSnapshot {
             pid: std::process::id(),
-            policy: self.policy.name.clone(),
+            policy: policy.name.clone(),
             packet,
             drop,
             reset_drop,
@@ -205,9 +267,8 @@ impl EsmtpState {
                 .iter()
                 .map(|&o| (o.name().to_string(), self.sessions_total(o)))
                 .collect(),
-            criteria: self
-                .stats
-                .criteria(&self.policy)
+            criteria: stats
+                .criteria(&policy)
                 .into_iter()
                 .map(|c| CriterionView {
                     criterion: c.criterion,
@@ -216,10 +277,25 @@ impl EsmtpState {
                 })
                 .collect(),
             audit_dropped: self.audit.dropped(),
-            show: self.stats.render(&self.policy),
+            show: show(&stats, &policy, (packet, drop, reset_drop)),
             admission: self.admission.snapshot(),
         }
     }
+}
+
+/// `stats.render(policy)` with the first line's totals over every
+/// generation (`packet`, `drop` and `reset-drop` go on across reloads).
+fn show(
+    stats: &PolicyStats,
+    policy: &EsmtpPolicy,
+    (packet, drop, reset_drop): (u64, u64, u64),
+) -> String {
+    let text = stats.render(policy);
+    let rest = text.split_once('\n').map_or("", |(_, rest)| rest);
+    format!(
+        "Inspect: esmtp {}, packet {packet}, drop {drop}, reset-drop {reset_drop}\n{rest}",
+        policy.name
+    )
 }
 
 /// Ends one session's count; see [`EsmtpState::session_started`].

@@ -3,7 +3,7 @@
 //! Kernel counters are per-CPU; they are read from the pinned maps and
 //! summed at scrape time (nothing is cached). The ESMTP families come from
 //! the daemon's [`EsmtpState`]. Every label has a bounded set of values:
-//! classes, drop reasons and intercept events are fixed lists, servers are
+//! classes, drop reasons (limits and parse) and intercept events are fixed lists, servers are
 //! the policy's protected servers, criteria are the policy's lines.
 
 use std::{
@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use inspector_common::{Class, DropReason, InterceptEvent};
+use inspector_common::{Class, DropReason, InterceptEvent, ParseDrop};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -32,7 +32,10 @@ use super::{
     admission::RefusalReason,
     esmtp::{ErrorReason, EsmtpState, SessionOutcome},
 };
-use crate::kernel::{counters::ClassStats, limits::LimitStats};
+use crate::kernel::{
+    counters::{ClassStats, ParseDrops},
+    limits::LimitStats,
+};
 
 /// The default address of the endpoint: loopback only.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9725";
@@ -153,6 +156,19 @@ impl Collector for InspectorCollector {
             }
             Err(err) => log::warn!("metrics: reading the class counters: {err:#}"),
         }
+        match ParseDrops::read(&self.pin_dir) {
+            Ok(drops) => counters(
+                &mut e,
+                "inspector_parse_drops",
+                "Packets the classifier dropped for their shape, by reason: TCP fragments \
+                 to port 25 or a protected server, tiny or overlapping fragments, packets \
+                 it cannot parse that could be TCP to port 25",
+                ParseDrop::ALL
+                    .iter()
+                    .map(|&r| (one("reason", r.name()), drops.get(r))),
+            )?,
+            Err(err) => log::warn!("metrics: reading the parse drops: {err:#}"),
+        }
         match LimitStats::read(&self.pin_dir, 0) {
             Ok(limits) => {
                 counters(
@@ -208,7 +224,7 @@ impl Collector for InspectorCollector {
                 .iter()
                 .map(|&o| (one("outcome", o.name()), esmtp.sessions_total(o))),
         )?;
-        let (packet, drop, reset_drop) = esmtp.stats.totals();
+        let (packet, drop, reset_drop) = esmtp.totals();
         single(
             &mut e,
             "inspector_esmtp_inspected",
@@ -228,8 +244,9 @@ impl Collector for InspectorCollector {
         // Labels that stay when a threshold is edited: the class (the
         // rule's number, or the parameter) and the criterion's kind; the
         // text is in the info family.
-        let criteria = esmtp.stats.criteria(&esmtp.policy);
-        let stable = stable_labels(&esmtp.policy);
+        let current = esmtp.current();
+        let criteria = current.stats.criteria(&current.policy);
+        let stable = stable_labels(&current.policy);
         counters(
             &mut e,
             "inspector_esmtp_matches",

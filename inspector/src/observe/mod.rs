@@ -1,10 +1,11 @@
 //! What the daemon shows of itself: the ESMTP state its sessions count
-//! into, the Prometheus endpoint, the audit sinks and the stats socket that
-//! `inspector stats` reads.
+//! into, the Prometheus endpoint, the audit sinks, the stats socket that
+//! `inspector stats` reads, and the log.
 
 pub mod admission;
 pub mod audit;
 pub mod esmtp;
+pub mod logging;
 pub mod metrics;
 pub mod process;
 pub mod stats_socket;

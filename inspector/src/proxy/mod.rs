@@ -34,6 +34,10 @@ use crate::{
     observe::{admission::RefusalReason, esmtp::EsmtpState},
 };
 
+/// How often the accept loop beats (see [`serve`]).
+pub const HEARTBEAT_INTERVAL: std::time::Duration =
+    std::time::Duration::from_nanos(inspector_common::HEARTBEAT_INTERVAL_NS);
+
 /// Sent to a client that connected to the gateway itself.
 const LOOP: &[u8] = b"421 4.3.0 Not a mail server\r\n";
 
@@ -95,11 +99,14 @@ fn is_local(ip: IpAddr) -> bool {
 /// Accepts and runs sessions until `shutdown` turns true, then stops
 /// accepting, lets sessions in DATA finish (others end at their next
 /// command boundary) and returns when all ended or after the configured
-/// grace period.
+/// grace period. Until then the loop calls `heartbeat` every
+/// [`HEARTBEAT_INTERVAL`]: the proof, to the kernel's steering and to
+/// systemd's watchdog, that this loop runs.
 pub async fn serve(
     listeners: Vec<TcpListener>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    mut heartbeat: impl FnMut() + Send + 'static,
 ) -> Result<()> {
     let admission = Admission::new(
         &shared.config,
@@ -107,6 +114,8 @@ pub async fn serve(
         shared.esmtp.audit.clone(),
     );
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sessions = JoinSet::new();
     let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::channel(64);
     let mut acceptors = JoinSet::new();
@@ -125,6 +134,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
+            _ = beat.tick() => heartbeat(),
             Some(r) = accepted_rx.recv() => {
                 let (stream, client) = match r {
                     Ok(x) => x,
@@ -144,7 +154,7 @@ pub async fn serve(
                 if is_local(server.ip()) {
                     shared.counters.refused.fetch_add(1, Ordering::Relaxed);
                     shared.esmtp.admission.count_refused(RefusalReason::OwnAddress);
-                    log::info!("{client} -> {server}: the gateway's own address, refused");
+                    log::debug!("{client} -> {server}: the gateway's own address, refused");
                     sessions.spawn(session::refuse(stream, LOOP));
                     continue;
                 }
@@ -159,7 +169,7 @@ pub async fn serve(
                     }
                 };
                 let n = shared.counters.accepted.fetch_add(1, Ordering::Relaxed) + 1;
-                log::info!("session {n}: {client} -> {server}: inspecting");
+                log::debug!("session {n}: {client} -> {server}: inspecting");
                 let shared = shared.clone();
                 let stop = shutdown.clone();
                 sessions.spawn(async move {
@@ -173,7 +183,7 @@ pub async fn serve(
                     }
                     counted.set_outcome(end.outcome());
                     drop(counted);
-                    log::info!("session {n}: {client} -> {server}: ended ({end:?})");
+                    log::debug!("session {n}: {client} -> {server}: ended ({end:?})");
                     end
                 });
             }

@@ -124,7 +124,7 @@ pub async fn run(
             o
         }
         Err(e) => {
-            log::info!("{}: cannot connect to the server: {e}", show(peers));
+            log::debug!("{}: cannot connect to the server: {e}", show(peers));
             return refuse(client, UNREACHABLE).await;
         }
     };
@@ -372,7 +372,7 @@ impl Driver {
                     return End::Evicted;
                 }
                 Event::Timeout => {
-                    log::info!(
+                    log::debug!(
                         "{}: no traffic for {:?} ({phase:?}): closing",
                         show(self.peers),
                         self.limit(phase)
