@@ -51,6 +51,10 @@ pub mod programs {
     pub const XDP_CLASSIFY: &str = "inspector_xdp";
     /// TC (clsact ingress) program marking flagged flows for the engine.
     pub const TC_STEER: &str = "inspector_steer";
+    /// TC (clsact ingress) program for the interfaces facing the servers
+    /// with a transparent upstream: marks the servers' answers to the
+    /// engine's connections, nothing else.
+    pub const TC_STEER_RETURN: &str = "inspector_steer_return";
     /// `XDP_PASS` and nothing else: the benchmark's baseline.
     pub const XDP_EMPTY: &str = "inspector_xdp_empty";
 }

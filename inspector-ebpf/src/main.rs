@@ -14,6 +14,11 @@
 //! - `inspector_steer` (TC clsact ingress, the same interfaces): the same
 //!   decision (`classify`), then leave exempt traffic alone and mark the
 //!   flows the engine inspects for local delivery (`steer`).
+//! - `inspector_steer_return` (TC clsact ingress, the interfaces facing
+//!   the servers when the proxy connects from the client's address): the
+//!   same decision (`classify`, then the same per-CPU TCP headers), then
+//!   mark the servers' answers to the engine's connections, nothing else
+//!   (`steer::is_engines_answer`).
 //! - `inspector_xdp_empty`: the benchmark's baseline.
 //!
 //! `packet` is the only module that touches packet memory; every read and
@@ -43,7 +48,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use inspector_common::{Class, STEER_MARK};
+use inspector_common::{Class, SMTP_PORT, STEER_MARK};
 
 use crate::{classify::Stage, limits::Verdict, packet::Packet};
 
@@ -101,6 +106,35 @@ fn steer(ctx: &TcContext) -> i32 {
         Some(false) => TC_ACT_OK as i32,
         None => steer::refuse(ctx),
     }
+}
+
+#[classifier]
+pub fn inspector_steer_return(ctx: TcContext) -> i32 {
+    steer::pull_headers(&ctx);
+    // The same classifier and parse as `inspector_steer` (one path per
+    // packet). This interface is not inspected: nothing is dropped here,
+    // a packet the classifier refuses is left to the kernel unmarked.
+    let decision = steer::classify(&ctx);
+    if decision.drop.is_some() || !decision.tcp {
+        return TC_ACT_OK as i32;
+    }
+    steer_return(&ctx)
+}
+
+/// A whole TCP segment on an interface facing the servers: mark it when it
+/// answers one of the engine's connections. No exemption check: a packet
+/// that matches one of the engine's sockets belongs to it (a live `exempt
+/// add` must not cut the sessions the engine holds), and nothing else is
+/// marked. A subprogram, for the same reason as `steer`.
+#[inline(never)]
+fn steer_return(ctx: &TcContext) -> i32 {
+    if let Some((src, dst, tcp)) = parse::tcp()
+        && tcp.src_port == SMTP_PORT
+        && steer::is_engines_answer(ctx, src, dst, &tcp)
+    {
+        ctx.set_mark(STEER_MARK);
+    }
+    TC_ACT_OK as i32
 }
 
 /// Passes every packet and does nothing else: the baseline the benchmark

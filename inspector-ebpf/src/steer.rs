@@ -21,9 +21,12 @@
 //!   straight to the server.
 //!
 //! On the interface facing the servers, a packet *from* port 25 is marked
-//! when it matches one of the engine's connections: with `upstream-source =
-//! "client"` the engine connects from the client's address, and the
-//! server's answers, addressed to the client, must come back to it.
+//! when it matches one of the engine's connections: with a transparent
+//! upstream (`upstream-source = "client"`, the default where it works) the
+//! engine connects from the client's address, and the server's answers,
+//! addressed to the client, must come back to it. The daemon attaches
+//! `inspector_steer_return` ([`is_engines_answer`] only) to the interfaces
+//! the routes to the servers use, when they are not inspected themselves.
 
 mod liveness;
 mod refuse;
@@ -81,16 +84,7 @@ pub fn classify(ctx: &TcContext) -> Decision {
 #[inline(always)]
 pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tcp) -> Option<bool> {
     if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
-        // A server's answer: ours only if it matches the engine's socket.
-        let engines = sockets::lookup(
-            ctx.skb.skb as *mut _,
-            src,
-            dst,
-            tcp.src_port,
-            tcp.dst_port,
-            |_, state| state != TCP_LISTEN,
-        );
-        return Some(engines.unwrap_or(false));
+        return Some(is_engines_answer(ctx, src, dst, tcp));
     }
     if tcp.dst_port != SMTP_PORT {
         return Some(false);
@@ -114,6 +108,26 @@ pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tc
         _ if syn && fail_closed() => None,
         _ => Some(false),
     }
+}
+
+/// Whether a packet from port 25 is a server's answer to one of the
+/// engine's connections (a local socket, not a listener, matches its
+/// 4-tuple). The only decision of `inspector_steer_return`, which runs on
+/// the interfaces facing the servers: with a transparent upstream the
+/// engine connects from the client's address, and the server's answers,
+/// addressed to the client, must be delivered to the engine's socket
+/// instead of being forwarded to the client.
+#[inline(always)]
+pub fn is_engines_answer(ctx: &TcContext, src: &Addr, dst: &Addr, tcp: &Tcp) -> bool {
+    sockets::lookup(
+        ctx.skb.skb as *mut _,
+        src,
+        dst,
+        tcp.src_port,
+        tcp.dst_port,
+        |_, state| state != TCP_LISTEN,
+    )
+    .unwrap_or(false)
 }
 
 #[inline(always)]

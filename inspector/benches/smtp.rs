@@ -24,7 +24,9 @@
 //!
 //! `cargo bench -p inspector --bench smtp -- --repeats 5 --sessions 10000`
 //! (`--inspector PATH` for another `inspector` binary than the one cargo
-//! builds with the bench).
+//! builds with the bench; `--upstream MODE` for a policy `upstream-source`
+//! other than the default, which is transparent on the lab: the server
+//! sees the client's address).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -51,6 +53,8 @@ const SESSIONS: usize = 200;
 
 fn main() -> Result<()> {
     let (mut repeats, mut sessions) = (5usize, 10_000usize);
+    // The policy's `upstream-source`; by default none (transparent on the lab).
+    let mut upstream: Option<String> = None;
     let mut inspector = PathBuf::from(env!("CARGO_BIN_EXE_inspector"));
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -59,6 +63,7 @@ fn main() -> Result<()> {
             "--repeats" => repeats = value()?.parse()?,
             "--sessions" => sessions = value()?.parse()?,
             "--inspector" => inspector = value()?.into(),
+            "--upstream" => upstream = Some(value()?),
             // What `cargo bench` passes to every bench.
             "--bench" => {}
             _ => bail!("unknown argument {arg}"),
@@ -86,8 +91,11 @@ fn main() -> Result<()> {
     std::fs::write(
         &policy,
         format!(
-            "[[exempt]]\nnetwork = \"{MAIL_GATEWAY_V4}\"\n\n[proxy]\nmax-sessions = {}\n",
-            sessions + 100
+            "[[exempt]]\nnetwork = \"{MAIL_GATEWAY_V4}\"\n\n[proxy]\nmax-sessions = {}\n{}",
+            sessions + 100,
+            upstream
+                .as_ref()
+                .map_or(String::new(), |u| format!("upstream-source = \"{u}\"\n"))
         ),
     )?;
     for ns in [&lab.client, &lab.server] {
@@ -177,6 +185,7 @@ fn main() -> Result<()> {
     let us = |v: &mut Vec<f64>, q: f64| quantile(v, q) * 1e6;
     let out = serde_json::json!({
         "repeats": repeats,
+        "upstream_source": upstream.as_deref().unwrap_or("auto (the default: transparent on the lab)"),
         "direct_path": "the same smtp-sink on a second server address, exempt in the policy",
         "small": {
             "sessions": SMALL_SESSIONS,

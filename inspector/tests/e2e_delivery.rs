@@ -16,7 +16,7 @@ use std::{
 };
 
 use inspector_lab::{
-    INSIDE, OUTSIDE, SERVER_V4,
+    OUTSIDE, SERVER_V4,
     messages::{messages, varied},
 };
 use support::{postfix::Postfix, proxy::*};
@@ -62,10 +62,12 @@ fn messages_are_inspected_and_delivered_once_and_intact() {
             m.len()
         );
     }
-    // The server saw the gateway's address (the default upstream source).
+    // The server saw the client's address (the default upstream source is
+    // transparent where it works, as on the lab: the return steering was
+    // attached to `inside` at the first session).
     for raw in f.stored_raw() {
         assert!(
-            find(&raw, b"X-Client-Addr: 198.18.1.1\n").is_some(),
+            find(&raw, b"X-Client-Addr: 198.18.0.2\n").is_some(),
             "{}",
             String::from_utf8_lossy(&raw[..200.min(raw.len())])
         );
@@ -169,8 +171,9 @@ fn upstream_source_client_keeps_the_clients_address() {
     let mut f = Fixture::bare("tsource", "[proxy]\nupstream-source = \"client\"\n");
     f.sink = Some(f.start_sink("0.0.0.0:25"));
     // The server's answers to the client's address come back through the
-    // steering program on the inside interface.
-    f.start_daemon_on(&[OUTSIDE, INSIDE]);
+    // return steering, which the daemon attaches to `inside` by itself
+    // (the interface of the route to the server).
+    f.start_daemon_on(&[OUTSIDE]);
     let out = f.swaks(&SERVER_V4.to_string(), &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("<-  220 mail ESMTP"), "{}", text(&out));

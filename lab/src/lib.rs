@@ -5,6 +5,7 @@
 //!  client                 gateway (inspector)                server
 //!  eth0 198.18.0.2/24 ── outside 198.18.0.1/24
 //!       198.18.0.3/24     inside  198.18.1.1/24 ───────── eth0 198.18.1.25/24 (mail server)
+//!       198.18.0.6/24
 //!       2001:2::2/64      outside 2001:2::1/64                 198.18.1.26/24 (mail gateway)
 //!                         inside  2001:2:0:1::1/64             2001:2:0:1::25/64
 //! ```
@@ -32,6 +33,8 @@ pub use netns::{Netns, ScopedChild};
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 /// A second client address, for per-client rules.
 pub const CLIENT2_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 3);
+/// A third, for what a server decides per client address.
+pub const CLIENT3_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 6);
 pub const GATEWAY_OUTSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const GATEWAY_INSIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 25);
@@ -84,7 +87,7 @@ impl Lab {
 
         end_host(
             &self.client,
-            &[CLIENT_V4, CLIENT2_V4],
+            &[CLIENT_V4, CLIENT2_V4, CLIENT3_V4],
             CLIENT_V6,
             GATEWAY_OUTSIDE_V4,
             GATEWAY_OUTSIDE_V6,

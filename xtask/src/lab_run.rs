@@ -1,5 +1,8 @@
 //! `cargo xtask run`: the inspector on a lab (no --iface) or on a real
-//! interface (arguments passed to `inspector run`).
+//! interface (arguments passed to `inspector run`). On the lab the proxy
+//! runs in the default upstream mode, transparent: the daemon attaches
+//! the return steering to `inside` (the interface of the route to the
+//! server) at the first session, which verifies the return path.
 
 use std::{path::Path, process::Command};
 
@@ -87,6 +90,9 @@ Try, in another terminal:
       # inspector's log here shows `session 1: 198.18.0.2:… -> {SERVER_V4}:25: inspecting`
   {client} swaks --server {SERVER_V4} --from a@client.test --to b@server.test --header \"X-Long: $(head -c 1200 /dev/zero | tr '\\0' x)\"
       # a policy criterion: `421 4.7.0 Connection closed by security policy`, audit 108004 here
+  {cli} status
+      # upstream: client (auto): smtp-sink saw 198.18.0.2, not the gateway; the return
+      # steering went to `inside` by itself (the route to {SERVER_V4})
   {cli} stats                      # the sessions were classified `inspect`
   {cli} exempt add {SERVER_V4}       # exempt the server, live
   {client} swaks --server {SERVER_V4} --from a@client.test --to b@server.test

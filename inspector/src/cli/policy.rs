@@ -7,7 +7,7 @@ use clap::{Subcommand, ValueEnum};
 use inspector_esmtp::{policy::Mode, stats::PolicyStats};
 
 use crate::config::{
-    DEFAULT_QUEUE, Policy, Server,
+    DEFAULT_QUEUE, GATEWAY_WARNING, Policy, Server, UpstreamSource,
     asa::{self, AddressSide},
 };
 
@@ -49,6 +49,12 @@ pub fn execute(action: Action) -> Result<()> {
     match action {
         Action::Check { file } => {
             let policy = Policy::load(&file)?;
+            if policy.proxy.upstream_source == UpstreamSource::Gateway {
+                log::warn!(
+                    "{}: proxy.upstream-source = \"gateway\": {GATEWAY_WARNING}",
+                    file.display()
+                );
+            }
             println!("{}: ok", file.display());
             print!("{}", render(&policy));
             Ok(())
@@ -107,6 +113,28 @@ fn import_asa(
     Ok(())
 }
 
+/// What the policy's `upstream-source` means, for `policy check`.
+fn upstream_line(source: UpstreamSource) -> String {
+    let what = match source {
+        UpstreamSource::Auto => {
+            "transparent (the client's address) for each server whose return path verifies at start or at its first session; the gateway's address, with a warning, for one whose does not"
+        }
+        UpstreamSource::Client => {
+            "transparent (the client's address); the daemon refuses to start when a protected server's return path does not verify"
+        }
+        UpstreamSource::Gateway => {
+            "the gateway's address for every client (WARNING: the server cannot tell clients apart)"
+        }
+        UpstreamSource::Xclient => {
+            "the gateway's address, then XCLIENT with the client's address, port and HELO name (the server must offer XCLIENT to the gateway)"
+        }
+        UpstreamSource::Proxy => {
+            "the gateway's address, a PROXY v2 header with the client's address first (the server must expect it)"
+        }
+    };
+    format!("upstream: {source}: {what}\n")
+}
+
 /// What `policy check` shows of a valid policy, after its first line.
 fn render(policy: &Policy) -> String {
     let mut out = format!("exemptions: {}\n", policy.exempt.len());
@@ -137,6 +165,10 @@ fn render(policy: &Policy) -> String {
             .queue
             .map_or(format!("{DEFAULT_QUEUE} (default)"), |q| q.to_string())
     );
+    out += &upstream_line(policy.proxy.upstream_source);
+    if policy.proxy.upstream_source == UpstreamSource::Gateway {
+        out += &format!("  WARNING: {GATEWAY_WARNING}\n");
+    }
     // The ESMTP policy as `show service-policy` will show it.
     let esmtp = &policy.esmtp;
     out += &format!(
@@ -181,9 +213,39 @@ mod tests {
                  per-client-max unlimited, per-client-embryonic-max unlimited, on-embryonic-limit drop\n\
                  timeouts: embryonic 30s, idle 3600s, half-closed 600s\n\
                  unparsable packets: drop\n\
-                 audit: sink stdout (default), queue 4096 (default)\nesmtp mode: modern\n"
+                 audit: sink stdout (default), queue 4096 (default)\nupstream: auto: transparent"
             ),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod upstream_tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn gateway_mode_says_what_it_breaks() {
+        let p = Policy::parse(
+            Path::new("p.toml"),
+            "[proxy]\nupstream-source = \"gateway\"\n",
+        )
+        .unwrap();
+        let text = render(&p);
+        assert!(
+            text.contains("upstream: gateway: the gateway's address for every client"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "WARNING: the mail server sees the gateway's address for every client: SPF"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("mynetworks"), "{text}");
+        let p = Policy::parse(Path::new("p.toml"), "").unwrap();
+        assert!(!render(&p).contains("WARNING"));
     }
 }

@@ -14,6 +14,7 @@ use crate::{
         limits::LimitStats,
     },
     observe::stats_socket,
+    proxy::upstream::{Mode, UpstreamStatus},
 };
 
 /// The daemons running with `pin_dir` (normally one), by pid.
@@ -158,8 +159,45 @@ fn text(s: &Status) -> String {
             s.sessions_active,
             if s.watchdog { "on" } else { "off" }
         );
+        if let Some(u) = &s.upstream {
+            out += &upstream_text(u);
+        }
     } else {
         out += "proxy: off (--no-proxy)\n";
+    }
+    out
+}
+
+/// The upstream mode in force: how the proxy connects to the servers, what
+/// they see of the clients, and why; per server, and a warning when some
+/// server sees the gateway's address for every client.
+fn upstream_text(u: &UpstreamStatus) -> String {
+    let mut out = format!(
+        "upstream: {} (upstream-source {}): the server sees {}\n  {}\n",
+        u.mode.name(),
+        u.configured,
+        u.mode.server_sees(),
+        u.reason
+    );
+    for s in &u.servers {
+        out += &format!(
+            "  {}{}{}: {}: {}\n",
+            s.address,
+            s.interface
+                .as_ref()
+                .map_or(String::new(), |i| format!(" via {i}")),
+            if s.listed { "" } else { " (seen in a session)" },
+            s.mode.name(),
+            s.reason
+        );
+    }
+    if let Some(w) = &u.warning {
+        let what = if u.mode == Mode::Gateway {
+            ""
+        } else {
+            "some servers: "
+        };
+        out += &format!("  WARNING: {what}{w}\n");
     }
     out
 }

@@ -35,7 +35,8 @@ pub use error::{ConfigError, UnreadablePolicy, is_config_error};
 pub use exempt::parse_network;
 pub use packets::{PacketPolicy, Unparsable};
 pub use proxy::{
-    ClientLimits, FailMode, ProxyConfig, SessionTimeouts, StressPolicy, UpstreamSource,
+    ClientLimits, FailMode, GATEWAY_WARNING, ProxyConfig, SessionTimeouts, StressPolicy,
+    UpstreamSource,
 };
 pub use servers::{OnEmbryonicLimit, Server};
 pub use timeouts::FlowTimeouts;
@@ -136,12 +137,16 @@ fn compile(text: &str) -> Result<(Policy, Vec<FieldError>), FieldError> {
         }
         (new, None) => new,
     };
+    let esmtp = or_default(doc.esmtp.as_ref())?;
+    if let Some(proxy) = &proxy {
+        proxy.get_ref().check_against(&esmtp)?;
+    }
     let policy = Policy {
         exempt: doc.exempt.compile()?,
         servers: doc.server.compile()?,
         timeouts: or_default(doc.timeouts.as_ref())?,
         packets: or_default(doc.packets.as_ref())?,
-        esmtp: or_default(doc.esmtp.as_ref())?,
+        esmtp,
         proxy: or_default(proxy.as_ref().map(Spanned::get_ref))?,
         audit: or_default(doc.audit.as_ref())?,
         deprecations: Vec::new(),
@@ -303,13 +308,21 @@ mod tests {
             ))
             .unwrap();
             assert_eq!(p.proxy.fail, FailMode::Closed);
-            assert_eq!(p.proxy.upstream_source, UpstreamSource::Gateway);
+            assert_eq!(p.proxy.upstream_source, UpstreamSource::Auto);
             assert_eq!(p.proxy.max_sessions, 7);
             assert_eq!(p.proxy.timeouts.data, Duration::from_secs(9));
             assert_eq!(p.proxy.timeouts.command, Duration::from_secs(300));
             assert_eq!(p.deprecations.len(), usize::from(table == "engine"));
-            let p = parse(&format!("[{table}]\nupstream-source = \"client\"\n")).unwrap();
-            assert_eq!(p.proxy.upstream_source, UpstreamSource::Client);
+            for source in [
+                UpstreamSource::Auto,
+                UpstreamSource::Gateway,
+                UpstreamSource::Client,
+                UpstreamSource::Xclient,
+                UpstreamSource::Proxy,
+            ] {
+                let p = parse(&format!("[{table}]\nupstream-source = \"{source}\"\n")).unwrap();
+                assert_eq!(p.proxy.upstream_source, source);
+            }
         }
         let p = parse("# old\n[engine]\nfail = \"open\"\n").unwrap();
         assert_eq!(p.deprecations.len(), 1);
@@ -318,6 +331,23 @@ mod tests {
         assert_eq!(
             d.to_string(),
             "p.toml:2:1: engine: deprecated: the table is now `[proxy]`"
+        );
+    }
+
+    #[test]
+    fn xclient_with_a_client_allowed_to_send_xclient_is_an_error() {
+        let err = parse(
+            "[proxy]\nupstream-source = \"xclient\"\n\n[esmtp]\nallow-verbs = [\"XCLIENT\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.line, err.column, err.field.as_str()),
+            (2, 19, "proxy.upstream-source")
+        );
+        assert!(err.message.contains("send its own XCLIENT"), "{err}");
+        assert!(
+            parse("[proxy]\nupstream-source = \"proxy\"\n\n[esmtp]\nallow-verbs = [\"XCLIENT\"]\n")
+                .is_ok()
         );
     }
 

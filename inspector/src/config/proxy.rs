@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use inspector_esmtp::policy::FieldError;
+use inspector_esmtp::policy::{EsmtpPolicy, FieldError};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::{Section, exempt::parse_network, field_error};
@@ -95,21 +95,64 @@ impl Default for StressPolicy {
     }
 }
 
-/// Where the proxy's connection to the server comes from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+/// How the proxy's connection to the server is opened and introduced, so
+/// that the server sees the real client (see docs/proxy.md, "What the
+/// server sees").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamSource {
-    /// The gateway's own address (chosen by the route to the server): the
-    /// server's answers come back by ordinary routing.
+    /// Not said (or `"auto"`): transparent ([`Self::Client`]) for each
+    /// server whose return path the daemon verifies, else [`Self::Gateway`]
+    /// for that server, with a warning in the log and in `inspector status`.
     #[default]
+    Auto,
+    /// The gateway's own address (chosen by the route to the server): the
+    /// server's answers come back by ordinary routing, and the server sees
+    /// one address for every client.
     Gateway,
-    /// The client's address (`IP_TRANSPARENT`), so a server's IP-based rules
-    /// still see the client. The server's answers must reach the gateway:
-    /// the steering program must run on the interface facing the servers
-    /// too (`inspector run --iface OUTSIDE --iface INSIDE`), and the server's
-    /// route to the clients must go through the gateway.
+    /// The client's address (`IP_TRANSPARENT`), so the server sees the
+    /// client. The server's answers, addressed to the client, must reach
+    /// the gateway (its route to the clients goes through it); the daemon
+    /// attaches the return steering to the interface of the route to each
+    /// server and refuses to start when a protected server's return path
+    /// fails its probe.
     Client,
+    /// The gateway's address, then Postfix's `XCLIENT` with the client's
+    /// address, port and HELO name after the server's greeting, before the
+    /// client's first command (the server must offer XCLIENT to the gateway).
+    Xclient,
+    /// The gateway's address, and a PROXY protocol v2 header with the
+    /// client's address first (Postfix `smtpd_upstream_proxy_protocol =
+    /// haproxy`).
+    Proxy,
 }
+
+impl UpstreamSource {
+    /// As the policy file spells it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Gateway => "gateway",
+            Self::Client => "client",
+            Self::Xclient => "xclient",
+            Self::Proxy => "proxy",
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the server cannot tell apart when it sees the gateway's address
+/// for every client: said wherever the mode is `gateway`.
+pub const GATEWAY_WARNING: &str = "the mail server sees the gateway's address for every client: \
+SPF checks the gateway and fails, DNS blocklists look up the gateway and never match, \
+per-client limits (anvil, postscreen) count all clients as one, and a server that trusts \
+the gateway (mynetworks) relays for every client; use the default (transparent), \
+\"xclient\" or \"proxy\" (docs/proxy.md)";
 
 /// Inactivity limits: how long a session may go without a byte from either
 /// side, depending on where it is. RFC 5321 section 4.5.3.2 values.
@@ -132,7 +175,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             fail: FailMode::Open,
-            upstream_source: UpstreamSource::Gateway,
+            upstream_source: UpstreamSource::Auto,
             max_sessions: 1024,
             timeouts: SessionTimeouts::default(),
             shutdown_grace: Duration::from_secs(60),
@@ -164,8 +207,7 @@ pub struct ProxySection {
     pub(super) table: &'static str,
     #[serde(default)]
     fail: FailMode,
-    #[serde(default)]
-    upstream_source: UpstreamSource,
+    upstream_source: Option<Spanned<UpstreamSource>>,
     max_sessions: Option<Spanned<u64>>,
     connect_timeout: Option<Spanned<u64>>,
     greeting_timeout: Option<Spanned<u64>>,
@@ -192,6 +234,31 @@ impl ProxySection {
 
     fn name() -> &'static str {
         Self::NAME
+    }
+
+    /// What the proxy's settings require of the rest of the policy: with
+    /// `xclient`, a client's own XCLIENT must never reach the server, which
+    /// trusts the gateway's connection with it.
+    pub(super) fn check_against(&self, esmtp: &EsmtpPolicy) -> Result<(), FieldError> {
+        let Some(source) = &self.upstream_source else {
+            return Ok(());
+        };
+        if *source.get_ref() == UpstreamSource::Xclient
+            && let Some(verb) = esmtp
+                .allow_verbs
+                .iter()
+                .find(|v| matches!(v.as_str(), "XCLIENT" | "XFORWARD"))
+        {
+            return Err(field_error(
+                source,
+                format!("{}.upstream-source", self.table),
+                format!(
+                    "\"xclient\" with `{verb}` in the esmtp policy's allowed verbs: a client could \
+                     send its own {verb} through the gateway, which the server trusts with it"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -277,7 +344,10 @@ impl Section for ProxySection {
         };
         Ok(ProxyConfig {
             fail: self.fail,
-            upstream_source: self.upstream_source,
+            upstream_source: self
+                .upstream_source
+                .as_ref()
+                .map_or(UpstreamSource::Auto, |s| *s.get_ref()),
             max_sessions: positive(&self.max_sessions, "max-sessions", d.max_sessions as u64)?
                 as usize,
             timeouts: SessionTimeouts {

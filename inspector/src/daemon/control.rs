@@ -28,6 +28,7 @@ use crate::{
     config::{FailMode, FlowTimeouts, Policy},
     kernel::{exempt::ExemptTable, limits, steer},
     observe::{esmtp::EsmtpState, stats_socket},
+    proxy::upstream::Upstream,
 };
 
 /// A reload asked through the socket, and where its answer goes.
@@ -58,13 +59,19 @@ pub struct Control {
     pub esmtp: Arc<EsmtpState>,
     pub board: Arc<Board>,
     pub reload: mpsc::Sender<ReloadRequest>,
+    /// The proxy's upstream, for `status` (`None` without a proxy).
+    pub upstream: Option<Arc<Upstream>>,
 }
 
 impl stats_socket::Control for Control {
     fn answer(&self, request: &str) -> serde_json::Value {
         match request {
             "stats" => serde_json::json!(self.esmtp.snapshot()),
-            "status" => serde_json::json!(self.board.snapshot(self.esmtp.sessions_active())),
+            "status" => {
+                let mut status = self.board.snapshot(self.esmtp.sessions_active());
+                status.upstream = self.upstream.as_ref().map(|u| u.status());
+                serde_json::json!(status)
+            }
             "reload" => {
                 // On a thread of the socket's own: waiting is fine.
                 let (tx, rx) = oneshot::channel();

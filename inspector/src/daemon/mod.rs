@@ -7,6 +7,7 @@ pub mod lock;
 mod notify;
 mod signals;
 pub mod status;
+mod upstream;
 
 use std::{
     path::PathBuf,
@@ -24,6 +25,7 @@ use self::{
     notify::Notifier,
     signals::{Event, Signals},
     status::{Board, PolicyInfo, Readiness},
+    upstream::ReturnSteering,
 };
 use crate::{
     config::{DEFAULT_QUEUE, FlowTimeouts, OnEmbryonicLimit, Policy, SinkSpec},
@@ -43,7 +45,10 @@ use crate::{
         metrics::{self, MetricsAddr},
         stats_socket::StatsSocket,
     },
-    proxy::{self, Counters, Shared},
+    proxy::{
+        self, Counters, Shared,
+        upstream::{Learn, Upstream},
+    },
 };
 
 pub struct RunOptions {
@@ -139,12 +144,17 @@ pub fn run(opts: RunOptions) -> Result<()> {
         notifier.watchdog().is_some(),
     ));
     board.set_esmtp_rules(policy.esmtp.rules.len());
+    // How the proxy connects to the servers; servers it meets for the first
+    // time are learned through `learn` (route, return steering).
+    let (learn_tx, learn_rx) = mpsc::channel(64);
+    let upstream = Arc::new(Upstream::new(policy.proxy.upstream_source, Some(learn_tx)));
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let stats_socket = StatsSocket::bind()?;
     stats_socket.serve(Arc::new(Control {
         esmtp: esmtp.clone(),
         board: board.clone(),
         reload: reload_tx,
+        upstream: opts.proxy.then(|| upstream.clone()),
     }))?;
     let metrics_listener = match opts.metrics {
         MetricsAddr::Off => None,
@@ -216,7 +226,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         esmtp.ready.store(true, Ordering::Relaxed);
         notifier.ready(&status_line(&board));
         log::info!("ready: classifying and counting (no proxy)");
-        runtime.block_on(controls.until_stop(&mut reloader, None, &notifier));
+        runtime.block_on(controls.until_stop(&mut reloader, None, &notifier, None));
         board.set_state(Readiness::Stopping);
         esmtp.ready.store(false, Ordering::Relaxed);
         notifier.stopping();
@@ -228,15 +238,21 @@ pub fn run(opts: RunOptions) -> Result<()> {
     }
     steer::load(&mut ebpf, reloader.policy.proxy.fail)?;
     let heartbeat = Heartbeat::take(&mut ebpf)?;
+    let mut steering = ReturnSteering::new(&opts.pin_dir, &opts.ifaces);
     let result = runtime.block_on(run_proxy(
         &opts,
         &mut reloader,
         &mut ebpf,
         heartbeat,
         &mut controls,
+        Learner {
+            upstream,
+            requests: learn_rx,
+            steering: &mut steering,
+        },
     ));
     // Whatever happened: no steering is left behind by a clean exit.
-    let cleanup = runtime.block_on(unsteer(&opts));
+    let cleanup = runtime.block_on(unsteer(&opts, &steering));
     log::info!(
         "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
     );
@@ -280,19 +296,54 @@ struct Controls<'a> {
     reloads: mpsc::Receiver<ReloadRequest>,
 }
 
+/// The proxy's upstream and the daemon's side of it: servers the proxy
+/// meets for the first time, whose return path the daemon prepares.
+struct Learner<'a> {
+    upstream: Arc<Upstream>,
+    requests: mpsc::Receiver<Learn>,
+    steering: &'a mut ReturnSteering,
+}
+
+/// A learn request, or never (without a proxy).
+async fn next_learn(requests: Option<&mut mpsc::Receiver<Learn>>) -> Option<Learn> {
+    match requests {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Controls<'_> {
-    /// Reloads when asked, until SIGTERM or SIGINT. Without a proxy the
-    /// watchdog is fed from here.
+    /// Reloads when asked, and (with the proxy) prepares the return path
+    /// to servers met for the first time, until SIGTERM or SIGINT. Without
+    /// a proxy the watchdog is fed from here.
     async fn until_stop(
         &mut self,
         reloader: &mut Reloader,
         mut ebpf: Option<&mut aya::Ebpf>,
         notifier: &Notifier,
+        mut learn: Option<(
+            &mut mpsc::Receiver<Learn>,
+            &mut ReturnSteering,
+            &rtnetlink::Handle,
+        )>,
     ) {
         let mut watchdog = tokio::time::interval(Duration::from_nanos(HEARTBEAT_INTERVAL_NS));
         let feed = ebpf.is_none();
         loop {
+            let requests = learn.as_mut().map(|(r, _, _)| &mut **r);
             tokio::select! {
+                Some(Learn { server, reply }) = next_learn(requests) => {
+                    let found = match (learn.as_mut(), ebpf.as_deref_mut()) {
+                        (Some((_, steering, netlink)), Some(ebpf)) => {
+                            steering.prepare(ebpf, netlink, server).await
+                        }
+                        _ => Err(anyhow::anyhow!("no proxy")),
+                    };
+                    if let Ok(iface) = &found {
+                        log::info!("{server}: a new server, via {iface}");
+                    }
+                    let _ = reply.send(found.map_err(|e| format!("{e:#}")));
+                }
                 event = self.signals.next() => match event {
                     Event::Stop => return,
                     Event::Reload => {
@@ -315,7 +366,13 @@ async fn run_proxy(
     ebpf: &mut aya::Ebpf,
     mut heartbeat: Heartbeat,
     controls: &mut Controls<'_>,
+    learner: Learner<'_>,
 ) -> Result<()> {
+    let Learner {
+        upstream,
+        requests: mut learn,
+        steering,
+    } = learner;
     // Listening first: the steering program checks that the listener is
     // there (and that the proxy's heartbeat is fresh).
     let listeners = proxy::listeners(SMTP_PORT)?;
@@ -329,6 +386,7 @@ async fn run_proxy(
         board.set_steering(iface, "attached");
         log::info!("{iface}: steering attached (TC ingress)");
     }
+    self::upstream::start(&upstream, &reloader.policy, ebpf, &netlink, steering).await?;
     let policy = &reloader.policy;
     reloader
         .esmtp
@@ -338,9 +396,10 @@ async fn run_proxy(
         esmtp: reloader.esmtp.clone(),
         config: policy.proxy.clone(),
         counters: Counters::default(),
+        upstream: upstream.clone(),
     });
     log::info!(
-        "proxy listening on port {SMTP_PORT} (fail {:?}, upstream source {:?}, max-sessions {}, timeouts {:?})",
+        "proxy listening on port {SMTP_PORT} (fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
         policy.proxy.fail,
         policy.proxy.upstream_source,
         policy.proxy.max_sessions,
@@ -370,7 +429,14 @@ async fn run_proxy(
     let (stop, stopped) = watch::channel(false);
     let serve = tokio::spawn(proxy::serve(listeners, shared.clone(), stopped, beat));
     let notifier = reloader.notifier.clone();
-    controls.until_stop(reloader, Some(ebpf), &notifier).await;
+    controls
+        .until_stop(
+            reloader,
+            Some(ebpf),
+            &notifier,
+            Some((&mut learn, steering, &netlink)),
+        )
+        .await;
     reloader.board.set_state(Readiness::Stopping);
     reloader.esmtp.ready.store(false, Ordering::Relaxed);
     reloader.notifier.stopping();
@@ -389,8 +455,8 @@ async fn run_proxy(
 }
 
 /// Removes the steering links and the policy routing.
-async fn unsteer(opts: &RunOptions) -> Result<()> {
-    let mut result = Ok(());
+async fn unsteer(opts: &RunOptions, steering: &ReturnSteering) -> Result<()> {
+    let mut result = steering.remove();
     for iface in &opts.ifaces {
         if let Err(e) = steer::detach(&steer::link_pin(&opts.pin_dir, iface)) {
             result = Err(e);

@@ -13,7 +13,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::observe::audit::rfc3339;
+use crate::{observe::audit::rfc3339, proxy::upstream::UpstreamStatus};
 
 /// Where the daemon is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +95,10 @@ pub struct Status {
     pub sessions_active: u64,
     pub last_reload: Option<Reload>,
     pub watchdog: bool,
+    /// The upstream mode in force (how the proxy connects to the servers,
+    /// what they see of the clients, and why); `None` without a proxy.
+    #[serde(default)]
+    pub upstream: Option<UpstreamStatus>,
 }
 
 /// What the daemon updates as it goes.
@@ -201,6 +205,7 @@ impl Board {
             sessions_active,
             last_reload: i.last_reload.clone(),
             watchdog: i.watchdog,
+            upstream: None,
         })
     }
 }

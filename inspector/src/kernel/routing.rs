@@ -6,8 +6,12 @@
 //! ip route add local 0.0.0.0/0 dev lo table STEER_TABLE
 //! (and the same with -6, ::/0)
 //! ```
+//!
+//! And the lookups the daemon makes of this namespace's routing: the
+//! interface the route to an address uses ([`route_to`], as `ip route get`)
+//! and the addresses of an interface ([`addresses_of`]).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
@@ -15,7 +19,8 @@ use inspector_common::{STEER_MARK, STEER_RULE_PRIORITY, STEER_TABLE};
 use rtnetlink::{
     Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
-        route::{RouteScope, RouteType},
+        address::{AddressAttribute, AddressScope},
+        route::{RouteAddress, RouteAttribute, RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
@@ -151,4 +156,100 @@ pub async fn remove(handle: &Handle) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where the route to an address leaves this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The output interface.
+    pub ifindex: u32,
+    pub iface: String,
+    /// The next hop, when the address is not on the interface's link.
+    pub via: Option<IpAddr>,
+}
+
+/// The route this namespace's kernel would use to reach `addr` (`ip route
+/// get ADDR`: the main tables, not the steering table, which only marked
+/// packets use). Shared by whatever needs "the interface facing X".
+pub async fn route_to(handle: &Handle, addr: IpAddr) -> Result<Route> {
+    let message = match addr {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .build(),
+    };
+    let mut replies = handle.route().get(message).execute();
+    let route = replies
+        .try_next()
+        .await
+        .with_context(|| format!("looking up the route to {addr}"))?
+        .with_context(|| format!("no route to {addr}"))?;
+    let mut ifindex = None;
+    let mut via = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Oif(i) => ifindex = Some(*i),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => via = Some(IpAddr::V4(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => via = Some(IpAddr::V6(*a)),
+            _ => {}
+        }
+    }
+    let ifindex = ifindex.with_context(|| format!("the route to {addr} has no interface"))?;
+    Ok(Route {
+        ifindex,
+        iface: iface_name(ifindex)?,
+        via,
+    })
+}
+
+/// The name of the interface with index `index`.
+pub fn iface_name(index: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has IF_NAMESIZE bytes, as the call requires.
+    let name = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    anyhow::ensure!(!name.is_null(), "no interface with index {index}");
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Ok(name.to_string_lossy().into_owned())
+}
+
+/// The index of the interface named `iface`.
+pub fn iface_index(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    anyhow::ensure!(index != 0, "no interface named {iface}");
+    Ok(index)
+}
+
+/// The global (universe scope) addresses of an interface, with their
+/// prefix lengths.
+pub async fn addresses_of(handle: &Handle, ifindex: u32) -> Result<Vec<(IpAddr, u8)>> {
+    let mut stream = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.try_next().await.context("listing addresses")? {
+        if msg.header.index != ifindex || msg.header.scope != AddressScope::Universe {
+            continue;
+        }
+        // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
+        // peer's on a point-to-point link); IPv6 has only IFA_ADDRESS.
+        let local = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let address = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local.or(address) {
+            out.push((ip, msg.header.prefix_len));
+        }
+    }
+    Ok(out)
 }

@@ -1,6 +1,10 @@
-//! The steering program (`inspector_steer`, TC clsact ingress): attach,
-//! configure, detach. Its link is pinned in the pin directory
-//! (`steer-<iface>`), so it outlives a daemon that is killed: with
+//! The steering programs (TC clsact ingress): attach, configure, detach.
+//! `inspector_steer` runs on the inspected interfaces; `inspector_steer_return`
+//! on the interfaces facing the servers, when the proxy connects from the
+//! clients' addresses and those interfaces are not inspected themselves
+//! (it marks the servers' answers to the engine's connections and nothing
+//! else). Their links are pinned in the pin directory (`steer-<iface>`,
+//! `steer-return-<iface>`), so they outlive a daemon that is killed: with
 //! `fail = "closed"` the SYNs of new flagged flows are then refused (RST); with
 //! `fail = "open"` they go to the server uninspected (see `inspector-ebpf/src/steer.rs`). A clean
 //! stop removes the link.
@@ -29,18 +33,26 @@ pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("{LINK_PREFIX}{iface}"))
 }
 
-fn program(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+/// The pin of `inspector_steer_return`'s link on `iface`.
+pub fn return_link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("{LINK_PREFIX}return-{iface}"))
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     Ok(ebpf
-        .program_mut(programs::TC_STEER)
-        .context("the object has no steering program")?
+        .program_mut(name)
+        .with_context(|| format!("the object has no program {name}"))?
         .try_into()?)
 }
 
-/// Verifies the program and writes its settings.
+/// Verifies the programs and writes their settings.
 pub fn load(ebpf: &mut Ebpf, fail: FailMode) -> Result<()> {
-    program(ebpf)?
+    program(ebpf, programs::TC_STEER)?
         .load()
         .context("verifying the steering program")?;
+    program(ebpf, programs::TC_STEER_RETURN)?
+        .load()
+        .context("verifying the return steering program")?;
     set_fail(ebpf, fail)
 }
 
@@ -83,19 +95,31 @@ impl Heartbeat {
 /// Attaches to `iface`'s ingress (TCX) and pins the link, replacing the
 /// link a killed daemon left.
 pub fn attach(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<()> {
-    let pin = link_pin(pin_dir, iface);
-    detach(&pin)?;
-    let prog = program(ebpf)?;
+    attach_program(ebpf, programs::TC_STEER, iface, &link_pin(pin_dir, iface))
+}
+
+/// Attaches `inspector_steer_return` to `iface`'s ingress, as [`attach`].
+pub fn attach_return(ebpf: &mut Ebpf, iface: &str, pin_dir: &Path) -> Result<()> {
+    attach_program(
+        ebpf,
+        programs::TC_STEER_RETURN,
+        iface,
+        &return_link_pin(pin_dir, iface),
+    )
+}
+
+fn attach_program(ebpf: &mut Ebpf, name: &str, iface: &str, pin: &Path) -> Result<()> {
+    detach(pin)?;
+    let prog = program(ebpf, name)?;
     let id = prog
         .attach(iface, TcAttachType::Ingress)
-        .with_context(|| format!("attaching the steering program to {iface}"))?;
+        .with_context(|| format!("attaching {name} to {iface}"))?;
     let link: FdLink = prog.take_link(id)?.try_into()?;
-    link.pin(&pin)
+    link.pin(pin)
         .with_context(|| format!("pinning the steering link at {}", pin.display()))?;
     Ok(())
 }
 
-/// Removes a pinned link (detaching the program); absent is fine.
 /// Detaches every steering link pinned in `pin_dir` (a killed daemon's).
 pub fn detach_all(pin_dir: &Path) -> Result<()> {
     let Ok(dir) = std::fs::read_dir(pin_dir) else {
@@ -109,6 +133,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a pinned link (detaching the program); absent is fine.
 pub fn detach(pin: &Path) -> Result<()> {
     if !pin.exists() {
         return Ok(());

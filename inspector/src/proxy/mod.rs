@@ -3,17 +3,17 @@
 //! session that drives the sans-IO engine (`inspector_esmtp::Session`)
 //! between the client and a connection to the original destination.
 //!
-//! The upstream connection leaves from the gateway's own address (the
-//! kernel picks it by route), so the server's replies come back to the
-//! gateway by ordinary routing and need no steering; or, with
-//! `upstream-source = "client"`, from the client's address (see
-//! [`UpstreamSource`](crate::config::UpstreamSource)).
+//! How the upstream connection is opened and how the server learns who the
+//! client is (transparently from the client's address by default, or
+//! XCLIENT, or a PROXY v2 header, or nothing: the gateway's address) is
+//! [`upstream`]'s.
 //!
 //! Who may start a session, and what happens when the proxy is full, is
 //! [`admission`]'s: per-client limits, fair admission, stress mode.
 
 pub mod admission;
 pub mod session;
+pub mod upstream;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -47,6 +47,8 @@ pub struct Shared {
     pub esmtp: Arc<EsmtpState>,
     pub config: ProxyConfig,
     pub counters: Counters,
+    /// How sessions connect to their servers, and each server's return path.
+    pub upstream: Arc<upstream::Upstream>,
 }
 
 /// Sessions accepted and refused, for the log.

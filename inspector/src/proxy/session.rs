@@ -36,11 +36,9 @@ use tokio::{
 use super::{
     Shared,
     admission::{self, StressWatch, Ticket},
+    upstream::{self, Mode},
 };
-use crate::{
-    config::UpstreamSource,
-    observe::esmtp::{ErrorReason, SessionOutcome},
-};
+use crate::observe::esmtp::{ErrorReason, SessionOutcome};
 
 /// Bytes read from one side at a time.
 pub const READ_BUF: usize = 16 * 1024;
@@ -82,26 +80,31 @@ pub enum End {
     /// Closed between commands to give its slot to a client holding fewer
     /// sessions (fair admission).
     Evicted,
+    /// The server did not take the client's identity (XCLIENT).
+    Refused,
 }
 
 impl End {
-    /// As `inspector_esmtp_sessions_total{outcome}` counts it.
-    /// Why it ended in error, for `inspector_esmtp_session_errors_total`.
+    /// Why it ended in error, for `inspector_esmtp_session_errors_total`
+    /// (a server that refused the client's identity counts as unreachable).
     pub fn error_reason(self) -> Option<ErrorReason> {
         match self {
-            End::Unreachable => Some(ErrorReason::ServerUnreachable),
+            End::Unreachable | End::Refused => Some(ErrorReason::ServerUnreachable),
             End::Timeout(_) => Some(ErrorReason::Timeout),
             End::Broken => Some(ErrorReason::Reset),
             End::Closed | End::Shutdown | End::Evicted | End::Dropped | End::Reset => None,
         }
     }
 
+    /// As `inspector_esmtp_sessions_total{outcome}` counts it.
     pub fn outcome(self) -> SessionOutcome {
         match self {
             End::Closed | End::Shutdown | End::Evicted => SessionOutcome::Closed,
             End::Dropped => SessionOutcome::Dropped,
             End::Reset => SessionOutcome::Reset,
-            End::Timeout(_) | End::Unreachable | End::Broken => SessionOutcome::Error,
+            End::Timeout(_) | End::Unreachable | End::Broken | End::Refused => {
+                SessionOutcome::Error
+            }
         }
     }
 }
@@ -114,25 +117,22 @@ pub async fn run(
     ticket: Ticket,
 ) -> End {
     let t = ticket.timeouts(shared.config.timeouts);
-    let source = shared.config.upstream_source;
     let started = std::time::Instant::now();
-    let server = match timeout(t.connect, connect(peers, source)).await {
-        Ok(Ok(s)) => {
+    let opened = match shared.upstream.open(peers, t.connect).await {
+        Ok(o) => {
             (shared.esmtp.timings.upstream_connect).observe(started.elapsed().as_secs_f64());
-            s
+            o
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             log::debug!("{}: cannot connect to the server: {e}", show(peers));
             return refuse(client, UNREACHABLE).await;
         }
-        Err(_) => {
-            log::debug!("{}: connecting to the server timed out", show(peers));
-            return refuse(client, UNREACHABLE).await;
-        }
     };
+    let server = opened.stream;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let mut driver = Driver::new(client, server, peers, shared, shutdown, ticket);
+    driver.xclient_pending = opened.mode == Mode::Xclient;
     let end = driver.drive().await;
     if end == End::Reset {
         // Close without a FIN first: dropping a write half would shut it
@@ -143,28 +143,6 @@ pub async fn run(
         sw.forget();
     }
     end
-}
-
-/// Connects to the original destination, from the gateway's address or
-/// (transparently) from the client's.
-async fn connect(peers: Peers, source: UpstreamSource) -> std::io::Result<TcpStream> {
-    if source == UpstreamSource::Gateway {
-        return TcpStream::connect(peers.server).await;
-    }
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(peers.server),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    if peers.server.is_ipv6() {
-        socket.set_ip_transparent_v6(true)?;
-    } else {
-        socket.set_ip_transparent_v4(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::new(peers.client.ip(), 0).into())?;
-    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
-    socket.connect(peers.server).await
 }
 
 /// Writes `reply` and closes (bounded by a short timeout), lingering so
@@ -268,6 +246,11 @@ struct Driver {
     /// The session's slot in the admission's table.
     ticket: Ticket,
     stress: StressWatch,
+    /// `upstream-source = "xclient"`: the client is introduced to the
+    /// server before the engine's first bytes for it.
+    xclient_pending: bool,
+    /// Server bytes read past the XCLIENT exchange, for the engine.
+    server_leftover: Vec<u8>,
 }
 
 impl Driver {
@@ -300,6 +283,8 @@ impl Driver {
             last: Instant::now(),
             stress: ticket.stress_watch(),
             ticket,
+            xclient_pending: false,
+            server_leftover: Vec::new(),
         }
     }
 
@@ -349,6 +334,14 @@ impl Driver {
             self.ticket.set_idle(idle.then(|| self.last.into_std()));
             self.ticket
                 .set_memory(admission::SESSION_BUFFERS + self.session.heap_bytes());
+            if !self.server_leftover.is_empty() {
+                let bytes = std::mem::take(&mut self.server_leftover);
+                let out = self.on_data(false, &bytes, std::time::Instant::now());
+                if let Some(end) = self.apply(out).await {
+                    return end;
+                }
+                continue;
+            }
             let event = tokio::select! {
                 r = self.cr.read(&mut cbuf), if self.client_open => Event::Client(r),
                 r = self.sr.read(&mut sbuf), if self.server_open => Event::Server(r),
@@ -455,6 +448,12 @@ impl Driver {
     async fn apply(&mut self, mut out: Output) -> Option<End> {
         // Never blocks: a slow sink drops (and counts) records.
         self.shared.esmtp.audit_all(std::mem::take(&mut out.audit));
+        if !out.to_server.is_empty() && self.server_open && self.xclient_pending {
+            self.xclient_pending = false;
+            if let Some(end) = self.introduce(&out.to_server).await {
+                return Some(end);
+            }
+        }
         if !out.to_server.is_empty() && self.server_open {
             let limit = self.limit(self.session.phase());
             if !matches!(
@@ -485,6 +484,26 @@ impl Driver {
                 })
             }
             None => None,
+        }
+    }
+
+    /// XCLIENT before the engine's first bytes for the server (`held`, the
+    /// client's first command, sent by the caller afterwards); on a refusal
+    /// the client gets its reply and the session closes.
+    async fn introduce(&mut self, held: &[u8]) -> Option<End> {
+        let limit = self.limit(Phase::Command);
+        let helo = self.shared.upstream.helo_name.clone();
+        match upstream::xclient(&mut self.sr, &mut self.sw, self.peers, held, &helo, limit).await {
+            Ok(leftover) => {
+                self.server_leftover = leftover;
+                None
+            }
+            Err(refusal) => {
+                log::warn!("{}: {}", show(self.peers), refusal.why);
+                self.write_client(&refusal.to_client).await;
+                self.close(Close::Fin).await;
+                Some(End::Refused)
+            }
         }
     }
 

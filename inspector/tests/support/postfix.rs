@@ -1,6 +1,7 @@
 //! A private Postfix instance in a network namespace: its own config,
 //! queue and data directories under `dir`, delivering every recipient of
-//! `server.test` to one maildir (`dir/mail/inbox/`). Stopped on drop.
+//! `server.test` to one maildir (`dir/mail/inbox/`), logging to
+//! `dir/maillog` (Postfix's own log daemon). Stopped on drop.
 //! Its queue tools run in its namespace (Postfix checks that
 //! `inet_interfaces` are local addresses).
 
@@ -86,6 +87,10 @@ virtual_minimum_uid = 100
 message_size_limit = 0
 virtual_mailbox_limit = 0
 biff = no
+# No DNS in the namespaces: no reverse lookup of each client.
+smtpd_peername_lookup = no
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
 {extra}
 "
             ),
@@ -122,6 +127,12 @@ biff = no
         let out = self.tool("postqueue").arg("-p").output();
         out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Postfix's log so far (`maillog_file`; its log daemon starts with
+    /// the instance, so the first lines may take a moment).
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
 
     /// The envelope of every message in the queue (`postqueue -j`), held

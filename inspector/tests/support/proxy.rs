@@ -83,6 +83,14 @@ impl Fixture {
     }
 
     pub fn start_daemon_on(&mut self, ifaces: &[&str]) {
+        if let Err(e) = self.try_start_daemon_on(ifaces) {
+            panic!("{e:#}");
+        }
+    }
+
+    /// [`Self::start_daemon_on`], returning why the daemon did not start
+    /// (its log).
+    pub fn try_start_daemon_on(&mut self, ifaces: &[&str]) -> anyhow::Result<()> {
         let mut args = Vec::new();
         for iface in ifaces {
             args.extend(["--iface".into(), iface.to_string()]);
@@ -95,8 +103,16 @@ impl Fixture {
             self.pins.path(),
             &args,
             &self.dir.join("daemon.log"),
-        );
-        self.daemon = Some(daemon.unwrap_or_else(|e| panic!("{e:#}")));
+        )?;
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    /// `inspector status --json`: the running daemon's upstream mode.
+    pub fn upstream_status(&self) -> serde_json::Value {
+        let out = super::cli_ok(self.pins.path(), &["status", "--json"]);
+        let json: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
+        json["daemons"][0]["upstream"].clone()
     }
 
     pub fn log(&self) -> String {
