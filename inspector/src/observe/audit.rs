@@ -233,9 +233,7 @@ impl AuditLog {
                 let target = addr.clone();
                 let mut sock = Reconnecting::new(
                     Box::new(move || {
-                        let to = std::net::ToSocketAddrs::to_socket_addrs(&target.as_str())?
-                            .next()
-                            .ok_or_else(|| io::Error::other("no address"))?;
+                        let to = resolve(&target)?;
                         let any: std::net::SocketAddr = if to.is_ipv4() {
                             "0.0.0.0:0".parse().expect("an address")
                         } else {
@@ -259,9 +257,7 @@ impl AuditLog {
                 let target = addr.clone();
                 let mut sock = Reconnecting::new(
                     Box::new(move || {
-                        let to = std::net::ToSocketAddrs::to_socket_addrs(&target.as_str())?
-                            .next()
-                            .ok_or_else(|| io::Error::other("no address"))?;
+                        let to = resolve(&target)?;
                         let s = std::net::TcpStream::connect_timeout(
                             &to,
                             std::time::Duration::from_secs(5),
@@ -498,6 +494,13 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default()
+}
+
+/// The first address `HOST:PORT` resolves to (a remote syslog collector).
+fn resolve(target: &str) -> io::Result<std::net::SocketAddr> {
+    std::net::ToSocketAddrs::to_socket_addrs(target)?
+        .next()
+        .ok_or_else(|| io::Error::other("no address"))
 }
 
 #[cfg(test)]
