@@ -171,6 +171,38 @@ fn one_address_is_held_to_its_per_client_limit() {
     assert_eq!(sample(&body, "inspector_sessions_evicted_total"), 0);
 }
 
+/// A client that ends its sessions one after another is never refused for
+/// the ones it already ended: a session only closing (lingering until the
+/// client has its last reply) gives its slot back at once.
+#[test]
+fn sessions_that_ended_do_not_count_against_their_client() {
+    let f = Fixture::new("ended", "[proxy]\nper-client-sessions = 2\n");
+    let messages = 200;
+    let out = f
+        .lab
+        .client
+        .command("smtp-source")
+        .args(["-s", "2", "-m", &messages.to_string(), "-l", "200"])
+        .args(["-f", "a@client.test", "-t", "b@server.test"])
+        .arg(format!("{SERVER_V4}:25"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "smtp-source: {}",
+        text(&out)
+    );
+    let body = metrics(&f);
+    assert_eq!(
+        sample(
+            &body,
+            "inspector_sessions_refused_total{reason=\"per-client-limit\"}"
+        ),
+        0
+    );
+    assert_eq!(f.stored().len(), messages);
+}
+
 /// The attack with the default policy scaled down (`max-sessions =
 /// 40`, so the default `per-client-sessions = 50` does not bite): one
 /// address fills the proxy with idle sessions and keeps re-opening them;

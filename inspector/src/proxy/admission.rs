@@ -547,6 +547,16 @@ impl Ticket {
         self.key
     }
 
+    /// Gives the slot back now, before the session's last bytes are
+    /// flushed: a session that is only closing (lingering until the client
+    /// has its last reply) no longer counts against its client or
+    /// `max-sessions`, so a client that opens sessions one after another is
+    /// not refused for the ones it already ended. Dropping the ticket later
+    /// releases nothing more.
+    pub fn release(&self) {
+        self.admission.release(self.key, &self.cell);
+    }
+
     /// The session waits for its client between commands since `since`
     /// (`None`: it does not).
     pub fn set_idle(&self, since: Option<Instant>) {

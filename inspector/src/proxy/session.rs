@@ -125,6 +125,7 @@ pub async fn run(
         }
         Err(e) => {
             log::debug!("{}: cannot connect to the server: {e}", show(peers));
+            ticket.release();
             return refuse(client, UNREACHABLE).await;
         }
     };
@@ -520,6 +521,7 @@ impl Driver {
     /// which discards the send queue) waits until the client acknowledged
     /// it, so the reply to a message the close waited for is never lost.
     async fn close(&mut self, how: Close) {
+        self.ticket.release();
         let deadline = Instant::now() + LINGER;
         let fd = self.cw.as_ref().as_raw_fd();
         if how == Close::Reset {
