@@ -26,7 +26,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -35,6 +35,7 @@ use inspector_lab::{
     Lab, Netns, OUTSIDE, SERVER_V4,
     figures::median,
     inspector::{Scratch, read, start_proxy, wait_until},
+    load::{raise_nofile, smtp_source},
 };
 use tokio::io::AsyncReadExt;
 
@@ -179,22 +180,7 @@ fn main() -> Result<()> {
 
 /// Messages per second of one smtp-source run.
 fn rate(lab: &Lab, server: SocketAddr) -> Result<f64> {
-    let mut cmd = lab.client.command("smtp-source");
-    cmd.args(["-s", &SESSIONS.to_string()])
-        .args(["-m", &MESSAGES.to_string()])
-        .args(["-l", &BYTES.to_string()])
-        .args(["-f", "a@client.test", "-t", "b@server.test"])
-        .arg(server.to_string());
-    let start = Instant::now();
-    let out = cmd.output().context("starting smtp-source")?;
-    let elapsed = start.elapsed();
-    if !out.status.success() || !out.stderr.is_empty() {
-        bail!(
-            "smtp-source failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let elapsed = smtp_source(lab, server, SESSIONS, MESSAGES, BYTES)?;
     Ok(MESSAGES as f64 / elapsed.as_secs_f64())
 }
 
@@ -369,26 +355,4 @@ fn drained(lab: &Lab) -> Result<()> {
         bail!("the proxy still holds sessions 30 s after the attack stopped");
     }
     Ok(())
-}
-
-/// Raises RLIMIT_NOFILE to `want`, or as far as the hard limit allows.
-fn raise_nofile(want: u64) -> Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit into a valid struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        bail!("getrlimit: {}", std::io::Error::last_os_error());
-    }
-    let raised = libc::rlimit {
-        rlim_cur: want.min(limit.rlim_max),
-        rlim_max: limit.rlim_max,
-    };
-    // SAFETY: setrlimit with a valid struct; affects this process and the
-    // children it starts afterwards.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-        bail!("setrlimit: {}", std::io::Error::last_os_error());
-    }
-    Ok(raised.rlim_cur)
 }

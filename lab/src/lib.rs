@@ -15,6 +15,7 @@
 pub mod exim;
 pub mod figures;
 pub mod inspector;
+pub mod load;
 pub mod messages;
 mod netns;
 pub mod packets;
