@@ -61,6 +61,26 @@ fn wait_for_log(pf: &Postfix, needle: &str) -> bool {
     wait_until(Duration::from_secs(10), || pf.maillog().contains(needle))
 }
 
+/// All 60 held sessions greeted and past EHLO, and Postfix's log has
+/// `what[CLIENT]` for each client address.
+fn all_served_each_client_logged(f: &Fixture, pf: &Postfix, what: &str) {
+    let held = hold(f, true);
+    let (greeted, ehlo, other) = totals(&held);
+    assert_eq!(
+        (greeted, ehlo),
+        (60, 60),
+        "{held}\n{other:?}\n{}",
+        pf.maillog()
+    );
+    for c in clients() {
+        assert!(
+            wait_for_log(pf, &format!("{what}[{c}]")),
+            "Postfix never logged {what}[{c}]:\n{}",
+            pf.maillog()
+        );
+    }
+}
+
 fn swaks_message(f: &Fixture) -> std::process::Output {
     f.swaks(
         &SERVER_V4.to_string(),
@@ -89,21 +109,7 @@ fn transparent_by_default_postfix_counts_each_client_apart() {
     assert_eq!(server["state"], "verified", "{status}");
     assert!(status["warning"].is_null(), "{status}");
 
-    let held = hold(&f, true);
-    let (greeted, ehlo, other) = totals(&held);
-    assert_eq!(
-        (greeted, ehlo),
-        (60, 60),
-        "{held}\n{other:?}\n{}",
-        pf.maillog()
-    );
-    for c in clients() {
-        assert!(
-            wait_for_log(&pf, &format!("connect from unknown[{c}]")),
-            "Postfix never saw {c}:\n{}",
-            pf.maillog()
-        );
-    }
+    all_served_each_client_logged(&f, &pf, "connect from unknown");
     assert!(
         !pf.maillog().contains(&format!("[{GATEWAY_INSIDE_V4}]")),
         "Postfix saw the gateway:\n{}",
@@ -185,21 +191,7 @@ fn xclient_gives_postfix_each_clients_address() {
 
     // Past EHLO (the proxy's XCLIENT comes before it), every session is
     // counted per client: all 60 are served.
-    let held = hold(&f, true);
-    let (greeted, ehlo, other) = totals(&held);
-    assert_eq!(
-        (greeted, ehlo),
-        (60, 60),
-        "{held}\n{other:?}\n{}",
-        pf.maillog()
-    );
-    for c in clients() {
-        assert!(
-            wait_for_log(&pf, &format!("disconnect from unknown[{c}]")),
-            "Postfix never logged {c}:\n{}",
-            pf.maillog()
-        );
-    }
+    all_served_each_client_logged(&f, &pf, "disconnect from unknown");
     // One message: the client's address and HELO name in Received; the
     // client saw one greeting and one EHLO reply.
     let out = swaks_message(&f);
