@@ -30,10 +30,18 @@ const MAX_BDAT_DIGITS: usize = 10;
 const XEXCH50_SIZES: std::ops::RangeInclusive<u64> = 5..=64 << 20;
 
 /// The verb of a command line, upper case (empty for an empty line or one
-/// starting with a space).
-fn verb_of(content: &[u8]) -> String {
+/// starting with a space): borrowed from the line when it is written in
+/// upper case already, as clients do, so that reading it allocates nothing.
+fn verb_of(content: &[u8]) -> Cow<'_, str> {
     let end = memchr(b' ', content).unwrap_or(content.len());
-    String::from_utf8_lossy(content.get(..end).unwrap_or_default()).to_ascii_uppercase()
+    let word = content.get(..end).unwrap_or_default();
+    if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
+        // ASCII is UTF-8.
+        if let Ok(verb) = std::str::from_utf8(word) {
+            return Cow::Borrowed(verb);
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(word).to_ascii_uppercase())
 }
 
 /// One command line, read.
@@ -45,7 +53,7 @@ pub struct Command<'a> {
     pub content: &'a [u8],
     pub eol: &'a [u8],
     /// Upper case (empty for an empty line).
-    pub verb: String,
+    pub verb: Cow<'a, str>,
     /// The path of MAIL FROM / RCPT TO, as the most permissive server
     /// would extract it (also on a line the strict reading refuses).
     pub path: Option<PathArg<'a>>,
@@ -90,7 +98,7 @@ impl<'a> Command<'a> {
         };
         // The argument, after the verb and its one space.
         let arg = content.get(cmd.verb.len() + 1..).unwrap_or_default();
-        let read = match cmd.verb.as_str() {
+        let read = match &*cmd.verb {
             "MAIL" => cmd.read_path(arg, b"FROM", true),
             "RCPT" => cmd.read_path(arg, b"TO", false),
             "BDAT" => bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
@@ -540,7 +548,7 @@ pub fn read(line: &[u8]) -> Reading {
     }
     Reading {
         address: cmd.path.as_ref().map(|p| p.judged.to_vec()),
-        verb: cmd.verb,
+        verb: cmd.verb.into_owned(),
         size,
         bdat,
         refusal,
@@ -710,7 +718,7 @@ mod tests {
     #[test]
     fn reads_a_command_line() {
         let cmd = Command::parse(b"mail from:<a|b@x> SIZE=5\r\n");
-        assert_eq!((cmd.verb.as_str(), cmd.eol), ("MAIL", &b"\r\n"[..]));
+        assert_eq!((&*cmd.verb, cmd.eol), ("MAIL", &b"\r\n"[..]));
         assert_eq!(cmd.sender(), Some(&b"a|b@x"[..]));
         let mut to = b"before ".to_vec();
         let path = cmd.path.as_ref().unwrap();

@@ -157,16 +157,23 @@ pub struct MessageScan {
     /// The scanner holds state of a message not finished (abandoned by
     /// RSET, say): the next message needs a fresh one.
     dirty: bool,
+    /// Body lines no rule acts on (see `rules::quiet_body_line`).
+    quiet: Option<usize>,
 }
 
 impl MessageScan {
-    pub fn new() -> Self {
+    pub fn new(quiet: Option<usize>) -> Self {
+        let mut mime = MimeScanner::new(MIME_LIMITS);
+        if let Some(q) = quiet {
+            mime.quiet_body_lines(q);
+        }
         Self {
-            mime: MimeScanner::new(MIME_LIMITS),
+            mime,
             events: Vec::new(),
             to_fields: 0,
             size: 0,
             dirty: false,
+            quiet,
         }
     }
 
@@ -174,7 +181,7 @@ impl MessageScan {
     /// the last message was abandoned.
     pub fn restart(&mut self) {
         if self.dirty {
-            *self = Self::new();
+            *self = Self::new(self.quiet);
         }
         self.to_fields = 0;
         self.size = 0;
@@ -188,6 +195,13 @@ impl MessageScan {
     /// Counts `len` more content bytes.
     pub fn grow(&mut self, len: usize) {
         self.size = self.size.saturating_add(len as u64);
+    }
+
+    /// Passes the leading lines of `content` that give no event, if any;
+    /// returns their bytes (see `MimeScanner::skip_quiet`).
+    pub fn skip_quiet(&mut self, content: &[u8]) -> usize {
+        self.dirty = true;
+        self.mime.skip_quiet(content)
     }
 
     /// Scans one slice of content; its events wait for `judge`.
@@ -205,6 +219,9 @@ impl MessageScan {
     /// Evaluates the content rules on the events found so far, each with
     /// the count of `To:` fields up to it, and keeps the event buffer small.
     pub fn judge(&mut self, judge: Judge<'_>) -> Verdict {
+        if self.events.is_empty() {
+            return Verdict::default();
+        }
         let to_fields = &mut self.to_fields;
         let events = self.events.drain(..).map(|ev| {
             if let MimeEvent::ToField = ev {
