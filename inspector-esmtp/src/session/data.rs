@@ -4,8 +4,6 @@
 //! The session relays content exactly as received, once inspected, so a
 //! message that must be dropped is never completed at the server.
 
-use memchr::memmem;
-
 use super::rules::{Judge, Verdict};
 use super::{MIME_EVENTS_KEPT, MIME_LIMITS};
 use crate::mime::{MimeEvent, MimeScanner};
@@ -47,10 +45,6 @@ impl DotScanner {
     /// Returns the bytes consumed (up to the line ending of a `.` line) and
     /// what they end with.
     pub fn scan(&mut self, input: &[u8], mut content: impl FnMut(&[u8])) -> (usize, DotEnd) {
-        // Where the next `\n.` and `\r.` are, searched once each per pass
-        // over `input` so that many of them cost linear time.
-        let mut lf_dot = Next::new(b"\n.");
-        let mut cr_dot = Next::new(b"\r.");
         let mut i = 0;
         while let Some(&b) = input.get(i) {
             match *self {
@@ -87,20 +81,21 @@ impl DotScanner {
                         Some(j) => rest.get(j) == Some(&b'\r'),
                         None => cr,
                     };
-                    // Only a line starting with `.` needs a closer look.
-                    let lf = lf_dot.find(input, i).map(|p| p - i);
-                    let bare_cr = cr_dot.find(input, i).map(|p| p - i);
-                    match (lf, bare_cr) {
-                        (_, Some(c)) if lf.is_none_or(|l| c < l) => {
+                    // Only a line starting with `.` needs a closer look:
+                    // the next `.` after an LF (a dot line) or a bare CR
+                    // (one to a server that ends lines there). One search
+                    // for the dot finds either, in content that has few.
+                    match next_dot_line(rest) {
+                        Some((c, b'\r')) => {
                             content(rest.get(..=c).unwrap_or(rest));
                             return (i + c + 2, DotEnd::Ambiguous);
                         }
-                        (Some(p), _) => {
+                        Some((p, _)) => {
                             content(rest.get(..=p).unwrap_or(rest));
                             i += p + 1;
                             *self = Self::LineStart { crlf: crlf_at(p) };
                         }
-                        _ => {
+                        None => {
                             content(rest);
                             *self = match rest.len().checked_sub(1) {
                                 Some(last) if rest.get(last) == Some(&b'\n') => Self::LineStart {
@@ -120,30 +115,16 @@ impl DotScanner {
     }
 }
 
-/// The next occurrence of a two-byte pattern in one input, at or after a
-/// position, remembered until the scan passes it.
-struct Next {
-    pattern: &'static [u8],
-    /// `Some(None)`: none after the last search's start.
-    at: Option<Option<usize>>,
-}
-
-impl Next {
-    fn new(pattern: &'static [u8]) -> Self {
-        Self { pattern, at: None }
-    }
-
-    fn find(&mut self, input: &[u8], from: usize) -> Option<usize> {
-        match self.at {
-            Some(Some(p)) if p >= from => return Some(p),
-            Some(None) => return None,
-            _ => {}
+/// The first `.` in `text` right after an LF or a CR (not at its start):
+/// the offset of that LF or CR, and which it is.
+fn next_dot_line(text: &[u8]) -> Option<(usize, u8)> {
+    memchr::memchr_iter(b'.', text).find_map(|dot| {
+        let before = dot.checked_sub(1)?;
+        match text.get(before) {
+            Some(&b) if b == b'\n' || b == b'\r' => Some((before, b)),
+            _ => None,
         }
-        let found =
-            memmem::find(input.get(from..).unwrap_or_default(), self.pattern).map(|p| p + from);
-        self.at = Some(found);
-        found
-    }
+    })
 }
 
 /// The MIME scan of the message in progress, and its counters.
