@@ -12,8 +12,6 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2};
-
 use super::split_eol;
 
 /// Longest BDAT size accepted, whatever the server advertised: Exim keeps
@@ -29,11 +27,17 @@ const MAX_BDAT_DIGITS: usize = 10;
 /// (`Xexch50SmtpCommand.cs`).
 const XEXCH50_SIZES: std::ops::RangeInclusive<u64> = 5..=64 << 20;
 
+/// Where `byte` first is in `s`, a part of a command line: such parts are
+/// short, and a plain loop beats a vector search's setup on them.
+fn find(byte: u8, s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == byte)
+}
+
 /// The verb of a command line, upper case (empty for an empty line or one
 /// starting with a space): borrowed from the line when it is written in
 /// upper case already, as clients do, so that reading it allocates nothing.
 fn verb_of(content: &[u8]) -> Cow<'_, str> {
-    let end = memchr(b' ', content).unwrap_or(content.len());
+    let end = find(b' ', content).unwrap_or(content.len());
     let word = content.get(..end).unwrap_or_default();
     if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
         // ASCII is UTF-8.
@@ -158,7 +162,7 @@ impl<'a> Command<'a> {
 /// with exactly one space, `smtp_in.c` `smtp_read_command`; Postfix and
 /// Sendmail skip any run of whitespace).
 fn line_fault(content: &[u8], verb: &str, arg: &[u8]) -> Option<&'static str> {
-    match memchr2(0, b'\r', content).and_then(|i| content.get(i)) {
+    match content.iter().find(|&&b| b == 0 || b == b'\r') {
         Some(0) => return Some("NUL in a command line"),
         Some(_) => return Some("bare CR in a command line"),
         None => {}
@@ -207,10 +211,10 @@ fn permissive_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<PathArg<'a>> {
     }
     let s = skip_wsp(s.get(keyword.len()..)?);
     let s = skip_wsp(s.strip_prefix(b":")?);
-    let (raw, from) = match memchr(b'<', s) {
+    let (raw, from) = match find(b'<', s) {
         Some(lt) => {
             let inner = s.get(lt + 1..)?;
-            let end = memchr(b'>', inner).unwrap_or(inner.len());
+            let end = find(b'>', inner).unwrap_or(inner.len());
             (inner.get(..end)?, lt + 1)
         }
         None => {
@@ -315,7 +319,7 @@ fn strict_path<'a>(
         // `a@b`, `Bob <a@b>`, `(comment)<a@b>`: read differently by each.
         return Err("path not in angle brackets");
     };
-    let Some(gt) = memchr(b'>', rest) else {
+    let Some(gt) = find(b'>', rest) else {
         return Err("path without `>`");
     };
     let (address, params) = rest.split_at(gt);
@@ -357,7 +361,7 @@ fn strict_address(a: &[u8]) -> Result<(), &'static str> {
             }
         }
         Some(_) => {
-            let at = memchr(b'@', a).unwrap_or(a.len());
+            let at = find(b'@', a).unwrap_or(a.len());
             let local = a.get(..at).unwrap_or_default();
             // `(` starts a comment for Exim and Postfix, `<` nests, `,`,
             // `:` and `;` are list and group syntax to the RFC 822 parsers.
@@ -396,7 +400,7 @@ fn strict_params(params: &[u8]) -> Result<Option<u64>, &'static str> {
     }
     let mut size = None;
     for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
-        let eq = memchr(b'=', p).unwrap_or(p.len());
+        let eq = find(b'=', p).unwrap_or(p.len());
         let (key, value) = p.split_at(eq);
         let key_ok = key.first().is_some_and(u8::is_ascii_alphanumeric)
             && key.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-');
@@ -443,7 +447,7 @@ fn number(word: &[u8]) -> Option<u64> {
 /// session's (it knows the server's SIZE).
 fn bdat(arg: &[u8]) -> Result<(u64, bool), &'static str> {
     const BAD: &str = "malformed BDAT";
-    let sp = memchr(b' ', arg).unwrap_or(arg.len());
+    let sp = find(b' ', arg).unwrap_or(arg.len());
     let (digits, rest) = arg.split_at(sp);
     if digits.len() > MAX_BDAT_DIGITS {
         return Err(BAD);
