@@ -39,6 +39,21 @@ fn find(byte: u8, s: &[u8]) -> Option<usize> {
 fn verb_of(content: &[u8]) -> Cow<'_, str> {
     let end = find(b' ', content).unwrap_or(content.len());
     let word = content.get(..end).unwrap_or_default();
+    // The verbs of a mail transaction, found without a UTF-8 check.
+    let known = match word {
+        b"MAIL" => Some("MAIL"),
+        b"RCPT" => Some("RCPT"),
+        b"DATA" => Some("DATA"),
+        b"BDAT" => Some("BDAT"),
+        b"RSET" => Some("RSET"),
+        b"NOOP" => Some("NOOP"),
+        b"EHLO" => Some("EHLO"),
+        b"QUIT" => Some("QUIT"),
+        _ => None,
+    };
+    if let Some(verb) = known {
+        return Cow::Borrowed(verb);
+    }
     if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
         // ASCII is UTF-8.
         if let Ok(verb) = std::str::from_utf8(word) {
