@@ -3,7 +3,8 @@
 //! on shared machines are noisy: each figure is the median of `REPEATS` runs
 //! measured side by side.
 //!
-//! `cargo bench -p inspector-esmtp --bench engine`
+//! `cargo bench -p inspector-esmtp --bench engine`; a profiler can run one
+//! workload alone: `... --bench engine -- commands` (or `data`).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -137,21 +138,35 @@ fn data(policy: &Arc<EsmtpPolicy>) -> (f64, f64) {
 
 fn main() {
     let policy = Arc::new(EsmtpPolicy::default());
-    let (cmd_engine, cmd_scan) = commands(&policy);
-    println!(
-        "commands: engine {:>12.0} cmd/s   memchr scan {:>12.0} cmd/s   engine/scan {:.3}",
-        cmd_engine,
-        cmd_scan,
-        cmd_engine / cmd_scan
-    );
-    let (data_engine, data_scan) = data(&policy);
-    println!(
-        "DATA:     engine {:>12.2} GB/s    memchr scan {:>12.2} GB/s    engine/scan {:.3}",
-        data_engine,
-        data_scan,
-        data_engine / data_scan
-    );
+    // Workloads named on the command line (cargo passes `--bench`), else both.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| only.is_empty() || only.iter().any(|a| a == name);
+    let (mut cmd_engine, mut cmd_scan, mut data_engine, mut data_scan) = (0.0, 0.0, 0.0, 0.0);
+    if run("commands") {
+        (cmd_engine, cmd_scan) = commands(&policy);
+        println!(
+            "commands: engine {:>12.0} cmd/s   memchr scan {:>12.0} cmd/s   engine/scan {:.3}",
+            cmd_engine,
+            cmd_scan,
+            cmd_engine / cmd_scan
+        );
+    }
+    if run("data") {
+        (data_engine, data_scan) = data(&policy);
+        println!(
+            "DATA:     engine {:>12.2} GB/s    memchr scan {:>12.2} GB/s    engine/scan {:.3}",
+            data_engine,
+            data_scan,
+            data_engine / data_scan
+        );
+    }
     println!("(medians of {REPEATS} runs; default policy: _default_esmtp_map, modern mode)");
+    if !only.is_empty() {
+        return;
+    }
     // For `cargo xtask bench`.
     println!(
         "json: {{\"repeats\": {REPEATS}, \"cmd_engine\": {cmd_engine}, \"cmd_scan\": {cmd_scan}, \

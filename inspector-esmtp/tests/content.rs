@@ -98,6 +98,44 @@ fn body_line_length_logs_by_default_and_body_length_resets() {
     );
 }
 
+/// Body lines no rule can act on are passed in bulk: the first line over
+/// the limit after a run of them is still found (998 bytes pass, 999 do
+/// not), inside a multipart too, and a negated rule still sees short ones.
+#[test]
+fn body_line_length_after_runs_of_short_lines() {
+    let short = format!("{}\r\n", "s".repeat(70)).repeat(40);
+    let message = |long: usize| {
+        format!(
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n{short}--b\r\n\r\n\
+             {short}-x\r\n{short}{}\r\n{short}--b--\r\n{short}.\r\n",
+            "b".repeat(long)
+        )
+    };
+    both(modern, |t| {
+        t.hello(&[]);
+        to_data(t);
+        t.pass(&message(998)).reply("250 ok\r\n");
+        assert!(t.audit_texts().is_empty());
+        to_data(t);
+        t.pass(&message(999)).reply("250 ok\r\n");
+        let texts = t.audit_texts();
+        assert_eq!(texts.len(), 1);
+        assert!(texts[0].ends_with("matched Class 3: body line length gt 998"));
+    });
+    both(
+        || rule("modern", "not body line length gt 998", "log"),
+        |t| {
+            t.hello(&[]);
+            to_data(t);
+            t.pass(&format!("Subject: s\r\n\r\n{short}.\r\n"))
+                .reply("250 ok\r\n");
+            let texts = t.audit_texts();
+            assert_eq!(texts.len(), 1);
+            assert!(texts[0].ends_with("matched Class 1: not body line length gt 998"));
+        },
+    );
+}
+
 const MULTIPART: &str = "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
 --b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n\
 --b1\r\nContent-Type: application/x-msdownload; name=\"run.exe\"\r\n\

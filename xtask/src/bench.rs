@@ -16,6 +16,8 @@ const FLOOD_SYNS: u32 = 200_000;
 const SMTP_SESSIONS: u32 = 10_000;
 const ATTACK_REPEATS: u32 = 5;
 const COMMAND: &str = "cargo xtask bench";
+/// The engine's profile, copied into the report (see `render`).
+const ENGINE_PROFILE: &str = "docs/engine-profile.md";
 /// The heading of the attack's section, which `--only attack` replaces.
 const ATTACK_HEADING: &str = "## Legitimate mail during an attack";
 
@@ -384,6 +386,11 @@ fn render(
             "slower than"
         }
     )?;
+    // The engine's profile is taken by hand, not by this run: kept beside it.
+    let profile = workspace_root().join(ENGINE_PROFILE);
+    let notes = std::fs::read_to_string(&profile)
+        .with_context(|| format!("reading {}", profile.display()))?;
+    writeln!(w, "\n{}", notes.trim_end())?;
 
     render_smtp(w, smtp)?;
     Ok(out)

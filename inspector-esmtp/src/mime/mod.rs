@@ -271,6 +271,8 @@ pub struct MimeScanner {
     hdr: HeaderState,
     frames: Vec<Frame>,
     prefix: LinePrefix,
+    /// Body lines up to this length are not reported (`quiet_body_lines`).
+    quiet: Option<usize>,
 }
 
 impl MimeScanner {
@@ -295,7 +297,49 @@ impl MimeScanner {
             hdr: HeaderState::default(),
             frames: Vec::new(),
             prefix: LinePrefix::new(limits.max_boundary_len),
+            quiet: None,
         }
+    }
+
+    /// Leaves out the `BodyLine` events of lines no longer than `max_len`
+    /// (line ending excluded), for a caller whose criteria cannot act on
+    /// them; every other event stays. Such lines can then be skipped in
+    /// bulk (`skip_quiet`). Kept across `finish`.
+    pub fn quiet_body_lines(&mut self, max_len: usize) {
+        self.quiet = Some(max_len);
+    }
+
+    /// Consumes the leading complete lines of `data` that give no event at
+    /// all: quiet body lines (see `quiet_body_lines`) of content (a leaf
+    /// body, a preamble or an epilogue) that cannot be a boundary line.
+    /// Returns their bytes; feeding the rest of `data` then gives the same
+    /// events as feeding all of it. This is what lets content run at
+    /// memory speed: a run of such lines costs a few vector scans, not
+    /// work per line.
+    pub fn skip_quiet(&mut self, data: &[u8]) -> usize {
+        let Some(max_len) = self.quiet else {
+            return 0;
+        };
+        if self.in_top_header
+            || self.mode != Mode::Content
+            || !self.at_line_start
+            || self.pending_cr
+        {
+            return 0;
+        }
+        let Some(last_lf) = memchr::memrchr(b'\n', data) else {
+            return 0;
+        };
+        let mut lines = &data[..=last_lf];
+        if !self.frames.is_empty()
+            && let Some(dash) = multipart::dash_line(lines)
+        {
+            lines = &lines[..dash];
+        }
+        let n = short_lines(lines, max_len);
+        self.total += n;
+        self.line_start = self.total;
+        n
     }
 
     /// The limits in force (after clamping).
@@ -357,7 +401,10 @@ impl MimeScanner {
         }
         let body = self.body_start.map_or(0, |s| self.total - s);
         events.push(MimeEvent::BodyEnd { len: body });
-        *self = MimeScanner::new(self.limits);
+        *self = MimeScanner {
+            quiet: self.quiet,
+            ..MimeScanner::new(self.limits)
+        };
     }
 
     /// Bytes of one line up to (not including) an LF, or up to the end of
@@ -423,7 +470,9 @@ impl MimeScanner {
             }
             return;
         }
-        events.push(MimeEvent::BodyLine { len });
+        if self.quiet.is_none_or(|q| len > q) {
+            events.push(MimeEvent::BodyLine { len });
+        }
         let boundary = self.prefix.matches(&self.frames);
         self.prefix.reset();
         if let Some(b) = boundary {
@@ -507,6 +556,23 @@ impl MimeScanner {
             }
         }
     }
+}
+
+/// The bytes of the leading lines of `lines` (which ends with an LF) that
+/// hold at most `max_len` bytes before their LF. Searching each window of
+/// `max_len + 1` bytes backwards for its last LF passes every line in it
+/// at once.
+fn short_lines(lines: &[u8], max_len: usize) -> usize {
+    let mut start = 0;
+    while start < lines.len() {
+        let end = start.saturating_add(max_len).saturating_add(1);
+        let window = &lines[start..end.min(lines.len())];
+        match memchr::memrchr(b'\n', window) {
+            Some(lf) => start += lf + 1,
+            None => break,
+        }
+    }
+    start
 }
 
 /// An entity's `Part` event, after the `Unreadable` one if any.

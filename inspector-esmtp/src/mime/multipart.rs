@@ -98,6 +98,12 @@ impl LinePrefix {
     }
 }
 
+/// Where the first line of `text` (which starts at a line start) that
+/// begins with `-`, and so may be a boundary line, starts.
+pub(crate) fn dash_line(text: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'-', text).find(|&i| i == 0 || text[i - 1] == b'\n')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

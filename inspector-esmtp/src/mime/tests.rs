@@ -654,3 +654,56 @@ fn token_soup_is_split_invariant_and_bounded() {
         assert!(sep <= 2, "empty line is CRLF, LF or absent");
     }
 }
+
+/// `quiet_body_lines(q)` leaves out exactly the `BodyLine` events of lines
+/// of at most `q` bytes, and passing lines with `skip_quiet` before each
+/// fed line (as the session does) changes nothing else, in any split.
+#[test]
+fn quiet_lines_are_skipped_without_changing_the_events() {
+    let mut messages = corpus();
+    messages.push(
+        format!(
+            "Content-Type: multipart/mixed; boundary=z\r\n\r\npre\r\n--z\r\n\r\nline\r\n\
+             -dash\r\n--zz\r\nbare\rcr\r\n{}\r\n--z--\r\nepi\r\n",
+            "y".repeat(40)
+        )
+        .into_bytes(),
+    );
+    messages.push(format!("A: b\r\n\r\n.\r\n-\r\n{}\n\n", "x".repeat(20)).into_bytes());
+    let limits = MimeLimits::default();
+    let mut skipped_any = false;
+    for msg in &messages {
+        let all = scan_with(limits, msg);
+        for q in [0, 2, 3, 4, 10, 39, 40, 41, 299, 300, usize::MAX] {
+            let want: Vec<MimeEvent> = all
+                .iter()
+                .filter(|e| !matches!(e, MimeEvent::BodyLine { len } if *len <= q))
+                .cloned()
+                .collect();
+            for size in [1, 2, 7, 64, msg.len().max(1)] {
+                let mut s = MimeScanner::new(limits);
+                s.quiet_body_lines(q);
+                let mut ev = Vec::new();
+                for chunk in msg.chunks(size) {
+                    let mut rest = chunk;
+                    while !rest.is_empty() {
+                        let n = s.skip_quiet(rest);
+                        skipped_any |= n > 0;
+                        rest = &rest[n..];
+                        let line = memchr::memchr(b'\n', rest).map_or(rest.len(), |lf| lf + 1);
+                        s.feed(&rest[..line], &mut ev);
+                        rest = &rest[line..];
+                    }
+                }
+                s.finish(&mut ev);
+                assert_eq!(
+                    ev,
+                    want,
+                    "quiet {q}, chunks of {size}: {:?}",
+                    String::from_utf8_lossy(msg)
+                );
+            }
+        }
+    }
+    assert!(skipped_any, "the bulk path ran");
+}

@@ -12,8 +12,6 @@
 
 use std::borrow::Cow;
 
-use memchr::{memchr, memchr2};
-
 use super::split_eol;
 
 /// Longest BDAT size accepted, whatever the server advertised: Exim keeps
@@ -29,11 +27,40 @@ const MAX_BDAT_DIGITS: usize = 10;
 /// (`Xexch50SmtpCommand.cs`).
 const XEXCH50_SIZES: std::ops::RangeInclusive<u64> = 5..=64 << 20;
 
+/// Where `byte` first is in `s`, a part of a command line: such parts are
+/// short, and a plain loop beats a vector search's setup on them.
+fn find(byte: u8, s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == byte)
+}
+
 /// The verb of a command line, upper case (empty for an empty line or one
-/// starting with a space).
-fn verb_of(content: &[u8]) -> String {
-    let end = memchr(b' ', content).unwrap_or(content.len());
-    String::from_utf8_lossy(content.get(..end).unwrap_or_default()).to_ascii_uppercase()
+/// starting with a space): borrowed from the line when it is written in
+/// upper case already, as clients do, so that reading it allocates nothing.
+fn verb_of(content: &[u8]) -> Cow<'_, str> {
+    let end = find(b' ', content).unwrap_or(content.len());
+    let word = content.get(..end).unwrap_or_default();
+    // The verbs of a mail transaction, found without a UTF-8 check.
+    let known = match word {
+        b"MAIL" => Some("MAIL"),
+        b"RCPT" => Some("RCPT"),
+        b"DATA" => Some("DATA"),
+        b"BDAT" => Some("BDAT"),
+        b"RSET" => Some("RSET"),
+        b"NOOP" => Some("NOOP"),
+        b"EHLO" => Some("EHLO"),
+        b"QUIT" => Some("QUIT"),
+        _ => None,
+    };
+    if let Some(verb) = known {
+        return Cow::Borrowed(verb);
+    }
+    if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
+        // ASCII is UTF-8.
+        if let Ok(verb) = std::str::from_utf8(word) {
+            return Cow::Borrowed(verb);
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(word).to_ascii_uppercase())
 }
 
 /// One command line, read.
@@ -45,7 +72,7 @@ pub struct Command<'a> {
     pub content: &'a [u8],
     pub eol: &'a [u8],
     /// Upper case (empty for an empty line).
-    pub verb: String,
+    pub verb: Cow<'a, str>,
     /// The path of MAIL FROM / RCPT TO, as the most permissive server
     /// would extract it (also on a line the strict reading refuses).
     pub path: Option<PathArg<'a>>,
@@ -90,7 +117,7 @@ impl<'a> Command<'a> {
         };
         // The argument, after the verb and its one space.
         let arg = content.get(cmd.verb.len() + 1..).unwrap_or_default();
-        let read = match cmd.verb.as_str() {
+        let read = match &*cmd.verb {
             "MAIL" => cmd.read_path(arg, b"FROM", true),
             "RCPT" => cmd.read_path(arg, b"TO", false),
             "BDAT" => bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
@@ -150,7 +177,7 @@ impl<'a> Command<'a> {
 /// with exactly one space, `smtp_in.c` `smtp_read_command`; Postfix and
 /// Sendmail skip any run of whitespace).
 fn line_fault(content: &[u8], verb: &str, arg: &[u8]) -> Option<&'static str> {
-    match memchr2(0, b'\r', content).and_then(|i| content.get(i)) {
+    match content.iter().find(|&&b| b == 0 || b == b'\r') {
         Some(0) => return Some("NUL in a command line"),
         Some(_) => return Some("bare CR in a command line"),
         None => {}
@@ -199,10 +226,10 @@ fn permissive_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<PathArg<'a>> {
     }
     let s = skip_wsp(s.get(keyword.len()..)?);
     let s = skip_wsp(s.strip_prefix(b":")?);
-    let (raw, from) = match memchr(b'<', s) {
+    let (raw, from) = match find(b'<', s) {
         Some(lt) => {
             let inner = s.get(lt + 1..)?;
-            let end = memchr(b'>', inner).unwrap_or(inner.len());
+            let end = find(b'>', inner).unwrap_or(inner.len());
             (inner.get(..end)?, lt + 1)
         }
         None => {
@@ -307,7 +334,7 @@ fn strict_path<'a>(
         // `a@b`, `Bob <a@b>`, `(comment)<a@b>`: read differently by each.
         return Err("path not in angle brackets");
     };
-    let Some(gt) = memchr(b'>', rest) else {
+    let Some(gt) = find(b'>', rest) else {
         return Err("path without `>`");
     };
     let (address, params) = rest.split_at(gt);
@@ -349,7 +376,7 @@ fn strict_address(a: &[u8]) -> Result<(), &'static str> {
             }
         }
         Some(_) => {
-            let at = memchr(b'@', a).unwrap_or(a.len());
+            let at = find(b'@', a).unwrap_or(a.len());
             let local = a.get(..at).unwrap_or_default();
             // `(` starts a comment for Exim and Postfix, `<` nests, `,`,
             // `:` and `;` are list and group syntax to the RFC 822 parsers.
@@ -388,7 +415,7 @@ fn strict_params(params: &[u8]) -> Result<Option<u64>, &'static str> {
     }
     let mut size = None;
     for p in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
-        let eq = memchr(b'=', p).unwrap_or(p.len());
+        let eq = find(b'=', p).unwrap_or(p.len());
         let (key, value) = p.split_at(eq);
         let key_ok = key.first().is_some_and(u8::is_ascii_alphanumeric)
             && key.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-');
@@ -435,7 +462,7 @@ fn number(word: &[u8]) -> Option<u64> {
 /// session's (it knows the server's SIZE).
 fn bdat(arg: &[u8]) -> Result<(u64, bool), &'static str> {
     const BAD: &str = "malformed BDAT";
-    let sp = memchr(b' ', arg).unwrap_or(arg.len());
+    let sp = find(b' ', arg).unwrap_or(arg.len());
     let (digits, rest) = arg.split_at(sp);
     if digits.len() > MAX_BDAT_DIGITS {
         return Err(BAD);
@@ -540,7 +567,7 @@ pub fn read(line: &[u8]) -> Reading {
     }
     Reading {
         address: cmd.path.as_ref().map(|p| p.judged.to_vec()),
-        verb: cmd.verb,
+        verb: cmd.verb.into_owned(),
         size,
         bdat,
         refusal,
@@ -710,7 +737,7 @@ mod tests {
     #[test]
     fn reads_a_command_line() {
         let cmd = Command::parse(b"mail from:<a|b@x> SIZE=5\r\n");
-        assert_eq!((cmd.verb.as_str(), cmd.eol), ("MAIL", &b"\r\n"[..]));
+        assert_eq!((&*cmd.verb, cmd.eol), ("MAIL", &b"\r\n"[..]));
         assert_eq!(cmd.sender(), Some(&b"a|b@x"[..]));
         let mut to = b"before ".to_vec();
         let path = cmd.path.as_ref().unwrap();

@@ -4,8 +4,6 @@
 //! The session relays content exactly as received, once inspected, so a
 //! message that must be dropped is never completed at the server.
 
-use memchr::memmem;
-
 use super::rules::{Judge, Verdict};
 use super::{MIME_EVENTS_KEPT, MIME_LIMITS};
 use crate::mime::{MimeEvent, MimeScanner};
@@ -47,10 +45,6 @@ impl DotScanner {
     /// Returns the bytes consumed (up to the line ending of a `.` line) and
     /// what they end with.
     pub fn scan(&mut self, input: &[u8], mut content: impl FnMut(&[u8])) -> (usize, DotEnd) {
-        // Where the next `\n.` and `\r.` are, searched once each per pass
-        // over `input` so that many of them cost linear time.
-        let mut lf_dot = Next::new(b"\n.");
-        let mut cr_dot = Next::new(b"\r.");
         let mut i = 0;
         while let Some(&b) = input.get(i) {
             match *self {
@@ -87,20 +81,21 @@ impl DotScanner {
                         Some(j) => rest.get(j) == Some(&b'\r'),
                         None => cr,
                     };
-                    // Only a line starting with `.` needs a closer look.
-                    let lf = lf_dot.find(input, i).map(|p| p - i);
-                    let bare_cr = cr_dot.find(input, i).map(|p| p - i);
-                    match (lf, bare_cr) {
-                        (_, Some(c)) if lf.is_none_or(|l| c < l) => {
+                    // Only a line starting with `.` needs a closer look:
+                    // the next `.` after an LF (a dot line) or a bare CR
+                    // (one to a server that ends lines there). One search
+                    // for the dot finds either, in content that has few.
+                    match next_dot_line(rest) {
+                        Some((c, b'\r')) => {
                             content(rest.get(..=c).unwrap_or(rest));
                             return (i + c + 2, DotEnd::Ambiguous);
                         }
-                        (Some(p), _) => {
+                        Some((p, _)) => {
                             content(rest.get(..=p).unwrap_or(rest));
                             i += p + 1;
                             *self = Self::LineStart { crlf: crlf_at(p) };
                         }
-                        _ => {
+                        None => {
                             content(rest);
                             *self = match rest.len().checked_sub(1) {
                                 Some(last) if rest.get(last) == Some(&b'\n') => Self::LineStart {
@@ -120,30 +115,16 @@ impl DotScanner {
     }
 }
 
-/// The next occurrence of a two-byte pattern in one input, at or after a
-/// position, remembered until the scan passes it.
-struct Next {
-    pattern: &'static [u8],
-    /// `Some(None)`: none after the last search's start.
-    at: Option<Option<usize>>,
-}
-
-impl Next {
-    fn new(pattern: &'static [u8]) -> Self {
-        Self { pattern, at: None }
-    }
-
-    fn find(&mut self, input: &[u8], from: usize) -> Option<usize> {
-        match self.at {
-            Some(Some(p)) if p >= from => return Some(p),
-            Some(None) => return None,
-            _ => {}
+/// The first `.` in `text` right after an LF or a CR (not at its start):
+/// the offset of that LF or CR, and which it is.
+fn next_dot_line(text: &[u8]) -> Option<(usize, u8)> {
+    memchr::memchr_iter(b'.', text).find_map(|dot| {
+        let before = dot.checked_sub(1)?;
+        match text.get(before) {
+            Some(&b) if b == b'\n' || b == b'\r' => Some((before, b)),
+            _ => None,
         }
-        let found =
-            memmem::find(input.get(from..).unwrap_or_default(), self.pattern).map(|p| p + from);
-        self.at = Some(found);
-        found
-    }
+    })
 }
 
 /// The MIME scan of the message in progress, and its counters.
@@ -157,16 +138,23 @@ pub struct MessageScan {
     /// The scanner holds state of a message not finished (abandoned by
     /// RSET, say): the next message needs a fresh one.
     dirty: bool,
+    /// Body lines no rule acts on (see `rules::quiet_body_line`).
+    quiet: Option<usize>,
 }
 
 impl MessageScan {
-    pub fn new() -> Self {
+    pub fn new(quiet: Option<usize>) -> Self {
+        let mut mime = MimeScanner::new(MIME_LIMITS);
+        if let Some(q) = quiet {
+            mime.quiet_body_lines(q);
+        }
         Self {
-            mime: MimeScanner::new(MIME_LIMITS),
+            mime,
             events: Vec::new(),
             to_fields: 0,
             size: 0,
             dirty: false,
+            quiet,
         }
     }
 
@@ -174,7 +162,7 @@ impl MessageScan {
     /// the last message was abandoned.
     pub fn restart(&mut self) {
         if self.dirty {
-            *self = Self::new();
+            *self = Self::new(self.quiet);
         }
         self.to_fields = 0;
         self.size = 0;
@@ -188,6 +176,13 @@ impl MessageScan {
     /// Counts `len` more content bytes.
     pub fn grow(&mut self, len: usize) {
         self.size = self.size.saturating_add(len as u64);
+    }
+
+    /// Passes the leading lines of `content` that give no event, if any;
+    /// returns their bytes (see `MimeScanner::skip_quiet`).
+    pub fn skip_quiet(&mut self, content: &[u8]) -> usize {
+        self.dirty = true;
+        self.mime.skip_quiet(content)
     }
 
     /// Scans one slice of content; its events wait for `judge`.
@@ -205,6 +200,9 @@ impl MessageScan {
     /// Evaluates the content rules on the events found so far, each with
     /// the count of `To:` fields up to it, and keeps the event buffer small.
     pub fn judge(&mut self, judge: Judge<'_>) -> Verdict {
+        if self.events.is_empty() {
+            return Verdict::default();
+        }
         let to_fields = &mut self.to_fields;
         let events = self.events.drain(..).map(|ev| {
             if let MimeEvent::ToField = ev {

@@ -25,6 +25,7 @@ mod reply;
 mod rules;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use memchr::memchr;
@@ -228,6 +229,11 @@ pub struct Session {
     invalid_rcpts: u64,
     ending: Ending,
     opaque: bool,
+    /// Body lines no rule acts on (`rules::quiet_body_line`).
+    quiet: Option<usize>,
+    /// Commands and replies inspected in this call: added to the shared
+    /// `packet` counter once, at the end of the call, not once per line.
+    packets: u64,
 }
 
 impl Session {
@@ -237,6 +243,7 @@ impl Session {
         let _ = pipeline.push(Pending::Greeting);
         let modern = policy.mode == Mode::Modern;
         let rules = RuleState::new(policy.rules.len());
+        let quiet = rules::quiet_body_line(&policy);
         Self {
             policy,
             stats,
@@ -258,6 +265,8 @@ impl Session {
             invalid_rcpts: 0,
             ending: Ending::new(modern),
             opaque: false,
+            quiet,
+            packets: 0,
         }
     }
 
@@ -265,6 +274,8 @@ impl Session {
     pub fn on_client_data(&mut self, data: &[u8], now: Instant) -> Output {
         self.now = Some(now);
         let mut out = Output::default();
+        // Most of it is relayed: one allocation rather than one per doubling.
+        out.to_server.reserve(data.len());
         self.feed_client(data, &mut out);
         self.finish(out)
     }
@@ -273,6 +284,7 @@ impl Session {
     pub fn on_server_data(&mut self, data: &[u8], now: Instant) -> Output {
         self.now = Some(now);
         let mut out = Output::default();
+        out.to_client.reserve(data.len());
         self.feed_server(data, &mut out);
         self.finish(out)
     }
@@ -492,7 +504,7 @@ impl Session {
     /// `500 5.5.2` and the close. Resynchronising at the next LF is not
     /// safe: Exim and Sendmail split such lines, and execute the tail.
     fn overlong(&mut self, len: u64, out: &mut Output) {
-        PolicyStats::bump(&self.stats.packet);
+        self.packets += 1;
         let from = self.checked_len;
         self.checked_len = len;
         let v = self.judge(&mut out.audit).line_length(len, from);
@@ -532,7 +544,7 @@ impl Session {
     /// a line some server would read differently from the engine is
     /// answered by the engine in both modes.
     fn on_command(&mut self, line: &[u8], out: &mut Output) {
-        PolicyStats::bump(&self.stats.packet);
+        self.packets += 1;
         let cmd = Command::parse(line);
         if cmd.verb == "RCPT" {
             self.tx.rcpt_count = self.tx.rcpt_count.saturating_add(1);
@@ -562,7 +574,7 @@ impl Session {
             }
         }
 
-        let verb = cmd.verb.as_str();
+        let verb = &*cmd.verb;
         // `BDAT\t5`, ` BDAT 5`: a BDAT to Postfix and Sendmail's tokenizers.
         let bdat = verb == "BDAT" || command::names_bdat(cmd.content);
         let outcome = if !self.verb_allowed(verb) || v.mask {
@@ -661,7 +673,7 @@ impl Session {
 
     /// Sends an accepted command on and records the reply it is owed.
     fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) {
-        let verb = cmd.verb.as_str();
+        let verb = &*cmd.verb;
         let pending = match verb {
             "EHLO" => Pending::Ehlo,
             "HELO" => Pending::Helo,
@@ -797,7 +809,7 @@ impl Session {
         self.reply_line += 1;
         if last {
             self.reply_line = 0;
-            PolicyStats::bump(&self.stats.packet);
+            self.packets += 1;
             self.on_reply_end(head, code, out);
         }
     }
@@ -908,7 +920,10 @@ impl Session {
             return;
         }
         self.tx.in_message = true;
-        self.message.get_or_insert_with(MessageScan::new).restart();
+        let quiet = self.quiet;
+        self.message
+            .get_or_insert_with(|| MessageScan::new(quiet))
+            .restart();
         self.rules.new_message();
     }
 
@@ -917,7 +932,10 @@ impl Session {
         let ClientMode::Data(mut dots) = self.mode else {
             return 0;
         };
-        let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
+        let mut scan = self
+            .message
+            .take()
+            .unwrap_or_else(|| MessageScan::new(self.quiet));
         // Inspected before relayed: a close keeps this read from the server.
         let (used, found) = dots.scan(input, |c| self.inspect_content(&mut scan, c, out));
         self.mode = ClientMode::Data(dots);
@@ -953,7 +971,10 @@ impl Session {
         let remaining = remaining - n as u64;
         match kind {
             RawKind::Bdat { last, relay: true } => {
-                let mut scan = self.message.take().unwrap_or_else(MessageScan::new);
+                let mut scan = self
+                    .message
+                    .take()
+                    .unwrap_or_else(|| MessageScan::new(self.quiet));
                 self.inspect_content(&mut scan, chunk, out);
                 if remaining == 0 && last && !self.stopped() {
                     self.end_message(&mut scan, out);
@@ -977,15 +998,23 @@ impl Session {
     }
 
     /// Feeds content to the MIME scanner and evaluates its events, slice by
-    /// slice, so the event buffer stays small whatever the read size.
+    /// slice, so the event buffer stays small whatever the read size. Runs
+    /// of lines that give no event are passed in bulk; a slice ends at a
+    /// line end where it can, so that the next run starts right after.
     fn inspect_content(&mut self, scan: &mut MessageScan, content: &[u8], out: &mut Output) {
         scan.grow(content.len());
-        for slice in content.chunks(MIME_SLICE) {
+        let mut rest = content;
+        while !rest.is_empty() {
             if self.stopped() {
                 return;
             }
+            rest = rest.get(scan.skip_quiet(rest)..).unwrap_or_default();
+            let head = rest.get(..MIME_SLICE).unwrap_or(rest);
+            let n = memchr(b'\n', head).map_or(head.len(), |lf| lf + 1);
+            let (slice, tail) = rest.split_at(n);
             scan.feed(slice);
             self.inspect_events(scan, out);
+            rest = tail;
         }
     }
 
@@ -1007,7 +1036,7 @@ impl Session {
         // The transaction ends here, in the client's order: with PIPELINING
         // the next one may be under way before the server's reply comes.
         self.tx = Transaction::default();
-        PolicyStats::bump(&self.stats.packet);
+        self.packets += 1;
     }
 
     /// The header, body and MIME rules on the scanner's events so far.
@@ -1120,6 +1149,11 @@ impl Session {
     /// What a call returns.
     fn finish(&mut self, mut out: Output) -> Output {
         out.opaque = self.opaque;
+        if self.packets > 0 {
+            self.stats
+                .packet
+                .fetch_add(std::mem::take(&mut self.packets), Ordering::Relaxed);
+        }
         out
     }
 }

@@ -55,6 +55,22 @@ impl RuleState {
     }
 }
 
+/// The longest body line (line ending excluded) that no rule can act on,
+/// so that the MIME scanner need not report it: one no longer than every
+/// `body line length gt N`. `None` if a negated one acts on short lines.
+pub fn quiet_body_line(policy: &EsmtpPolicy) -> Option<usize> {
+    let mut quiet = usize::MAX;
+    for rule in &policy.rules {
+        if let Criterion::BodyLineLength(limit) = rule.criterion {
+            if rule.negate {
+                return None;
+            }
+            quiet = quiet.min(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+    }
+    Some(quiet)
+}
+
 /// Matching commands of a `rate-limit N` rule in the current second.
 #[derive(Debug, Clone, Copy, Default)]
 struct RateWindow {
@@ -151,7 +167,11 @@ impl Judge<'_> {
                 }
                 (Criterion::CmdLineLength(_), _) => continue,
                 (Criterion::CmdVerb(verbs), _) => {
-                    (verbs.contains(&cmd.verb), Value::Bytes(cmd.verb.as_bytes()))
+                    let verb = &*cmd.verb;
+                    (
+                        verbs.iter().any(|v| v == verb),
+                        Value::Bytes(verb.as_bytes()),
+                    )
                 }
                 (Criterion::CmdRcptCount(l), _) if cmd.verb == "RCPT" => {
                     (exceeds(rcpt_count, *l), Value::Num(rcpt_count))
