@@ -12,6 +12,7 @@
 //! Addresses are from 198.18.0.0/15 and 2001:2::/48, the ranges reserved for
 //! benchmarking network devices; nothing leaves the namespaces.
 
+pub mod cluster;
 pub mod exim;
 pub mod figures;
 pub mod inspector;
@@ -127,7 +128,13 @@ impl Drop for Lab {
 }
 
 /// Addresses and default routes (via the gateway) of a host on `eth0`.
-fn end_host(ns: &Netns, v4: &[Ipv4Addr], v6: Ipv6Addr, gw4: Ipv4Addr, gw6: Ipv6Addr) -> Result<()> {
+pub(crate) fn end_host(
+    ns: &Netns,
+    v4: &[Ipv4Addr],
+    v6: Ipv6Addr,
+    gw4: Ipv4Addr,
+    gw6: Ipv6Addr,
+) -> Result<()> {
     let v4: Vec<IpAddr> = v4.iter().map(|&a| a.into()).collect();
     ns.addr("eth0", &v4, 24)?;
     ns.addr("eth0", &[v6.into()], 64)?;
@@ -137,7 +144,7 @@ fn end_host(ns: &Netns, v4: &[Ipv4Addr], v6: Ipv6Addr, gw4: Ipv4Addr, gw6: Ipv6A
 
 /// A veth pair from `a`/`a_dev` to `b`/`b_dev`. It is made in the root
 /// namespace under unique temporary names (parallel tests), then moved.
-fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
+pub(crate) fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let id = format!(
         "lv{:x}{:x}",

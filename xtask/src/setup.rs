@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     // certificate; `ss` (iproute2) waits for listeners.
     "python3",
     "openssl",
+    // The cluster lab's routing daemon (BGP, ECMP routes in the kernel).
+    "bird2",
     // The private Exim's one library that Postfix does not pull in (see
     // `exim_private`).
     "libidn12",
