@@ -44,6 +44,11 @@ struct Running {
 
 impl Running {
     fn start(name: &str, members: usize) -> Self {
+        Self::start_with(name, members, |_| String::new())
+    }
+
+    /// With each member's policy: policies/cluster.toml, then `extra(i)`.
+    fn start_with(name: &str, members: usize, extra: impl Fn(usize) -> String) -> Self {
         let prefix = format!("cl{}-{name}", std::process::id());
         let cluster = Cluster::create(&prefix, members).expect("building the cluster lab");
         let files = Scratch::new(std::env::temp_dir().join(format!("{prefix}-files"))).unwrap();
@@ -61,7 +66,8 @@ impl Running {
             .args(["0.0.0.0:25", "256"]);
         let sink = cluster.server.spawn(&mut cmd).expect("starting smtp-sink");
         cluster.server.wait_listening("0.0.0.0:25").unwrap();
-        let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cluster.toml");
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cluster.toml");
+        let base = std::fs::read_to_string(base).unwrap();
         let mut running = Self {
             files,
             _sink: sink,
@@ -74,6 +80,8 @@ impl Running {
             let m = &running.cluster.members[i];
             let pins = PinDir::new(&format!("{name}-gw{}", m.index));
             let log = running.files.path().join(format!("gw{}.log", m.index));
+            let policy = running.files.path().join(format!("gw{}.toml", m.index));
+            std::fs::write(&policy, format!("{base}\n{}", extra(m.index))).unwrap();
             let args = [
                 "--iface".as_ref(),
                 OUTSIDE.as_ref(),
@@ -302,4 +310,138 @@ fn prometheus_cluster_config_and_rules_load() {
     );
     assert!(out.status.success(), "promtool check config: {text}");
     assert!(text.contains("cluster-rules.yml"), "{text}");
+}
+
+/// `[cluster]` divides a server's connection limit across the members: the
+/// kernel of each enforces its share, and the cluster as a whole admits the
+/// policy's limit, however the router's hash spreads the connections.
+#[test]
+fn a_server_limit_is_divided_across_members_and_holds_in_total() {
+    const LIMIT: u32 = 11;
+    const ATTEMPTS: usize = 30;
+    let r = Running::start_with("limits", 2, |i| {
+        format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-conns = {LIMIT}\n\n[cluster]\nmembers = 2\nmember = {i}\n"
+        )
+    });
+    let limit_of = |i: usize| {
+        let out = support::cli_ok(r.pins[i - 1].path(), &["stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["limits"]["servers"][0]["max-conns"].as_u64().unwrap()
+    };
+    assert_eq!((limit_of(1), limit_of(2)), (6, 5));
+
+    // Connections held open, one after another, each a new source port:
+    // the router hashes each to a member.
+    let mut held = Vec::new();
+    let mut first_refusal = None;
+    for n in 0..ATTEMPTS {
+        let c = r
+            .cluster
+            .client
+            .tcp_connect(
+                inspector_lab::CLIENT_V4.into(),
+                SocketAddr::new(SERVER_V4.into(), 25),
+                Duration::from_secs(1),
+            )
+            .unwrap();
+        match c {
+            Ok(stream) => held.push(stream),
+            Err(_) => {
+                first_refusal.get_or_insert(n);
+            }
+        }
+    }
+    eprintln!(
+        "{} of {ATTEMPTS} admitted (limit {LIMIT}: 6 + 5); the first refused was attempt {:?}",
+        held.len(),
+        first_refusal
+    );
+    assert_eq!(held.len(), LIMIT as usize);
+    for (i, share) in [(1, 6), (2, 5)] {
+        let out = support::cli_ok(r.pins[i - 1].path(), &["stats", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let s = &v["limits"]["servers"][0];
+        let conns = s["embryonic"].as_u64().unwrap() + s["established"].as_u64().unwrap();
+        assert!(
+            conns <= share,
+            "member {i} holds {conns}, its share is {share}"
+        );
+    }
+}
+
+fn kubernetes_validate(manifest: &Path) -> std::process::Output {
+    use inspector_lab::kubernetes;
+    std::process::Command::new(kubernetes::binary())
+        .args(["--strict", "-k", kubernetes::API_VERSION])
+        .arg(manifest)
+        .output()
+        .expect("running kubernetes-validate (`cargo xtask setup` installs it)")
+}
+
+/// deploy/kubernetes/daemonset.yaml is valid against the Kubernetes API's
+/// schemas (strict: no unknown field), runs on the host network with the
+/// systemd unit's capabilities, is ready on `inspector status`, and its
+/// ConfigMap's policy is one the inspector accepts.
+#[test]
+fn the_daemonset_is_valid_and_matches_the_unit() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = root.join("deploy/kubernetes/daemonset.yaml");
+    let out = kubernetes_validate(&manifest);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert_eq!(said.matches(" passed ").count(), 2, "{said}");
+
+    // The validator refuses what the API would (so the pass above means it).
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let files =
+        Scratch::new(std::env::temp_dir().join(format!("k8s-{}", std::process::id()))).unwrap();
+    let broken = files.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        text.replace("hostNetwork: true", "hostNetwork: yes-please"),
+    )
+    .unwrap();
+    assert!(!kubernetes_validate(&broken).status.success());
+
+    assert!(text.contains("hostNetwork: true"));
+    assert!(text.contains(r#"command: ["inspector", "status"]"#));
+    let unit = std::fs::read_to_string(root.join("deploy/systemd/inspector.service")).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| format!("\"{}\"", c.trim_start_matches("CAP_")))
+        .collect();
+    assert!(
+        text.contains(&format!("add: [{}]", caps.join(", "))),
+        "the DaemonSet's capabilities are not the unit's {caps:?}"
+    );
+
+    // The ConfigMap's policy: the block under `policy.toml: |`.
+    let policy: String = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("policy.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.trim_start()))
+        .collect();
+    assert!(policy.contains("[proxy]"), "{policy}");
+    let file = files.path().join("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    let out = std::process::Command::new(inspector_bin())
+        .args(["policy", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

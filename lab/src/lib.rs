@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod exim;
 pub mod figures;
 pub mod inspector;
+pub mod kubernetes;
 pub mod load;
 pub mod messages;
 mod netns;
