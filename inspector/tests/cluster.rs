@@ -205,7 +205,7 @@ fn load(
 }
 
 #[test]
-fn a_killed_gateway_is_withdrawn_and_no_acknowledged_message_is_lost_or_duplicated() {
+fn a_killed_or_stopped_gateway_is_withdrawn_and_no_acknowledged_message_is_lost_or_duplicated() {
     let mut r = Running::start("failover", 2);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -290,6 +290,16 @@ fn a_killed_gateway_is_withdrawn_and_no_acknowledged_message_is_lost_or_duplicat
     assert!(
         last.iter().all(|(_, m)| *m == Some(2)),
         "the last 100 messages did not all go through gateway 2: {last:?}"
+    );
+
+    // A clean stop withdraws too (the daemon says `stopping`, then is gone).
+    r.daemons[1].take().unwrap().terminate().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || r
+            .cluster
+            .routed_members()
+            .is_ok_and(|m| m.is_empty())),
+        "gateway 2's route stayed after its inspector stopped"
     );
 }
 

@@ -29,7 +29,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, CLIENT3_V4, MAIL_GATEWAY_V4, Netns, SERVER_V4, SERVER_V6,
-    ScopedChild, end_host, inspector::Scratch, ip, veth,
+    ScopedChild, end_host, inspector::Scratch, veth,
 };
 
 /// The router's address facing the clients.
@@ -163,10 +163,7 @@ impl Cluster {
 
     fn build(&self) -> Result<()> {
         for ns in self.namespaces() {
-            ns.delete();
-            ip(&["netns", "add", &ns.name])?;
-            ns.ip(&["link", "set", "lo", "up"])?;
-            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+            ns.create_fresh()?;
         }
         veth(&self.client, "eth0", &self.router, "eth0")?;
         end_host(
@@ -289,6 +286,19 @@ impl Cluster {
             );
         }
         Ok(())
+    }
+
+    /// Postfix's smtp-sink on the server's `0.0.0.0:25` with `backlog`,
+    /// listening when this returns.
+    pub fn start_sink(&self, backlog: u32) -> Result<ScopedChild> {
+        let mut cmd = self.server.command("smtp-sink");
+        cmd.args(["-u", "nobody", "0.0.0.0:25", &backlog.to_string()]);
+        let sink = self
+            .server
+            .spawn(&mut cmd)
+            .context("starting smtp-sink (cargo xtask setup installs postfix)")?;
+        self.server.wait_listening("0.0.0.0:25")?;
+        Ok(sink)
     }
 
     /// The members the router's route to [`SERVICE_V4`] leads to now.

@@ -78,12 +78,7 @@ impl Lab {
 
     fn build(&self) -> Result<()> {
         for ns in self.namespaces() {
-            ns.delete();
-            ip(&["netns", "add", &ns.name])?;
-            ns.ip(&["link", "set", "lo", "up"])?;
-            // No duplicate address detection: a link-local address still
-            // tentative delays neighbour discovery and so the first packets.
-            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+            ns.create_fresh()?;
         }
         veth(&self.client, "eth0", &self.gateway, OUTSIDE)?;
         veth(&self.gateway, INSIDE, &self.server, "eth0")?;
@@ -125,6 +120,19 @@ impl Drop for Lab {
         for ns in self.namespaces() {
             ns.delete();
         }
+    }
+}
+
+impl Netns {
+    /// Makes this namespace anew (a leftover of the same name removed),
+    /// its loopback up.
+    pub(crate) fn create_fresh(&self) -> Result<()> {
+        self.delete();
+        ip(&["netns", "add", &self.name])?;
+        self.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection: a link-local address still
+        // tentative delays neighbour discovery and so the first packets.
+        self.sysctl("net.ipv6.conf.default.accept_dad", "0")
     }
 }
 

@@ -53,15 +53,7 @@ pub fn take_gateways(args: &[String]) -> Result<(Option<usize>, Vec<String>)> {
 
 pub fn run(inspector: &Path, gateways: usize, extra: &[String]) -> Result<()> {
     let cluster = Cluster::create(PREFIX, gateways)?;
-    let _sink = cluster
-        .server
-        .spawn(
-            cluster
-                .server
-                .command("smtp-sink")
-                .args(["-u", "nobody", "0.0.0.0:25", "128"]),
-        )
-        .context("starting smtp-sink (cargo xtask setup installs postfix)")?;
+    let _sink = cluster.start_sink(128)?;
     let policy = workspace_root().join("policies/cluster.toml");
     let logs = std::env::temp_dir().join(format!("{PREFIX}-logs"));
     std::fs::create_dir_all(&logs)?;
