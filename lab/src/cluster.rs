@@ -162,6 +162,11 @@ impl Cluster {
     }
 
     fn build(&self) -> Result<()> {
+        // A killed run with more gateways leaves more than these.
+        let prefix = self.router.name.trim_end_matches("-rtr");
+        for i in self.members.len() + 1..=MAX_MEMBERS {
+            Netns::new(format!("{prefix}-gw{i}")).delete();
+        }
         for ns in self.namespaces() {
             ns.create_fresh()?;
         }

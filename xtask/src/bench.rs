@@ -60,10 +60,14 @@ fn replace_section(text: &str, heading: &str, section: &str) -> String {
         Some(at) => {
             let from = at + 1;
             let rest = &text[from + heading.len()..];
-            let end = rest
-                .find("\n## ")
-                .map(|i| from + heading.len() + i + 1)
-                .unwrap_or(closing.max(from));
+            // The next section, or the closing line if it comes first
+            // (sections written after the report follow that line).
+            let next = rest.find("\n## ").map(|i| from + heading.len() + i + 1);
+            let closing = (closing > from).then_some(closing);
+            let end = match (next, closing) {
+                (Some(n), Some(c)) => n.min(c),
+                (n, c) => n.or(c).unwrap_or(from),
+            };
             (from, end)
         }
         None => (closing, closing),
@@ -669,5 +673,10 @@ mod tests {
         assert_eq!(replaced, added.replace("new\n", "newer\n"));
         let middle = replace_section(report, "## A", "\n## A\n\nfresh\n");
         assert_eq!(middle, report.replace("old", "fresh"));
+        // A section after the closing line stays where it is, and the
+        // closing line too.
+        let after = format!("{added}\n## Later\n\nlater\n");
+        let replaced = replace_section(&after, "## New", "\n## New\n\nnewer\n");
+        assert_eq!(replaced, after.replace("new\n", "newer\n"));
     }
 }
