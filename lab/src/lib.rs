@@ -12,9 +12,11 @@
 //! Addresses are from 198.18.0.0/15 and 2001:2::/48, the ranges reserved for
 //! benchmarking network devices; nothing leaves the namespaces.
 
+pub mod cluster;
 pub mod exim;
 pub mod figures;
 pub mod inspector;
+pub mod kubernetes;
 pub mod load;
 pub mod messages;
 mod netns;
@@ -76,12 +78,7 @@ impl Lab {
 
     fn build(&self) -> Result<()> {
         for ns in self.namespaces() {
-            ns.delete();
-            ip(&["netns", "add", &ns.name])?;
-            ns.ip(&["link", "set", "lo", "up"])?;
-            // No duplicate address detection: a link-local address still
-            // tentative delays neighbour discovery and so the first packets.
-            ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+            ns.create_fresh()?;
         }
         veth(&self.client, "eth0", &self.gateway, OUTSIDE)?;
         veth(&self.gateway, INSIDE, &self.server, "eth0")?;
@@ -126,8 +123,27 @@ impl Drop for Lab {
     }
 }
 
+impl Netns {
+    /// Makes this namespace anew (a leftover of the same name removed),
+    /// its loopback up.
+    pub(crate) fn create_fresh(&self) -> Result<()> {
+        self.delete();
+        ip(&["netns", "add", &self.name])?;
+        self.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection: a link-local address still
+        // tentative delays neighbour discovery and so the first packets.
+        self.sysctl("net.ipv6.conf.default.accept_dad", "0")
+    }
+}
+
 /// Addresses and default routes (via the gateway) of a host on `eth0`.
-fn end_host(ns: &Netns, v4: &[Ipv4Addr], v6: Ipv6Addr, gw4: Ipv4Addr, gw6: Ipv6Addr) -> Result<()> {
+pub(crate) fn end_host(
+    ns: &Netns,
+    v4: &[Ipv4Addr],
+    v6: Ipv6Addr,
+    gw4: Ipv4Addr,
+    gw6: Ipv6Addr,
+) -> Result<()> {
     let v4: Vec<IpAddr> = v4.iter().map(|&a| a.into()).collect();
     ns.addr("eth0", &v4, 24)?;
     ns.addr("eth0", &[v6.into()], 64)?;
@@ -137,7 +153,7 @@ fn end_host(ns: &Netns, v4: &[Ipv4Addr], v6: Ipv6Addr, gw4: Ipv4Addr, gw6: Ipv6A
 
 /// A veth pair from `a`/`a_dev` to `b`/`b_dev`. It is made in the root
 /// namespace under unique temporary names (parallel tests), then moved.
-fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
+pub(crate) fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> Result<()> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let id = format!(
         "lv{:x}{:x}",

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::Lab;
+use crate::{Lab, Netns};
 
 /// Runs smtp-source from the client namespace; returns its run time.
 pub fn smtp_source(
@@ -18,7 +18,18 @@ pub fn smtp_source(
     messages: usize,
     bytes: usize,
 ) -> Result<Duration> {
-    let mut cmd = lab.client.command("smtp-source");
+    smtp_source_from(&lab.client, server, sessions, messages, bytes)
+}
+
+/// [`smtp_source`] from `client` (the cluster lab's client, for one).
+pub fn smtp_source_from(
+    client: &Netns,
+    server: SocketAddr,
+    sessions: usize,
+    messages: usize,
+    bytes: usize,
+) -> Result<Duration> {
+    let mut cmd = client.command("smtp-source");
     cmd.args(["-s", &sessions.to_string()])
         .args(["-m", &messages.to_string()])
         .args(["-l", &bytes.to_string()])

@@ -15,31 +15,39 @@ const FLOOD_REPEATS: u32 = 5;
 const FLOOD_SYNS: u32 = 200_000;
 const SMTP_SESSIONS: u32 = 10_000;
 const ATTACK_REPEATS: u32 = 5;
+const CLUSTER_REPEATS: u32 = 5;
 const COMMAND: &str = "cargo xtask bench";
 /// The engine's profile, copied into the report (see `render`).
 const ENGINE_PROFILE: &str = "docs/engine-profile.md";
 /// The heading of the attack's section, which `--only attack` replaces.
 const ATTACK_HEADING: &str = "## Legitimate mail during an attack";
+/// The heading of the cluster's section, which `--only cluster` replaces.
+const CLUSTER_HEADING: &str = "## Many gateways (the cluster lab)";
 
 /// A part `cargo xtask bench --only PART` measures alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
     Attack,
+    Cluster,
 }
 
 /// Measures one part and replaces its section of docs/benchmarks.md.
 pub fn run_part(part: Part) -> Result<()> {
-    let Part::Attack = part;
-    cargo(&["bench", "-p", "inspector", "--no-run", "--bench", "attack"])?;
-    eprintln!("bench: legitimate mail during attacks");
-    let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
+    type Render = fn(&mut String, &Value, Option<(&str, &str)>) -> Result<()>;
+    let (name, repeats, heading, render): (&str, u32, &str, Render) = match part {
+        Part::Attack => ("attack", ATTACK_REPEATS, ATTACK_HEADING, render_attack),
+        Part::Cluster => ("cluster", CLUSTER_REPEATS, CLUSTER_HEADING, render_cluster),
+    };
+    cargo(&["bench", "-p", "inspector", "--no-run", "--bench", name])?;
+    eprintln!("bench: {name}");
+    let figures = bench(name, &["--repeats", &repeats.to_string()])?;
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     let mut section = String::new();
-    render_attack(&mut section, &attack, Some((date.trim(), &machine())))?;
+    render(&mut section, &figures, Some((date.trim(), &machine())))?;
     println!("{section}");
     let path = workspace_root().join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = replace_section(&old, ATTACK_HEADING, &section);
+    let new = replace_section(&old, heading, &section);
     std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: wrote its section of {}", path.display());
     Ok(())
@@ -54,10 +62,14 @@ fn replace_section(text: &str, heading: &str, section: &str) -> String {
         Some(at) => {
             let from = at + 1;
             let rest = &text[from + heading.len()..];
-            let end = rest
-                .find("\n## ")
-                .map(|i| from + heading.len() + i + 1)
-                .unwrap_or(closing.max(from));
+            // The next section, or the closing line if it comes first
+            // (sections written after the report follow that line).
+            let next = rest.find("\n## ").map(|i| from + heading.len() + i + 1);
+            let closing = (closing > from).then_some(closing);
+            let end = match (next, closing) {
+                (Some(n), Some(c)) => n.min(c),
+                (n, c) => n.or(c).unwrap_or(from),
+            };
             (from, end)
         }
         None => (closing, closing),
@@ -90,6 +102,8 @@ pub fn run() -> Result<()> {
         "smtp",
         "--bench",
         "attack",
+        "--bench",
+        "cluster",
     ])?;
     eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
     let kernel = bench("kernel", &["--repeats", &REPEATS.to_string()])?;
@@ -118,10 +132,13 @@ pub fn run() -> Result<()> {
 
     eprintln!("bench: legitimate mail during attacks");
     let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
+    eprintln!("bench: msgs/s through 1 and 2 gateways of the cluster lab");
+    let cluster = bench("cluster", &["--repeats", &CLUSTER_REPEATS.to_string()])?;
 
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     let mut report = render(&machine, date.trim(), &kernel, &flood, &engine, &smtp)?;
     render_attack(&mut report, &attack, None)?;
+    render_cluster(&mut report, &cluster, None)?;
     writeln!(
         report,
         "\nThis run of `{COMMAND}` took {} s, builds included.",
@@ -598,6 +615,55 @@ fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>)
     Ok(())
 }
 
+fn render_cluster(w: &mut String, c: &Value, measured: Option<(&str, &str)>) -> Result<()> {
+    writeln!(w, "\n{CLUSTER_HEADING}\n")?;
+    if let Some((date, machine)) = measured {
+        writeln!(
+            w,
+            "Measured {date} on: {machine}, by `{COMMAND} --only cluster` (the rest of \
+             this report by `{COMMAND}`, perhaps on another day).\n"
+        )?;
+    }
+    writeln!(
+        w,
+        "`cargo bench -p inspector --bench cluster`: the cluster lab (docs/cluster.md) \
+         with 2 gateways behind the BIRD router, `policies/cluster.toml`. \
+         `smtp-source -s {} -m {} -l {}` (a session per message) from the client, \
+         alternately with only gateway 1 announced (gateway 2's route withdrawn) and with \
+         both, and to an address exempt on both (forwarded by the kernel, uninspected); \
+         medians of {} runs each.\n",
+        c["sessions"], c["messages"], c["bytes"], c["repeats"]
+    )?;
+    let (one, two, direct) = (
+        f(c, "one_gateway_msgs_per_s")?,
+        f(c, "two_gateways_msgs_per_s")?,
+        f(c, "direct_msgs_per_s")?,
+    );
+    writeln!(w, "| path | msgs/s | / 1 gateway |")?;
+    writeln!(w, "|---|---|---|")?;
+    writeln!(w, "| 1 gateway, inspected | {one:.0} | 1.00 |")?;
+    writeln!(w, "| 2 gateways, inspected | {two:.0} | {:.2} |", two / one)?;
+    writeln!(
+        w,
+        "| exempt (no proxy) | {direct:.0} | {:.2} |",
+        direct / one
+    )?;
+    writeln!(
+        w,
+        "\nGateway 1's share of the sessions with both announced (the ECMP hash on the \
+         5-tuple): median {:.3}, at most {:.3} from one half in any run of {} sessions.\n\n\
+         What limits the figure: both gateways, the router, the client and the server \
+         share this machine's cores (and whatever else runs on it), so a second gateway \
+         adds no CPU, only a second proxy contending for the same cores: the rows cannot \
+         scale here, and the ratio shows what spreading costs on one machine. On separate \
+         machines each gateway brings its own cores.",
+        f(c, "gateway1_share_median")?,
+        f(c, "gateway1_share_worst_deviation")?,
+        c["sessions_per_run"]
+    )?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,5 +680,10 @@ mod tests {
         assert_eq!(replaced, added.replace("new\n", "newer\n"));
         let middle = replace_section(report, "## A", "\n## A\n\nfresh\n");
         assert_eq!(middle, report.replace("old", "fresh"));
+        // A section after the closing line stays where it is, and the
+        // closing line too.
+        let after = format!("{added}\n## Later\n\nlater\n");
+        let replaced = replace_section(&after, "## New", "\n## New\n\nnewer\n");
+        assert_eq!(replaced, after.replace("new\n", "newer\n"));
     }
 }

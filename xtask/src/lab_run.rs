@@ -1,4 +1,5 @@
-//! `cargo xtask run`: the inspector on a lab (no --iface) or on a real
+//! `cargo xtask run`: the inspector on a lab (no --iface; `--gateways N`:
+//! the cluster lab, lab_cluster.rs) or on a real
 //! interface (arguments passed to `inspector run`). On the lab the proxy
 //! runs in the default upstream mode, transparent: the daemon attaches
 //! the return steering to `inside` (the interface of the route to the
@@ -22,6 +23,10 @@ pub fn run(args: &[String]) -> Result<()> {
         .any(|a| a == "--iface" || a.starts_with("--iface="))
     {
         return status(Command::new(&inspector).arg("run").args(args));
+    }
+    let (gateways, rest) = crate::lab_cluster::take_gateways(args)?;
+    if let Some(n) = gateways {
+        return crate::lab_cluster::run(&inspector, n, &rest);
     }
     let policy = workspace_root().join("policies/default.toml");
     run_lab(&inspector, &policy, args)
@@ -108,7 +113,7 @@ Ctrl-C stops the inspector and removes the lab.
 
 extern "C" fn on_sigint(_: libc::c_int) {}
 
-fn ignore_sigint_here() {
+pub fn ignore_sigint_here() {
     // A handler, not SIG_IGN: handlers are reset in children, ignores are not.
     // SAFETY: installing an async-signal-safe no-op handler.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };

@@ -3,6 +3,7 @@
 
 mod bench;
 mod deb;
+mod lab_cluster;
 mod lab_run;
 mod setup;
 mod test;
@@ -28,7 +29,8 @@ enum Task {
     Setup,
     /// Build the inspector (kernel programs included) in release mode.
     Build,
-    /// Run the inspector: on a self-made lab when no --iface is given,
+    /// Run the inspector: on a self-made lab when no --iface is given
+    /// (`-- --gateways N`: N gateways behind a BGP/ECMP router),
     /// otherwise `inspector run` with the arguments after `--`.
     Run {
         #[arg(last = true)]

@@ -32,6 +32,11 @@ const PACKAGES: &[&str] = &[
     // certificate; `ss` (iproute2) waits for listeners.
     "python3",
     "openssl",
+    // A virtual environment for the Kubernetes manifest validator
+    // (`kubernetes_validate`).
+    "python3-venv",
+    // The cluster lab's routing daemon (BGP, ECMP routes in the kernel).
+    "bird2",
     // The private Exim's one library that Postfix does not pull in (see
     // `exim_private`).
     "libidn12",
@@ -49,6 +54,7 @@ pub fn install_missing() -> Result<()> {
     }
     apt_packages()?;
     exim_private()?;
+    kubernetes_validate()?;
     nightly_rust_src()?;
     bpf_linker()?;
     cargo_fuzz()?;
@@ -140,6 +146,26 @@ fn exim_private() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// PyPI's kubernetes-validate (with the Kubernetes API schemas inside) in
+/// a virtual environment of its own, for the DaemonSet's test.
+fn kubernetes_validate() -> Result<()> {
+    use inspector_lab::kubernetes::{DIR, VERSION, binary};
+    let installed = Command::new(binary())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(VERSION));
+    if installed {
+        return Ok(());
+    }
+    eprintln!("setup: installing kubernetes-validate {VERSION} into {DIR}");
+    status(Command::new("python3").args(["-m", "venv", DIR]))?;
+    status(
+        Command::new(std::path::Path::new(DIR).join("bin/pip"))
+            .args(["install", "-q"])
+            .arg(format!("kubernetes-validate=={VERSION}")),
+    )
 }
 
 /// The unpacked Exim prints its version (with an empty configuration).

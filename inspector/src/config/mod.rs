@@ -1,7 +1,7 @@
 //! The policy file: one TOML document holding the exemptions, the protected
 //! servers with their limits, the flow timeouts, what the classifier does
 //! with packets it cannot parse, the ESMTP inspection policy, the proxy and
-//! the audit settings.
+//! the audit settings, and this gateway's place in a cluster.
 //!
 //! One pipeline reads it: the text is deserialized into the raw document
 //! ([`document::deserialize`]), each section of the document compiles into
@@ -13,6 +13,7 @@
 
 pub mod asa;
 mod audit;
+mod cluster;
 mod document;
 mod error;
 mod esmtp;
@@ -31,6 +32,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
+pub use cluster::Membership;
 pub use error::{ConfigError, UnreadablePolicy, is_config_error};
 pub use exempt::parse_network;
 pub use packets::{PacketPolicy, Unparsable};
@@ -63,6 +65,8 @@ pub struct Policy {
     /// The `[proxy]` table (formerly `[engine]`).
     pub proxy: ProxyConfig,
     pub audit: AuditSettings,
+    /// The `[cluster]` table: this gateway's place among its members.
+    pub cluster: Membership,
     /// Old spellings the file still uses: accepted, each with where it is
     /// and what to write instead. [`Policy::load`] logs them as warnings.
     pub deprecations: Vec<ConfigError>,
@@ -83,6 +87,7 @@ struct Document {
     /// `[proxy]` under its old name.
     engine: Option<Spanned<ProxySection>>,
     audit: Option<audit::AuditSection>,
+    cluster: Option<cluster::ClusterSection>,
 }
 
 impl Policy {
@@ -149,6 +154,7 @@ fn compile(text: &str) -> Result<(Policy, Vec<FieldError>), FieldError> {
         esmtp,
         proxy: or_default(proxy.as_ref().map(Spanned::get_ref))?,
         audit: or_default(doc.audit.as_ref())?,
+        cluster: or_default(doc.cluster.as_ref())?,
         deprecations: Vec::new(),
     };
     Ok((policy, deprecations))

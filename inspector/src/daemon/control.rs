@@ -139,7 +139,7 @@ impl Reloader {
         ExemptTable::open(&self.pin_dir)?
             .apply_policy(&new.exempt)
             .context("applying the policy's exemptions")?;
-        limits::apply_policy(&self.pin_dir, &new.servers)
+        limits::apply_member_policy(&self.pin_dir, &new.servers, &new.cluster)
             .context("applying the policy's protected servers")?;
         self.timeouts.send_replace(new.timeouts);
         self.esmtp.replace_policy(new.esmtp.clone());

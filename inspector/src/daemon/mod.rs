@@ -176,7 +176,7 @@ pub fn run(opts: RunOptions) -> Result<()> {
         ),
         Err(e) => log::warn!("live exemptions not restored: {e:#}"),
     }
-    limits::apply_policy(&opts.pin_dir, &policy.servers)
+    limits::apply_member_policy(&opts.pin_dir, &policy.servers, &policy.cluster)
         .context("applying the policy's protected servers")?;
     log::info!(
         "policy {}: {} exemption(s), {} protected server(s); maps pinned in {}",

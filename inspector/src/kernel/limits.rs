@@ -15,7 +15,7 @@ use inspector_common::{
 use serde::Serialize;
 
 use super::bpffs;
-use crate::config::{OnEmbryonicLimit, Server};
+use crate::config::{Membership, OnEmbryonicLimit, Server};
 
 pub fn addr16(addr: IpAddr) -> Addr16 {
     match addr {
@@ -30,10 +30,13 @@ pub fn ip_of(addr: &Addr16) -> IpAddr {
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
 }
 
-pub fn server_limits(server: &Server) -> ServerLimits {
+/// What the kernel enforces for `server` on this member: its share of the
+/// connection and embryonic limits (`[cluster]`); the per-client limits
+/// stay whole (a client's flows hash to different members).
+pub fn server_limits(server: &Server, cluster: &Membership) -> ServerLimits {
     ServerLimits {
-        max_conns: server.max_conns,
-        max_embryonic: server.max_embryonic,
+        max_conns: cluster.share(server.max_conns),
+        max_embryonic: cluster.share(server.max_embryonic),
         per_client_max: server.per_client_max,
         per_client_embryonic_max: server.per_client_embryonic_max,
         on_embryonic_limit: match server.on_embryonic_limit {
@@ -55,6 +58,12 @@ pub fn count(value: u64) -> u64 {
 /// new servers start at zero; removed servers' flows are expired by the
 /// sweeper.
 pub fn apply_policy(pin_dir: &Path, servers: &[Server]) -> Result<()> {
+    apply_member_policy(pin_dir, servers, &Membership::default())
+}
+
+/// [`apply_policy`] for member `cluster.member` of a cluster: each limit
+/// divided across the members.
+pub fn apply_member_policy(pin_dir: &Path, servers: &[Server], cluster: &Membership) -> Result<()> {
     let mut table: HashMap<MapData, Addr16, ServerLimits> =
         bpffs::open_map(pin_dir, maps::SERVERS)?.try_into()?;
     let mut counts: HashMap<MapData, Addr16, ConnCounts> =
@@ -68,7 +77,7 @@ pub fn apply_policy(pin_dir: &Path, servers: &[Server]) -> Result<()> {
     }
     for (server, key) in servers.iter().zip(&wanted) {
         table
-            .insert(key, server_limits(server), 0)
+            .insert(key, server_limits(server, cluster), 0)
             .with_context(|| format!("protecting {}", server.address))?;
     }
     retain(&mut table, &wanted)?;
