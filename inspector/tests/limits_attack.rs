@@ -14,7 +14,8 @@ use std::{
 };
 
 use inspector_lab::{
-    CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, OUTSIDE, SERVER_V4, SERVER_V6, syn::SynFlood,
+    CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, OUTSIDE, SERVER_V4, SERVER_V6, ScopedChild,
+    syn::SynFlood,
 };
 use support::{
     PinDir, PolicyFile,
@@ -36,12 +37,63 @@ struct Limits {
 }
 
 impl Limits {
+    /// max-conns, max-embryonic, per-client-max, per-client-embryonic-max.
+    fn new(max_conns: u32, max_embryonic: u32, per_client_max: u32, pce: u32) -> Self {
+        Self {
+            max_conns,
+            max_embryonic,
+            per_client_max,
+            per_client_embryonic_max: pce,
+        }
+    }
+
     fn entry(&self, server: IpAddr, action: &str) -> String {
         format!(
             "[[server]]\naddress = \"{server}\"\nmax-conns = {}\nmax-embryonic = {}\n\
              per-client-max = {}\nper-client-embryonic-max = {}\non-embryonic-limit = \"{action}\"\n",
             self.max_conns, self.max_embryonic, self.per_client_max, self.per_client_embryonic_max
         )
+    }
+}
+
+/// A lab whose gateway runs the daemon (no proxy) with one policy, in
+/// front of smtp-sink, the spoofed sources routed to where nothing
+/// answers. Fields drop in order: the daemon before the lab.
+struct Attacked {
+    _sink: ScopedChild,
+    daemon: Option<ScopedChild>,
+    _policy: PolicyFile,
+    pins: PinDir,
+    lab: Lab,
+}
+
+impl Attacked {
+    fn start(test: &str, policy: &str, server: IpAddr, ifaces: &[&str]) -> Self {
+        let lab = lab(test);
+        let pins = PinDir::new(test);
+        let policy = PolicyFile::new(test, policy);
+        let daemon = start_daemon_with(&lab, &pins, ifaces, Some(policy.path()), &NO_PROXY);
+        route_spoofed_sources_to_client(&lab);
+        let sink = start_smtp_sink(&lab, server);
+        Self {
+            _sink: sink,
+            daemon: Some(daemon),
+            _policy: policy,
+            pins,
+            lab,
+        }
+    }
+
+    fn both_sides(test: &str, policy: &str, server: IpAddr) -> Self {
+        Self::start(test, policy, server, &[OUTSIDE, INSIDE])
+    }
+
+    fn counts(&self, server: IpAddr) -> (u64, u64) {
+        server_counts(&self.pins, server)
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        stats_json(self.pins.path())
     }
 }
 
@@ -72,21 +124,10 @@ fn server_counts(pins: &PinDir, server: IpAddr) -> (u64, u64) {
 /// half-open connections than the lowest server limit.
 fn per_client_through_flood(test: &str, limits: Limits) {
     let (client, server) = (IpAddr::from(CLIENT_V4), IpAddr::from(SERVER_V4));
-    let lab = lab(test);
-    let pins = PinDir::new(test);
-    let policy = PolicyFile::new(test, &limits.entry(server, "intercept"));
-    let _daemon = start_daemon_with(
-        &lab,
-        &pins,
-        &[OUTSIDE, INSIDE],
-        Some(policy.path()),
-        &NO_PROXY,
-    );
-    route_spoofed_sources_to_client(&lab);
-    let _sink = start_smtp_sink(&lab, server);
+    let a = Attacked::both_sides(test, &limits.entry(server, "intercept"), server);
 
-    let through = swaks_during_flood(&lab, client, server);
-    let json = stats_json(pins.path());
+    let through = swaks_during_flood(&a.lab, client, server);
+    let json = a.stats();
     through.assert_delivered(&json.to_string());
     let held = limits.max_conns.min(limits.max_embryonic) as usize;
     assert!(through.most > 0, "the flood reached the server at all");
@@ -117,44 +158,20 @@ fn per_client_through_flood(test: &str, limits: Limits) {
 /// per-client limits below both, the embryonic one lowest.
 #[test]
 fn per_client_limits_with_tcp_50_100_serve_a_real_client_through_a_flood() {
-    per_client_through_flood(
-        "pc50",
-        Limits {
-            max_conns: 50,
-            max_embryonic: 100,
-            per_client_max: 5,
-            per_client_embryonic_max: 2,
-        },
-    );
+    per_client_through_flood("pc50", Limits::new(50, 100, 5, 2));
 }
 
 /// `tcp 3 20` with per-client limits of one: max-conns is full of
 /// half-open flows and the client's own limits are as low as they go.
 #[test]
 fn per_client_limits_of_one_with_tcp_3_20_serve_a_real_client_through_a_flood() {
-    per_client_through_flood(
-        "pc3",
-        Limits {
-            max_conns: 3,
-            max_embryonic: 20,
-            per_client_max: 1,
-            per_client_embryonic_max: 1,
-        },
-    );
+    per_client_through_flood("pc3", Limits::new(3, 20, 1, 1));
 }
 
 /// max-embryonic below max-conns, per-client limits between them.
 #[test]
 fn per_client_limits_with_max_embryonic_below_max_conns_serve_a_real_client() {
-    per_client_through_flood(
-        "pcemb",
-        Limits {
-            max_conns: 100,
-            max_embryonic: 3,
-            per_client_max: 10,
-            per_client_embryonic_max: 1,
-        },
-    );
+    per_client_through_flood("pcemb", Limits::new(100, 3, 10, 1));
 }
 
 /// The one row where intercept drops: a client whose established
@@ -163,36 +180,21 @@ fn per_client_limits_with_max_embryonic_below_max_conns_serve_a_real_client() {
 #[test]
 fn per_client_max_full_of_established_drops_that_client_only() {
     let (server, test) = (IpAddr::from(SERVER_V4), "pcfull");
-    let lab = lab(test);
-    let pins = PinDir::new(test);
-    let limits = Limits {
-        max_conns: 10,
-        max_embryonic: 3,
-        per_client_max: 1,
-        per_client_embryonic_max: 1,
-    };
-    let policy = PolicyFile::new(test, &limits.entry(server, "intercept"));
-    let _daemon = start_daemon_with(
-        &lab,
-        &pins,
-        &[OUTSIDE, INSIDE],
-        Some(policy.path()),
-        &NO_PROXY,
-    );
-    route_spoofed_sources_to_client(&lab);
-    let _sink = start_smtp_sink(&lab, server);
+    let limits = Limits::new(10, 3, 1, 1);
+    let a = Attacked::both_sides(test, &limits.entry(server, "intercept"), server);
     let addr = SocketAddr::new(server, PORT);
-    let held = banner(&lab, CLIENT_V4.into(), addr).expect("the first connection");
+    let held = banner(&a.lab, CLIENT_V4.into(), addr).expect("the first connection");
 
-    let through = swaks_during_flood(&lab, CLIENT2_V4.into(), server);
+    let through = swaks_during_flood(&a.lab, CLIENT2_V4.into(), server);
     through.assert_delivered("another client");
-    let err = lab
+    let err = a
+        .lab
         .client
         .tcp_connect(CLIENT_V4.into(), addr, Duration::from_secs(2))
         .unwrap()
         .expect_err("over per-client-max");
     assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
-    let json = stats_json(pins.path());
+    let json = a.stats();
     assert!(counter(&json, "drops", "per-client-max") >= 1, "{json}");
     drop(held);
 }
@@ -218,36 +220,21 @@ fn banner(lab: &Lab, client: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStr
 /// queue empties long before its own SYN-ACK retries (5, about 63 s)
 /// would give up; the flood goes on during the expiry. Both actions.
 fn expired_flows_are_reset(test: &str, client: IpAddr, server: IpAddr, action: &str) {
-    let lab = lab(test);
-    let pins = PinDir::new(test);
-    let limits = Limits {
-        max_conns: 0,
-        max_embryonic: 20,
-        per_client_max: 0,
-        per_client_embryonic_max: 0,
-    };
-    let policy = PolicyFile::new(
+    let limits = Limits::new(0, 20, 0, 0);
+    let a = Attacked::both_sides(
         test,
         &format!(
             "{}\n[timeouts]\nembryonic = 2\n",
             limits.entry(server, action)
         ),
+        server,
     );
-    let _daemon = start_daemon_with(
-        &lab,
-        &pins,
-        &[OUTSIDE, INSIDE],
-        Some(policy.path()),
-        &NO_PROXY,
-    );
-    route_spoofed_sources_to_client(&lab);
-    let _sink = start_smtp_sink(&lab, server);
-    let mut flood = SynFlood::new(&lab.client, SocketAddr::new(server, PORT)).unwrap();
+    let mut flood = SynFlood::new(&a.lab.client, SocketAddr::new(server, PORT)).unwrap();
     flood.send(200).unwrap();
     assert!(
-        wait_until(Duration::from_secs(2), || syn_recv(&lab.server) == 20),
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 20),
         "20 half-open at the server: {}",
-        syn_recv(&lab.server)
+        syn_recv(&a.lab.server)
     );
     // Flooding through several expiries: each sweep resets what expired
     // and new SYNs take the freed slots.
@@ -257,23 +244,23 @@ fn expired_flows_are_reset(test: &str, client: IpAddr, server: IpAddr, action: &
     }
     // 30 s: half the time the server would keep them by itself.
     assert!(
-        wait_until(Duration::from_secs(30), || syn_recv(&lab.server) == 0),
+        wait_until(Duration::from_secs(30), || syn_recv(&a.lab.server) == 0),
         "the server's SYN queue still holds {} after the embryonic timeout: {}",
-        syn_recv(&lab.server),
-        stats_json(pins.path())
+        syn_recv(&a.lab.server),
+        a.stats()
     );
-    let json = stats_json(pins.path());
+    let json = a.stats();
     let resets = counter(&json, "intercept", "server-resets");
     assert!(resets >= 40, "{json}");
     // The server took them as resets of its half-open connections.
     assert!(
-        embryonic_rsts(&lab) >= 40,
+        embryonic_rsts(&a.lab) >= 40,
         "{} of {resets}",
-        embryonic_rsts(&lab)
+        embryonic_rsts(&a.lab)
     );
-    assert_eq!(server_counts(&pins, server), (0, 0), "{json}");
+    assert_eq!(a.counts(server), (0, 0), "{json}");
     // And the real client is still served afterwards.
-    let out = support::flood::swaks(&lab, client, server);
+    let out = support::flood::swaks(&a.lab, client, server);
     assert!(
         out.status.success(),
         "{}",
@@ -319,41 +306,25 @@ fn expired_half_open_flows_are_reset_at_the_server_with_intercept() {
 #[test]
 fn a_displaced_half_open_flow_is_reset_at_once() {
     let (server, test) = (IpAddr::from(SERVER_V4), "displace");
-    let lab = lab(test);
-    let pins = PinDir::new(test);
-    let limits = Limits {
-        max_conns: 3,
-        max_embryonic: 20,
-        per_client_max: 0,
-        per_client_embryonic_max: 0,
-    };
-    let policy = PolicyFile::new(test, &limits.entry(server, "intercept"));
-    let _daemon = start_daemon_with(
-        &lab,
-        &pins,
-        &[OUTSIDE, INSIDE],
-        Some(policy.path()),
-        &NO_PROXY,
-    );
-    route_spoofed_sources_to_client(&lab);
-    let _sink = start_smtp_sink(&lab, server);
-    let mut flood = SynFlood::new(&lab.client, SocketAddr::new(server, PORT)).unwrap();
+    let limits = Limits::new(3, 20, 0, 0);
+    let a = Attacked::both_sides(test, &limits.entry(server, "intercept"), server);
+    let mut flood = SynFlood::new(&a.lab.client, SocketAddr::new(server, PORT)).unwrap();
     flood.send(200).unwrap();
     assert!(
-        wait_until(Duration::from_secs(2), || syn_recv(&lab.server) == 3),
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 3),
         "max-conns of half-open at the server: {}",
-        syn_recv(&lab.server)
+        syn_recv(&a.lab.server)
     );
-    let held = banner(&lab, CLIENT_V4.into(), SocketAddr::new(server, PORT))
+    let held = banner(&a.lab, CLIENT_V4.into(), SocketAddr::new(server, PORT))
         .expect("a verified client through the cookie");
     assert!(
-        wait_until(Duration::from_secs(5), || syn_recv(&lab.server) == 2
-            && server_counts(&pins, server) == (2, 1)),
+        wait_until(Duration::from_secs(5), || syn_recv(&a.lab.server) == 2
+            && a.counts(server) == (2, 1)),
         "one half-open flow reset: {} at the server, counts {:?}",
-        syn_recv(&lab.server),
-        server_counts(&pins, server)
+        syn_recv(&a.lab.server),
+        a.counts(server)
     );
-    let json = stats_json(pins.path());
+    let json = a.stats();
     assert!(
         counter(&json, "intercept", "half-open-displaced") >= 1,
         "{json}"
@@ -369,30 +340,20 @@ fn a_displaced_half_open_flow_is_reset_at_once() {
 #[test]
 fn the_daemon_attaches_to_the_servers_side_itself() {
     let (server, test) = (IpAddr::from(SERVER_V4), "replyside");
-    let lab = lab(test);
-    let pins = PinDir::new(test);
-    let limits = Limits {
-        max_conns: 3,
-        max_embryonic: 20,
-        per_client_max: 0,
-        per_client_embryonic_max: 0,
-    };
-    let policy = PolicyFile::new(test, &limits.entry(server, "intercept"));
-    let daemon = start_daemon_with(&lab, &pins, &[OUTSIDE], Some(policy.path()), &NO_PROXY);
+    let entry = Limits::new(3, 20, 0, 0).entry(server, "intercept");
+    let mut a = Attacked::start(test, &entry, server, &[OUTSIDE]);
     assert!(
-        wait_until(Duration::from_secs(10), || xdp_attached(&lab, INSIDE)),
+        wait_until(Duration::from_secs(10), || xdp_attached(&a.lab, INSIDE)),
         "attached to {INSIDE}, the route to {server}"
     );
-    route_spoofed_sources_to_client(&lab);
-    let _sink = start_smtp_sink(&lab, server);
-    let through = swaks_during_flood(&lab, CLIENT_V4.into(), server);
-    let json = stats_json(pins.path());
+    let through = swaks_during_flood(&a.lab, CLIENT_V4.into(), server);
+    let json = a.stats();
     through.assert_delivered(&json.to_string());
     assert!(counter(&json, "intercept", "servers-opened") >= 1, "{json}");
-    let status = daemon.terminate().unwrap();
+    let status = a.daemon.take().unwrap().terminate().unwrap();
     assert!(status.success(), "{status}");
     for iface in [OUTSIDE, INSIDE] {
-        assert!(!xdp_attached(&lab, iface), "{iface} still attached");
+        assert!(!xdp_attached(&a.lab, iface), "{iface} still attached");
     }
 }
 
@@ -405,12 +366,7 @@ fn the_daemon_refuses_an_intercepted_server_it_cannot_reach() {
     let pins = PinDir::new(test);
     // In the lab's range, routed nowhere.
     let server: IpAddr = "198.18.200.25".parse().unwrap();
-    let limits = Limits {
-        max_conns: 3,
-        max_embryonic: 20,
-        per_client_max: 0,
-        per_client_embryonic_max: 0,
-    };
+    let limits = Limits::new(3, 20, 0, 0);
     let policy = PolicyFile::new(test, &limits.entry(server, "intercept"));
     lab.gateway.ip(&["route", "del", "default"]).ok();
     let out = lab
@@ -429,4 +385,59 @@ fn the_daemon_refuses_an_intercepted_server_it_cannot_reach() {
         "{stderr}"
     );
     assert!(!xdp_attached(&lab, OUTSIDE), "attached despite the refusal");
+}
+
+/// A blind, spoofed RST with a wrong sequence number does not free a
+/// half-open flow's slot (the server drops it too: RFC 5961); the client's own RST,
+/// at its ISN + 1, does, and frees the server's SYN queue entry.
+#[test]
+fn a_spoofed_rst_out_of_sequence_frees_no_slot() {
+    use inspector_lab::{packets, raw::RawIp};
+    let (server, test) = (SERVER_V4, "rstinject");
+    let entry = Limits::new(0, 5, 0, 0).entry(server.into(), "drop");
+    let a = Attacked::both_sides(test, &entry, server.into());
+    let raw = RawIp::new(&a.lab.client, false).unwrap();
+    let src = std::net::Ipv4Addr::new(198, 19, 7, 7);
+    let send = |flags: u8, seq: u32| {
+        let tcp = packets::tcp_segment(
+            src.into(),
+            server.into(),
+            (4242, PORT),
+            seq,
+            flags,
+            &[],
+            &[],
+        );
+        raw.send(&packets::ipv4_packet(src, server, 6, &tcp), server.into())
+            .unwrap();
+    };
+    let isn = 0x1000_0000u32;
+    send(0x02, isn);
+    assert!(
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 1
+            && a.counts(server.into()) == (1, 0)),
+        "one half-open flow"
+    );
+    // Out of the server's window (before ISN + 1, or far beyond it). One
+    // inside the window but not at ISN + 1 the server would take while the
+    // count kept the flow until its timeout: stricter, never more lenient.
+    for wrong in [isn, isn.wrapping_sub(1000), isn.wrapping_add(0x4000_0000)] {
+        send(0x04, wrong);
+    }
+    // Past a sweep: the count still holds the flow, and so does the server.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        a.counts(server.into()),
+        (1, 0),
+        "a spoofed RST freed the slot"
+    );
+    assert_eq!(syn_recv(&a.lab.server), 1, "the server dropped its entry");
+    send(0x04, isn.wrapping_add(1));
+    assert!(
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 0
+            && a.counts(server.into()) == (0, 0)),
+        "the client's RST frees both: {} at the server, counts {:?}",
+        syn_recv(&a.lab.server),
+        a.counts(server.into())
+    );
 }
