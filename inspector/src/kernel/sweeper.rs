@@ -136,7 +136,7 @@ impl Sweeper {
             // Gone already (FIN, RST, eviction) is fine.
             let _ = self.flows.remove(key);
         }
-        let reset = self.send_resets(&resets)?;
+        let reset = self.send_resets(&resets);
 
         // Every protected server gets its count, zero included; the kernel
         // only counts servers that have an entry, so none is created here.
@@ -180,10 +180,12 @@ impl Sweeper {
         let over = |limit: u32, c: &ConnCounts| {
             limit != 0 && c.embryonic > 0 && c.embryonic + c.established > limit as u64
         };
+        let limits: StdHashMap<Addr16, ServerLimits> =
+            self.limits.iter().filter_map(|e| e.ok()).collect();
         half_open.sort_by_key(|f| f.last_seen_ns);
         let mut out = Vec::new();
         for flow in half_open {
-            let Ok(limits) = self.limits.get(&flow.key.server, 0) else {
+            let Some(limits) = limits.get(&flow.key.server) else {
                 continue;
             };
             let client = ClientKey {
@@ -208,9 +210,9 @@ impl Sweeper {
     }
 
     /// Resets each flow at its server; counts those sent.
-    fn send_resets(&mut self, flows: &[(FlowKey, u32)]) -> Result<usize> {
+    fn send_resets(&mut self, flows: &[(FlowKey, u32)]) -> usize {
         let Some(resetter) = &self.resetter else {
-            return Ok(0);
+            return 0;
         };
         let mut sent = 0;
         for (key, seq) in flows {
@@ -219,16 +221,21 @@ impl Sweeper {
                 Err(e) => log::warn!("sweeper: an RST to a server: {e}"),
             }
         }
-        if sent > 0 {
-            // Only userspace writes this counter: a read-modify-write is safe.
-            let index = InterceptEvent::ServerReset as u32;
-            let mut values: Vec<u64> = self.events.get(&index, 0)?.iter().copied().collect();
-            values[0] += sent as u64;
-            self.events
-                .set(index, PerCpuValues::try_from(values)?, 0)
-                .context("counting the RSTs sent")?;
+        if sent > 0
+            && let Err(e) = self.count_resets(sent as u64)
+        {
+            log::warn!("sweeper: counting the RSTs sent: {e:#}");
         }
-        Ok(sent)
+        sent
+    }
+
+    fn count_resets(&mut self, sent: u64) -> Result<()> {
+        // Only userspace writes this counter: a read-modify-write is safe.
+        let index = InterceptEvent::ServerReset as u32;
+        let mut values: Vec<u64> = self.events.get(&index, 0)?.iter().copied().collect();
+        values[0] += sent;
+        self.events.set(index, PerCpuValues::try_from(values)?, 0)?;
+        Ok(())
     }
 
     fn timeout(&self, state: u32) -> Duration {
