@@ -541,15 +541,21 @@ pub enum InterceptEvent {
     /// of `max-conns` (or `per-client-max`): the sweeper resets the oldest
     /// of them (an RST to the server) to give the slot back.
     HalfOpenDisplaced = 3,
+    /// An RST the daemon's sweeper sent a server, from the client's address,
+    /// for a half-open flow that expired or was displaced, so that the
+    /// server's SYN queue entry is freed. Counted by userspace, never by
+    /// the kernel (whatever the limit's action, not only intercept).
+    ServerReset = 4,
 }
 
 impl InterceptEvent {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
     pub const ALL: [InterceptEvent; Self::COUNT as usize] = [
         InterceptEvent::CookieSent,
         InterceptEvent::ClientVerified,
         InterceptEvent::ServerOpened,
         InterceptEvent::HalfOpenDisplaced,
+        InterceptEvent::ServerReset,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -558,6 +564,7 @@ impl InterceptEvent {
             InterceptEvent::ClientVerified => "clients-verified",
             InterceptEvent::ServerOpened => "servers-opened",
             InterceptEvent::HalfOpenDisplaced => "half-open-displaced",
+            InterceptEvent::ServerReset => "server-resets",
         }
     }
 }

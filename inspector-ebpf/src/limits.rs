@@ -191,6 +191,15 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
                 Verdict::Pass
             };
             if flags & TCP_RST != 0 {
+                // A half-open flow's RST must carry the client's next
+                // sequence number (what the server's SYN-ACK acknowledged),
+                // or a blind, spoofed RST would free its slot while the
+                // server, which drops RSTs out of its window, keeps it.
+                if state == flow_state::EMBRYONIC
+                    && seq(packet, tcp) != Some(unsafe { (*entry).client_next })
+                {
+                    return pass;
+                }
                 forget(w);
                 return pass;
             }

@@ -21,7 +21,7 @@ use inspector_lab::{
 use support::{cli, cli_ok, inspector_bin, proxy::*};
 
 /// The unit's capabilities, exactly (see deploy/systemd/inspector.service).
-const CAPABILITIES: &str = "-all,+bpf,+perfmon,+net_admin,+net_bind_service";
+const CAPABILITIES: &str = "-all,+bpf,+perfmon,+net_admin,+net_bind_service,+net_raw";
 
 fn unit_file() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/inspector.service")
@@ -360,13 +360,19 @@ fn runs_as_a_user_with_only_the_units_capabilities() {
         "{uid_line}"
     );
     // CapEff: exactly CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12),
-    // CAP_PERFMON (38), CAP_BPF (39).
+    // CAP_PERFMON (38), CAP_BPF (39): CAP_NET_RAW (13) was dropped once the
+    // RST sockets were open.
     let eff = proc_status
         .lines()
         .find(|l| l.starts_with("CapEff:"))
         .unwrap();
     let mask = u64::from_str_radix(eff.split_whitespace().nth(1).unwrap(), 16).unwrap();
     assert_eq!(mask, (1 << 10) | (1 << 12) | (1 << 38) | (1 << 39), "{eff}");
+    assert!(
+        !f.log().contains("needs CAP_NET_RAW"),
+        "the RST sockets opened before the drop: {}",
+        f.log()
+    );
     let (ok, t) = smtp_banner(&f, "10");
     assert!(
         ok && t.contains("<-  220 mail ESMTP"),

@@ -2,9 +2,11 @@
 //! supervisor when it is ready, reload on SIGHUP or `inspector reload`,
 //! wait for a stop signal, drain, detach.
 
+mod caps;
 mod control;
 pub mod lock;
 mod notify;
+mod reply_path;
 mod signals;
 pub mod status;
 mod upstream;
@@ -28,13 +30,14 @@ use self::{
     upstream::ReturnSteering,
 };
 use crate::{
-    config::{DEFAULT_QUEUE, FlowTimeouts, OnEmbryonicLimit, Policy, SinkSpec},
+    config::{DEFAULT_QUEUE, FlowTimeouts, Policy, SinkSpec},
     kernel::{
         bpffs, classify,
         exempt::ExemptTable,
         exempt_store::Store,
         limits,
         loader::{self, AttachMode},
+        reset::Resetter,
         routing,
         steer::{self, Heartbeat},
         sweeper::{self, Sweeper},
@@ -87,10 +90,14 @@ fn load_policy(path: Option<&std::path::Path>) -> Result<(Policy, Vec<u8>)> {
     }
 }
 
-pub fn run(opts: RunOptions) -> Result<()> {
+pub fn run(mut opts: RunOptions) -> Result<()> {
     for iface in &opts.ifaces {
         loader::check_iface_name(iface)?;
     }
+    // Capabilities are per thread: opened and dropped before any thread
+    // starts, so that none keeps CAP_NET_RAW.
+    let resetter = Resetter::open();
+    caps::drop_net_raw().context("dropping CAP_NET_RAW")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -102,6 +109,14 @@ pub fn run(opts: RunOptions) -> Result<()> {
     };
     let notifier = Arc::new(Notifier::from_env());
     let (policy, text) = load_policy(opts.policy.as_deref())?;
+    // Before anything is attached, so a refusal leaves nothing behind.
+    for (iface, server) in runtime.block_on(reply_path::missing(&policy.servers, &opts.ifaces))? {
+        log::info!(
+            "{iface}: attached too: the route to protected server {server} leaves through it, and TCP intercept needs the server's replies"
+        );
+        loader::check_iface_name(&iface)?;
+        opts.ifaces.push(iface);
+    }
     bpffs::prepare(&opts.pin_dir)?;
     let _locks = opts
         .ifaces
@@ -187,8 +202,13 @@ pub fn run(opts: RunOptions) -> Result<()> {
         policy.servers.len(),
         opts.pin_dir.display()
     );
-    warn_about_intercept(&policy, &opts);
-    let sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
+    let mut sweeper = Sweeper::open(&opts.pin_dir, policy.timeouts)?;
+    match resetter {
+        Ok(resetter) => sweeper.reset_with(resetter),
+        Err(e) => log::warn!(
+            "{e:#}: half-open flows that expire stay in the servers' SYN queues until the servers give up"
+        ),
+    }
     for iface in &opts.ifaces {
         let mode = loader::attach_xdp(&mut ebpf, iface, opts.mode)?;
         board.add_interface(iface, mode);
@@ -259,18 +279,6 @@ pub fn run(opts: RunOptions) -> Result<()> {
     drop(ebpf);
     drop(stats_socket);
     result.and(cleanup)
-}
-
-fn warn_about_intercept(policy: &Policy, opts: &RunOptions) {
-    let intercepting = policy.servers.iter().any(|s| {
-        s.on_embryonic_limit == OnEmbryonicLimit::Intercept
-            && (s.max_embryonic | s.per_client_embryonic_max) != 0
-    });
-    if intercepting && opts.ifaces.len() < 2 {
-        log::warn!(
-            "TCP intercept rewrites packets both ways: give `--iface` for the clients' side and the servers' side, or intercepted connections will stall"
-        );
-    }
 }
 
 /// What `systemctl status` shows on its `Status:` line.

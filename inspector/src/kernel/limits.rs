@@ -184,7 +184,10 @@ impl LimitStats {
         }
         let mut intercepts = [0; InterceptEvent::COUNT as usize];
         for event in InterceptEvent::ALL {
-            intercepts[event as usize] = intercept_counts.get(&(event as u32), 0)?.iter().sum();
+            // A map pinned by an older version may have fewer events: zero.
+            intercepts[event as usize] = intercept_counts
+                .get(&(event as u32), 0)
+                .map_or(0, |v| v.iter().sum());
         }
         Ok(Self {
             servers,

@@ -4,14 +4,23 @@
 //! at once); a count it got wrong (an LRU eviction, a race between CPUs, a
 //! flow that ended without a FIN or RST the kernel saw) lasts at most one
 //! sweep.
+//!
+//! A half-open flow it gives up on is reset at the server (`reset`), so
+//! the server's SYN queue lets it go too: one whose embryonic timeout
+//! passed, and the oldest half-open flows of a server (or client) whose
+//! connections exceed `max-conns` (`per-client-max`) because verified
+//! clients took their slots (the kernel's `half-open-displaced`).
 
 use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData};
-use inspector_common::{Addr16, ClientKey, ConnCounts, FlowEntry, FlowKey, flow_state, maps};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use inspector_common::{
+    Addr16, ClientKey, ConnCounts, FlowEntry, FlowKey, InterceptEvent, ServerLimits, flow_state,
+    maps,
+};
 
-use super::bpffs;
+use super::{bpffs, reset::Resetter};
 use crate::config::FlowTimeouts;
 
 /// How often the daemon sweeps.
@@ -21,6 +30,9 @@ pub struct Sweeper {
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     servers: HashMap<MapData, Addr16, ConnCounts>,
     clients: HashMap<MapData, ClientKey, ConnCounts>,
+    limits: HashMap<MapData, Addr16, ServerLimits>,
+    events: PerCpuArray<MapData, u64>,
+    resetter: Option<Resetter>,
     timeouts: FlowTimeouts,
 }
 
@@ -31,6 +43,17 @@ pub struct Sweep {
     pub flows: usize,
     /// Flows removed because their timeout passed.
     pub expired: usize,
+    /// Half-open flows removed to give their slots back.
+    pub displaced: usize,
+    /// RSTs sent to servers (for expired or displaced half-open flows).
+    pub resets: usize,
+}
+
+/// A half-open flow the client's SYN opened at the server.
+struct HalfOpen {
+    key: FlowKey,
+    last_seen_ns: u64,
+    client_next: u32,
 }
 
 impl Sweeper {
@@ -39,8 +62,16 @@ impl Sweeper {
             flows: bpffs::open_map(pin_dir, maps::FLOWS)?.try_into()?,
             servers: bpffs::open_map(pin_dir, maps::SERVER_CONNS)?.try_into()?,
             clients: bpffs::open_map(pin_dir, maps::CLIENT_CONNS)?.try_into()?,
+            limits: bpffs::open_map(pin_dir, maps::SERVERS)?.try_into()?,
+            events: bpffs::open_map(pin_dir, maps::INTERCEPTS)?.try_into()?,
+            resetter: None,
             timeouts,
         })
+    }
+
+    /// From now on, half-open flows given up on are reset at the server.
+    pub fn reset_with(&mut self, resetter: Resetter) {
+        self.resetter = Some(resetter);
     }
 
     /// The policy's timeouts after a reload (from the next sweep on).
@@ -53,6 +84,8 @@ impl Sweeper {
         let mut servers: StdHashMap<Addr16, ConnCounts> = StdHashMap::new();
         let mut clients: StdHashMap<ClientKey, ConnCounts> = StdHashMap::new();
         let mut expired = Vec::new();
+        let mut half_open = Vec::new();
+        let mut resets = Vec::new();
         let mut live = 0;
         // Keys first, then one lookup each: entries the kernel removes
         // meanwhile are simply missing.
@@ -63,10 +96,20 @@ impl Sweeper {
             };
             let age = Duration::from_nanos(now_ns.saturating_sub(entry.last_seen_ns));
             if age > self.timeout(entry.state) {
+                if matches!(entry.state, flow_state::EMBRYONIC | flow_state::OPENING) {
+                    resets.push((key, entry.client_next));
+                }
                 expired.push(key);
                 continue;
             }
             live += 1;
+            if entry.state == flow_state::EMBRYONIC {
+                half_open.push(HalfOpen {
+                    key,
+                    last_seen_ns: entry.last_seen_ns,
+                    client_next: entry.client_next,
+                });
+            }
             let client = ClientKey {
                 server: key.server,
                 client: key.client,
@@ -75,17 +118,25 @@ impl Sweeper {
                 servers.entry(key.server).or_default(),
                 clients.entry(client).or_default(),
             ] {
+                // As the kernel counts them: an opening flow's client is verified.
                 match entry.state {
-                    flow_state::EMBRYONIC | flow_state::OPENING => counts.embryonic += 1,
-                    flow_state::ESTABLISHED => counts.established += 1,
+                    flow_state::EMBRYONIC => counts.embryonic += 1,
+                    flow_state::ESTABLISHED | flow_state::OPENING => counts.established += 1,
                     _ => {}
                 }
             }
+        }
+        let displaced = self.displaced(half_open, &mut servers, &mut clients);
+        live -= displaced.len();
+        for flow in &displaced {
+            resets.push((flow.key, flow.client_next));
+            expired.push(flow.key);
         }
         for key in &expired {
             // Gone already (FIN, RST, eviction) is fine.
             let _ = self.flows.remove(key);
         }
+        let reset = self.send_resets(&resets);
 
         // Every protected server gets its count, zero included; the kernel
         // only counts servers that have an entry, so none is created here.
@@ -111,8 +162,80 @@ impl Sweeper {
         }
         Ok(Sweep {
             flows: live,
-            expired: expired.len(),
+            expired: expired.len() - displaced.len(),
+            displaced: displaced.len(),
+            resets: reset,
         })
+    }
+
+    /// The oldest half-open flows of each server (then client) whose
+    /// connections exceed `max-conns` (`per-client-max`), as many as the
+    /// excess, taken out of `servers` and `clients`.
+    fn displaced(
+        &self,
+        mut half_open: Vec<HalfOpen>,
+        servers: &mut StdHashMap<Addr16, ConnCounts>,
+        clients: &mut StdHashMap<ClientKey, ConnCounts>,
+    ) -> Vec<HalfOpen> {
+        let over = |limit: u32, c: &ConnCounts| {
+            limit != 0 && c.embryonic > 0 && c.embryonic + c.established > limit as u64
+        };
+        let limits: StdHashMap<Addr16, ServerLimits> =
+            self.limits.iter().filter_map(|e| e.ok()).collect();
+        half_open.sort_by_key(|f| f.last_seen_ns);
+        let mut out = Vec::new();
+        for flow in half_open {
+            let Some(limits) = limits.get(&flow.key.server) else {
+                continue;
+            };
+            let client = ClientKey {
+                server: flow.key.server,
+                client: flow.key.client,
+            };
+            let (Some(s), Some(c)) = (servers.get(&flow.key.server), clients.get(&client)) else {
+                continue;
+            };
+            if !over(limits.max_conns, s) && !over(limits.per_client_max, c) {
+                continue;
+            }
+            for counts in [servers.get_mut(&flow.key.server), clients.get_mut(&client)]
+                .into_iter()
+                .flatten()
+            {
+                counts.embryonic -= 1;
+            }
+            out.push(flow);
+        }
+        out
+    }
+
+    /// Resets each flow at its server; counts those sent.
+    fn send_resets(&mut self, flows: &[(FlowKey, u32)]) -> usize {
+        let Some(resetter) = &self.resetter else {
+            return 0;
+        };
+        let mut sent = 0;
+        for (key, seq) in flows {
+            match resetter.reset(key, *seq) {
+                Ok(()) => sent += 1,
+                Err(e) => log::warn!("sweeper: an RST to a server: {e}"),
+            }
+        }
+        if sent > 0
+            && let Err(e) = self.count_resets(sent as u64)
+        {
+            log::warn!("sweeper: counting the RSTs sent: {e:#}");
+        }
+        sent
+    }
+
+    fn count_resets(&mut self, sent: u64) -> Result<()> {
+        // Only userspace writes this counter: a read-modify-write is safe.
+        let index = InterceptEvent::ServerReset as u32;
+        let mut values: Vec<u64> = self.events.get(&index, 0)?.iter().copied().collect();
+        values[0] += sent;
+        self.events.set(index, PerCpuValues::try_from(values)?, 0)?;
+        Ok(())
     }
 
     fn timeout(&self, state: u32) -> Duration {

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod exim;
+pub mod flood;
 pub mod postfix;
 pub mod proxy;
 

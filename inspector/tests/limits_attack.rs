@@ -1,0 +1,443 @@
+//! The connection limits as an attacker meets them, on a real lab: spoofed
+//! SYN floods against a real server (Postfix's smtp-sink) while a real
+//! client (swaks) delivers a message; per-client limits in every
+//! combination with the server's; half-open flows reset at the server when
+//! they expire or are displaced; the servers' side attached by the daemon
+//! itself. Needs root; fails, never skips, without it.
+
+mod support;
+
+use std::{
+    io::Read,
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use inspector_lab::{
+    CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, OUTSIDE, SERVER_V4, SERVER_V6, ScopedChild,
+    syn::SynFlood,
+};
+use support::{
+    PinDir, PolicyFile,
+    flood::{PORT, route_spoofed_sources_to_client, start_smtp_sink, swaks_during_flood, syn_recv},
+    lab, start_daemon_with, stats_json, wait_until, xdp_attached,
+};
+
+/// Generic XDP, as in the other intercept tests (see limits.rs): native
+/// `XDP_TX` on a veth needs an XDP program on its peer.
+const NO_PROXY: [&str; 3] = ["--no-proxy", "--xdp-mode", "generic"];
+
+/// A server's limits, as a `[[server]]` entry.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_conns: u32,
+    max_embryonic: u32,
+    per_client_max: u32,
+    per_client_embryonic_max: u32,
+}
+
+impl Limits {
+    /// max-conns, max-embryonic, per-client-max, per-client-embryonic-max.
+    fn new(max_conns: u32, max_embryonic: u32, per_client_max: u32, pce: u32) -> Self {
+        Self {
+            max_conns,
+            max_embryonic,
+            per_client_max,
+            per_client_embryonic_max: pce,
+        }
+    }
+
+    fn entry(&self, server: IpAddr, action: &str) -> String {
+        format!(
+            "[[server]]\naddress = \"{server}\"\nmax-conns = {}\nmax-embryonic = {}\n\
+             per-client-max = {}\nper-client-embryonic-max = {}\non-embryonic-limit = \"{action}\"\n",
+            self.max_conns, self.max_embryonic, self.per_client_max, self.per_client_embryonic_max
+        )
+    }
+}
+
+/// A lab whose gateway runs the daemon (no proxy) with one policy, in
+/// front of smtp-sink, the spoofed sources routed to where nothing
+/// answers. Fields drop in order: the daemon before the lab.
+struct Attacked {
+    _sink: ScopedChild,
+    daemon: Option<ScopedChild>,
+    _policy: PolicyFile,
+    pins: PinDir,
+    lab: Lab,
+}
+
+impl Attacked {
+    fn start(test: &str, policy: &str, server: IpAddr, ifaces: &[&str]) -> Self {
+        let lab = lab(test);
+        let pins = PinDir::new(test);
+        let policy = PolicyFile::new(test, policy);
+        let daemon = start_daemon_with(&lab, &pins, ifaces, Some(policy.path()), &NO_PROXY);
+        route_spoofed_sources_to_client(&lab);
+        let sink = start_smtp_sink(&lab, server);
+        Self {
+            _sink: sink,
+            daemon: Some(daemon),
+            _policy: policy,
+            pins,
+            lab,
+        }
+    }
+
+    fn both_sides(test: &str, policy: &str, server: IpAddr) -> Self {
+        Self::start(test, policy, server, &[OUTSIDE, INSIDE])
+    }
+
+    fn counts(&self, server: IpAddr) -> (u64, u64) {
+        server_counts(&self.pins, server)
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        stats_json(self.pins.path())
+    }
+}
+
+fn counter(json: &serde_json::Value, section: &str, name: &str) -> u64 {
+    json["limits"][section][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no limits.{section}.{name} in {json}"))
+}
+
+fn server_counts(pins: &PinDir, server: IpAddr) -> (u64, u64) {
+    let json = stats_json(pins.path());
+    let s = json["limits"]["servers"]
+        .as_array()
+        .expect("limits.servers")
+        .iter()
+        .find(|s| s["address"] == server.to_string())
+        .unwrap_or_else(|| panic!("{server} not in {json}"))
+        .clone();
+    (
+        s["embryonic"].as_u64().unwrap(),
+        s["established"].as_u64().unwrap(),
+    )
+}
+
+/// A spoofed flood with per-client limits next to the server's: the real
+/// client is answered with a cookie (never dropped: no established flow
+/// fills a limit) and delivers its message; the server never holds more
+/// half-open connections than the lowest server limit.
+fn per_client_through_flood(test: &str, limits: Limits) {
+    let (client, server) = (IpAddr::from(CLIENT_V4), IpAddr::from(SERVER_V4));
+    let a = Attacked::both_sides(test, &limits.entry(server, "intercept"), server);
+
+    let through = swaks_during_flood(&a.lab, client, server);
+    let json = a.stats();
+    through.assert_delivered(&json.to_string());
+    let held = limits.max_conns.min(limits.max_embryonic) as usize;
+    assert!(through.most > 0, "the flood reached the server at all");
+    assert!(
+        through.most <= held,
+        "the server held {} half-open",
+        through.most
+    );
+    assert!(
+        counter(&json, "intercept", "syn-cookies-sent") >= 500 - held as u64,
+        "{json}"
+    );
+    assert!(
+        counter(&json, "intercept", "clients-verified") >= 1,
+        "{json}"
+    );
+    for reason in [
+        "max-conns",
+        "max-embryonic",
+        "per-client-max",
+        "per-client-embryonic-max",
+    ] {
+        assert_eq!(counter(&json, "drops", reason), 0, "{reason}: {json}");
+    }
+}
+
+/// The document's `tcp 50 100` (max-conns below max-embryonic) with
+/// per-client limits below both, the embryonic one lowest.
+#[test]
+fn per_client_limits_with_tcp_50_100_serve_a_real_client_through_a_flood() {
+    per_client_through_flood("pc50", Limits::new(50, 100, 5, 2));
+}
+
+/// `tcp 3 20` with per-client limits of one: max-conns is full of
+/// half-open flows and the client's own limits are as low as they go.
+#[test]
+fn per_client_limits_of_one_with_tcp_3_20_serve_a_real_client_through_a_flood() {
+    per_client_through_flood("pc3", Limits::new(3, 20, 1, 1));
+}
+
+/// max-embryonic below max-conns, per-client limits between them.
+#[test]
+fn per_client_limits_with_max_embryonic_below_max_conns_serve_a_real_client() {
+    per_client_through_flood("pcemb", Limits::new(100, 3, 10, 1));
+}
+
+/// The one row where intercept drops: a client whose established
+/// connections fill `per-client-max` gets no more, even through a cookie,
+/// while another client is served through the same flood.
+#[test]
+fn per_client_max_full_of_established_drops_that_client_only() {
+    let (server, test) = (IpAddr::from(SERVER_V4), "pcfull");
+    let limits = Limits::new(10, 3, 1, 1);
+    let a = Attacked::both_sides(test, &limits.entry(server, "intercept"), server);
+    let addr = SocketAddr::new(server, PORT);
+    let held = banner(&a.lab, CLIENT_V4.into(), addr).expect("the first connection");
+
+    let through = swaks_during_flood(&a.lab, CLIENT2_V4.into(), server);
+    through.assert_delivered("another client");
+    let err = a
+        .lab
+        .client
+        .tcp_connect(CLIENT_V4.into(), addr, Duration::from_secs(2))
+        .unwrap()
+        .expect_err("over per-client-max");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    let json = a.stats();
+    assert!(counter(&json, "drops", "per-client-max") >= 1, "{json}");
+    drop(held);
+}
+
+/// Connects from `client` and reads the server's banner.
+fn banner(lab: &Lab, client: IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut s = lab
+        .client
+        .tcp_connect(client, addr, Duration::from_secs(5))
+        .unwrap()?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut b = [0u8; 64];
+    let n = s.read(&mut b)?;
+    assert!(
+        b[..n].starts_with(b"220"),
+        "{:?}",
+        String::from_utf8_lossy(&b[..n])
+    );
+    Ok(s)
+}
+
+/// Item 3: half-open flows that expire are reset at the server, so its SYN
+/// queue empties long before its own SYN-ACK retries (5, about 63 s)
+/// would give up; the flood goes on during the expiry. Both actions.
+fn expired_flows_are_reset(test: &str, client: IpAddr, server: IpAddr, action: &str) {
+    let limits = Limits::new(0, 20, 0, 0);
+    let a = Attacked::both_sides(
+        test,
+        &format!(
+            "{}\n[timeouts]\nembryonic = 2\n",
+            limits.entry(server, action)
+        ),
+        server,
+    );
+    let mut flood = SynFlood::new(&a.lab.client, SocketAddr::new(server, PORT)).unwrap();
+    flood.send(200).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 20),
+        "20 half-open at the server: {}",
+        syn_recv(&a.lab.server)
+    );
+    // Flooding through several expiries: each sweep resets what expired
+    // and new SYNs take the freed slots.
+    for _ in 0..50 {
+        flood.send(20).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 30 s: half the time the server would keep them by itself.
+    assert!(
+        wait_until(Duration::from_secs(30), || syn_recv(&a.lab.server) == 0),
+        "the server's SYN queue still holds {} after the embryonic timeout: {}",
+        syn_recv(&a.lab.server),
+        a.stats()
+    );
+    let json = a.stats();
+    let resets = counter(&json, "intercept", "server-resets");
+    assert!(resets >= 40, "{json}");
+    // The server took them as resets of its half-open connections.
+    assert!(
+        embryonic_rsts(&a.lab) >= 40,
+        "{} of {resets}",
+        embryonic_rsts(&a.lab)
+    );
+    assert_eq!(a.counts(server), (0, 0), "{json}");
+    // And the real client is still served afterwards.
+    let out = support::flood::swaks(&a.lab, client, server);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// RSTs the server's kernel took as resets of half-open connections
+/// (`tcp_check_req`'s `LINUX_MIB_EMBRYONICRSTS`).
+fn embryonic_rsts(lab: &Lab) -> u64 {
+    let out = lab
+        .server
+        .command("nstat")
+        .args(["-az", "TcpExtEmbryonicRsts"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("TcpExtEmbryonicRsts"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("nstat shows TcpExtEmbryonicRsts")
+}
+
+#[test]
+fn expired_half_open_flows_are_reset_at_the_server_v4() {
+    expired_flows_are_reset("rst4", CLIENT_V4.into(), SERVER_V4.into(), "drop");
+}
+
+#[test]
+fn expired_half_open_flows_are_reset_at_the_server_v6() {
+    expired_flows_are_reset("rst6", CLIENT_V6.into(), SERVER_V6.into(), "drop");
+}
+
+#[test]
+fn expired_half_open_flows_are_reset_at_the_server_with_intercept() {
+    expired_flows_are_reset("rsti", CLIENT_V4.into(), SERVER_V4.into(), "intercept");
+}
+
+/// A verified client that takes the slot of a half-open flow (`tcp 3 20`,
+/// max-conns full of the flood) has that flow reset at the server at the
+/// next sweep, long before its embryonic timeout (30 s): the server holds
+/// max-conns connections again, the client's included.
+#[test]
+fn a_displaced_half_open_flow_is_reset_at_once() {
+    let (server, test) = (IpAddr::from(SERVER_V4), "displace");
+    let limits = Limits::new(3, 20, 0, 0);
+    let a = Attacked::both_sides(test, &limits.entry(server, "intercept"), server);
+    let mut flood = SynFlood::new(&a.lab.client, SocketAddr::new(server, PORT)).unwrap();
+    flood.send(200).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 3),
+        "max-conns of half-open at the server: {}",
+        syn_recv(&a.lab.server)
+    );
+    let held = banner(&a.lab, CLIENT_V4.into(), SocketAddr::new(server, PORT))
+        .expect("a verified client through the cookie");
+    assert!(
+        wait_until(Duration::from_secs(5), || syn_recv(&a.lab.server) == 2
+            && a.counts(server) == (2, 1)),
+        "one half-open flow reset: {} at the server, counts {:?}",
+        syn_recv(&a.lab.server),
+        a.counts(server)
+    );
+    let json = a.stats();
+    assert!(
+        counter(&json, "intercept", "half-open-displaced") >= 1,
+        "{json}"
+    );
+    assert_eq!(counter(&json, "intercept", "server-resets"), 1, "{json}");
+    drop(held);
+}
+
+/// Item 5: started with the clients' side only, the daemon attaches to the
+/// interface the route to an intercepted server uses, an intercepted
+/// session completes through a flood, and nothing stays attached after
+/// the stop.
+#[test]
+fn the_daemon_attaches_to_the_servers_side_itself() {
+    let (server, test) = (IpAddr::from(SERVER_V4), "replyside");
+    let entry = Limits::new(3, 20, 0, 0).entry(server, "intercept");
+    let mut a = Attacked::start(test, &entry, server, &[OUTSIDE]);
+    assert!(
+        wait_until(Duration::from_secs(10), || xdp_attached(&a.lab, INSIDE)),
+        "attached to {INSIDE}, the route to {server}"
+    );
+    let through = swaks_during_flood(&a.lab, CLIENT_V4.into(), server);
+    let json = a.stats();
+    through.assert_delivered(&json.to_string());
+    assert!(counter(&json, "intercept", "servers-opened") >= 1, "{json}");
+    let status = a.daemon.take().unwrap().terminate().unwrap();
+    assert!(status.success(), "{status}");
+    for iface in [OUTSIDE, INSIDE] {
+        assert!(!xdp_attached(&a.lab, iface), "{iface} still attached");
+    }
+}
+
+/// Item 5: an intercepted server the gateway has no route to is refused
+/// at start, the error naming it; nothing is attached.
+#[test]
+fn the_daemon_refuses_an_intercepted_server_it_cannot_reach() {
+    let test = "noroute";
+    let lab = lab(test);
+    let pins = PinDir::new(test);
+    // In the lab's range, routed nowhere.
+    let server: IpAddr = "198.18.200.25".parse().unwrap();
+    let limits = Limits::new(3, 20, 0, 0);
+    let policy = PolicyFile::new(test, &limits.entry(server, "intercept"));
+    lab.gateway.ip(&["route", "del", "default"]).ok();
+    let out = lab
+        .gateway
+        .command(support::inspector_bin())
+        .arg("--pin-dir")
+        .arg(pins.path())
+        .args(["run", "--no-proxy", "--iface", OUTSIDE, "--policy"])
+        .arg(policy.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {stderr}");
+    assert!(
+        stderr.contains("198.18.200.25") && stderr.contains("TCP intercept"),
+        "{stderr}"
+    );
+    assert!(!xdp_attached(&lab, OUTSIDE), "attached despite the refusal");
+}
+
+/// A blind, spoofed RST with a wrong sequence number does not free a
+/// half-open flow's slot (the server drops it too: RFC 5961); the client's own RST,
+/// at its ISN + 1, does, and frees the server's SYN queue entry.
+#[test]
+fn a_spoofed_rst_out_of_sequence_frees_no_slot() {
+    use inspector_lab::{packets, raw::RawIp};
+    let (server, test) = (SERVER_V4, "rstinject");
+    let entry = Limits::new(0, 5, 0, 0).entry(server.into(), "drop");
+    let a = Attacked::both_sides(test, &entry, server.into());
+    let raw = RawIp::new(&a.lab.client, false).unwrap();
+    let src = std::net::Ipv4Addr::new(198, 19, 7, 7);
+    let send = |flags: u8, seq: u32| {
+        let tcp = packets::tcp_segment(
+            src.into(),
+            server.into(),
+            (4242, PORT),
+            seq,
+            flags,
+            &[],
+            &[],
+        );
+        raw.send(&packets::ipv4_packet(src, server, 6, &tcp), server.into())
+            .unwrap();
+    };
+    let isn = 0x1000_0000u32;
+    send(0x02, isn);
+    assert!(
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 1
+            && a.counts(server.into()) == (1, 0)),
+        "one half-open flow"
+    );
+    // Out of the server's window (before ISN + 1, or far beyond it). One
+    // inside the window but not at ISN + 1 the server would take while the
+    // count kept the flow until its timeout: stricter, never more lenient.
+    for wrong in [isn, isn.wrapping_sub(1000), isn.wrapping_add(0x4000_0000)] {
+        send(0x04, wrong);
+    }
+    // Past a sweep: the count still holds the flow, and so does the server.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        a.counts(server.into()),
+        (1, 0),
+        "a spoofed RST freed the slot"
+    );
+    assert_eq!(syn_recv(&a.lab.server), 1, "the server dropped its entry");
+    send(0x04, isn.wrapping_add(1));
+    assert!(
+        wait_until(Duration::from_secs(2), || syn_recv(&a.lab.server) == 0
+            && a.counts(server.into()) == (0, 0)),
+        "the client's RST frees both: {} at the server, counts {:?}",
+        syn_recv(&a.lab.server),
+        a.counts(server.into())
+    );
+}
