@@ -152,7 +152,7 @@ impl ClassifyConfig {
         if self.ports[0] == 0 {
             return port == SMTP_PORT;
         }
-        port != 0 && self.ports.iter().any(|&p| p == port)
+        port != 0 && self.ports.contains(&port)
     }
 }
 
