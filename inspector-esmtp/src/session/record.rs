@@ -42,7 +42,7 @@ pub struct TransactionRecord {
 impl SessionRecord {
     /// A command the engine sends to the server.
     pub(super) fn command(&mut self, cmd: &Command<'_>) {
-        match cmd.verb.as_str() {
+        match &*cmd.verb {
             "EHLO" | "HELO" => {
                 let name = cmd
                     .content
