@@ -129,18 +129,37 @@ pub const UNPARSABLE_DROP: u32 = 0;
 /// `malformed`).
 pub const UNPARSABLE_PASS: u32 = 1;
 
+/// Most TCP ports the policy can inspect (`[esmtp] ports`).
+pub const INSPECT_MAX_PORTS: usize = 8;
+
 /// The classifier's settings, written by the daemon from the policy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassifyConfig {
     /// [`UNPARSABLE_DROP`] or [`UNPARSABLE_PASS`].
     pub unparsable: u32,
+    /// The inspected TCP ports (destination ports of client traffic), 0
+    /// for an unused slot. All 0 (not yet written) means [`SMTP_PORT`]
+    /// alone, so the settings' zero value stays the safe default.
+    pub ports: [u16; INSPECT_MAX_PORTS],
+}
+
+impl ClassifyConfig {
+    /// Whether `port` is inspected. A port of 0 never is (a packet can
+    /// carry it; an unused slot holds it).
+    #[inline(always)]
+    pub fn inspects(&self, port: u16) -> bool {
+        if self.ports[0] == 0 {
+            return port == SMTP_PORT;
+        }
+        port != 0 && self.ports.contains(&port)
+    }
 }
 
 /// Capacity of each exemption trie (rules per IP version).
 pub const EXEMPT_MAX_RULES: u32 = 16_384;
 
-/// TCP port of the service we inspect.
+/// The TCP port inspected when the policy lists none (`[esmtp] ports`).
 pub const SMTP_PORT: u16 = 25;
 
 /// What the classifier decided about one packet.
@@ -594,7 +613,8 @@ const _: () = {
     assert!(size_of::<ConnCounts>() == 16);
     assert!(offset_of!(ConnCounts, established) == 8);
     assert!(size_of::<SteerConfig>() == 8);
-    assert!(size_of::<ClassifyConfig>() == 4);
+    assert!(size_of::<ClassifyConfig>() == 20);
+    assert!(offset_of!(ClassifyConfig, ports) == 4);
     assert!(size_of::<FragKey>() == 40);
     assert!(offset_of!(FragKey, id) == 32);
     assert!(offset_of!(FragKey, protocol) == 36);

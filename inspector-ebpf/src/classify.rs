@@ -13,10 +13,12 @@
 //!
 //! "Could be TCP to port 25": the protocol is TCP or unknown, and neither
 //! address is exempt (exempt traffic is never inspected anyway). When not
-//! even the addresses are known, it could be anything.
+//! even the addresses are known, it could be anything. "Port 25" here and
+//! below stands for the policy's inspected ports (`[esmtp] ports`, 25 by
+//! default; [`is_inspected_port`]).
 
 use aya_ebpf::{macros::map, maps::Array};
-use inspector_common::{Class, ClassifyConfig, ParseDrop, UNPARSABLE_PASS};
+use inspector_common::{Class, ClassifyConfig, ParseDrop, SMTP_PORT, UNPARSABLE_PASS};
 
 use crate::{
     exempt, fragments, limits,
@@ -155,6 +157,16 @@ fn unparsable(
         }
     };
     guarded.then_some(reason)
+}
+
+/// Whether TCP to `port` is SMTP the policy inspects (`[esmtp] ports`;
+/// port 25 until the daemon writes the settings).
+#[inline(always)]
+pub fn is_inspected_port(port: u16) -> bool {
+    match CLASSIFY_CONFIG.get(0) {
+        Some(c) => c.inspects(port),
+        None => port == SMTP_PORT,
+    }
 }
 
 #[inline(always)]

@@ -9,10 +9,10 @@ use aya_ebpf::{
     macros::map,
     maps::{LpmTrie, lpm_trie::Key},
 };
-use inspector_common::{Class, EXEMPT_MAX_RULES, ExemptRule, SMTP_PORT};
+use inspector_common::{Class, EXEMPT_MAX_RULES, ExemptRule};
 
 use crate::{
-    classify::Stage,
+    classify::{Stage, is_inspected_port},
     parse::{Addr, Transport},
 };
 
@@ -23,7 +23,7 @@ static EXEMPT_V4: LpmTrie<[u8; 4], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULE
 static EXEMPT_V6: LpmTrie<[u8; 16], ExemptRule> = LpmTrie::pinned(EXEMPT_MAX_RULES, 0);
 
 /// The class of an IP packet: the exemption ACL first (it matches any IP
-/// packet), then SMTP. (Non-IP and unparsable packets never get here.)
+/// packet), then SMTP (TCP to an inspected port). (Non-IP and unparsable packets never get here.)
 /// XDP counts the packet in the rule it falls in; TC, which sees the same
 /// packet after it, does not, so each packet counts once.
 #[inline(always)]
@@ -31,7 +31,7 @@ pub fn classify(src: &Addr, dst: &Addr, transport: &Transport, stage: Stage) -> 
     let count = stage == Stage::Xdp;
     if hit(src, count) || hit(dst, count) {
         Class::Exempt
-    } else if matches!(transport, Transport::Tcp(tcp) if tcp.dst_port == SMTP_PORT) {
+    } else if matches!(transport, Transport::Tcp(tcp) if is_inspected_port(tcp.dst_port)) {
         Class::Inspect
     } else {
         Class::Pass

@@ -48,7 +48,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use inspector_common::{Class, SMTP_PORT, STEER_MARK};
+use inspector_common::{Class, STEER_MARK};
 
 use crate::{classify::Stage, limits::Verdict, packet::Packet};
 
@@ -129,7 +129,7 @@ pub fn inspector_steer_return(ctx: TcContext) -> i32 {
 #[inline(never)]
 fn steer_return(ctx: &TcContext) -> i32 {
     if let Some((src, dst, tcp)) = parse::tcp()
-        && tcp.src_port == SMTP_PORT
+        && classify::is_inspected_port(tcp.src_port)
         && steer::is_engines_answer(ctx, src, dst, &tcp)
     {
         ctx.set_mark(STEER_MARK);

@@ -1,9 +1,9 @@
 //! Steering: the decision of the TC (clsact ingress) program
-//! `inspector_steer`, which gives flagged flows (TCP to port 25, not exempt)
-//! the fwmark `STEER_MARK`. The daemon's rule
+//! `inspector_steer`, which gives flagged flows (TCP to an inspected port,
+//! 25 by default, not exempt) the fwmark `STEER_MARK`. The daemon's rule
 //! `fwmark STEER_MARK lookup STEER_TABLE` and the route `local 0.0.0.0/0 dev
 //! lo table STEER_TABLE` then deliver them locally, to the engine's
-//! `IP_TRANSPARENT` listener on port 25; other traffic is forwarded as
+//! `IP_TRANSPARENT` listener on that port; other traffic is forwarded as
 //! before.
 //!
 //! The decision uses the kernel's own socket table (`sockets`), so it is
@@ -20,7 +20,7 @@
 //! - any other packet is not marked: it belongs to a flow that went
 //!   straight to the server.
 //!
-//! On the interface facing the servers, a packet *from* port 25 is marked
+//! On the interface facing the servers, a packet *from* an inspected port is marked
 //! when it matches one of the engine's connections: with a transparent
 //! upstream (`upstream-source = "client"`, the default where it works) the
 //! engine connects from the client's address, and the server's answers,
@@ -33,7 +33,7 @@ mod refuse;
 mod sockets;
 
 use aya_ebpf::{macros::map, maps::Array, programs::TcContext};
-use inspector_common::{FAIL_CLOSED, SMTP_PORT, SteerConfig};
+use inspector_common::{FAIL_CLOSED, SteerConfig};
 
 pub use self::refuse::refuse;
 use self::sockets::TCP_LISTEN;
@@ -83,10 +83,11 @@ pub fn classify(ctx: &TcContext) -> Decision {
 /// Unmarked packets are forwarded (or delivered) as the kernel decides.
 #[inline(always)]
 pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tcp) -> Option<bool> {
-    if tcp.src_port == SMTP_PORT && tcp.dst_port != SMTP_PORT {
+    let to_smtp = classify::is_inspected_port(tcp.dst_port);
+    if !to_smtp && classify::is_inspected_port(tcp.src_port) {
         return Some(is_engines_answer(ctx, src, dst, tcp));
     }
-    if tcp.dst_port != SMTP_PORT {
+    if !to_smtp {
         return Some(false);
     }
     let syn = tcp.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
@@ -110,7 +111,7 @@ pub fn decide(ctx: &TcContext, packet: &Packet, src: &Addr, dst: &Addr, tcp: &Tc
     }
 }
 
-/// Whether a packet from port 25 is a server's answer to one of the
+/// Whether a packet from an inspected port is a server's answer to one of the
 /// engine's connections (a local socket, not a listener, matches its
 /// 4-tuple). The only decision of `inspector_steer_return`, which runs on
 /// the interfaces facing the servers: with a transparent upstream the

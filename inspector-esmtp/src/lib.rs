@@ -21,7 +21,8 @@ pub mod stats;
 
 pub use audit::{AuditEvent, AuditKind, Peers};
 pub use session::{
-    Close, MAX_AUTH_LINE, MAX_COMMAND_LINE, MAX_HOLD, MAX_LINE, MAX_PENDING, Output, Phase,
-    Reading, SESSION_MEMORY_BOUND, Session, read_command,
+    Close, MAX_AUTH_LINE, MAX_COMMAND_LINE, MAX_HOLD, MAX_LINE, MAX_PENDING, MAX_TRANSACTIONS,
+    Output, Phase, Reading, SESSION_MEMORY_BOUND, Session, SessionRecord, TransactionRecord,
+    read_command,
 };
 pub use stats::PolicyStats;

@@ -40,6 +40,24 @@ fn starttls_with_allow_tls_is_relayed_opaquely_to_postfix() {
         "no TLS audit record: {}",
         f.log()
     );
+    // The session record says TLS, and the 108007 record carries its id.
+    wait_for(|| !session_records(&f).is_empty(), "the session record");
+    let records = session_records(&f);
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(
+        (r["tls"].as_bool(), r["helo"].is_string()),
+        (Some(true), true),
+        "{r}"
+    );
+    // What follows STARTTLS is opaque: the transaction is not seen.
+    assert_eq!(r["transactions"], serde_json::json!([]), "{r}");
+    let tls: Vec<serde_json::Value> = audit_records(&f)
+        .into_iter()
+        .filter(|v| v["id"] == 108007)
+        .collect();
+    assert_eq!(tls.len(), 1, "{tls:#?}");
+    assert_eq!(tls[0]["session_id"], r["session_id"]);
     wait_for(|| pf.delivered().len() == 1, "the message over TLS");
     let d = strip_postfix_headers(&pf.delivered()[0]);
     assert!(

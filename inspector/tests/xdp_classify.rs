@@ -80,7 +80,12 @@ impl Classifier {
     }
 
     fn unparsable(&mut self, unparsable: Unparsable) {
-        classify::configure(&mut self.ebpf, &PacketPolicy { unparsable }).unwrap();
+        classify::configure(&mut self.ebpf, &PacketPolicy { unparsable }, &[25]).unwrap();
+    }
+
+    /// The policy's `[esmtp] ports`.
+    fn ports(&mut self, ports: &[u16]) {
+        classify::configure(&mut self.ebpf, &PacketPolicy::default(), ports).unwrap();
     }
 
     fn xdp(&mut self, frame: &[u8]) -> u32 {
@@ -323,6 +328,63 @@ fn ipv6_smtp_is_inspected_through_extension_headers() {
         let f = eth6(&[&ipv6(CLIENT6, SERVER6, next, 8), &[0u8; 8]]);
         assert_eq!(c.classify(&f), Class::Pass, "next header {next}");
     }
+}
+
+/// `[esmtp] ports`: a listed port other than 25 is inspected, IPv4 and
+/// IPv6, whole or fragmented; an unlisted one passes; a list without 25
+/// leaves port 25 alone.
+#[test]
+fn listed_ports_are_inspected_and_others_pass() {
+    let mut c = Classifier::new("ports");
+    c.ports(&[25, 587]);
+    for port in [25, 587] {
+        assert_eq!(
+            c.classify(&v4_tcp(CLIENT, OTHER, port)),
+            Class::Inspect,
+            "{port}"
+        );
+        assert_eq!(
+            c.classify(&v6_tcp(CLIENT6, SERVER6, port)),
+            Class::Inspect,
+            "{port}"
+        );
+    }
+    assert_eq!(c.classify(&v4_tcp(CLIENT, OTHER, 2525)), Class::Pass);
+    assert_eq!(c.classify(&v6_tcp(CLIENT6, SERVER6, 2525)), Class::Pass);
+    // The server's answers from 587 are not to an inspected port.
+    assert_eq!(c.classify(&v4_tcp(OTHER, CLIENT, 40000)), Class::Pass);
+    // A TCP fragment to 587 is dropped as one to 25 is; truncated TCP to
+    // it could be SMTP and is dropped too (its ports are read).
+    let to_587 = frags4(CLIENT, OTHER, TCP, 11, &split(&syn4(OTHER, 587), &[40]));
+    assert_eq!(
+        c.refuse(&to_587[0]),
+        (Class::Inspect, ParseDrop::TcpFragment)
+    );
+    assert_eq!(
+        c.refuse(&to_587[1]),
+        (Class::Inspect, ParseDrop::TcpFragment)
+    );
+    let v6 = frags6(
+        CLIENT6,
+        SERVER6,
+        TCP,
+        12,
+        &split(&syn6(SERVER6, 587), &[40]),
+    );
+    assert_eq!(c.refuse(&v6[0]), (Class::Inspect, ParseDrop::TcpFragment));
+    let to_2525 = frags4(CLIENT, OTHER, TCP, 13, &split(&syn4(OTHER, 2525), &[40]));
+    assert_eq!(c.classify(&to_2525[0]), Class::Pass);
+    // Only the submission port: port 25 passes.
+    c.ports(&[587]);
+    assert_eq!(c.classify(&v4_tcp(CLIENT, OTHER, 25)), Class::Pass);
+    assert_eq!(c.classify(&v6_tcp(CLIENT6, SERVER6, 25)), Class::Pass);
+    assert_eq!(c.classify(&v4_tcp(CLIENT, OTHER, 587)), Class::Inspect);
+    assert_eq!(c.classify(&v6_tcp(CLIENT6, SERVER6, 587)), Class::Inspect);
+    // Port 0 never matches an unused slot.
+    assert_eq!(c.classify(&v4_tcp(CLIENT, OTHER, 0)), Class::Pass);
+    // Exempt hosts stay exempt on every port.
+    c.exempt("198.18.1.30/32");
+    assert_eq!(c.classify(&v4_tcp(CLIENT, OTHER, 587)), Class::Exempt);
 }
 
 #[test]

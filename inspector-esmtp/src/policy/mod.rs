@@ -6,6 +6,7 @@ pub mod actions;
 pub mod criteria;
 mod document;
 pub mod parse;
+pub mod ports;
 
 use std::fmt;
 use std::ops::Range;
@@ -92,6 +93,9 @@ pub struct EsmtpSection {
     /// a `cmd RCPT count gt N` limit instead of dropping or resetting.
     #[serde(default)]
     reject_excess_recipients: Option<Spanned<bool>>,
+    /// TCP ports inspected; default `[25]` (see `ports`).
+    #[serde(default)]
+    ports: Option<Spanned<Vec<Spanned<i64>>>>,
     #[serde(default, rename = "match")]
     matches: Vec<MatchSection>,
 }
@@ -159,6 +163,8 @@ pub struct EsmtpPolicy {
     pub allow_verbs: Vec<String>,
     pub reject_excess_recipients: bool,
     pub rules: Vec<Rule>,
+    /// The inspected TCP ports, in the order written (`ports`).
+    pub ports: Vec<u16>,
 }
 
 /// The fifteen commands of the firewall: the seven of RFC 821 and eight
@@ -416,6 +422,7 @@ impl EsmtpSection {
             allow_verbs,
             reject_excess_recipients,
             rules,
+            ports: ports::compile(self.ports.as_ref())?,
         })
     }
 }

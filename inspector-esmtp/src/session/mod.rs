@@ -20,6 +20,7 @@ mod close;
 mod command;
 mod data;
 mod pipeline;
+mod record;
 mod replies;
 mod reply;
 mod rules;
@@ -41,6 +42,7 @@ pub use command::{Reading, read as read_command};
 use data::{DotEnd, DotScanner, MessageScan};
 pub use pipeline::MAX_PENDING;
 use pipeline::{Pending, Pipeline};
+pub use record::{MAX_TRANSACTIONS, SessionRecord, TransactionRecord};
 use replies::{
     BARE_LINE_END, CHUNK_AFTER_REFUSAL, LINE_TOO_LONG, POLICY_CLOSE, PROTOCOL_CLOSE, RATE_LIMITED,
     SYNTAX, TOO_BIG, TOO_MANY_RCPTS, UNRECOGNIZED,
@@ -99,7 +101,8 @@ pub const SESSION_MEMORY_BOUND: usize = MAX_HOLD
     + 2 * MAX_LINE
     + MAX_PENDING.next_power_of_two() * std::mem::size_of::<Pending>()
     + MIME_LIMITS.memory_bound()
-    + MIME_EVENTS_KEPT * std::mem::size_of::<MimeEvent>();
+    + MIME_EVENTS_KEPT * std::mem::size_of::<MimeEvent>()
+    + SessionRecord::MEMORY_BOUND;
 
 /// How to end the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,6 +237,8 @@ pub struct Session {
     /// Commands and replies inspected in this call: added to the shared
     /// `packet` counter once, at the end of the call, not once per line.
     packets: u64,
+    /// What the session saw, for its record (`record`).
+    record: SessionRecord,
 }
 
 impl Session {
@@ -267,6 +272,7 @@ impl Session {
             opaque: false,
             quiet,
             packets: 0,
+            record: SessionRecord::default(),
         }
     }
 
@@ -355,6 +361,11 @@ impl Session {
         self.opaque
     }
 
+    /// What the session saw: HELO name, transactions.
+    pub fn record(&self) -> &SessionRecord {
+        &self.record
+    }
+
     pub fn is_closed(&self) -> bool {
         self.ending.is_closed()
     }
@@ -366,6 +377,7 @@ impl Session {
             + self.ehlo.heap_bytes()
             + self.pipeline.heap_bytes()
             + self.message.as_ref().map_or(0, MessageScan::heap_bytes)
+            + self.record.heap_bytes()
     }
 
     // ---- Client bytes ----
@@ -673,6 +685,7 @@ impl Session {
 
     /// Sends an accepted command on and records the reply it is owed.
     fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) {
+        self.record.command(cmd);
         let verb = &*cmd.verb;
         let pending = match verb {
             "EHLO" => Pending::Ehlo,
@@ -791,6 +804,9 @@ impl Session {
         // A line without a code ends the reply, so the queue cannot stall.
         let last = !(code.is_some() && content.get(3) == Some(&b'-'));
         let head = self.pipeline.head();
+        if last && head.is_some_and(Pending::ends_message) {
+            self.record.final_reply(content);
+        }
         match head {
             Some(Pending::Greeting) if code == Some(220) && self.policy.mask_banner => {
                 self.mask_banner_line(line, last, out);
@@ -1021,6 +1037,7 @@ impl Session {
     /// The whole message has been seen (and not yet completed at the server).
     fn end_message(&mut self, scan: &mut MessageScan, out: &mut Output) {
         scan.finish();
+        self.record.message_end(scan.size());
         self.inspect_events(scan, out);
         if let Some(declared) = self.tx.declared_size
             && scan.size() > declared

@@ -9,6 +9,7 @@ use inspector_esmtp::{policy::Mode, stats::PolicyStats};
 use crate::config::{
     DEFAULT_QUEUE, GATEWAY_WARNING, Policy, Server, UpstreamSource,
     asa::{self, AddressSide},
+    submission_warning,
 };
 
 #[derive(Subcommand)]
@@ -54,6 +55,9 @@ pub fn execute(action: Action) -> Result<()> {
                     "{}: proxy.upstream-source = \"gateway\": {GATEWAY_WARNING}",
                     file.display()
                 );
+            }
+            if let Some(warning) = submission_warning(&policy.esmtp) {
+                log::warn!("{}: {warning}", file.display());
             }
             println!("{}: ok", file.display());
             print!("{}", render(&policy));
@@ -152,6 +156,13 @@ fn render(policy: &Policy) -> String {
         t.idle.as_secs(),
         t.half_closed.as_secs()
     );
+    out += &format!(
+        "inspected ports: {}\n",
+        crate::daemon::show_ports(&policy.esmtp.ports)
+    );
+    if let Some(warning) = submission_warning(&policy.esmtp) {
+        out += &format!("  WARNING: {warning}\n");
+    }
     out += &format!("unparsable packets: {}\n", policy.packets.unparsable.name());
     out += &format!(
         "audit: sink {}, queue {}\n",
@@ -212,9 +223,29 @@ mod tests {
                 "exemptions: 0\nprotected servers: 1\n  198.18.1.26: max-conns 50, max-embryonic unlimited, \
                  per-client-max unlimited, per-client-embryonic-max unlimited, on-embryonic-limit drop\n\
                  timeouts: embryonic 30s, idle 3600s, half-closed 600s\n\
+                 inspected ports: 25\n\
                  unparsable packets: drop\n\
                  audit: sink stdout (default), queue 4096 (default)\nupstream: auto: transparent"
             ),
+            "{text}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod ports_tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn the_submission_port_without_tls_warns() {
+        let parse = |text| Policy::parse(Path::new("p.toml"), text).unwrap();
+        let text = render(&parse("[esmtp]\nports = [25, 587]\n"));
+        assert!(text.contains("inspected ports: 25, 587\n  WARNING: esmtp.ports lists 587 (submission) but allow-tls is false"), "{text}");
+        let text = render(&parse("[esmtp]\nports = [25, 587]\nallow-tls = true\n"));
+        assert!(
+            text.contains("inspected ports: 25, 587\n") && !text.contains("WARNING"),
             "{text}"
         );
     }

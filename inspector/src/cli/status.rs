@@ -124,14 +124,15 @@ fn text(s: &Status) -> String {
     );
     let p = &s.policy;
     out += &format!(
-        "policy: {} (sha256 {}), loaded {}: {} exemption(s), {} protected server(s), {} ESMTP rule(s); fail {}\n",
+        "policy: {} (sha256 {}), loaded {}: {} exemption(s), {} protected server(s), {} ESMTP rule(s); fail {}\ninspected ports: {}\n",
         p.path.as_deref().unwrap_or("(built-in default)"),
         p.sha256,
         p.loaded,
         p.exemptions,
         p.servers,
         p.esmtp_rules,
-        s.fail
+        s.fail,
+        crate::daemon::show_ports(&p.ports)
     );
     if let Some(r) = &s.last_reload {
         match &r.error {

@@ -34,6 +34,7 @@ use toml::Spanned;
 pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
 pub use cluster::Membership;
 pub use error::{ConfigError, UnreadablePolicy, is_config_error};
+pub use esmtp::{SUBMISSION_PORT, submission_warning};
 pub use exempt::parse_network;
 pub use packets::{PacketPolicy, Unparsable};
 pub use proxy::{
@@ -481,6 +482,37 @@ mod tests {
         assert!(err.message.contains("file:PATH"), "{err}");
         let err = parse("[audit]\nqueue = 0\n").unwrap_err();
         assert_eq!((err.line, err.field.as_str()), (2, "audit.queue"));
+    }
+
+    #[test]
+    fn ports_default_to_25_and_name_a_bad_entry() {
+        assert_eq!(parse("").unwrap().esmtp.ports, [25]);
+        let p = parse("[esmtp]\nports = [25, 587]\n").unwrap();
+        assert_eq!(p.esmtp.ports, [25, 587]);
+        let p = parse("[esmtp]\nports = [587]\n").unwrap();
+        assert_eq!(p.esmtp.ports, [587]);
+        for (text, field, message) in [
+            ("ports = [25, 0]", "esmtp.ports[1]", "0 is not a TCP port"),
+            (
+                "ports = [65536]",
+                "esmtp.ports[0]",
+                "65536 is not a TCP port",
+            ),
+            ("ports = [-1]", "esmtp.ports[0]", "-1 is not a TCP port"),
+            ("ports = [25, 587, 25]", "esmtp.ports[2]", "listed twice"),
+            ("ports = []", "esmtp.ports", "1 to 8 ports"),
+            (
+                "ports = [1, 2, 3, 4, 5, 6, 7, 8, 9]",
+                "esmtp.ports",
+                "not 9",
+            ),
+        ] {
+            let err = parse(&format!("[esmtp]\nmode = \"modern\"\n{text}\n")).unwrap_err();
+            assert_eq!((err.line, err.field.as_str()), (3, field), "{text}: {err}");
+            assert!(err.message.contains(message), "{text}: {err}");
+        }
+        let err = parse("[esmtp]\nports = [\"587\"]\n").unwrap_err();
+        assert_eq!(err.line, 2, "{err}");
     }
 
     #[test]

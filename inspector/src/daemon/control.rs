@@ -164,6 +164,8 @@ impl Reloader {
                 !self.audit_override && old.audit.sink != new.audit.sink,
             ),
             ("audit.queue", old.audit.queue != new.audit.queue),
+            // The listeners and the classifier's ports are set at start.
+            ("esmtp.ports", old.esmtp.ports != new.esmtp.ports),
         ] {
             if changed {
                 needs_restart.push(name.to_string());
@@ -182,6 +184,7 @@ impl Reloader {
             new.servers.len(),
         );
         info.esmtp_rules = new.esmtp.rules.len();
+        info.ports = old.esmtp.ports.clone();
         log::info!(
             "reloaded policy {} (sha256 {}): {} exemption(s), {} protected server(s), {} ESMTP rule(s), fail {}; open sessions keep the policy they started with",
             self.path

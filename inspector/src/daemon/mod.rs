@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use inspector_common::{HEARTBEAT_INTERVAL_NS, SMTP_PORT};
+use inspector_common::HEARTBEAT_INTERVAL_NS;
 use tokio::sync::{mpsc, watch};
 
 use self::{
@@ -158,7 +158,10 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         control::fail_name(policy.proxy.fail),
         notifier.watchdog().is_some(),
     ));
-    board.set_esmtp_rules(policy.esmtp.rules.len());
+    board.set_esmtp_rules(policy.esmtp.rules.len(), &policy.esmtp.ports);
+    if let Some(warning) = crate::config::submission_warning(&policy.esmtp) {
+        log::warn!("{warning}");
+    }
     // How the proxy connects to the servers; servers it meets for the first
     // time are learned through `learn` (route, return steering).
     let (learn_tx, learn_rx) = mpsc::channel(64);
@@ -177,7 +180,7 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     };
 
     let mut ebpf = loader::load(&opts.pin_dir)?;
-    classify::configure(&mut ebpf, &policy.packets)?;
+    classify::configure(&mut ebpf, &policy.packets, &policy.esmtp.ports)?;
     let mut table = ExemptTable::open(&opts.pin_dir)?;
     table
         .apply_policy(&policy.exempt)
@@ -279,6 +282,12 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     drop(ebpf);
     drop(stats_socket);
     result.and(cleanup)
+}
+
+/// `25, 587`, for the log.
+pub fn show_ports(ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    ports.join(", ")
 }
 
 /// What `systemctl status` shows on its `Status:` line.
@@ -383,7 +392,8 @@ async fn run_proxy(
     } = learner;
     // Listening first: the steering program checks that the listener is
     // there (and that the proxy's heartbeat is fresh).
-    let listeners = proxy::listeners(SMTP_PORT)?;
+    let ports = &reloader.policy.esmtp.ports;
+    let listeners = proxy::listeners(ports)?;
     let netlink = routing::connect()?;
     routing::install(&netlink)
         .await
@@ -407,7 +417,8 @@ async fn run_proxy(
         upstream: upstream.clone(),
     });
     log::info!(
-        "proxy listening on port {SMTP_PORT} (fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
+        "proxy listening on port(s) {} (fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
+        show_ports(&policy.esmtp.ports),
         policy.proxy.fail,
         policy.proxy.upstream_source,
         policy.proxy.max_sessions,

@@ -40,6 +40,9 @@ pub struct PolicyInfo {
     pub exemptions: usize,
     pub servers: usize,
     pub esmtp_rules: usize,
+    /// The inspected TCP ports in effect (a change waits for a restart).
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 impl PolicyInfo {
@@ -51,6 +54,7 @@ impl PolicyInfo {
             exemptions,
             servers,
             esmtp_rules: 0,
+            ports: Vec::new(),
         }
     }
 }
@@ -185,8 +189,11 @@ impl Board {
         });
     }
 
-    pub fn set_esmtp_rules(&self, n: usize) {
-        self.with(|i| i.policy.esmtp_rules = n);
+    pub fn set_esmtp_rules(&self, n: usize, ports: &[u16]) {
+        self.with(|i| {
+            i.policy.esmtp_rules = n;
+            i.policy.ports = ports.to_vec();
+        });
     }
 
     pub fn snapshot(&self, sessions_active: u64) -> Status {

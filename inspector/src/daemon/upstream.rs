@@ -23,7 +23,6 @@ use std::{
 
 use anyhow::{Result, bail};
 use futures_util::future::join_all;
-use inspector_common::SMTP_PORT;
 use rtnetlink::Handle;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -99,6 +98,8 @@ pub async fn start(
     steering: &mut ReturnSteering,
 ) -> Result<()> {
     let mut servers: Vec<IpAddr> = policy.servers.iter().map(|s| s.address).collect();
+    // The probes at start go to the first inspected port (25 by default).
+    let port = policy.esmtp.ports[0];
     servers.sort();
     servers.dedup();
     match upstream.configured() {
@@ -109,7 +110,7 @@ pub async fn start(
         UpstreamSource::Xclient => {
             let checks = servers
                 .iter()
-                .map(|&s| check_xclient(s, &upstream.helo_name));
+                .map(|&s| check_xclient(SocketAddr::new(s, port), &upstream.helo_name));
             for (server, found) in servers.iter().zip(join_all(checks).await) {
                 let (state, reason) = match found {
                     Ok(true) => (
@@ -138,7 +139,7 @@ pub async fn start(
             }
         }
         UpstreamSource::Auto | UpstreamSource::Client => {
-            verify_transparent(upstream, &servers, ebpf, netlink, steering).await?;
+            verify_transparent(upstream, &servers, port, ebpf, netlink, steering).await?;
         }
     }
     let status = upstream.status();
@@ -172,6 +173,7 @@ pub async fn start(
 async fn verify_transparent(
     upstream: &Upstream,
     servers: &[IpAddr],
+    port: u16,
     ebpf: &mut aya::Ebpf,
     netlink: &Handle,
     steering: &mut ReturnSteering,
@@ -204,7 +206,7 @@ async fn verify_transparent(
                 (_, None) => Probe::Error(
                     "no address to probe from: the inspected interfaces have no prefix with room for one".into(),
                 ),
-                (Ok(_), Some(src)) => upstream::probe(src, SocketAddr::new(server, SMTP_PORT)).await,
+                (Ok(_), Some(src)) => upstream::probe(src, SocketAddr::new(server, port)).await,
             };
             (source, probe)
         }
@@ -257,9 +259,9 @@ async fn verify_transparent(
 
 /// Whether `server` offers XCLIENT to the gateway: its greeting, our
 /// EHLO, QUIT.
-async fn check_xclient(server: IpAddr, helo: &str) -> Result<bool> {
+async fn check_xclient(server: SocketAddr, helo: &str) -> Result<bool> {
     let exchange = async {
-        let mut stream = TcpStream::connect(SocketAddr::new(server, SMTP_PORT)).await?;
+        let mut stream = TcpStream::connect(server).await?;
         let mut buf = Vec::new();
         let greeting = read_reply(&mut stream, &mut buf).await?;
         if greeting.code != 220 {

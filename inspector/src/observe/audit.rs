@@ -1,4 +1,6 @@
-//! Audit sinks: where the ESMTP engine's records (108002 to 108007) go.
+//! Audit sinks: where the ESMTP engine's records (108002 to 108007) go,
+//! each with its session's id, and one record per session
+//! ([`super::session`]).
 //!
 //! The data path never waits for a sink: [`AuditLog::record`] puts the
 //! record in a bounded queue with `try_send` and returns; one writer thread
@@ -26,6 +28,7 @@ use inspector_esmtp::{
     audit::{ClientLimit, Source},
 };
 
+use super::session::{SessionId, SessionSummary};
 use crate::config::SinkSpec;
 
 /// `local4`, the facility the firewall logs to by default.
@@ -54,10 +57,39 @@ impl Default for SyslogFormat {
     }
 }
 
-/// One record as queued: the event and when it happened.
+/// One record as queued: what it is and when it happened.
 struct Queued {
     time: SystemTime,
-    event: AuditEvent,
+    entry: Entry,
+}
+
+enum Entry {
+    /// A policy record, with its session's id (none for the admission's).
+    Policy(Option<SessionId>, AuditEvent),
+    /// A session ended.
+    Session(Box<SessionSummary>),
+}
+
+impl Queued {
+    fn json(&self) -> String {
+        match &self.entry {
+            Entry::Policy(session, event) => json_policy(self.time, *session, event),
+            Entry::Session(s) => {
+                let mut line = s.json(self.time).to_string();
+                line.push('\n');
+                line
+            }
+        }
+    }
+
+    fn syslog(&self, host: &str, pid: u32, format: SyslogFormat) -> String {
+        match &self.entry {
+            Entry::Policy(session, event) => {
+                syslog_policy(self.time, host, pid, format, *session, event)
+            }
+            Entry::Session(s) => syslog_session(self.time, host, pid, format.facility, s),
+        }
+    }
 }
 
 /// Writes one record to the sink (on the writer thread).
@@ -192,7 +224,7 @@ impl AuditLog {
             SinkSpec::Stdout => {
                 let mut out = io::stdout();
                 Box::new(move |q| {
-                    out.write_all(json_line(q.time, &q.event).as_bytes())?;
+                    out.write_all(q.json().as_bytes())?;
                     out.flush()
                 })
             }
@@ -208,7 +240,7 @@ impl AuditLog {
                     if reopening.swap(false, Ordering::Relaxed) {
                         file = open()?;
                     }
-                    file.write_all(json_line(q.time, &q.event).as_bytes())
+                    file.write_all(q.json().as_bytes())
                 })
             }
             SinkSpec::Syslog(socket) => {
@@ -225,9 +257,7 @@ impl AuditLog {
                 .with_context(|| format!("connecting to syslog at {}", socket.display()))?;
                 let host = hostname();
                 let pid = std::process::id();
-                Box::new(move |q| {
-                    sock.write(syslog_formatted(q.time, &host, pid, format, &q.event).as_bytes())
-                })
+                Box::new(move |q| sock.write(q.syslog(&host, pid, format).as_bytes()))
             }
             SinkSpec::SyslogUdp(addr) => {
                 let target = addr.clone();
@@ -249,9 +279,7 @@ impl AuditLog {
                 .with_context(|| format!("syslog over UDP to {addr}"))?;
                 let host = hostname();
                 let pid = std::process::id();
-                Box::new(move |q| {
-                    sock.write(syslog_formatted(q.time, &host, pid, format, &q.event).as_bytes())
-                })
+                Box::new(move |q| sock.write(q.syslog(&host, pid, format).as_bytes()))
             }
             SinkSpec::SyslogTcp(addr) => {
                 let target = addr.clone();
@@ -273,7 +301,7 @@ impl AuditLog {
                 let pid = std::process::id();
                 Box::new(move |q| {
                     // Octet counting (RFC 6587 3.4.1): `LEN SP MSG`.
-                    let msg = syslog_formatted(q.time, &host, pid, format, &q.event);
+                    let msg = q.syslog(&host, pid, format);
                     sock.write(format!("{} {msg}", msg.len()).as_bytes())
                 })
             }
@@ -316,10 +344,24 @@ impl AuditLog {
     /// Queues `event` for the sink; never blocks. A full queue drops it
     /// (counted in [`Self::dropped`]).
     pub fn record(&self, event: AuditEvent) {
+        self.queue(Entry::Policy(None, event));
+    }
+
+    /// [`Self::record`] for a record of session `session`.
+    pub fn record_in(&self, session: SessionId, event: AuditEvent) {
+        self.queue(Entry::Policy(Some(session), event));
+    }
+
+    /// Queues a session's record, as [`Self::record`] does.
+    pub fn record_session(&self, summary: SessionSummary) {
+        self.queue(Entry::Session(Box::new(summary)));
+    }
+
+    fn queue(&self, entry: Entry) {
         let Some(tx) = &self.tx else { return };
         let queued = Queued {
             time: SystemTime::now(),
-            event,
+            entry,
         };
         match tx.try_send(queued) {
             Ok(()) => self.counts.queued.fetch_add(1, Ordering::Relaxed),
@@ -366,6 +408,11 @@ pub fn rfc3339(time: SystemTime) -> String {
 /// severity, the session's addresses, the firewall's text, and the fields
 /// of the record.
 pub fn json_line(time: SystemTime, event: &AuditEvent) -> String {
+    json_policy(time, None, event)
+}
+
+/// [`json_line`], with the session's id when the record has one.
+fn json_policy(time: SystemTime, session: Option<SessionId>, event: &AuditEvent) -> String {
     let mut obj = serde_json::json!({
         "time": rfc3339(time),
         "id": event.id(),
@@ -374,6 +421,9 @@ pub fn json_line(time: SystemTime, event: &AuditEvent) -> String {
         "server": event.peers.server.to_string(),
         "message": event.to_string(),
     });
+    if let Some(id) = session {
+        obj["session_id"] = id.to_string().into();
+    }
     let fields = &mut obj;
     match &event.kind {
         AuditKind::Replaced { data } => fields["data"] = data.as_str().into(),
@@ -443,11 +493,29 @@ pub fn syslog_formatted(
     format: SyslogFormat,
     event: &AuditEvent,
 ) -> String {
+    syslog_policy(time, host, pid, format, None, event)
+}
+
+/// [`syslog_formatted`], with the session's id (`session="…"`) when the
+/// record has one.
+fn syslog_policy(
+    time: SystemTime,
+    host: &str,
+    pid: u32,
+    format: SyslogFormat,
+    session: Option<SessionId>,
+    event: &AuditEvent,
+) -> String {
     let sev = event.severity();
     let pri = u16::from(format.facility) * 8 + u16::from(sev);
     let tag = if format.asa_tag { "ASA" } else { "INSPECTOR" };
-    let mut sd = format!(
-        "[{SD_ID} client=\"{}\" server=\"{}\"",
+    let mut sd = format!("[{SD_ID}");
+    if let Some(id) = session {
+        let _ = write!(sd, " session=\"{id}\"");
+    }
+    let _ = write!(
+        sd,
+        " client=\"{}\" server=\"{}\"",
         event.peers.client, event.peers.server
     );
     if let AuditKind::Classification(c) = &event.kind {
@@ -465,6 +533,30 @@ pub fn syslog_formatted(
         header_field(host),
         event.id(),
         event.id()
+    )
+}
+
+/// A session record: informational, MSGID `session`, the `INSPECTOR`
+/// tag whatever `tag` says (the firewall has no such record for a SIEM's
+/// parser to expect).
+fn syslog_session(
+    time: SystemTime,
+    host: &str,
+    pid: u32,
+    facility: u8,
+    s: &SessionSummary,
+) -> String {
+    const INFO: u16 = 6;
+    let pri = u16::from(facility) * 8 + INFO;
+    format!(
+        "<{pri}>1 {} {} inspector {pid} session [{SD_ID} session=\"{}\" client=\"{}\" server=\"{}\" outcome=\"{}\"] %INSPECTOR-{INFO}-session: {}",
+        rfc3339(time),
+        header_field(host),
+        s.id,
+        s.peers.client,
+        s.peers.server,
+        s.outcome,
+        s.text()
     )
 }
 
@@ -579,6 +671,52 @@ mod tests {
             (Some(108006), Some(7))
         );
         assert_eq!(v["actual"], 20);
+    }
+
+    #[test]
+    fn policy_records_carry_their_session_id() {
+        let id = SessionId(0x6a3f_1c20_0000_0001);
+        let v: serde_json::Value =
+            serde_json::from_str(&json_policy(t(), Some(id), &classification())).unwrap();
+        assert_eq!(v["session_id"], "6a3f1c2000000001");
+        let asa = SyslogFormat {
+            facility: 20,
+            asa_tag: true,
+        };
+        let m = syslog_policy(t(), "gw", 42, asa, Some(id), &classification());
+        assert!(
+            m.starts_with(
+                "<164>1 2026-11-23T11:13:36.500000Z gw inspector 42 108004 \
+                 [esmtp@32473 session=\"6a3f1c2000000001\" client=\"198.18.0.2:40000\""
+            ),
+            "{m}"
+        );
+        assert!(m.contains("] %ASA-4-108004: "), "{m}");
+        // Without a session (the admission's records): no field.
+        assert!(!json_line(t(), &classification()).contains("session_id"));
+    }
+
+    #[test]
+    fn session_records_in_syslog_are_informational_and_tagged_inspector() {
+        let s = SessionSummary {
+            id: SessionId(1),
+            peers: classification().peers,
+            started: t(),
+            duration_ms: 5,
+            seen: Default::default(),
+            tls: true,
+            criteria: Vec::new(),
+            more_criteria: 0,
+            outcome: "closed",
+        };
+        // local4 (20) * 8 + informational (6) = 166.
+        assert_eq!(
+            syslog_session(t(), "gw", 42, 20, &s),
+            "<166>1 2026-11-23T11:13:36.500000Z gw inspector 42 session [esmtp@32473 \
+             session=\"0000000000000001\" client=\"198.18.0.2:40000\" server=\"198.18.1.25:25\" \
+             outcome=\"closed\"] %INSPECTOR-6-session: session 0000000000000001 src \
+             198.18.0.2/40000 dest 198.18.1.25/25 helo - tls yes duration 5ms outcome closed"
+        );
     }
 
     #[test]

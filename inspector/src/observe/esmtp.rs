@@ -28,6 +28,7 @@ use serde::Serialize;
 use super::{
     admission::{AdmissionCounts, AdmissionSnapshot},
     audit::AuditLog,
+    session::SessionIds,
 };
 
 /// How an inspected session ended (`inspector_esmtp_sessions_total{outcome}`).
@@ -141,6 +142,8 @@ pub struct EsmtpState {
     /// at a reload; per-criterion counts are the current policy's.
     generations: Mutex<Vec<Arc<PolicyStats>>>,
     pub audit: AuditLog,
+    /// Each session's id (its record's, and its policy records').
+    pub session_ids: SessionIds,
     /// The proxy's admission: refusals, evictions, stress mode.
     pub admission: Arc<AdmissionCounts>,
     /// The daemon is attached and (unless `--no-proxy`) its proxy listens
@@ -162,6 +165,7 @@ impl EsmtpState {
             generations: Mutex::new(vec![generation.stats.clone()]),
             current: RwLock::new(generation),
             audit,
+            session_ids: SessionIds::default(),
             admission: Arc::default(),
             ready: AtomicBool::new(false),
             max_sessions: AtomicU64::new(0),

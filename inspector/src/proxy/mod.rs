@@ -58,17 +58,23 @@ pub struct Counters {
     pub refused: AtomicU64,
 }
 
-/// The proxy's listeners on port 25, IPv4 and IPv6, with `IP_TRANSPARENT`
-/// so they accept connections to any address the policy route delivers
-/// locally; `getsockname()` of an accepted socket is the original
-/// destination.
-pub fn listeners(port: u16) -> Result<Vec<TcpListener>> {
-    let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
-    let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
-    let mut out = vec![listener(v4)?];
-    match listener(v6) {
-        Ok(l) => out.push(l),
-        Err(e) => log::warn!("no IPv6 listener ({e:#}): IPv6 SMTP is not inspected"),
+/// The proxy's listeners on each inspected port (`[esmtp] ports`), IPv4
+/// and IPv6, with `IP_TRANSPARENT` so they accept connections to any
+/// address the policy route delivers locally; `getsockname()` of an
+/// accepted socket is the original destination, its port included, so a
+/// session is relayed to the port the client chose.
+pub fn listeners(ports: &[u16]) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::with_capacity(2 * ports.len());
+    for &port in ports {
+        let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+        let v6 = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port);
+        out.push(listener(v4)?);
+        match listener(v6) {
+            Ok(l) => out.push(l),
+            Err(e) => {
+                log::warn!("no IPv6 listener ({e:#}): IPv6 SMTP to port {port} is not inspected")
+            }
+        }
     }
     Ok(out)
 }

@@ -38,7 +38,10 @@ use super::{
     admission::{self, StressWatch, Ticket},
     upstream::{self, Mode},
 };
-use crate::observe::esmtp::{ErrorReason, SessionOutcome};
+use crate::observe::{
+    esmtp::{ErrorReason, SessionOutcome},
+    session::SessionTrace,
+};
 
 /// Bytes read from one side at a time.
 pub const READ_BUF: usize = 16 * 1024;
@@ -96,6 +99,21 @@ impl End {
         }
     }
 
+    /// As the session record names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Dropped => "dropped",
+            End::Reset => "reset",
+            End::Timeout(_) => "timeout",
+            End::Shutdown => "shutdown",
+            End::Unreachable => "unreachable",
+            End::Broken => "broken",
+            End::Evicted => "evicted",
+            End::Refused => "refused",
+        }
+    }
+
     /// As `inspector_esmtp_sessions_total{outcome}` counts it.
     pub fn outcome(self) -> SessionOutcome {
         match self {
@@ -117,6 +135,8 @@ pub async fn run(
     ticket: Ticket,
 ) -> End {
     let t = ticket.timeouts(shared.config.timeouts);
+    // The session's record, and the id its policy records carry.
+    let mut trace = SessionTrace::new(shared.esmtp.session_ids.next(), peers);
     let started = std::time::Instant::now();
     let opened = match shared.upstream.open(peers, t.connect).await {
         Ok(o) => {
@@ -126,15 +146,21 @@ pub async fn run(
         Err(e) => {
             log::debug!("{}: cannot connect to the server: {e}", show(peers));
             ticket.release();
+            trace.finish(&shared.esmtp.audit, None, false, End::Unreachable.name());
             return refuse(client, UNREACHABLE).await;
         }
     };
     let server = opened.stream;
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let mut driver = Driver::new(client, server, peers, shared, shutdown, ticket);
+    let mut driver = Driver::new(client, server, peers, shared, shutdown, ticket, trace);
     driver.xclient_pending = opened.mode == Mode::Xclient;
     let end = driver.drive().await;
+    let seen = driver.session.record();
+    let tls = driver.session.is_opaque();
+    driver
+        .trace
+        .finish(&driver.shared.esmtp.audit, Some(seen), tls, end.name());
     if end == End::Reset {
         // Close without a FIN first: dropping a write half would shut it
         // down; forgetting it leaves the close (with SO_LINGER 0: a RST) to
@@ -252,6 +278,8 @@ struct Driver {
     xclient_pending: bool,
     /// Server bytes read past the XCLIENT exchange, for the engine.
     server_leftover: Vec<u8>,
+    /// The session's id and what its record needs.
+    trace: SessionTrace,
 }
 
 impl Driver {
@@ -262,6 +290,7 @@ impl Driver {
         shared: Arc<Shared>,
         shutdown: watch::Receiver<bool>,
         ticket: Ticket,
+        trace: SessionTrace,
     ) -> Self {
         let (cr, cw) = client.into_split();
         let (sr, sw) = server.into_split();
@@ -286,6 +315,7 @@ impl Driver {
             ticket,
             xclient_pending: false,
             server_leftover: Vec::new(),
+            trace,
         }
     }
 
@@ -448,7 +478,8 @@ impl Driver {
     /// Sends what the engine produced, and closes if it says so.
     async fn apply(&mut self, mut out: Output) -> Option<End> {
         // Never blocks: a slow sink drops (and counts) records.
-        self.shared.esmtp.audit_all(std::mem::take(&mut out.audit));
+        self.trace
+            .audit(&self.shared.esmtp.audit, std::mem::take(&mut out.audit));
         if !out.to_server.is_empty() && self.server_open && self.xclient_pending {
             self.xclient_pending = false;
             if let Some(end) = self.introduce(&out.to_server).await {

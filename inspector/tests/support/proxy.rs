@@ -225,6 +225,23 @@ impl Drop for Fixture {
     }
 }
 
+/// The JSON audit records in the daemon's log (its stdout is the sink).
+pub fn audit_records(f: &Fixture) -> Vec<serde_json::Value> {
+    f.log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The session records among them.
+pub fn session_records(f: &Fixture) -> Vec<serde_json::Value> {
+    audit_records(f)
+        .into_iter()
+        .filter(|v| v["event_type"] == "session")
+        .collect()
+}
+
 /// Waits up to 30 s for `ok`; fails the test naming `what` if it never
 /// holds.
 pub fn wait_for(ok: impl FnMut() -> bool, what: &str) {

@@ -35,7 +35,10 @@ use std::{
 pub use addr::AddressSide;
 use addr::{AclEntry, Nat, Objects, Spec};
 use esmtp::{EsmtpOut, Regexes};
-use inspector_esmtp::policy::Mode;
+use inspector_esmtp::policy::{
+    Mode,
+    ports::{DEFAULT_PORTS, MAX_PORTS},
+};
 use ipnet::IpNet;
 use lines::{Line, Node};
 
@@ -212,6 +215,9 @@ struct Out {
     timeouts: BTreeMap<&'static str, (u64, String)>,
     proxy_idle: Option<(u64, String)>,
     esmtp: EsmtpOut,
+    /// `[esmtp] ports`: each with the class it comes from; empty for the
+    /// default (25).
+    ports: Vec<(u16, String)>,
 }
 
 struct Translator<'a> {
@@ -264,6 +270,7 @@ impl<'a> Translator<'a> {
                 timeouts: BTreeMap::new(),
                 proxy_idle: None,
                 esmtp: EsmtpOut::default_map(""),
+                ports: Vec::new(),
             },
         }
     }
@@ -1092,17 +1099,58 @@ impl<'a> Translator<'a> {
         }
     }
 
+    /// The ports of a `match port tcp …` class that inspects ESMTP, into
+    /// `[esmtp] ports`.
+    fn inspected_ports(&mut self, ports: &addr::Ports, class: &str, line: &Line) {
+        let listed: Vec<u16> = match *ports {
+            addr::Ports::Eq(p) => vec![p],
+            addr::Ports::Range(a, b) if a <= b && usize::from(b - a) < MAX_PORTS => {
+                (a..=b).collect()
+            }
+            _ => {
+                let also = if ports.matches(inspector_common::SMTP_PORT) == Some(true) {
+                    self.add_port(inspector_common::SMTP_PORT, class, line);
+                    " (port 25 is)"
+                } else {
+                    ""
+                };
+                self.diags.warn(
+                    line.no,
+                    format!("class {class} inspects ESMTP on ports {ports:?}: the policy lists at most {MAX_PORTS} single ports; not translated{also}"),
+                );
+                return;
+            }
+        };
+        for p in listed {
+            self.add_port(p, class, line);
+        }
+    }
+
+    fn add_port(&mut self, port: u16, class: &str, line: &Line) {
+        let ports = &mut self.out.ports;
+        if ports.iter().any(|(p, _)| *p == port) {
+            return;
+        }
+        if ports.len() == MAX_PORTS {
+            self.diags.warn(
+                line.no,
+                format!("class {class}: port {port} is past the {MAX_PORTS} ports a policy can list; not translated"),
+            );
+            return;
+        }
+        ports.push((port, format!("class {class} (line {})", line.no)));
+    }
+
     /// The ESMTP map the service policy inspects with.
     fn choose_esmtp_map(&mut self, inspects: &[(Option<String>, Traffic, &'a Line, String)]) {
         let mut used: Option<String> = None;
         for (name, traffic, line, class) in inspects {
             let name = name.clone().unwrap_or_else(|| "_default_esmtp_map".into());
             match traffic {
-                t if t.all_smtp() => {}
-                Traffic::Port(p) => self.diags.warn(
-                    line.no,
-                    format!("class {class} inspects ESMTP on other ports ({p:?}); the inspector inspects port 25; not translated"),
-                ),
+                Traffic::Port(p) => self.inspected_ports(p, class, line),
+                Traffic::All | Traffic::DefaultInspection => {
+                    self.add_port(inspector_common::SMTP_PORT, class, line)
+                }
                 Traffic::Acl(acl) => self.diags.warn(
                     line.no,
                     format!(
@@ -1268,6 +1316,16 @@ impl Out {
         let _ = writeln!(t, "# {}", e.origin);
         let _ = writeln!(t, "name = {}", s(&e.name));
         let _ = writeln!(t, "mode = \"{mode}\"");
+        let ports: Vec<u16> = self.ports.iter().map(|(p, _)| *p).collect();
+        if !ports.is_empty() && ports != DEFAULT_PORTS {
+            let from: Vec<String> = self
+                .ports
+                .iter()
+                .map(|(p, c)| format!("{p}: {c}"))
+                .collect();
+            let _ = writeln!(t, "# inspected ports: {}", from.join("; "));
+            let _ = writeln!(t, "ports = {ports:?}");
+        }
         let _ = writeln!(t, "mask-banner = {}", e.mask_banner);
         let _ = writeln!(
             t,

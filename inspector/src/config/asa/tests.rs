@@ -465,3 +465,54 @@ fn compat_mode() {
 }
 
 use inspector_esmtp::policy::Criterion;
+
+/// A class-map matching the submission port makes `[esmtp] ports`; the
+/// default inspection keeps 25 beside it.
+#[test]
+fn a_class_matching_other_ports_lists_them() {
+    let text = "\
+class-map submission
+ match port tcp eq 587
+class-map wide
+ match port tcp range 2525 2526
+class-map huge
+ match port tcp range 1 1024
+policy-map global_policy
+ class inspection_default
+  inspect esmtp
+ class submission
+  inspect esmtp
+ class wide
+  inspect esmtp
+ class huge
+  inspect esmtp
+service-policy global_policy global
+";
+    let imported = import_with(text, AddressSide::Real);
+    let policy = checked(&imported);
+    assert_eq!(
+        policy.esmtp.ports,
+        [25, 587, 2525, 2526],
+        "{}",
+        imported.toml
+    );
+    assert!(
+        imported.toml.contains("# inspected ports: 25: class inspection_default (line 9); 587: class submission (line 11);"),
+        "{}",
+        imported.toml
+    );
+    let warnings = messages(&imported, Level::Warning);
+    assert!(
+        has(&warnings, 15, "at most 8 single ports"),
+        "{warnings:#?}"
+    );
+    // Only the submission port: port 25 is not inspected.
+    let imported = import_with(
+        "class-map submission\n match port tcp eq 587\npolicy-map p\n class submission\n  inspect esmtp\nservice-policy p global\n",
+        AddressSide::Real,
+    );
+    assert_eq!(checked(&imported).esmtp.ports, [587], "{}", imported.toml);
+    // The default alone writes no `ports` line.
+    let imported = import_with("fixup protocol smtp 25\n", AddressSide::Real);
+    assert!(!imported.toml.contains("ports ="), "{}", imported.toml);
+}
