@@ -31,8 +31,10 @@ fn a_policy_criterion_fires_through_the_real_path() {
             .all(|dump| find(dump, b"\nbody\n").is_none()),
         "the message reached the server"
     );
+    // The audit writer is its own thread: its record may land just after
+    // the client has seen the close.
+    wait_for(|| f.log().contains("108004"), "the audit record 108004");
     let log = f.log();
-    assert!(log.contains("108004"), "no audit record: {log}");
     assert!(log.contains("header line length gt 998"), "{log}");
 }
 
@@ -112,7 +114,11 @@ fn each_default_criterion_fires_through_the_real_path() {
     assert_eq!(f.stored().len(), 1, "only the log-only message is stored");
 
     // Audit records (JSON lines on stdout), and the counters the daemon
-    // prints when it stops.
+    // prints when it stops. The last record may land just after the reply.
+    wait_for(
+        || f.log().contains("body line length gt 998"),
+        "the last audit record",
+    );
     let log = f.log();
     for needle in [
         "\"id\":108004",
@@ -187,5 +193,8 @@ fn a_reset_action_resets_the_client() {
     );
     let out = client_py(&f, "reset.py");
     assert!(out.trim_end().ends_with("RST"), "{out}");
-    assert!(f.log().contains("Reset connection for"), "{}", f.log());
+    wait_for(
+        || f.log().contains("Reset connection for"),
+        "the reset's audit record",
+    );
 }
