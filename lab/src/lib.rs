@@ -111,6 +111,12 @@ impl Lab {
         Ok(())
     }
 
+    /// The end hosts' interfaces, the far ends of the gateway's veths
+    /// (where a pass-only XDP program lets native `XDP_TX` frames arrive).
+    pub fn end_host_interfaces(&self) -> [(&Netns, &'static str); 2] {
+        [(&self.client, "eth0"), (&self.server, "eth0")]
+    }
+
     pub fn namespaces(&self) -> [&Netns; 3] {
         [&self.client, &self.gateway, &self.server]
     }
