@@ -18,6 +18,7 @@ pub mod inspector;
 pub mod load;
 pub mod messages;
 mod netns;
+mod nft;
 pub mod packets;
 pub mod raw;
 pub mod syn;

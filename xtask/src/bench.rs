@@ -18,26 +18,43 @@ const ATTACK_REPEATS: u32 = 5;
 const COMMAND: &str = "cargo xtask bench";
 /// The heading of the attack's section, which `--only attack` replaces.
 const ATTACK_HEADING: &str = "## Legitimate mail during an attack";
+const GATEWAY_REPEATS: u32 = 5;
+/// The heading of the gateway's section, which `--only gateway` replaces.
+const GATEWAY_HEADING: &str = "## The gateway's cost under a SYN flood";
 
 /// A part `cargo xtask bench --only PART` measures alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
     Attack,
+    Gateway,
 }
 
 /// Measures one part and replaces its section of docs/benchmarks.md.
 pub fn run_part(part: Part) -> Result<()> {
-    let Part::Attack = part;
-    cargo(&["bench", "-p", "inspector", "--no-run", "--bench", "attack"])?;
-    eprintln!("bench: legitimate mail during attacks");
-    let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+    let measured = Some((date.trim(), machine()));
+    let measured = measured.as_ref().map(|(d, m)| (*d, m.as_str()));
     let mut section = String::new();
-    render_attack(&mut section, &attack, Some((date.trim(), &machine())))?;
+    let heading = match part {
+        Part::Attack => {
+            cargo(&["bench", "-p", "inspector", "--no-run", "--bench", "attack"])?;
+            eprintln!("bench: legitimate mail during attacks");
+            let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
+            render_attack(&mut section, &attack, measured)?;
+            ATTACK_HEADING
+        }
+        Part::Gateway => {
+            cargo(&["bench", "-p", "inspector", "--no-run", "--bench", "gateway"])?;
+            eprintln!("bench: the gateway's cost under a SYN flood");
+            let gateway = bench("gateway", &["--repeats", &GATEWAY_REPEATS.to_string()])?;
+            render_gateway(&mut section, &gateway, measured)?;
+            GATEWAY_HEADING
+        }
+    };
     println!("{section}");
     let path = workspace_root().join("docs/benchmarks.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = replace_section(&old, ATTACK_HEADING, &section);
+    let new = replace_section(&old, heading, &section);
     std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("bench: wrote its section of {}", path.display());
     Ok(())
@@ -88,6 +105,8 @@ pub fn run() -> Result<()> {
         "smtp",
         "--bench",
         "attack",
+        "--bench",
+        "gateway",
     ])?;
     eprintln!("bench: kernel (BPF_PROG_TEST_RUN, map memory)");
     let kernel = bench("kernel", &["--repeats", &REPEATS.to_string()])?;
@@ -117,9 +136,13 @@ pub fn run() -> Result<()> {
     eprintln!("bench: legitimate mail during attacks");
     let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
 
+    eprintln!("bench: the gateway's cost under a SYN flood");
+    let gateway = bench("gateway", &["--repeats", &GATEWAY_REPEATS.to_string()])?;
+
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     let mut report = render(&machine, date.trim(), &kernel, &flood, &engine, &smtp)?;
     render_attack(&mut report, &attack, None)?;
+    render_gateway(&mut report, &gateway, None)?;
     writeln!(
         report,
         "\nThis run of `{COMMAND}` took {} s, builds included.",
@@ -507,17 +530,29 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
     Ok(())
 }
 
-/// The attack's section; `measured` (date, machine) when it was measured
-/// apart from the rest of the report.
-fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>) -> Result<()> {
-    writeln!(w, "\n{ATTACK_HEADING}\n")?;
+/// A section's heading and, when it was measured apart from the rest of
+/// the report by `--only PART`, `measured`: its date and machine.
+fn section_start(
+    w: &mut String,
+    heading: &str,
+    part: &str,
+    measured: Option<(&str, &str)>,
+) -> Result<()> {
+    writeln!(w, "\n{heading}\n")?;
     if let Some((date, machine)) = measured {
         writeln!(
             w,
-            "Measured {date} on: {machine}, by `{COMMAND} --only attack` (the rest of \
+            "Measured {date} on: {machine}, by `{COMMAND} --only {part}` (the rest of \
              this report by `{COMMAND}`, perhaps on another day).\n"
         )?;
     }
+    Ok(())
+}
+
+/// The attack's section; `measured` (date, machine) when it was measured
+/// apart from the rest of the report.
+fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>) -> Result<()> {
+    section_start(w, ATTACK_HEADING, "attack", measured)?;
     writeln!(
         w,
         "`cargo bench -p inspector --bench attack`: `inspector run` with the default \
@@ -588,6 +623,118 @@ fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>)
          the proxy and the server; the kernel does not drop a limited client's SYNs \
          yet."
     )?;
+    Ok(())
+}
+
+/// The gateway's section; `measured` (date, machine) when it was measured
+/// apart from the rest of the report.
+fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> Result<()> {
+    section_start(w, GATEWAY_HEADING, "gateway", measured)?;
+    let cpu = &g["cpu"];
+    writeln!(
+        w,
+        "`cargo bench -p inspector --bench gateway -- --repeats {}`: our programs in \
+         native XDP mode on both gateway interfaces (a pass-only program on the end \
+         hosts' veths, without which a veth drops native `XDP_TX` frames), or \
+         nftables on the gateway's forward hook, the same lab. The gateway's \
+         `outside` veth does its receive work in a threaded NAPI kernel thread \
+         (`echo 1 > /sys/class/net/outside/threaded`, GRO on so the veth has NAPI \
+         without XDP too) pinned to CPU {}; {} sender threads, pinned to the other \
+         CPU, send {} spoofed SYNs per run after the limit ({}) is full. The cost \
+         of a SYN is the growth of that thread's run time (`/proc/PID/schedstat`) \
+         divided by the SYNs handled, as the handler's own counter counts them: \
+         dropped (our `max-embryonic` with `on-embryonic-limit = \"drop\"`; \
+         nftables `ct state new ct count over {}` drop) or answered with a SYN \
+         cookie (our intercept; nftables `synproxy mss 1460 wscale 7 timestamp \
+         sack-perm` after `notrack` of the SYNs). The client's veth has a NAPI \
+         thread of its own, so the answers it receives are not counted. The four \
+         alternate; medians of {} runs each.\n",
+        g["repeats"],
+        g["gateway_cpu"],
+        g["senders"],
+        g["syns"],
+        g["limit"],
+        g["limit"],
+        g["repeats"]
+    )?;
+    let (xd, nc) = (f(cpu, "xdp_drop_ns")?, f(cpu, "nft_ct_count_ns")?);
+    let (xi, ns) = (f(cpu, "xdp_intercept_ns")?, f(cpu, "nft_synproxy_ns")?);
+    writeln!(
+        w,
+        "| gateway CPU per SYN | ours (XDP) | nftables | nftables / ours | SYNs handled, ours / nftables |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|")?;
+    let share = |key: &str| -> Result<String> { Ok(format!("{:.0} %", 100.0 * f(cpu, key)?)) };
+    writeln!(
+        w,
+        "| dropped (limit; `ct count`) | {xd:.0} ns | {nc:.0} ns | {:.1} | {} / {} |",
+        nc / xd,
+        share("xdp_drop_handled")?,
+        share("nft_ct_count_handled")?
+    )?;
+    writeln!(
+        w,
+        "| answered with a cookie (intercept; `synproxy`) | {xi:.0} ns | {ns:.0} ns | {:.1} | {} / {} |",
+        ns / xi,
+        share("xdp_intercept_handled")?,
+        share("nft_synproxy_handled")?
+    )?;
+    writeln!(
+        w,
+        "\nSYNs not handled were dropped by the veth's ring before any handler \
+         saw them: the gateway's thread did not keep up with the senders."
+    )?;
+    let s = &g["sessions"];
+    writeln!(
+        w,
+        "\nSMTP sessions (connect, greeting, `QUIT`, one after another from a real \
+         client) with Postfix's `smtp-sink`, for {} s at a time, through our intercept \
+         (`max-embryonic = {}`, `on-embryonic-limit = \"intercept\"`; the flood's \
+         half-open entries expired before each quiet window) and through nftables \
+         `synproxy` (which answers every SYN to the server), each during the same \
+         steady flood (bursts of 100 SYNs every 5 ms from one sender) and without it; \
+         medians of {} windows each.\n",
+        s["seconds"], g["limit"], g["repeats"]
+    )?;
+    writeln!(
+        w,
+        "| sessions per second | during the flood | without | during / without |"
+    )?;
+    writeln!(w, "|---|---|---|---|")?;
+    for (name, key) in [
+        ("our intercept", "ours"),
+        ("nftables `synproxy`", "synproxy"),
+    ] {
+        let (d, q) = (
+            f(s, &format!("{key}_flood_per_s"))?,
+            f(s, &format!("{key}_quiet_per_s"))?,
+        );
+        writeln!(w, "| {name} | {d:.0} | {q:.0} | {:.2} |", d / q)?;
+    }
+    writeln!(
+        w,
+        "\nDuring the flood, ours / synproxy: {:.2}.",
+        f(s, "ours_flood_per_s")? / f(s, "synproxy_flood_per_s")?
+    )?;
+    let t = &g["transfer"];
+    let (ti, td) = (f(t, "intercepted_mb_per_s")?, f(t, "direct_mb_per_s")?);
+    writeln!(
+        w,
+        "\nA {} MiB transfer from the client to the server (one connection, the \
+         server counts the bytes and answers), over a connection our intercept \
+         opened (to the protected address with its embryonic limit full, so window \
+         scaling, SACK and timestamps went through the cookie and every segment is \
+         translated) and over one it did not (the server's second address, not \
+         protected): same lab, same programs; medians of {} each, alternating.\n",
+        f(t, "bytes")? as u64 >> 20,
+        g["repeats"]
+    )?;
+    writeln!(
+        w,
+        "| 50 MiB transfer | intercepted | not intercepted | intercepted / not |"
+    )?;
+    writeln!(w, "|---|---|---|---|")?;
+    writeln!(w, "| MB/s | {ti:.0} | {td:.0} | {:.2} |", ti / td)?;
     Ok(())
 }
 
