@@ -139,6 +139,17 @@ fn pins(name: &str) -> Result<OwnedPinDir> {
     )))
 }
 
+/// The pass-only program on the gateway's `outside`, natively: with an XDP
+/// program a veth receives every packet in its NAPI thread, as it does
+/// with ours (without one it takes packets from a local sender such as
+/// the raw sockets here on the sender's CPU). Detached when dropped.
+fn pass_on_outside(lab: &Lab, pins: &OwnedPinDir) -> Result<Ebpf> {
+    let mut ebpf = loader::load_pass_only(pins.path())?;
+    lab.gateway
+        .run(|| loader::attach_pass_only(&mut ebpf, OUTSIDE))??;
+    Ok(ebpf)
+}
+
 /// nftables' SYN proxy for the server (as its documentation sets it up:
 /// the SYNs untracked, then answered by `synproxy`), on the forward hook.
 fn synproxy_script() -> String {
@@ -175,6 +186,7 @@ fn cpu_per_syn(lab: &Lab, napi: u32, repeats: usize, syns: usize) -> Result<serd
         .sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
         .context("conntrack's sysctl (is nf_conntrack loaded?)")?;
     let (drop_pins, icept_pins) = (pins("drop")?, pins("icept")?);
+    let pass_pins = pins("pass")?;
     let (drop_policy, icept_policy) = (policy("drop")?, policy("intercept")?);
     let mut rows: [Vec<(f64, f64)>; 4] = Default::default();
     for _ in 0..repeats {
@@ -184,10 +196,12 @@ fn cpu_per_syn(lab: &Lab, napi: u32, repeats: usize, syns: usize) -> Result<serd
         })?);
         drop(ebpf);
 
+        let pass = pass_on_outside(lab, &pass_pins)?;
         lab.gateway.nft(&ct_count_script())?;
         let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
         delete_table(lab)?;
         rows[1].push(nft?);
+        drop(pass);
 
         let ebpf = ours(lab, icept_pins.path(), &icept_policy)?;
         rows[2].push(measure(lab, napi, syns, || {
@@ -196,10 +210,12 @@ fn cpu_per_syn(lab: &Lab, napi: u32, repeats: usize, syns: usize) -> Result<serd
         })?);
         drop(ebpf);
 
+        let pass = pass_on_outside(lab, &pass_pins)?;
         lab.gateway.nft(&synproxy_script())?;
         let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
         delete_table(lab)?;
         rows[3].push(nft?);
+        drop(pass);
     }
     let mut out = serde_json::Map::new();
     let names = ["xdp_drop", "nft_ct_count", "xdp_intercept", "nft_synproxy"];
@@ -276,6 +292,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration) -> Result<serde_json::V
     let mut sweeper = Sweeper::open(pins.path(), policy.timeouts).ok();
     let mut rows: [Vec<f64>; 4] = Default::default();
     let mut flood = SynFlood::new(&lab.client, server)?;
+    let mut synproxy_retrans = [0u64; 2];
     for _ in 0..repeats {
         let ebpf = ours(lab, pins.path(), &policy)?;
         let sweeper = match &mut sweeper {
@@ -296,10 +313,15 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration) -> Result<serde_json::V
         drop(ebpf);
 
         lab.gateway.nft(&synproxy_script())?;
+        let retrans_before = [&lab.client, &lab.server].map(retransmitted);
         let quiet = sessions_per_s(lab, server, window);
         let flooded = quiet.and_then(|q| Ok((q, during_flood(lab, &mut flood, server, window)?)));
         delete_table(lab)?;
         let (quiet, flooded) = flooded?;
+        for (i, ns) in [&lab.client, &lab.server].into_iter().enumerate() {
+            synproxy_retrans[i] +=
+                retransmitted(ns)? - retrans_before[i].as_ref().map_or(0, |v| *v);
+        }
         rows[2].push(quiet);
         rows[3].push(flooded);
     }
@@ -310,6 +332,8 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration) -> Result<serde_json::V
         "ours_flood_per_s": ours_flood,
         "synproxy_quiet_per_s": synproxy_quiet,
         "synproxy_flood_per_s": synproxy_flood,
+        "synproxy_client_retransmits": synproxy_retrans[0],
+        "synproxy_server_retransmits": synproxy_retrans[1],
     }))
 }
 
@@ -438,6 +462,19 @@ fn threaded_napi(ns: &Netns, dev: &str) -> Result<u32> {
         [pid] => Ok(pid),
         _ => bail!("{} new {prefix}* threads, not one", new.len()),
     }
+}
+
+/// TCP segments retransmitted in `ns` so far (`nstat TcpRetransSegs`).
+fn retransmitted(ns: &Netns) -> Result<u64> {
+    let out = ns
+        .command("nstat")
+        .args(["-az", "TcpRetransSegs"])
+        .output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("TcpRetransSegs"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .context("nstat shows TcpRetransSegs")
 }
 
 /// Pids of the kernel threads whose name starts with `prefix`.
