@@ -92,8 +92,9 @@ fn main() -> Result<()> {
     let gateway_napi = threaded_napi(&lab.gateway, OUTSIDE)?;
     pin(gateway_napi, GATEWAY_CPU)?;
     pin(threaded_napi(&lab.client, "eth0")?, SENDER_CPU)?;
-    let cpu = cpu_per_syn(&lab, gateway_napi, repeats, syns)?;
-    let sessions = sessions(&lab, repeats, Duration::from_secs(seconds))?;
+    let wscale = server_wscale(&lab)?;
+    let cpu = cpu_per_syn(&lab, gateway_napi, repeats, syns, wscale)?;
+    let sessions = sessions(&lab, repeats, Duration::from_secs(seconds), wscale)?;
     drop(ends);
     println!(
         "{}",
@@ -106,6 +107,7 @@ fn main() -> Result<()> {
             "cpu": cpu,
             "sessions": sessions,
             "transfer": transfer,
+            "synproxy_wscale": wscale,
         })
     );
     Ok(())
@@ -151,15 +153,16 @@ fn pass_on_outside(lab: &Lab, pins: &OwnedPinDir) -> Result<Ebpf> {
 }
 
 /// nftables' SYN proxy for the server (as its documentation sets it up:
-/// the SYNs untracked, then answered by `synproxy`), on the forward hook.
-fn synproxy_script() -> String {
+/// the SYNs untracked, then answered by `synproxy`, its MSS and window
+/// scale the server's own), on the forward hook.
+fn synproxy_script(wscale: u8) -> String {
     format!(
         "table ip {TABLE} {{\n\
          chain pre {{\n type filter hook prerouting priority raw; policy accept;\n \
          ip daddr {SERVER_V4} tcp dport 25 tcp flags syn notrack\n}}\n\
          chain forward {{\n type filter hook forward priority filter; policy accept;\n \
          ip daddr {SERVER_V4} tcp dport 25 ct state invalid,untracked counter \
-         synproxy mss 1460 wscale 7 timestamp sack-perm\n \
+         synproxy mss 1460 wscale {wscale} timestamp sack-perm\n \
          ct state invalid drop\n}}\n}}\n"
     )
 }
@@ -177,7 +180,13 @@ fn delete_table(lab: &Lab) -> Result<()> {
 
 /// The gateway's CPU time per SYN, in ns, of each way to handle a flood;
 /// medians of `repeats`, the four alternating.
-fn cpu_per_syn(lab: &Lab, napi: u32, repeats: usize, syns: usize) -> Result<serde_json::Value> {
+fn cpu_per_syn(
+    lab: &Lab,
+    napi: u32,
+    repeats: usize,
+    syns: usize,
+    wscale: u8,
+) -> Result<serde_json::Value> {
     // The server keeps what passes half-open; the sources are routed back
     // into the client, where nothing answers.
     let server = SocketAddr::new(SERVER_V4.into(), 25);
@@ -211,7 +220,7 @@ fn cpu_per_syn(lab: &Lab, napi: u32, repeats: usize, syns: usize) -> Result<serd
         drop(ebpf);
 
         let pass = pass_on_outside(lab, &pass_pins)?;
-        lab.gateway.nft(&synproxy_script())?;
+        lab.gateway.nft(&synproxy_script(wscale))?;
         let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
         delete_table(lab)?;
         rows[3].push(nft?);
@@ -278,7 +287,7 @@ fn measure(
 
 /// SMTP sessions per second with our intercept and with nftables'
 /// synproxy, each during a steady flood and without it, alternating.
-fn sessions(lab: &Lab, repeats: usize, window: Duration) -> Result<serde_json::Value> {
+fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<serde_json::Value> {
     let server = SocketAddr::new(SERVER_V4.into(), 25);
     let _sink = lab.server.spawn(lab.server.command("smtp-sink").args([
         "-u",
@@ -312,7 +321,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration) -> Result<serde_json::V
         }
         drop(ebpf);
 
-        lab.gateway.nft(&synproxy_script())?;
+        lab.gateway.nft(&synproxy_script(wscale))?;
         let retrans_before = [&lab.client, &lab.server].map(retransmitted);
         let quiet = sessions_per_s(lab, server, window);
         let flooded = quiet.and_then(|q| Ok((q, during_flood(lab, &mut flood, server, window)?)));
@@ -326,6 +335,10 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration) -> Result<serde_json::V
         rows[3].push(flooded);
     }
     let [ours_quiet, ours_flood, synproxy_quiet, synproxy_flood] = rows.map(median);
+    let checksum_errors = [
+        nstat(&lab.client, "TcpInCsumErrors")?,
+        nstat(&lab.server, "TcpInCsumErrors")?,
+    ];
     Ok(serde_json::json!({
         "seconds": window.as_secs(),
         "ours_quiet_per_s": ours_quiet,
@@ -334,6 +347,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration) -> Result<serde_json::V
         "synproxy_flood_per_s": synproxy_flood,
         "synproxy_client_retransmits": synproxy_retrans[0],
         "synproxy_server_retransmits": synproxy_retrans[1],
+        "checksum_errors": checksum_errors,
     }))
 }
 
@@ -441,6 +455,35 @@ fn send_through(lab: &Lab, sink: &TcpListener, addr: SocketAddr) -> Result<f64> 
     })
 }
 
+/// The window scale the server announces (what `synproxy` must be told):
+/// the client's `tcpi_snd_wscale` on a connection to it, unprotected.
+fn server_wscale(lab: &Lab) -> Result<u8> {
+    use std::os::fd::AsRawFd;
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    let _listener = lab.server.tcp_listen(server, 16)??;
+    let conn = lab
+        .client
+        .run(|| std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3)))??;
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || len < 7 {
+        bail!("TCP_INFO: {}", std::io::Error::last_os_error());
+    }
+    // struct tcp_info: byte 6 holds tcpi_snd_wscale (low 4 bits) and
+    // tcpi_rcv_wscale.
+    Ok(info[6] & 0x0f)
+}
+
 /// Makes `dev`'s NAPI in `ns` run in a kernel thread of its own; returns
 /// the thread's pid (the one `napi/DEV-*` thread that appeared).
 fn threaded_napi(ns: &Netns, dev: &str) -> Result<u32> {
@@ -466,15 +509,17 @@ fn threaded_napi(ns: &Netns, dev: &str) -> Result<u32> {
 
 /// TCP segments retransmitted in `ns` so far (`nstat TcpRetransSegs`).
 fn retransmitted(ns: &Netns) -> Result<u64> {
-    let out = ns
-        .command("nstat")
-        .args(["-az", "TcpRetransSegs"])
-        .output()?;
+    nstat(ns, "TcpRetransSegs")
+}
+
+/// A counter of the kernel's SNMP statistics in `ns`, absolute.
+fn nstat(ns: &Netns, counter: &str) -> Result<u64> {
+    let out = ns.command("nstat").args(["-az", counter]).output()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("TcpRetransSegs"))
+        .find_map(|l| l.strip_prefix(counter))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .context("nstat shows TcpRetransSegs")
+        .with_context(|| format!("nstat shows {counter}"))
 }
 
 /// Pids of the kernel threads whose name starts with `prefix`.
