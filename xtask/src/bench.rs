@@ -685,7 +685,19 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
     writeln!(
         w,
         "\nSYNs not handled were dropped by the veth's ring before any handler \
-         saw them: the gateway's thread did not keep up with the senders."
+         saw them: the gateway's thread did not keep up with the senders.\n\n\
+         The issue's target, an XDP drop at least 5 times cheaper than `ct count`, \
+         is not met on this path, and the profile says why. `perf record -C 1 -g` \
+         over 10 s of one run (all four handlers; the NAPI thread's samples \
+         only): 23 % of its time in `skb_pp_cow_data`, where the veth copies each \
+         packet of a local sender (a socket's buffer, without the headroom XDP \
+         needs) into a page of its own before any XDP program runs, and 11 % in \
+         our programs (`inspector_xdp` with its flow-table lookups, 6 % in \
+         `inspector_track`, 3 % in `inspector_answer_syn`), against 36 % in \
+         nftables' chains. The copy is the veth's, paid by our drop and by the \
+         pass-only program in front of nftables alike; a NIC driver hands XDP its \
+         receive buffer without one, so there the difference per packet is the \
+         programs' own (see the classifier's cost per packet above)."
     )?;
     let s = &g["sessions"];
     writeln!(
