@@ -17,7 +17,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -34,8 +33,8 @@ use inspector::{
 use inspector_common::DropReason;
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, OUTSIDE, SERVER_V4,
-    figures::median,
-    load::{sessions_per_s, wait_smtp},
+    figures::{median, settled},
+    load::{sessions_during_flood, sessions_per_s, wait_smtp},
     syn::{SPOOFED_V4, SynFlood},
 };
 
@@ -119,10 +118,6 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// SYNs per burst and the pause between bursts of the steady flood.
-const BURST: usize = 100;
-const PAUSE: Duration = Duration::from_millis(5);
-
 /// SMTP sessions per second with TCP intercept, during a steady flood and
 /// without it, alternating.
 fn sessions_through_flood(
@@ -174,24 +169,9 @@ fn sessions_through_flood(
             bail!("{embryonic} embryonic connections left after the sweep");
         }
         quiet.push(sessions_per_s(lab, server, window)?);
-        let stop = AtomicBool::new(false);
-        let (rate, sent) = std::thread::scope(|scope| {
-            let flooding = scope.spawn(|| -> Result<usize> {
-                let mut sent = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    flood.send(BURST)?;
-                    sent += BURST;
-                    std::thread::sleep(PAUSE);
-                }
-                Ok(sent)
-            });
-            std::thread::sleep(Duration::from_millis(200)); // fill the limit first
-            let rate = sessions_per_s(lab, server, window);
-            stop.store(true, Ordering::Relaxed);
-            (rate, flooding.join().expect("flood thread"))
-        });
-        flooded.push(rate?);
-        syns_sent += sent?;
+        let (rate, sent) = sessions_during_flood(lab, &mut flood, server, window)?;
+        flooded.push(rate);
+        syns_sent += sent;
         flood_secs += window.as_secs_f64() + 0.2;
     }
     let stats = LimitStats::read(pins.path(), 0)?;
@@ -218,15 +198,7 @@ fn measure(flood: &mut SynFlood, syns: usize, drops: impl Fn() -> Result<u64>) -
     flood.send(syns)?;
     let elapsed = start.elapsed();
     // Let the last packets through the path before reading.
-    let mut last = drops()?;
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = drops()?;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = settled(&drops)?;
     let dropped = last - before;
     if (dropped as f64) < syns as f64 * 0.99 {
         bail!("only {dropped} of {syns} SYNs were dropped: the limit did not hold");

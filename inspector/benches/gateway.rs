@@ -19,7 +19,6 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -37,8 +36,8 @@ use inspector::{
 use inspector_common::{DropReason, InterceptEvent};
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4,
-    figures::median,
-    load::{sessions_per_s, wait_smtp},
+    figures::{median, settled},
+    load::{sessions_during_flood, sessions_per_s, wait_smtp},
     syn::{SPOOFED_V4, SynFlood},
 };
 
@@ -273,15 +272,7 @@ fn measure(
             .into_iter()
             .try_for_each(|s| s.join().expect("sender thread"))
     })?;
-    let mut last = handled()?;
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = handled()?;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = settled(&handled)?;
     let ran = run_time_ns(napi)? - ran_before;
     let count = last - before;
     if count == 0 {
@@ -318,7 +309,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         let later = policy.timeouts.embryonic + Duration::from_secs(1);
         sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
         rows[0].push(sessions_per_s(lab, server, window)?);
-        rows[1].push(during_flood(lab, &mut flood, server, window)?);
+        rows[1].push(sessions_during_flood(lab, &mut flood, server, window)?.0);
         let cookies =
             LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::CookieSent as usize];
         if cookies == 0 {
@@ -329,7 +320,8 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         lab.gateway.nft(&synproxy_script(wscale))?;
         let retrans_before = retransmitted(&lab.client)?;
         let quiet = sessions_per_s(lab, server, window);
-        let flooded = quiet.and_then(|q| Ok((q, during_flood(lab, &mut flood, server, window)?)));
+        let flooded =
+            quiet.and_then(|q| Ok((q, sessions_during_flood(lab, &mut flood, server, window)?.0)));
         delete_table(lab)?;
         let (quiet, flooded) = flooded?;
         synproxy_retrans += retransmitted(&lab.client)? - retrans_before;
@@ -350,34 +342,6 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         "synproxy_client_retransmits": synproxy_retrans,
         "checksum_errors": checksum_errors,
     }))
-}
-
-/// SYNs per burst and the pause between bursts of the steady flood.
-const BURST: usize = 100;
-const PAUSE: Duration = Duration::from_millis(5);
-
-/// Sessions per second while `flood` sends a steady flood.
-fn during_flood(
-    lab: &Lab,
-    flood: &mut SynFlood,
-    server: SocketAddr,
-    window: Duration,
-) -> Result<f64> {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let flooding = scope.spawn(|| -> Result<()> {
-            while !stop.load(Ordering::Relaxed) {
-                flood.send(BURST)?;
-                std::thread::sleep(PAUSE);
-            }
-            Ok(())
-        });
-        std::thread::sleep(Duration::from_millis(200)); // fill the limit first
-        let rate = sessions_per_s(lab, server, window);
-        stop.store(true, Ordering::Relaxed);
-        flooding.join().expect("flood thread")?;
-        rate
-    })
 }
 
 /// 50 MiB from the client to a server on the same namespace: to the

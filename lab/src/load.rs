@@ -118,3 +118,35 @@ pub fn wait_smtp(lab: &Lab, server: SocketAddr) -> Result<()> {
     }
     Ok(())
 }
+
+/// SYNs per burst and the pause between bursts of [`sessions_during_flood`].
+pub const FLOOD_BURST: usize = 100;
+pub const FLOOD_PAUSE: Duration = Duration::from_millis(5);
+
+/// SMTP sessions per second over `window` while `flood` sends a steady
+/// flood (begun 200 ms before, to fill the limits), and the SYNs it sent.
+pub fn sessions_during_flood(
+    lab: &Lab,
+    flood: &mut crate::syn::SynFlood,
+    server: SocketAddr,
+    window: Duration,
+) -> Result<(f64, usize)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let flooding = scope.spawn(|| -> Result<usize> {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                flood.send(FLOOD_BURST)?;
+                sent += FLOOD_BURST;
+                std::thread::sleep(FLOOD_PAUSE);
+            }
+            Ok(sent)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let rate = sessions_per_s(lab, server, window);
+        stop.store(true, Ordering::Relaxed);
+        let sent = flooding.join().expect("flood thread")?;
+        Ok((rate?, sent))
+    })
+}
