@@ -159,20 +159,14 @@ fn pass_on_outside(lab: &Lab, pins: &OwnedPinDir) -> Result<Ebpf> {
 /// nftables' SYN proxy for the server (as its documentation sets it up:
 /// the SYNs untracked, then answered by `synproxy`, its MSS and window
 /// scale the server's own), on the forward hook.
-/// `wscale`: `None` offers the MSS alone (no timestamps, so no window
-/// scaling or SACK either).
-fn synproxy_script(wscale: Option<u8>) -> String {
-    let options = match wscale {
-        Some(w) => format!("mss 1460 wscale {w} timestamp sack-perm"),
-        None => "mss 1460".to_string(),
-    };
+fn synproxy_script(wscale: u8) -> String {
     format!(
         "table ip {TABLE} {{\n\
          chain pre {{\n type filter hook prerouting priority raw; policy accept;\n \
          ip daddr {SERVER_V4} tcp dport 25 tcp flags syn notrack\n}}\n\
          chain forward {{\n type filter hook forward priority filter; policy accept;\n \
          ip daddr {SERVER_V4} tcp dport 25 ct state invalid,untracked counter \
-         synproxy {options}\n \
+         synproxy mss 1460 wscale {wscale} timestamp sack-perm\n \
          ct state invalid drop\n}}\n}}\n"
     )
 }
@@ -230,7 +224,7 @@ fn cpu_per_syn(
         drop(ebpf);
 
         let pass = pass_on_outside(lab, &pass_pins)?;
-        lab.gateway.nft(&synproxy_script(Some(wscale)))?;
+        lab.gateway.nft(&synproxy_script(wscale))?;
         let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
         delete_table(lab)?;
         rows[3].push(nft?);
@@ -301,7 +295,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
     let pins = pins("sessions")?;
     let policy = policy("intercept")?;
     let mut sweeper = Sweeper::open(pins.path(), policy.timeouts).ok();
-    let mut rows: [Vec<f64>; 6] = Default::default();
+    let mut rows: [Vec<f64>; 4] = Default::default();
     let mut flood = SynFlood::new(&lab.client, server)?;
     let mut synproxy_retrans = 0;
     for _ in 0..repeats {
@@ -323,29 +317,18 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         }
         drop(ebpf);
 
-        for (at, options) in [(2, Some(wscale)), (4, None)] {
-            lab.gateway.nft(&synproxy_script(options))?;
-            let retrans_before = retransmitted(&lab.client)?;
-            let quiet = sessions_per_s(lab, server, window);
-            let flooded = quiet
-                .and_then(|q| Ok((q, sessions_during_flood(lab, &mut flood, server, window)?.0)));
-            delete_table(lab)?;
-            let (quiet, flooded) = flooded?;
-            if options.is_some() {
-                synproxy_retrans += retransmitted(&lab.client)? - retrans_before;
-            }
-            rows[at].push(quiet);
-            rows[at + 1].push(flooded);
-        }
+        lab.gateway.nft(&synproxy_script(wscale))?;
+        let retrans_before = retransmitted(&lab.client)?;
+        let quiet = sessions_per_s(lab, server, window);
+        let flooded =
+            quiet.and_then(|q| Ok((q, sessions_during_flood(lab, &mut flood, server, window)?.0)));
+        delete_table(lab)?;
+        let (quiet, flooded) = flooded?;
+        synproxy_retrans += retransmitted(&lab.client)? - retrans_before;
+        rows[2].push(quiet);
+        rows[3].push(flooded);
     }
-    let [
-        ours_quiet,
-        ours_flood,
-        synproxy_quiet,
-        synproxy_flood,
-        mss_quiet,
-        mss_flood,
-    ] = rows.map(median);
+    let [ours_quiet, ours_flood, synproxy_quiet, synproxy_flood] = rows.map(median);
     let checksum_errors = [
         nstat(&lab.client, "TcpInCsumErrors")?,
         nstat(&lab.server, "TcpInCsumErrors")?,
@@ -356,8 +339,6 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         "ours_flood_per_s": ours_flood,
         "synproxy_quiet_per_s": synproxy_quiet,
         "synproxy_flood_per_s": synproxy_flood,
-        "synproxy_mss_quiet_per_s": mss_quiet,
-        "synproxy_mss_flood_per_s": mss_flood,
         "synproxy_client_retransmits": synproxy_retrans,
         "checksum_errors": checksum_errors,
     }))
