@@ -59,9 +59,12 @@ pub mod programs {
     pub const XDP_EMPTY: &str = "inspector_xdp_empty";
 }
 
-/// Name of the XDP program's settings map (one [`XdpConfig`] at index 0).
-/// Not pinned: each daemon start writes it.
+/// Name of the XDP program's settings map (an [`XdpConfig`] per interface
+/// index, written when the program is attached there). Not pinned: each
+/// daemon start writes it.
 pub const XDP_CONFIG_MAP: &str = "XDP_CONFIG";
+/// The most interfaces [`XDP_CONFIG_MAP`] holds settings for.
+pub const XDP_CONFIG_ENTRIES: u32 = 64;
 
 /// The XDP program's settings, written by the daemon.
 #[repr(C)]

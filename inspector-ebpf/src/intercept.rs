@@ -45,11 +45,11 @@ use aya_ebpf::{
         bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use inspector_common::{
-    InterceptEvent, XdpConfig,
+    InterceptEvent, XDP_CONFIG_ENTRIES, XdpConfig,
     csum::{self, Delta},
     flow_flags,
     tcpopt::{self, Cookie, HEADER_BUF, NO_WSCALE, SynOptions},
@@ -73,9 +73,11 @@ const TTL: u8 = 64;
 const TCP_ECE: u8 = 0x40;
 const TCP_CWR: u8 = 0x80;
 
-/// The daemon's settings for this program (see [`XdpConfig`]).
+/// The daemon's settings for this program (see [`XdpConfig`]), per
+/// interface index: one daemon may attach natively on one interface and
+/// in generic mode on another.
 #[map]
-static XDP_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+static XDP_CONFIG: HashMap<u32, XdpConfig> = HashMap::with_max_entries(XDP_CONFIG_ENTRIES, 0);
 
 /// Carries out a TCP intercept verdict of `limits`; returns the XDP action.
 ///
@@ -842,7 +844,7 @@ fn rewrite(
     // The pseudo-header's addresses: source then destination, both ways.
     let addresses = if v6 { &ip[8..40] } else { &ip[12..20] };
     let pseudo = csum::pseudo(addresses, tcp_len as u32);
-    let partial_out = partial_in && (!reply || generic());
+    let partial_out = partial_in && (!reply || generic(ctx));
     let check = if partial_out {
         csum::fold(pseudo)
     } else {
@@ -868,10 +870,13 @@ fn rewrite(
     store(ctx, l4, &mut s.new_tcp, tcp_len as u32) && store(ctx, l3, &mut s.new_ip, ip_len)
 }
 
-/// Whether the daemon attached this program in generic mode.
+/// Whether the daemon attached this program in generic mode on the
+/// interface the packet came in on (where `XDP_TX` sends it back).
 #[inline(always)]
-fn generic() -> bool {
-    XDP_CONFIG.get(0).is_some_and(|c| c.generic != 0)
+fn generic(ctx: &XdpContext) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is plain data, only read here.
+    unsafe { XDP_CONFIG.get(&ifindex) }.is_some_and(|c| c.generic != 0)
 }
 
 /// Grows or shrinks the packet's tail so it is `len` bytes long.

@@ -15,10 +15,8 @@
 //! `cargo bench -p inspector --bench flood -- --repeats 5`
 
 use std::{
-    io::{BufRead, BufReader, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -35,7 +33,8 @@ use inspector::{
 use inspector_common::DropReason;
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, OUTSIDE, SERVER_V4,
-    figures::median,
+    figures::{median, settled},
+    load::{sessions_during_flood, sessions_per_s, wait_smtp},
     syn::{SPOOFED_V4, SynFlood},
 };
 
@@ -92,15 +91,17 @@ fn main() -> Result<()> {
         drop(ebpf); // detaches
 
         // The same limit in nftables.
-        nft_script(
-            &lab,
+        lab.gateway.nft(
             &format!(
                 "table inet {NFT_TABLE} {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  \
                  ip daddr {SERVER_V4} tcp dport 25 ct state new ct count over {LIMIT} counter drop\n }}\n}}\n"
             ),
         )?;
-        let result = measure(&mut flood, syns, || nft_drops(&lab));
-        nft_script(&lab, &format!("delete table inet {NFT_TABLE}\n"))?;
+        let result = measure(&mut flood, syns, || {
+            lab.gateway.nft_counter("inet", NFT_TABLE)
+        });
+        lab.gateway
+            .nft(&format!("delete table inet {NFT_TABLE}\n"))?;
         nft.push(result?);
     }
     drop(listener);
@@ -116,10 +117,6 @@ fn main() -> Result<()> {
     println!("{out}");
     Ok(())
 }
-
-/// SYNs per burst and the pause between bursts of the steady flood.
-const BURST: usize = 100;
-const PAUSE: Duration = Duration::from_millis(5);
 
 /// SMTP sessions per second with TCP intercept, during a steady flood and
 /// without it, alternating.
@@ -155,13 +152,7 @@ fn sessions_through_flood(
         "4096",
     ]))?;
     let server = SocketAddr::new(SERVER_V4.into(), 25);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while smtp_session(lab, server).is_err() {
-        if Instant::now() > deadline {
-            bail!("smtp-sink does not answer on {server}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_smtp(lab, server)?;
 
     let window = Duration::from_secs(seconds as u64);
     let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
@@ -178,24 +169,9 @@ fn sessions_through_flood(
             bail!("{embryonic} embryonic connections left after the sweep");
         }
         quiet.push(sessions_per_s(lab, server, window)?);
-        let stop = AtomicBool::new(false);
-        let (rate, sent) = std::thread::scope(|scope| {
-            let flooding = scope.spawn(|| -> Result<usize> {
-                let mut sent = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    flood.send(BURST)?;
-                    sent += BURST;
-                    std::thread::sleep(PAUSE);
-                }
-                Ok(sent)
-            });
-            std::thread::sleep(Duration::from_millis(200)); // fill the limit first
-            let rate = sessions_per_s(lab, server, window);
-            stop.store(true, Ordering::Relaxed);
-            (rate, flooding.join().expect("flood thread"))
-        });
-        flooded.push(rate?);
-        syns_sent += sent?;
+        let (rate, sent) = sessions_during_flood(lab, &mut flood, server, window)?;
+        flooded.push(rate);
+        syns_sent += sent;
         flood_secs += window.as_secs_f64() + 0.2;
     }
     let stats = LimitStats::read(pins.path(), 0)?;
@@ -212,38 +188,6 @@ fn sessions_through_flood(
     }))
 }
 
-/// Complete SMTP sessions per second over `window`, one after another.
-fn sessions_per_s(lab: &Lab, server: SocketAddr, window: Duration) -> Result<f64> {
-    let start = Instant::now();
-    let mut done = 0u32;
-    while start.elapsed() < window {
-        smtp_session(lab, server)?;
-        done += 1;
-    }
-    Ok(f64::from(done) / start.elapsed().as_secs_f64())
-}
-
-/// Connect from the client, read the greeting, QUIT, read the goodbye.
-fn smtp_session(lab: &Lab, server: SocketAddr) -> Result<()> {
-    lab.client.run(|| -> Result<()> {
-        let stream = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        let mut reader = BufReader::new(&stream);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        if !line.starts_with("220") {
-            bail!("greeting {line:?}");
-        }
-        (&stream).write_all(b"QUIT\r\n")?;
-        line.clear();
-        reader.read_line(&mut line)?;
-        if !line.starts_with("221") {
-            bail!("QUIT answered {line:?}");
-        }
-        Ok(())
-    })?
-}
-
 /// Fills the limit, then sends `syns` more and returns the SYNs dropped per
 /// second of sending. Fails unless nearly all of them were dropped.
 fn measure(flood: &mut SynFlood, syns: usize, drops: impl Fn() -> Result<u64>) -> Result<f64> {
@@ -254,53 +198,10 @@ fn measure(flood: &mut SynFlood, syns: usize, drops: impl Fn() -> Result<u64>) -
     flood.send(syns)?;
     let elapsed = start.elapsed();
     // Let the last packets through the path before reading.
-    let mut last = drops()?;
-    loop {
-        std::thread::sleep(Duration::from_millis(50));
-        let now = drops()?;
-        if now == last {
-            break;
-        }
-        last = now;
-    }
+    let last = settled(&drops)?;
     let dropped = last - before;
     if (dropped as f64) < syns as f64 * 0.99 {
         bail!("only {dropped} of {syns} SYNs were dropped: the limit did not hold");
     }
     Ok(dropped as f64 / elapsed.as_secs_f64())
-}
-
-fn nft_script(lab: &Lab, script: &str) -> Result<()> {
-    let mut child = lab
-        .gateway
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("starting nft (is nftables installed?)")?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("nft -f failed ({status}) on:\n{script}");
-    }
-    Ok(())
-}
-
-/// Packets the nftables rule dropped (`counter packets N`).
-fn nft_drops(lab: &Lab) -> Result<u64> {
-    let out = lab
-        .gateway
-        .command("nft")
-        .args(["list", "table", "inet", NFT_TABLE])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "packets")
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("no counter in {text}"))
 }

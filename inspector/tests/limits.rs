@@ -246,25 +246,25 @@ fn syn_flood_is_held_to_max_embryonic_and_expires() {
 /// smtp-sink) through the SYN cookies the gateway answers with.
 #[test]
 fn intercept_lets_a_real_client_through_a_syn_flood_v4() {
-    intercept_through_flood(
-        "icept4",
-        CLIENT_V4.into(),
-        SERVER_V4.into(),
-        false,
-        (50, 20),
-    );
+    intercept_through_flood("icept4", V4, Plain, (50, 20), Generic);
+}
+
+/// The same with the program in native (driver) mode.
+#[test]
+fn intercept_lets_a_real_client_through_a_syn_flood_v4_native() {
+    intercept_through_flood("icept4n", V4, Plain, (50, 20), Native);
 }
 
 /// The same over IPv6.
 #[test]
 fn intercept_lets_a_real_client_through_a_syn_flood_v6() {
-    intercept_through_flood(
-        "icept6",
-        CLIENT_V6.into(),
-        SERVER_V6.into(),
-        false,
-        (50, 20),
-    );
+    intercept_through_flood("icept6", V6, Plain, (50, 20), Generic);
+}
+
+/// IPv6 in native mode.
+#[test]
+fn intercept_lets_a_real_client_through_a_syn_flood_v6_native() {
+    intercept_through_flood("icept6n", V6, Plain, (50, 20), Native);
 }
 
 /// With the proxy running, the SMTP sessions it terminates are left to its
@@ -273,7 +273,13 @@ fn intercept_lets_a_real_client_through_a_syn_flood_v6() {
 /// flood, and the server still never holds more than the limit.
 #[test]
 fn intercept_leaves_inspected_sessions_to_the_proxy() {
-    intercept_through_flood("icepte", CLIENT_V4.into(), SERVER_V4.into(), true, (50, 20));
+    intercept_through_flood("icepte", V4, Proxy, (50, 20), Generic);
+}
+
+/// The same in native mode.
+#[test]
+fn intercept_leaves_inspected_sessions_to_the_proxy_native() {
+    intercept_through_flood("iceplen", V4, Proxy, (50, 20), Native);
 }
 
 /// The first source document's own limits, `static … tcp 50 100`: max-conns
@@ -282,94 +288,205 @@ fn intercept_leaves_inspected_sessions_to_the_proxy() {
 /// max-conns), and the real client that returns its cookie is served.
 #[test]
 fn intercept_serves_a_real_client_when_half_open_flows_fill_max_conns() {
-    intercept_through_flood(
-        "icept50",
-        CLIENT_V4.into(),
-        SERVER_V4.into(),
-        false,
-        (50, 100),
-    );
+    intercept_through_flood("icept50", V4, Plain, (50, 100), Generic);
+}
+
+/// The same in native mode.
+#[test]
+fn intercept_serves_a_real_client_when_half_open_flows_fill_max_conns_native() {
+    intercept_through_flood("icept50n", V4, Plain, (50, 100), Native);
 }
 
 /// The same with `tcp 3 20`.
 #[test]
 fn intercept_serves_a_real_client_with_three_slots() {
-    intercept_through_flood("icept3", CLIENT_V4.into(), SERVER_V4.into(), false, (3, 20));
+    intercept_through_flood("icept3", V4, Plain, (3, 20), Generic);
+}
+
+/// `tcp 3 20` in native mode.
+#[test]
+fn intercept_serves_a_real_client_with_three_slots_native() {
+    intercept_through_flood("icept3n", V4, Plain, (3, 20), Native);
+}
+
+/// An intercepted connection keeps TCP's options: `ss -ti` shows window
+/// scaling, SACK and timestamps on the client's socket and on the
+/// server's (each negotiated through the cookie's timestamp).
+#[test]
+fn intercepted_connection_keeps_wscale_sack_and_timestamps() {
+    intercepted_connection_keeps_options("iceptopt", Generic);
+}
+
+/// The same in native mode.
+#[test]
+fn intercepted_connection_keeps_wscale_sack_and_timestamps_native() {
+    intercepted_connection_keeps_options("iceptoptn", Native);
+}
+
+use Family::{V4, V6};
+use Mode::{Generic, Native};
+use Proxying::{Plain, Proxy};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn addresses(self) -> (IpAddr, IpAddr) {
+        match self {
+            V4 => (CLIENT_V4.into(), SERVER_V4.into()),
+            V6 => (CLIENT_V6.into(), SERVER_V6.into()),
+        }
+    }
+}
+
+/// Whether the daemon runs its proxy (which terminates the SMTP sessions).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxying {
+    Plain,
+    Proxy,
+}
+
+/// The XDP attach mode of the gateway's program.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Generic (skb) mode: `XDP_TX` frames go through the device like any
+    /// packet and keep their checksum offload state.
+    Generic,
+    /// Native mode on the veths, with a pass-only program on the end
+    /// hosts' ends: a veth drops native `XDP_TX` frames (counted as its TX
+    /// drops) unless its peer has an XDP program.
+    Native,
+}
+
+/// The lab of an intercept test: the daemon with `on-embryonic-limit =
+/// "intercept"`, smtp-sink on the server (no SYN cookies of its own, a deep
+/// SYN queue), the spoofed sources routed to the client, and checksum
+/// offload on at both end hosts, so their packets reach the gateway with
+/// the checksum still to be completed (`CHECKSUM_PARTIAL`).
+struct InterceptLab {
+    _sink: inspector_lab::ScopedChild,
+    _daemon: inspector_lab::ScopedChild,
+    _ends: Option<support::EndHostXdp>,
+    pins: PinDir,
+    lab: Lab,
+    server: IpAddr,
+}
+
+impl InterceptLab {
+    fn start(
+        test: &str,
+        server: IpAddr,
+        proxy: Proxying,
+        (max_conns, max_embryonic): (u32, u32),
+        mode: Mode,
+    ) -> Self {
+        let lab = lab(test);
+        let pins = PinDir::new(test);
+        let policy = PolicyFile::new(
+            test,
+            &format!(
+                "[[server]]\naddress = \"{server}\"\nmax-embryonic = {max_embryonic}\nmax-conns = {max_conns}\n\
+                 on-embryonic-limit = \"intercept\"\n"
+            ),
+        );
+        for (ns, iface) in lab.end_host_interfaces() {
+            ns.command("ethtool")
+                .args(["-K", iface, "tx", "on"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .unwrap_or_else(|| panic!("ethtool -K {iface} tx on in {}", ns.name));
+        }
+        let ends = (mode == Native).then(|| support::pass_on_end_hosts(&lab, test));
+        let mut args = vec![
+            "--xdp-mode",
+            if mode == Native { "native" } else { "generic" },
+        ];
+        if proxy == Plain {
+            args.push("--no-proxy");
+        }
+        let daemon = start_daemon_with(&lab, &pins, &[OUTSIDE, INSIDE], Some(policy.path()), &args);
+        route_spoofed_sources_to_client(&lab);
+        if proxy == Proxy {
+            // The proxy starts after the XDP programs: flood only once its
+            // steering is attached, or the first SYNs go straight to the server.
+            assert!(
+                // The daemon pins each steering link once attached.
+                wait_until(Duration::from_secs(10), || [OUTSIDE, INSIDE].iter().all(
+                    |i| inspector::kernel::steer::link_pin(pins.path(), i).exists()
+                )),
+                "steering attached"
+            );
+            // The proxy's listener answers every SYN with a cookie, so the
+            // client's completing ACK is one the steering must recognise.
+            lab.gateway.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
+        }
+        lab.server.sysctl("net.ipv4.tcp_syncookies", "0").unwrap();
+        lab.server
+            .sysctl("net.ipv4.tcp_max_syn_backlog", "4096")
+            .unwrap();
+        // Postfix's address syntax: [v6]:port.
+        let listen = match server {
+            IpAddr::V4(a) => format!("{a}:25"),
+            IpAddr::V6(a) => format!("[{a}]:25"),
+        };
+        let sink = lab
+            .server
+            .spawn(
+                lab.server
+                    .command("smtp-sink")
+                    .args(["-u", "nobody", &listen, "4096"]),
+            )
+            .expect("starting smtp-sink");
+        assert!(
+            wait_until(Duration::from_secs(5), || listening(&lab.server)),
+            "smtp-sink listens"
+        );
+        Self {
+            _sink: sink,
+            _daemon: daemon,
+            _ends: ends,
+            pins,
+            lab,
+            server,
+        }
+    }
+
+    /// A flood of spoofed SYNs to the server.
+    fn flood(&self) -> SynFlood {
+        SynFlood::new(&self.lab.client, SocketAddr::new(self.server, PORT)).unwrap()
+    }
+
+    /// No end host has counted a segment with a bad checksum: every packet
+    /// the gateway rewrote or sent back was checksummed right.
+    fn assert_checksums_right(&self) {
+        // TCP over IPv6 counts its errors here too.
+        for ns in [&self.lab.client, &self.lab.server] {
+            assert_eq!(nstat(ns, "TcpInCsumErrors"), 0, "in {}", ns.name);
+        }
+    }
 }
 
 /// `limits`: (max-conns, max-embryonic).
 fn intercept_through_flood(
     test: &str,
-    client: IpAddr,
-    server: IpAddr,
-    proxy: bool,
+    family: Family,
+    proxy: Proxying,
     (max_conns, max_embryonic): (u32, u32),
+    mode: Mode,
 ) {
+    let (client, server) = family.addresses();
     // The most half-open flows the flood can give the server.
     let held = max_conns.min(max_embryonic) as usize;
-    let lab = lab(test);
-    let pins = PinDir::new(test);
-    let policy = PolicyFile::new(
-        test,
-        &format!(
-            "[[server]]\naddress = \"{server}\"\nmax-embryonic = {max_embryonic}\nmax-conns = {max_conns}\n\
-             on-embryonic-limit = \"intercept\"\n"
-        ),
-    );
-    // Generic XDP: on this kernel, native-mode XDP_TX frames on a veth are
-    // dropped (counted as the veth's TX drops) unless its peer runs NAPI,
-    // which enabling GRO on the peer did not bring about here; generic mode
-    // sends them through the device like any packet. NIC drivers have no
-    // such condition.
-    let mode = ["--xdp-mode", "generic"];
-    let no_proxy = ["--no-proxy", "--xdp-mode", "generic"];
-    let _daemon = start_daemon_with(
-        &lab,
-        &pins,
-        &[OUTSIDE, INSIDE],
-        Some(policy.path()),
-        if proxy { &mode } else { &no_proxy },
-    );
-    route_spoofed_sources_to_client(&lab);
-    if proxy {
-        // The proxy starts after the XDP programs: flood only once its
-        // steering is attached, or the first SYNs go straight to the server.
-        assert!(
-            // The daemon pins each steering link once attached.
-            wait_until(Duration::from_secs(10), || [OUTSIDE, INSIDE].iter().all(
-                |i| inspector::kernel::steer::link_pin(pins.path(), i).exists()
-            )),
-            "steering attached"
-        );
-        // The proxy's listener answers every SYN with a cookie, so the
-        // client's completing ACK is one the steering must recognise.
-        lab.gateway.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
-    }
-    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").unwrap();
-    lab.server
-        .sysctl("net.ipv4.tcp_max_syn_backlog", "4096")
-        .unwrap();
-    // Postfix's address syntax: [v6]:port.
-    let listen = match server {
-        IpAddr::V4(a) => format!("{a}:25"),
-        IpAddr::V6(a) => format!("[{a}]:25"),
-    };
-    let _sink = lab
-        .server
-        .spawn(
-            lab.server
-                .command("smtp-sink")
-                .args(["-u", "nobody", &listen, "4096"]),
-        )
-        .expect("starting smtp-sink");
-    assert!(
-        wait_until(Duration::from_secs(5), || listening(&lab.server)),
-        "smtp-sink listens"
-    );
+    let it = InterceptLab::start(test, server, proxy, (max_conns, max_embryonic), mode);
+    let (lab, pins) = (&it.lab, &it.pins);
 
     // Fill the embryonic limit, then keep flooding while the client talks,
     // watching the server's SYN queue.
-    let mut flood = SynFlood::new(&lab.client, SocketAddr::new(server, PORT)).unwrap();
+    let mut flood = it.flood();
     flood.send(500).unwrap();
     let stop = AtomicBool::new(false);
     let (swaks, sent, most) = thread::scope(|scope| {
@@ -403,7 +520,8 @@ fn intercept_through_flood(
         stats_json(pins.path())
     );
     assert!(transcript.contains("<-  250"), "{transcript}");
-    if proxy {
+    it.assert_checksums_right();
+    if proxy == Proxy {
         // The flood ends at the proxy's listener; the server sees only
         // the proxy's own connection.
         assert!(most <= 1, "the server held {most} half-open connections");
@@ -414,9 +532,9 @@ fn intercept_through_flood(
 
     let json = stats_json(pins.path());
     let intercept = &json["limits"]["intercept"];
-    if proxy {
+    if proxy == Proxy {
         assert!(
-            syncookies_received(&lab.gateway) >= 1,
+            nstat(&lab.gateway, "TcpExtSyncookiesRecv") >= 1,
             "the listener's cookie"
         );
         assert_eq!(intercept["syn-cookies-sent"], 0, "{json}");
@@ -441,6 +559,56 @@ fn intercept_through_flood(
             "{json}"
         );
     }
+}
+
+fn intercepted_connection_keeps_options(test: &str, mode: Mode) {
+    let (client, server) = V4.addresses();
+    let it = InterceptLab::start(test, server, Plain, (50, 20), mode);
+    // Fill the embryonic limit: the next connection is intercepted.
+    it.flood().send(100).unwrap();
+    let verified = || stats_json(it.pins.path())["limits"]["intercept"]["clients-verified"].clone();
+    let before = verified().as_u64().unwrap();
+    let stream = it
+        .lab
+        .client
+        .tcp_connect(
+            client,
+            SocketAddr::new(server, PORT),
+            Duration::from_secs(5),
+        )
+        .unwrap()
+        .expect("the intercepted connection opens");
+    let port = stream.local_addr().unwrap().port();
+    let mut greeting = [0u8; 3];
+    std::io::Read::read_exact(&mut &stream, &mut greeting).expect("smtp-sink's greeting");
+    assert_eq!(&greeting, b"220");
+    assert!(
+        verified().as_u64().unwrap() > before,
+        "the connection was intercepted: {}",
+        stats_json(it.pins.path())
+    );
+    // The same connection, seen from each end. `-e`: without it, this
+    // iproute2 (6.1) on newer kernels prints no `ts` and `sack` at all.
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    for ns in [&it.lab.client, &it.lab.server] {
+        let out = ns
+            .command("ss")
+            .args(["-Htien", "state", "established", &filter])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let info = text.split_whitespace().collect::<Vec<_>>();
+        for option in ["ts", "sack"] {
+            assert!(info.contains(&option), "{option} in {}: {text}", ns.name);
+        }
+        assert!(
+            info.iter().any(|w| w.starts_with("wscale:")),
+            "wscale in {}: {text}",
+            ns.name
+        );
+    }
+    it.assert_checksums_right();
+    drop(stream);
 }
 
 /// Whether something listens on port 25 in `ns`.
@@ -508,18 +676,14 @@ fn route_spoofed_sources_to_client(lab: &Lab) {
         .unwrap();
 }
 
-/// Valid SYN cookies the kernel's listeners in `ns` have received.
-fn syncookies_received(ns: &Netns) -> u64 {
-    let out = ns
-        .command("nstat")
-        .args(["-az", "TcpExtSyncookiesRecv"])
-        .output()
-        .unwrap();
+/// A counter of the kernel's SNMP statistics in `ns` (`nstat`), absolute.
+fn nstat(ns: &Netns, counter: &str) -> u64 {
+    let out = ns.command("nstat").args(["-az", counter]).output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("TcpExtSyncookiesRecv"))
+        .find_map(|l| l.strip_prefix(counter))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .expect("nstat shows TcpExtSyncookiesRecv")
+        .unwrap_or_else(|| panic!("nstat shows {counter} in {}", ns.name))
 }
 
 /// Half-open connections in the server's SYN queue.

@@ -25,6 +25,20 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS")
 }
 
+/// The value of a counter once it has stopped moving (read every 50 ms):
+/// what a flood left counting when its last packets got through.
+pub fn settled(read: impl Fn() -> Result<u64>) -> Result<u64> {
+    let mut last = read()?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = read()?;
+        if now == last {
+            return Ok(last);
+        }
+        last = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

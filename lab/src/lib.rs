@@ -20,6 +20,7 @@ pub mod kubernetes;
 pub mod load;
 pub mod messages;
 mod netns;
+mod nft;
 pub mod packets;
 pub mod raw;
 pub mod syn;
@@ -106,6 +107,12 @@ impl Lab {
         g.sysctl("net.ipv4.ip_forward", "1")?;
         g.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         Ok(())
+    }
+
+    /// The end hosts' interfaces, the far ends of the gateway's veths
+    /// (where a pass-only XDP program lets native `XDP_TX` frames arrive).
+    pub fn end_host_interfaces(&self) -> [(&Netns, &'static str); 2] {
+        [(&self.client, "eth0"), (&self.server, "eth0")]
     }
 
     pub fn namespaces(&self) -> [&Netns; 3] {

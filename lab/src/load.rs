@@ -83,3 +83,81 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
     }
     Ok(raised.rlim_cur)
 }
+
+/// Complete SMTP sessions per second over `window`, one after another from
+/// the client namespace.
+pub fn sessions_per_s(lab: &Lab, server: SocketAddr, window: Duration) -> Result<f64> {
+    let start = Instant::now();
+    let mut done = 0u32;
+    while start.elapsed() < window {
+        smtp_session(lab, server)?;
+        done += 1;
+    }
+    Ok(f64::from(done) / start.elapsed().as_secs_f64())
+}
+
+/// Connect from the client, read the greeting, QUIT, read the goodbye.
+pub fn smtp_session(lab: &Lab, server: SocketAddr) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    lab.client.run(|| -> Result<()> {
+        let stream = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut reader = BufReader::new(&stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("220") {
+            bail!("greeting {line:?}");
+        }
+        (&stream).write_all(b"QUIT\r\n")?;
+        line.clear();
+        reader.read_line(&mut line)?;
+        if !line.starts_with("221") {
+            bail!("QUIT answered {line:?}");
+        }
+        Ok(())
+    })?
+}
+
+/// Waits up to 5 s until an SMTP session with `server` completes.
+pub fn wait_smtp(lab: &Lab, server: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while smtp_session(lab, server).is_err() {
+        if Instant::now() > deadline {
+            bail!("no SMTP server answers on {server}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// SYNs per burst and the pause between bursts of [`sessions_during_flood`].
+pub const FLOOD_BURST: usize = 100;
+pub const FLOOD_PAUSE: Duration = Duration::from_millis(5);
+
+/// SMTP sessions per second over `window` while `flood` sends a steady
+/// flood (begun 200 ms before, to fill the limits), and the SYNs it sent.
+pub fn sessions_during_flood(
+    lab: &Lab,
+    flood: &mut crate::syn::SynFlood,
+    server: SocketAddr,
+    window: Duration,
+) -> Result<(f64, usize)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let flooding = scope.spawn(|| -> Result<usize> {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                flood.send(FLOOD_BURST)?;
+                sent += FLOOD_BURST;
+                std::thread::sleep(FLOOD_PAUSE);
+            }
+            Ok(sent)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let rate = sessions_per_s(lab, server, window);
+        stop.store(true, Ordering::Relaxed);
+        let sent = flooding.join().expect("flood thread")?;
+        Ok((rate?, sent))
+    })
+}

@@ -19,6 +19,9 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "nftables",
+    // Checksum offload on the lab's veths (intercept tests), GRO for the
+    // gateway bench's NAPI thread.
+    "ethtool",
     // A real HTTP client for the metrics endpoint's tests.
     "curl",
     // promtool, which checks the shipped alert rules (deploy/prometheus).

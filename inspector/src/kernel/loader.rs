@@ -6,9 +6,10 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::HashMap,
     programs::{ProgramError, Xdp, XdpMode},
 };
-use inspector_common::programs;
+use inspector_common::{XDP_CONFIG_MAP, XdpConfig, programs};
 
 /// The kernel programs, built by build.rs from inspector-ebpf.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/inspector"));
@@ -31,6 +32,38 @@ pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Loads the object with only its pass-only XDP program verified, for the
+/// far end of a veth whose near end runs ours natively: a veth delivers
+/// native `XDP_TX` frames only to a peer that has an XDP program (the
+/// kernel's `xdp_synproxy` selftest attaches a dummy one for the same
+/// reason). Its maps are pinned in `pin_dir`, apart from the daemon's.
+pub fn load_pass_only(pin_dir: &Path) -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(OBJECT)
+        .context("loading the kernel programs")?;
+    pass_only(&mut ebpf)?
+        .load()
+        .context("verifying the pass-only XDP program")?;
+    Ok(ebpf)
+}
+
+/// Attaches the pass-only program of [`load_pass_only`] to `iface` in
+/// native mode; it stays attached while `ebpf` lives.
+pub fn attach_pass_only(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
+    pass_only(ebpf)?
+        .attach(iface, XdpMode::Driver)
+        .map(drop)
+        .map_err(|e| explain(e, iface))
+}
+
+fn pass_only(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    Ok(ebpf
+        .program_mut(programs::XDP_EMPTY)
+        .context("the object has no pass-only XDP program")?
+        .try_into()?)
+}
+
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
     Ok(ebpf
         .program_mut(programs::XDP_CLASSIFY)
@@ -47,8 +80,37 @@ pub enum AttachMode {
     Generic,
 }
 
-/// Attaches the classifier to `iface`; returns the mode it got.
+/// Attaches the classifier to `iface` and tells it the mode it got there
+/// (TCP intercept writes its replies' checksums by it); returns the mode.
 pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<&'static str> {
+    let mode = attach_in(ebpf, iface, mode)?;
+    write_config(ebpf, iface, mode == "generic")?;
+    Ok(mode)
+}
+
+/// Records in the program's settings map whether it runs in generic mode
+/// on `iface`.
+fn write_config(ebpf: &mut Ebpf, iface: &str, generic: bool) -> Result<()> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a valid C string; the call only reads it.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface named {iface} in this network namespace");
+    }
+    let map = ebpf
+        .map_mut(XDP_CONFIG_MAP)
+        .context("the object has no XDP settings map")?;
+    let mut config: HashMap<_, u32, XdpConfig> = HashMap::try_from(map)?;
+    let value = XdpConfig {
+        generic: u32::from(generic),
+        _pad: 0,
+    };
+    config
+        .insert(ifindex, value, 0)
+        .with_context(|| format!("writing the XDP settings of {iface}"))
+}
+
+fn attach_in(ebpf: &mut Ebpf, iface: &str, mode: AttachMode) -> Result<&'static str> {
     let xdp = xdp_program(ebpf)?;
     let attempt = |xdp: &mut Xdp, mode| xdp.attach(iface, mode).map(|_| ());
     match mode {

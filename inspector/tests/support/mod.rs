@@ -157,3 +157,26 @@ impl Drop for PolicyFile {
 pub fn stats_json(pin_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&cli_ok(pin_dir, &["stats", "--json"])).expect("stats --json is JSON")
 }
+
+/// The pass-only XDP program attached natively on the lab's end hosts, so
+/// the gateway's native `XDP_TX` frames reach them (see
+/// `inspector::kernel::loader::load_pass_only`); detached when dropped.
+pub struct EndHostXdp {
+    _ebpf: aya::Ebpf,
+    _pins: PinDir,
+}
+
+pub fn pass_on_end_hosts(lab: &Lab, test: &str) -> EndHostXdp {
+    use inspector::kernel::loader;
+    let pins = PinDir::new(&format!("{test}-ends"));
+    let mut ebpf = loader::load_pass_only(pins.path()).expect("loading the pass-only program");
+    for (ns, iface) in lab.end_host_interfaces() {
+        ns.run(|| loader::attach_pass_only(&mut ebpf, iface))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{}: {iface}: {e:#}", ns.name));
+    }
+    EndHostXdp {
+        _ebpf: ebpf,
+        _pins: pins,
+    }
+}

@@ -1,0 +1,539 @@
+//! What the gateway spends (needs root), on a lab of its own with the
+//! programs in native mode (a pass-only program on the end hosts' veths):
+//!
+//! - CPU time per SYN of a spoofed flood, on the gateway: its `outside`
+//!   veth does its receive work in a threaded NAPI kernel thread pinned to
+//!   one CPU (the senders run on the other), and that thread's run time
+//!   (`/proc/PID/schedstat`) divided by the SYNs handled is the cost of a
+//!   packet. Handled: dropped by our XDP limit (`on-embryonic-limit =
+//!   "drop"`) or by nftables `ct count` on the forward hook; answered with
+//!   a SYN cookie by our XDP intercept or by nftables `synproxy`.
+//! - SMTP sessions per second through our intercept and through nftables
+//!   `synproxy`, each during the same steady flood and without it.
+//! - A 50 MiB transfer over an intercepted connection and over one that was
+//!   not intercepted (a server address without limits).
+//!
+//! `cargo bench -p inspector --bench gateway -- --repeats 5`
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::Ebpf;
+use inspector::{
+    config::Policy,
+    kernel::{
+        bpffs::OwnedPinDir,
+        limits::{self, LimitStats},
+        loader::{self, AttachMode},
+        sweeper::{self, Sweeper},
+    },
+};
+use inspector_common::{DropReason, InterceptEvent};
+use inspector_lab::{
+    CLIENT_V4, INSIDE, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4,
+    figures::{median, settled},
+    load::{sessions_during_flood, sessions_per_s, wait_smtp},
+    syn::{SPOOFED_V4, SynFlood},
+};
+
+const LIMIT: u32 = 100;
+const SENDERS: usize = 4;
+/// The CPU the gateway's receive thread runs on; the senders run on the other.
+const GATEWAY_CPU: usize = 1;
+const SENDER_CPU: usize = 0;
+const TABLE: &str = "inspector_bench";
+const TRANSFER: usize = 50 << 20;
+
+fn main() -> Result<()> {
+    let (mut repeats, mut syns, mut seconds) = (5usize, 100_000usize, 2u64);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || -> Result<usize> { Ok(args.next().context("a number")?.parse()?) };
+        match arg.as_str() {
+            "--repeats" => repeats = value()?,
+            "--syns" => syns = value()?,
+            "--seconds" => seconds = value()? as u64,
+            "--bench" => {}
+            _ => bail!("unknown argument {arg}"),
+        }
+    }
+    let pid = std::process::id();
+    let lab = Lab::create(&format!("bg{pid}"))?;
+    let prefix = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
+    lab.gateway
+        .ip(&["route", "add", &prefix, "via", &CLIENT_V4.to_string()])?;
+    lab.server.sysctl("net.ipv4.tcp_max_syn_backlog", "4096")?;
+    let ends_pins = OwnedPinDir::new(PathBuf::from(format!(
+        "/sys/fs/bpf/inspector-bench-ends-{pid}"
+    )))?;
+    let mut ends = loader::load_pass_only(ends_pins.path())?;
+    for (ns, iface) in lab.end_host_interfaces() {
+        ns.run(|| loader::attach_pass_only(&mut ends, iface))??;
+    }
+
+    let transfer = transfer(&lab, repeats)?;
+
+    // NAPI on `outside` with or without an XDP program (GRO asks for it),
+    // in a thread of its own; the client's end too, so the answers it
+    // receives are not worked on in the gateway's thread.
+    lab.gateway
+        .command("ethtool")
+        .args(["-K", OUTSIDE, "gro", "on"])
+        .status()?
+        .success()
+        .then_some(())
+        .context("ethtool -K outside gro on")?;
+    let gateway_napi = threaded_napi(&lab.gateway, OUTSIDE)?;
+    pin(gateway_napi, GATEWAY_CPU)?;
+    pin(threaded_napi(&lab.client, "eth0")?, SENDER_CPU)?;
+    let wscale = server_wscale(&lab)?;
+    let cpu = cpu_per_syn(&lab, gateway_napi, repeats, syns, wscale)?;
+    // Sessions wait on every packet's receive work: back to softirq, where
+    // it runs at once instead of when a thread gets a CPU.
+    for (ns, dev) in [(&lab.gateway, OUTSIDE), (&lab.client, "eth0")] {
+        set_threaded(ns, dev, false)?;
+    }
+    let sessions = sessions(&lab, repeats, Duration::from_secs(seconds), wscale)?;
+    drop(ends);
+    println!(
+        "{}",
+        serde_json::json!({
+            "repeats": repeats,
+            "syns": syns,
+            "senders": SENDERS,
+            "gateway_cpu": GATEWAY_CPU,
+            "limit": LIMIT,
+            "cpu": cpu,
+            "sessions": sessions,
+            "transfer": transfer,
+            "synproxy_wscale": wscale,
+        })
+    );
+    Ok(())
+}
+
+/// Our programs on both gateway interfaces in native mode, with `policy`.
+fn ours(lab: &Lab, pins: &Path, policy: &Policy) -> Result<Ebpf> {
+    let mut ebpf = loader::load(pins)?;
+    limits::apply_policy(pins, &policy.servers)?;
+    for iface in [OUTSIDE, INSIDE] {
+        lab.gateway
+            .run(|| loader::attach_xdp(&mut ebpf, iface, AttachMode::Native).map(drop))??;
+    }
+    Ok(ebpf)
+}
+
+fn policy(action: &str) -> Result<Policy> {
+    Ok(Policy::parse(
+        Path::new("(bench)"),
+        &format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-embryonic = {LIMIT}\n\
+             on-embryonic-limit = \"{action}\"\n"
+        ),
+    )?)
+}
+
+fn pins(name: &str) -> Result<OwnedPinDir> {
+    OwnedPinDir::new(PathBuf::from(format!(
+        "/sys/fs/bpf/inspector-bench-{name}-{}",
+        std::process::id()
+    )))
+}
+
+/// The pass-only program on the gateway's `outside`, natively: with an XDP
+/// program a veth receives every packet in its NAPI thread, as it does
+/// with ours (without one it takes packets from a local sender such as
+/// the raw sockets here on the sender's CPU). Detached when dropped.
+fn pass_on_outside(lab: &Lab, pins: &OwnedPinDir) -> Result<Ebpf> {
+    let mut ebpf = loader::load_pass_only(pins.path())?;
+    lab.gateway
+        .run(|| loader::attach_pass_only(&mut ebpf, OUTSIDE))??;
+    Ok(ebpf)
+}
+
+/// nftables' SYN proxy for the server (as its documentation sets it up:
+/// the SYNs untracked, then answered by `synproxy`, its MSS and window
+/// scale the server's own), on the forward hook.
+fn synproxy_script(wscale: u8) -> String {
+    format!(
+        "table ip {TABLE} {{\n\
+         chain pre {{\n type filter hook prerouting priority raw; policy accept;\n \
+         ip daddr {SERVER_V4} tcp dport 25 tcp flags syn notrack\n}}\n\
+         chain forward {{\n type filter hook forward priority filter; policy accept;\n \
+         ip daddr {SERVER_V4} tcp dport 25 ct state invalid,untracked counter \
+         synproxy mss 1460 wscale {wscale} timestamp sack-perm\n \
+         ct state invalid drop\n}}\n}}\n"
+    )
+}
+
+fn ct_count_script() -> String {
+    format!(
+        "table ip {TABLE} {{\n chain forward {{\n  type filter hook forward priority 0; policy accept;\n  \
+         ip daddr {SERVER_V4} tcp dport 25 ct state new ct count over {LIMIT} counter drop\n }}\n}}\n"
+    )
+}
+
+fn delete_table(lab: &Lab) -> Result<()> {
+    lab.gateway.nft(&format!("delete table ip {TABLE}\n"))
+}
+
+/// The gateway's CPU time per SYN, in ns, of each way to handle a flood;
+/// medians of `repeats`, the four alternating.
+fn cpu_per_syn(
+    lab: &Lab,
+    napi: u32,
+    repeats: usize,
+    syns: usize,
+    wscale: u8,
+) -> Result<serde_json::Value> {
+    // The server keeps what passes half-open; the sources are routed back
+    // into the client, where nothing answers.
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    let _listener = lab.server.tcp_listen(server, 4096)??;
+    lab.gateway
+        .sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
+        .context("conntrack's sysctl (is nf_conntrack loaded?)")?;
+    let (drop_pins, icept_pins) = (pins("drop")?, pins("icept")?);
+    let pass_pins = pins("pass")?;
+    let (drop_policy, icept_policy) = (policy("drop")?, policy("intercept")?);
+    let mut rows: [Vec<(f64, f64)>; 4] = Default::default();
+    for _ in 0..repeats {
+        let ebpf = ours(lab, drop_pins.path(), &drop_policy)?;
+        rows[0].push(measure(lab, napi, syns, || {
+            Ok(LimitStats::read(drop_pins.path(), 0)?.drops[DropReason::MaxEmbryonic as usize])
+        })?);
+        drop(ebpf);
+
+        let pass = pass_on_outside(lab, &pass_pins)?;
+        lab.gateway.nft(&ct_count_script())?;
+        let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
+        delete_table(lab)?;
+        rows[1].push(nft?);
+        drop(pass);
+
+        let ebpf = ours(lab, icept_pins.path(), &icept_policy)?;
+        rows[2].push(measure(lab, napi, syns, || {
+            Ok(LimitStats::read(icept_pins.path(), 0)?.intercepts
+                [InterceptEvent::CookieSent as usize])
+        })?);
+        drop(ebpf);
+
+        let pass = pass_on_outside(lab, &pass_pins)?;
+        lab.gateway.nft(&synproxy_script(wscale))?;
+        let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
+        delete_table(lab)?;
+        rows[3].push(nft?);
+        drop(pass);
+    }
+    let mut out = serde_json::Map::new();
+    let names = ["xdp_drop", "nft_ct_count", "xdp_intercept", "nft_synproxy"];
+    for (name, row) in names.iter().zip(rows) {
+        let (ns, share): (Vec<f64>, Vec<f64>) = row.into_iter().unzip();
+        out.insert(format!("{name}_ns"), median(ns).into());
+        out.insert(format!("{name}_handled"), median(share).into());
+    }
+    Ok(out.into())
+}
+
+/// Fills the limit, then sends `syns` more from [`SENDERS`] threads and
+/// returns the gateway thread's run time per SYN handled (as `handled`
+/// counts them) and the share of the SYNs sent that were handled: when
+/// the gateway's thread cannot keep up, the veth's ring drops the rest
+/// before any handler sees them.
+fn measure(
+    lab: &Lab,
+    napi: u32,
+    syns: usize,
+    handled: impl Fn() -> Result<u64>,
+) -> Result<(f64, f64)> {
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    SynFlood::new(&lab.client, server)?.send(2 * LIMIT as usize)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let mut floods = (0..SENDERS)
+        .map(|_| SynFlood::new(&lab.client, server))
+        .collect::<Result<Vec<_>>>()?;
+    let (before, ran_before) = (handled()?, run_time_ns(napi)?);
+    std::thread::scope(|scope| {
+        let senders: Vec<_> = floods
+            .iter_mut()
+            .map(|flood| {
+                scope.spawn(move || {
+                    pin(0, SENDER_CPU)?;
+                    flood.send(syns / SENDERS)
+                })
+            })
+            .collect();
+        senders
+            .into_iter()
+            .try_for_each(|s| s.join().expect("sender thread"))
+    })?;
+    let last = settled(&handled)?;
+    let ran = run_time_ns(napi)? - ran_before;
+    let count = last - before;
+    if count == 0 {
+        bail!("none of {syns} SYNs was handled");
+    }
+    Ok((ran as f64 / count as f64, count as f64 / syns as f64))
+}
+
+/// SMTP sessions per second with our intercept and with nftables'
+/// synproxy, each during a steady flood and without it, alternating.
+fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<serde_json::Value> {
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    let _sink = lab.server.spawn(lab.server.command("smtp-sink").args([
+        "-u",
+        "nobody",
+        &server.to_string(),
+        "4096",
+    ]))?;
+    wait_smtp(lab, server)?;
+    let pins = pins("sessions")?;
+    let policy = policy("intercept")?;
+    let mut sweeper = Sweeper::open(pins.path(), policy.timeouts).ok();
+    let mut rows: [Vec<f64>; 4] = Default::default();
+    let mut flood = SynFlood::new(&lab.client, server)?;
+    let mut synproxy_retrans = 0;
+    for _ in 0..repeats {
+        let ebpf = ours(lab, pins.path(), &policy)?;
+        let sweeper = match &mut sweeper {
+            Some(s) => s,
+            None => sweeper.insert(Sweeper::open(pins.path(), policy.timeouts)?),
+        };
+        // Start from an empty embryonic count (as the daemon's sweeper
+        // would leave it after the embryonic timeout).
+        let later = policy.timeouts.embryonic + Duration::from_secs(1);
+        sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
+        rows[0].push(sessions_per_s(lab, server, window)?);
+        rows[1].push(sessions_during_flood(lab, &mut flood, server, window)?.0);
+        let cookies =
+            LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::CookieSent as usize];
+        if cookies == 0 {
+            bail!("no SYN cookie was sent: the flood did not reach the intercept limit");
+        }
+        drop(ebpf);
+
+        lab.gateway.nft(&synproxy_script(wscale))?;
+        let retrans_before = retransmitted(&lab.client)?;
+        let quiet = sessions_per_s(lab, server, window);
+        let flooded =
+            quiet.and_then(|q| Ok((q, sessions_during_flood(lab, &mut flood, server, window)?.0)));
+        delete_table(lab)?;
+        let (quiet, flooded) = flooded?;
+        synproxy_retrans += retransmitted(&lab.client)? - retrans_before;
+        rows[2].push(quiet);
+        rows[3].push(flooded);
+    }
+    let [ours_quiet, ours_flood, synproxy_quiet, synproxy_flood] = rows.map(median);
+    let checksum_errors = [
+        nstat(&lab.client, "TcpInCsumErrors")?,
+        nstat(&lab.server, "TcpInCsumErrors")?,
+    ];
+    Ok(serde_json::json!({
+        "seconds": window.as_secs(),
+        "ours_quiet_per_s": ours_quiet,
+        "ours_flood_per_s": ours_flood,
+        "synproxy_quiet_per_s": synproxy_quiet,
+        "synproxy_flood_per_s": synproxy_flood,
+        "synproxy_client_retransmits": synproxy_retrans,
+        "checksum_errors": checksum_errors,
+    }))
+}
+
+/// 50 MiB from the client to a server on the same namespace: to the
+/// protected address with its embryonic limit full (intercepted) and to an
+/// address without limits; medians of `repeats` each, alternating, in MB/s.
+fn transfer(lab: &Lab, repeats: usize) -> Result<serde_json::Value> {
+    let pins = pins("transfer")?;
+    let ebpf = ours(lab, pins.path(), &policy("intercept")?)?;
+    let protected = SocketAddr::new(SERVER_V4.into(), 25);
+    let plain = SocketAddr::new(MAIL_GATEWAY_V4.into(), 25);
+    let sinks = [protected, plain]
+        .map(|addr| -> Result<TcpListener> { Ok(lab.server.tcp_listen(addr, 4096)??) });
+    let [protected_sink, plain_sink] = sinks;
+    let (protected_sink, plain_sink) = (protected_sink?, plain_sink?);
+    // Fill the embryonic limit: from now on each connection to the
+    // protected address is intercepted. Nothing sweeps here, so it stays.
+    SynFlood::new(&lab.client, protected)?.send(2 * LIMIT as usize)?;
+    std::thread::sleep(Duration::from_millis(200));
+    let verified = || -> Result<u64> {
+        Ok(LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::ClientVerified as usize])
+    };
+    let before = verified()?;
+    let (mut intercepted, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..repeats {
+        intercepted.push(send_through(lab, &protected_sink, protected)?);
+        direct.push(send_through(lab, &plain_sink, plain)?);
+    }
+    let verified = verified()? - before;
+    if verified < repeats as u64 {
+        bail!("{verified} of {repeats} transfers to {protected} were intercepted");
+    }
+    drop(ebpf);
+    Ok(serde_json::json!({
+        "bytes": TRANSFER,
+        "intercepted_mb_per_s": median(intercepted),
+        "direct_mb_per_s": median(direct),
+    }))
+}
+
+/// Connects from the client to `addr`, sends [`TRANSFER`] bytes and waits
+/// for the server's count of them; MB/s from connect to that answer.
+fn send_through(lab: &Lab, sink: &TcpListener, addr: SocketAddr) -> Result<f64> {
+    std::thread::scope(|scope| {
+        let server = scope.spawn(|| -> Result<()> {
+            let (mut conn, _) = sink.accept()?;
+            let (mut buf, mut got) = (vec![0u8; 1 << 16], 0u64);
+            loop {
+                match conn.read(&mut buf)? {
+                    0 => break,
+                    n => got += n as u64,
+                }
+            }
+            conn.write_all(&got.to_be_bytes())?;
+            Ok(())
+        });
+        let elapsed = lab.client.run(|| -> Result<Duration> {
+            let start = Instant::now();
+            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            let chunk = vec![0x5au8; 1 << 16];
+            for _ in 0..TRANSFER / chunk.len() {
+                conn.write_all(&chunk)?;
+            }
+            conn.shutdown(std::net::Shutdown::Write)?;
+            let mut count = [0u8; 8];
+            conn.read_exact(&mut count)?;
+            if u64::from_be_bytes(count) != TRANSFER as u64 {
+                bail!(
+                    "the server got {} of {TRANSFER} bytes",
+                    u64::from_be_bytes(count)
+                );
+            }
+            Ok(start.elapsed())
+        })??;
+        server.join().expect("server thread")?;
+        Ok(TRANSFER as f64 / 1e6 / elapsed.as_secs_f64())
+    })
+}
+
+/// The window scale the server announces (what `synproxy` must be told):
+/// the client's `tcpi_snd_wscale` on a connection to it, unprotected.
+fn server_wscale(lab: &Lab) -> Result<u8> {
+    use std::os::fd::AsRawFd;
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    let _listener = lab.server.tcp_listen(server, 16)??;
+    let conn = lab
+        .client
+        .run(|| std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3)))??;
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: TCP_INFO writes at most `len` bytes into `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || len < 7 {
+        bail!("TCP_INFO: {}", std::io::Error::last_os_error());
+    }
+    // struct tcp_info: byte 6 holds tcpi_snd_wscale (low 4 bits) and
+    // tcpi_rcv_wscale.
+    Ok(info[6] & 0x0f)
+}
+
+/// Makes `dev`'s NAPI in `ns` run in a kernel thread of its own; returns
+/// the thread's pid (the one `napi/DEV-*` thread that appeared).
+fn threaded_napi(ns: &Netns, dev: &str) -> Result<u32> {
+    let prefix = format!("napi/{dev}-");
+    let before = threads(&prefix);
+    set_threaded(ns, dev, true)?;
+    let new: Vec<u32> = threads(&prefix)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    match new[..] {
+        [pid] => Ok(pid),
+        _ => bail!("{} new {prefix}* threads, not one", new.len()),
+    }
+}
+
+/// TCP segments retransmitted in `ns` so far (`nstat TcpRetransSegs`).
+fn retransmitted(ns: &Netns) -> Result<u64> {
+    nstat(ns, "TcpRetransSegs")
+}
+
+/// A counter of the kernel's SNMP statistics in `ns`, absolute.
+fn nstat(ns: &Netns, counter: &str) -> Result<u64> {
+    let out = ns.command("nstat").args(["-az", counter]).output()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(counter))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("nstat shows {counter}"))
+}
+
+/// Turns threaded NAPI on or off for `dev` in `ns`.
+fn set_threaded(ns: &Netns, dev: &str, on: bool) -> Result<()> {
+    // A namespace's sysfs shows its own devices: `ip netns exec` mounts it.
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "sh", "-c"])
+        .arg(format!(
+            "echo {} > /sys/class/net/{dev}/threaded",
+            u8::from(on)
+        ))
+        .status()?;
+    if !status.success() {
+        bail!("threaded NAPI {on} on {dev} in {}", ns.name);
+    }
+    Ok(())
+}
+
+/// Pids of the kernel threads whose name starts with `prefix`.
+fn threads(prefix: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// Pins `pid` (0: the calling thread) to `cpu`.
+fn pin(pid: u32, cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it, and
+    // sched_setaffinity only reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!(
+            "pinning {pid} to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// The time `pid` has run on a CPU, in ns (the first field of schedstat).
+fn run_time_ns(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .with_context(|| format!("the schedstat of thread {pid}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .context("schedstat's run time")
+}
