@@ -721,6 +721,40 @@ mod tests {
         }
     }
 
+    /// What the kernel is told, in order.
+    #[derive(Default)]
+    struct Told(Mutex<Vec<(String, bool)>>);
+
+    impl AtLimit for Told {
+        fn set(&self, client: ClientKey, at_limit: bool) {
+            self.0.lock().unwrap().push((client.to_string(), at_limit));
+        }
+
+        fn renew(&self) {}
+    }
+
+    #[test]
+    fn the_kernel_is_told_when_a_client_reaches_and_leaves_its_limit() {
+        let mut c = config(100, 2, 0);
+        c.clients.exceptions = vec!["198.18.0.9/32".parse().unwrap()];
+        let a = admission(&c);
+        let told = Arc::new(Told::default());
+        a.tell(told.clone());
+        let now = Instant::now();
+        let first = yes(&a, "198.18.0.2", now);
+        let second = yes(&a, "198.18.0.2", now);
+        no(&a, "198.18.0.2", now);
+        drop(first);
+        let again = yes(&a, "198.18.0.2", now);
+        drop((second, again));
+        // An exception holds more than the limit and is never blocked.
+        let held: Vec<Ticket> = (0..3).map(|_| yes(&a, "198.18.0.9", now)).collect();
+        let told = told.0.lock().unwrap().clone();
+        let c2 = |on| ("198.18.0.2".to_string(), on);
+        assert_eq!(told, [c2(true), c2(false), c2(true), c2(false)]);
+        drop(held);
+    }
+
     #[test]
     fn keys_are_addresses_or_prefixes() {
         let k = |ip: &str, v4, v6| ClientKey::of(ip.parse().unwrap(), v4, v6).to_string();
