@@ -155,6 +155,9 @@ fn main() -> Result<()> {
             without.push(r);
             cores_without = cores;
             eprintln!("attack_bench: {}: during", attack.name);
+            // From a proxy as idle as the run without: the sessions of that
+            // run may linger a moment after its client is done.
+            drained(&lab)?;
             let (r, s) = during_attack(&lab, server, &attack, &log, daemon_pid)?;
             during.push(r);
             seen = s;
