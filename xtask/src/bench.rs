@@ -57,7 +57,11 @@ fn replace_section(text: &str, heading: &str, section: &str) -> String {
                 .map_or(text.len(), |i| from + heading.len() + i + 1);
             // The closing line ends the section too, when it comes first
             // (sections measured apart may follow it).
-            let end = if closing > from { next.min(closing) } else { next };
+            let end = if closing > from {
+                next.min(closing)
+            } else {
+                next
+            };
             (from, end)
         }
         None => (closing, closing),
