@@ -31,8 +31,14 @@ pub mod maps {
     /// Per-CPU array of u64 packets dropped for their shape (fragments,
     /// headers the classifier cannot parse), indexed by [`super::ParseDrop`].
     pub const PARSE_DROPS: &str = "PARSE_DROPS";
+    /// LPM trie of IPv4 clients at their session limit, written by the
+    /// proxy: `Key<[u8; 4]>` (the client's network) -> u64, the
+    /// CLOCK_MONOTONIC nanoseconds until which their SYNs are dropped.
+    pub const CLIENT_BLOCK_V4: &str = "CLIENT_BLOCK_V4";
+    /// The same for IPv6: `Key<[u8; 16]>` -> u64.
+    pub const CLIENT_BLOCK_V6: &str = "CLIENT_BLOCK_V6";
     /// Every pinned map, for `inspector unload`.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         CLASS_STATS,
         EXEMPT_V4,
         EXEMPT_V6,
@@ -43,6 +49,8 @@ pub mod maps {
         LIMIT_DROPS,
         INTERCEPTS,
         PARSE_DROPS,
+        CLIENT_BLOCK_V4,
+        CLIENT_BLOCK_V6,
     ];
 }
 
@@ -161,6 +169,10 @@ impl ClassifyConfig {
 
 /// Capacity of each exemption trie (rules per IP version).
 pub const EXEMPT_MAX_RULES: u32 = 16_384;
+
+/// Capacity of each client block trie (clients at their session limit, per
+/// IP version).
+pub const CLIENT_BLOCK_MAX: u32 = 65_536;
 
 /// The TCP port inspected when the policy lists none (`[esmtp] ports`).
 pub const SMTP_PORT: u16 = 25;
@@ -391,15 +403,19 @@ pub enum DropReason {
     MaxEmbryonic = 1,
     PerClientMax = 2,
     PerClientEmbryonicMax = 3,
+    /// A SYN to port 25 (inspected) from a client holding its proxy's
+    /// `per-client-sessions` (the `CLIENT_BLOCK_*` tries).
+    PerClient = 4,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::MaxConns,
         DropReason::MaxEmbryonic,
         DropReason::PerClientMax,
         DropReason::PerClientEmbryonicMax,
+        DropReason::PerClient,
     ];
 
     /// As in the policy file.
@@ -409,6 +425,7 @@ impl DropReason {
             DropReason::MaxEmbryonic => "max-embryonic",
             DropReason::PerClientMax => "per-client-max",
             DropReason::PerClientEmbryonicMax => "per-client-embryonic-max",
+            DropReason::PerClient => "per-client",
         }
     }
 }

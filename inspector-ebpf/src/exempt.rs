@@ -59,14 +59,25 @@ fn hit(addr: &Addr, count: bool) -> bool {
 /// The rule `addr` falls in, if any.
 #[inline(always)]
 fn rule_of(addr: &Addr) -> Option<&ExemptRule> {
+    lookup(&EXEMPT_V4, &EXEMPT_V6, addr)
+}
+
+/// The value of the longest prefix of `v4` or `v6` (by `addr`'s version)
+/// that holds `addr`.
+#[inline(always)]
+pub fn lookup<'a, V>(
+    v4: &'a LpmTrie<[u8; 4], V>,
+    v6: &'a LpmTrie<[u8; 16], V>,
+    addr: &Addr,
+) -> Option<&'a V> {
     match addr {
-        Addr::V4(a) => EXEMPT_V4.get(Key::new(32, a.to_ne_bytes())),
+        Addr::V4(a) => v4.get(Key::new(32, a.to_ne_bytes())),
         Addr::V6(a) => {
             let mut bytes = [0u8; 16];
             for (i, word) in a.iter().enumerate() {
                 bytes[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
             }
-            EXEMPT_V6.get(Key::new(128, bytes))
+            v6.get(Key::new(128, bytes))
         }
     }
 }

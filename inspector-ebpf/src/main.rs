@@ -9,8 +9,10 @@
 //!   TCP to port 25), count it (`counters`); a whole TCP packet to or from
 //!   a protected server then goes through the connection limits (`limits`),
 //!   which pass it, drop a SYN over a limit, or ask TCP intercept
-//!   (`intercept`) to answer it with a SYN cookie or rewrite it. Nothing
-//!   else is dropped or rewritten.
+//!   (`intercept`) to answer it with a SYN cookie or rewrite it. Before
+//!   the limits, an inspected SYN from a client the proxy holds at its
+//!   session limit is dropped (`clients`). Nothing else is dropped or
+//!   rewritten.
 //! - `inspector_steer` (TC clsact ingress, the same interfaces): the same
 //!   decision (`classify`), then leave exempt traffic alone and mark the
 //!   flows the engine inspects for local delivery (`steer`).
@@ -34,6 +36,7 @@
 #![feature(asm_experimental_arch)]
 
 mod classify;
+mod clients;
 mod counters;
 mod exempt;
 mod fragments;
@@ -63,6 +66,10 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
     }
     if !decision.tcp {
         return xdp_action::XDP_PASS;
+    }
+    // An inspected SYN from a client at its session limit: no socket for it.
+    if decision.class == Class::Inspect && clients::refuses() {
+        return xdp_action::XDP_DROP;
     }
     // A whole TCP segment: the connection limits and TCP intercept.
     match limits::track(&ctx) {

@@ -15,7 +15,10 @@
 //!   slot of an idle one.
 //!
 //! The attacker keeps up the pressure: a connection closed or refused is
-//! opened again a second later. Prints one JSON object.
+//! opened again a second later. Prints one JSON object, with the cores the
+//! machine, the daemon and the attacker (this process) used while the
+//! last runs of each kind measured: they all share the machine's 2 cores
+//! with the legitimate client and the server.
 //!
 //! `cargo bench -p inspector --bench attack -- --repeats 5`
 
@@ -33,7 +36,7 @@ use anyhow::{Context, Result, bail};
 use inspector::kernel::bpffs;
 use inspector_lab::{
     Lab, Netns, OUTSIDE, SERVER_V4,
-    figures::median,
+    figures::{machine_cpu, median, process_cpu},
     inspector::{Scratch, read, start_proxy, wait_until},
     load::{raise_nofile, smtp_source},
 };
@@ -137,19 +140,25 @@ fn main() -> Result<()> {
         "--metrics".as_ref(),
         METRICS.as_ref(),
     ];
-    let _daemon = start_proxy(&lab.gateway, &inspector, pins.path(), &args, &log)?;
+    let mut daemon = start_proxy(&lab.gateway, &inspector, pins.path(), &args, &log)?;
+    let daemon_pid = daemon.child().id();
     let server = SocketAddr::new(SERVER_V4.into(), 25);
 
     let mut results = Vec::new();
     for attack in attacks() {
         let (mut during, mut without) = (Vec::new(), Vec::new());
-        let mut seen = serde_json::Value::Null;
+        let (mut seen, mut cores_without) = (serde_json::Value::Null, serde_json::Value::Null);
         for _ in 0..repeats {
             eprintln!("attack_bench: {}: without", attack.name);
             drained(&lab)?;
-            without.push(rate(&lab, server)?);
+            let (r, cores) = rate(&lab, server, daemon_pid)?;
+            without.push(r);
+            cores_without = cores;
             eprintln!("attack_bench: {}: during", attack.name);
-            let (r, s) = during_attack(&lab, server, &attack, &log)?;
+            // From a proxy as idle as the run without: the sessions of that
+            // run may linger a moment after its client is done.
+            drained(&lab)?;
+            let (r, s) = during_attack(&lab, server, &attack, &log, daemon_pid)?;
             during.push(r);
             seen = s;
         }
@@ -162,6 +171,7 @@ fn main() -> Result<()> {
             "without_msgs_per_s": w,
             "ratio": d / w,
             "last_attack": seen,
+            "cores_without": cores_without,
         }));
     }
     drained(&lab)?;
@@ -178,10 +188,26 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Messages per second of one smtp-source run.
-fn rate(lab: &Lab, server: SocketAddr) -> Result<f64> {
-    let elapsed = smtp_source(lab, server, SESSIONS, MESSAGES, BYTES)?;
-    Ok(MESSAGES as f64 / elapsed.as_secs_f64())
+/// Messages per second of one smtp-source run, and the cores used
+/// meanwhile: by the machine (of which softirq), the daemon, and this
+/// process (the attacker's threads).
+fn rate(lab: &Lab, server: SocketAddr, daemon: u32) -> Result<(f64, serde_json::Value)> {
+    let me = std::process::id();
+    let (m0, d0, a0) = (machine_cpu()?, process_cpu(daemon)?, process_cpu(me)?);
+    let elapsed = smtp_source(lab, server, SESSIONS, MESSAGES, BYTES)?.as_secs_f64();
+    let (m, d, a) = (
+        machine_cpu()? - m0,
+        process_cpu(daemon)? - d0,
+        process_cpu(me)? - a0,
+    );
+    let cores = |s: f64| (s / elapsed * 100.0).round() / 100.0;
+    let used = serde_json::json!({
+        "machine": cores(m.busy),
+        "softirq": cores(m.softirq),
+        "daemon": cores(d),
+        "attacker": cores(a),
+    });
+    Ok((MESSAGES as f64 / elapsed, used))
 }
 
 /// Starts the attack, waits until it holds what it can, measures, stops it;
@@ -191,6 +217,7 @@ fn during_attack(
     server: SocketAddr,
     attack: &Attack,
     log: &Path,
+    daemon: u32,
 ) -> Result<(f64, serde_json::Value)> {
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -214,7 +241,7 @@ fn during_attack(
         std::thread::sleep(Duration::from_millis(500));
         let held = tally.held.load(Ordering::Relaxed);
         let start = scrape(lab)?;
-        let measured = rate(lab, server);
+        let measured = rate(lab, server, daemon);
         let end = scrape(lab)?;
         stop.store(true, Ordering::Relaxed);
         attacker
@@ -226,8 +253,14 @@ fn during_attack(
                 read(log)
             );
         }
+        let (measured, cores) = measured?;
         let t = &tally;
+        let per_client_syns = "inspector_limit_drops_total{reason=\"per-client\"}";
         let seen = serde_json::json!({
+            "cores": cores,
+            "syns_dropped_per_client_while_measuring": metric(&end, per_client_syns)
+                - metric(&start, per_client_syns),
+            "clients_blocked_when_measuring": metric(&start, "inspector_clients_blocked"),
             "held_when_measuring": held,
             "greeted": t.greeted.load(Ordering::Relaxed),
             "refused": t.refused.load(Ordering::Relaxed),
@@ -242,7 +275,7 @@ fn during_attack(
             "refused_max_sessions": metric(&end, "inspector_sessions_refused_total{reason=\"max-sessions\"}")
                 - metric(&before, "inspector_sessions_refused_total{reason=\"max-sessions\"}"),
         });
-        Ok((measured?, seen))
+        Ok((measured, seen))
     })
 }
 

@@ -3,12 +3,17 @@
 //! (kernel steering, the proxy, Postfix's smtp-sink), with an attacker
 //! holding idle sessions (`py/attack.py`) while other clients deliver mail
 //! (`py/deliver.py`). Needs root; fails, never skips, without it.
+//!
+//! A client at its session limit has its next SYNs dropped in XDP
+//! (`per-client-in-kernel`, on by default); the tests of the proxy's own
+//! `421 4.7.0` turn that off, the `kernel_*` tests check it.
 
 mod support;
 
 use std::{
     net::IpAddr,
-    process::{Child, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -49,17 +54,20 @@ fn start_attack(f: &Fixture, seconds: u32, n: usize, sources: &[IpAddr]) -> Chil
         .args(sources.iter().map(|a| a.to_string()))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    spawn_until(cmd, &ready, "attack.py", Duration::from_secs(60))
+}
+
+/// Spawns `cmd` and returns once it has made `ready`; it must, within
+/// `limit`, and not exit before.
+fn spawn_until(mut cmd: Command, ready: &Path, name: &str, limit: Duration) -> Child {
     let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
     while !ready.exists() {
         if let Some(status) = child.try_wait().unwrap() {
             let out = child.wait_with_output().unwrap();
-            panic!("attack.py exited ({status}): {}", text(&out));
+            panic!("{name} exited ({status}): {}", text(&out));
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "attack.py never got through its first attempts"
-        );
+        assert!(start.elapsed() < limit, "{name} never got ready");
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -134,7 +142,7 @@ fn audit_records(f: &Fixture, id: u64) -> Vec<Value> {
 fn one_address_is_held_to_its_per_client_limit() {
     let f = Fixture::new(
         "percl",
-        "[proxy]\nmax-sessions = 40\nper-client-sessions = 10\n",
+        "[proxy]\nmax-sessions = 40\nper-client-sessions = 10\nper-client-in-kernel = false\n",
     );
     add_addresses(&f, &[v4(4)]);
     let attack = start_attack(&f, 6, 60, &[CLIENT_V4.into()]);
@@ -309,7 +317,10 @@ fn under_stress_silent_clients_are_closed_within_the_stress_timeout() {
 /// 4.7.0` naming the /64; an IPv4 client is not affected.
 #[test]
 fn ipv6_addresses_inside_one_64_count_as_one_client() {
-    let mut f = Fixture::new("v6prefix", "[proxy]\nper-client-sessions = 4\n");
+    let mut f = Fixture::new(
+        "v6prefix",
+        "[proxy]\nper-client-sessions = 4\nper-client-in-kernel = false\n",
+    );
     f.sink_v6 = Some(f.start_sink("[::]:25"));
     let rotating: Vec<IpAddr> = (0..16u16)
         .map(|i| IpAddr::from([0x2001, 2, 0, 0, 0, 0, 0x100, i]))
@@ -335,4 +346,132 @@ fn ipv6_addresses_inside_one_64_count_as_one_client() {
     assert_eq!(records[0]["client_key"], "2001:2::/64");
     let results = deliver(&f, &SERVER_V4.to_string(), &[CLIENT_V4.into()], 3);
     assert_all_delivered(&results, 3);
+}
+
+/// `at_limit.py` from each of `sources` in turn (one connection each, a
+/// second to connect): the first replies, "timeout" where the SYNs were
+/// dropped. The connections stay open until [`Holder::release`].
+fn hold_from(f: &Fixture, server: IpAddr, sources: &[IpAddr]) -> (Holder, Vec<String>) {
+    let result = f.dir.join("at-limit.json");
+    let release = f.dir.join("at-limit-release");
+    let _ = std::fs::remove_file(&result);
+    let _ = std::fs::remove_file(&release);
+    let mut cmd = f.client("at_limit.py");
+    cmd.arg(server.to_string())
+        .arg("1")
+        .arg(&result)
+        .arg(&release)
+        .args(sources.iter().map(|a| a.to_string()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = spawn_until(cmd, &result, "at_limit.py", Duration::from_secs(90));
+    let replies = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    (Holder { child, release }, replies)
+}
+
+struct Holder {
+    child: Child,
+    release: PathBuf,
+}
+
+impl Holder {
+    /// Closes the held connections; returns when they are closed.
+    fn release(mut self) {
+        std::fs::write(&self.release, b"").unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "at_limit.py: {status}");
+    }
+}
+
+/// Counts the replies that start with `prefix`.
+fn replies_starting(replies: &[String], prefix: &str) -> usize {
+    replies.iter().filter(|r| r.starts_with(prefix)).count()
+}
+
+/// `inspector stats --json`'s clients blocked in XDP.
+fn blocked_in_kernel(f: &Fixture) -> Vec<String> {
+    let out = support::cli_ok(f.pins.path(), &["stats", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["limits"]["clients_blocked"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no clients_blocked in {v}"))
+        .iter()
+        .map(|b| b["client"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// What the kernel part adds: a client holding `per-client-sessions` has
+/// its next SYNs dropped in XDP, so no socket is made for them (the proxy
+/// neither accepts nor refuses them: its refusals stay at zero, its active
+/// sessions at the limit), counted `per-client`; another client delivers
+/// meanwhile; once the client's sessions are closed it connects again.
+#[test]
+fn kernel_drops_the_syns_of_a_client_at_its_limit() {
+    let f = Fixture::new("kblock", "[proxy]\nper-client-sessions = 4\n");
+    let (holder, replies) = hold_from(&f, SERVER_V4.into(), &[CLIENT_V4.into(); 10]);
+    eprintln!("replies: {replies:?}");
+    assert_eq!(replies_starting(&replies, "220"), 4, "{replies:?}");
+    assert_eq!(
+        replies_starting(&replies, "timeout"),
+        6,
+        "the SYNs past the limit are dropped, not answered: {replies:?}"
+    );
+    let results = deliver(&f, &SERVER_V4.to_string(), &[CLIENT2_V4.into()], 5);
+    assert_all_delivered(&results, 5);
+    let body = metrics(&f);
+    let dropped = sample(&body, "inspector_limit_drops_total{reason=\"per-client\"}");
+    assert!(
+        dropped >= 6,
+        "one SYN at least per timed-out connect: {dropped}"
+    );
+    assert_eq!(sample(&body, "inspector_clients_blocked"), 1);
+    assert_eq!(sample(&body, "inspector_esmtp_sessions_active"), 4);
+    for reason in ["per-client-limit", "max-sessions"] {
+        let series = format!("inspector_sessions_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&body, &series), 0, "the proxy never saw them");
+    }
+    assert_eq!(blocked_in_kernel(&f), ["198.18.0.2/32"]);
+    holder.release();
+    wait_for(
+        || blocked_in_kernel(&f).is_empty(),
+        "the block to be lifted",
+    );
+    let (holder, replies) = hold_from(&f, SERVER_V4.into(), &[CLIENT_V4.into()]);
+    assert_eq!(replies_starting(&replies, "220"), 1, "{replies:?}");
+    holder.release();
+    assert_eq!(f.stored().len(), 5);
+}
+
+/// IPv6 addresses rotating inside one /64 count as one client in the
+/// kernel too: past 4 sessions of the /64, the SYNs of every address in it
+/// are dropped in XDP; an IPv4 client is not affected.
+#[test]
+fn kernel_counts_ipv6_addresses_inside_one_64_as_one_client() {
+    let mut f = Fixture::new("kblock6", "[proxy]\nper-client-sessions = 4\n");
+    f.sink_v6 = Some(f.start_sink("[::]:25"));
+    let rotating: Vec<IpAddr> = (0..12u16)
+        .map(|i| IpAddr::from([0x2001, 2, 0, 0, 0, 0, 0x100, i]))
+        .collect();
+    add_addresses(&f, &rotating);
+    let (holder, replies) = hold_from(&f, SERVER_V6.into(), &rotating);
+    eprintln!("replies: {replies:?}");
+    assert_eq!(replies_starting(&replies, "220"), 4, "{replies:?}");
+    assert_eq!(replies_starting(&replies, "timeout"), 8, "{replies:?}");
+    assert_eq!(blocked_in_kernel(&f), ["2001:2::/64"]);
+    let body = metrics(&f);
+    assert!(sample(&body, "inspector_limit_drops_total{reason=\"per-client\"}") >= 8);
+    assert_eq!(
+        sample(
+            &body,
+            "inspector_sessions_refused_total{reason=\"per-client-limit\"}"
+        ),
+        0
+    );
+    let results = deliver(&f, &SERVER_V4.to_string(), &[CLIENT_V4.into()], 3);
+    assert_all_delivered(&results, 3);
+    holder.release();
+    wait_for(
+        || blocked_in_kernel(&f).is_empty(),
+        "the block to be lifted",
+    );
 }

@@ -1,5 +1,5 @@
-//! What the benchmarks compute from their samples, and the memory of a
-//! process.
+//! What the benchmarks compute from their samples, and the memory and CPU
+//! time of a process or of the machine.
 
 use anyhow::{Context, Result};
 
@@ -39,6 +39,65 @@ pub fn settled(read: impl Fn() -> Result<u64>) -> Result<u64> {
     }
 }
 
+/// CPU time used since boot, in seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTime {
+    /// Every state but idle and iowait.
+    pub busy: f64,
+    /// Of which softirq: where the kernel runs XDP and the TCP stack for
+    /// received packets (unless a process's system call does).
+    pub softirq: f64,
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+
+    fn sub(self, o: CpuTime) -> CpuTime {
+        CpuTime {
+            busy: self.busy - o.busy,
+            softirq: self.softirq - o.softirq,
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// The whole machine's CPU time (`/proc/stat`), all cores summed.
+pub fn machine_cpu() -> Result<CpuTime> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    anyhow::ensure!(v.len() >= 8, "short /proc/stat line: {line}");
+    // user nice system idle iowait irq softirq steal
+    let tick = clock_ticks();
+    Ok(CpuTime {
+        busy: (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / tick,
+        softirq: v[6] / tick,
+    })
+}
+
+/// The CPU time (user + system, every thread) process `pid` used.
+pub fn process_cpu(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which may hold spaces: from the
+    // state (field 3) on; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').context("no command name")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        f.get(i)
+            .and_then(|x| x.parse::<f64>().ok())
+            .context("short /proc/PID/stat")
+    };
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +109,10 @@ mod tests {
         let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(quantile(&mut v, 0.99), 99.0);
         assert!(rss_kib(std::process::id()).unwrap() > 0);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(50) {}
+        assert!(process_cpu(std::process::id()).unwrap() > 0.0);
+        let m = machine_cpu().unwrap();
+        assert!(m.busy > 0.0 && m.softirq <= m.busy);
     }
 }

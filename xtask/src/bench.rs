@@ -607,14 +607,14 @@ fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>)
     writeln!(w, "\nWhat the proxy did in the last run of each attack:\n")?;
     writeln!(
         w,
-        "| attack | sessions held when measuring | stress | refused per-client-limit | refused max-sessions | evicted while measuring |"
+        "| attack | sessions held when measuring | stress | refused per-client-limit | refused max-sessions | evicted while measuring | clients blocked in XDP | SYNs dropped in XDP while measuring |"
     )?;
-    writeln!(w, "|---|---|---|---|---|---|")?;
+    writeln!(w, "|---|---|---|---|---|---|---|---|")?;
     for row in rows {
         let l = &row["last_attack"];
         writeln!(
             w,
-            "| `{}` | {} | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
             row["attack"].as_str().unwrap_or("?"),
             l["sessions_active_when_measuring"],
             if l["stress_when_measuring"] == 1 {
@@ -624,18 +624,54 @@ fn render_attack(w: &mut String, attack: &Value, measured: Option<(&str, &str)>)
             },
             l["refused_per_client_limit"],
             l["refused_max_sessions"],
-            l["evicted_while_measuring"]
+            l["evicted_while_measuring"],
+            l["clients_blocked_when_measuring"],
+            l["syns_dropped_per_client_while_measuring"]
+        )?;
+    }
+    writeln!(
+        w,
+        "\nWhere the 2 cores went while the last runs measured (cores used, from \
+         `/proc`: the machine in all, of which softirq, where the kernel runs XDP and \
+         the TCP stack for received packets; the daemon; the attacker's threads; the \
+         rest is the legitimate client, `smtp-sink` and anything else running):\n"
+    )?;
+    writeln!(
+        w,
+        "| attack | machine | softirq | daemon | attacker | without: machine | softirq | daemon |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|---|---|")?;
+    for row in rows {
+        let (c, n) = (&row["last_attack"]["cores"], &row["cores_without"]);
+        writeln!(
+            w,
+            "| `{}` | {} | {} | {} | {} | {} | {} | {} |",
+            row["attack"].as_str().unwrap_or("?"),
+            c["machine"],
+            c["softirq"],
+            c["daemon"],
+            c["attacker"],
+            n["machine"],
+            n["softirq"],
+            n["daemon"]
         )?;
     }
     writeln!(
         w,
         "\nBefore per-client limits and fair admission, `one-address` left every \
          other client with `421 4.3.2 Too many sessions` for as long as it held its \
-         sockets: 0 msgs/s. The cost that remains is the attacker's churn: each \
-         refused socket it opens again is a handshake, an accept and a `421` on \
-         the gateway's cores, which these 2 cores share with the legitimate client, \
-         the proxy and the server; the kernel does not drop a limited client's SYNs \
-         yet."
+         sockets: 0 msgs/s. Now the kernel drops the SYNs of a client holding its 50 \
+         sessions (`clients blocked in XDP`), so each socket `one-address` opens \
+         again costs an XDP lookup instead of a handshake, an accept and a `421` \
+         (only the SYNs already on their way when it reached its limit are \
+         refused by the proxy). `many-addresses` brings no address to its limit \
+         (each holds about 25 of the 1,024 slots), so the kernel does not help \
+         there: its cost is the churn of the sockets refused at `max-sessions` and \
+         of the evicted ones, each a handshake, an accept and a `421`. The \
+         attacker, the legitimate client, the proxy and the server share these 2 \
+         cores; when the machine is busy with other work too (`machine` near 2 \
+         without the attack), the rates swing from run to run and whatever the \
+         attack costs comes out of the legitimate client's share."
     )?;
     Ok(())
 }
@@ -845,5 +881,10 @@ mod tests {
         let after = format!("{added}\n## Later\n\nlater\n");
         let replaced = replace_section(&after, "## New", "\n## New\n\nnewer\n");
         assert_eq!(replaced, after.replace("new\n", "newer\n"));
+        // A section apart after the closing line stays where it is, and so
+        // does the closing line.
+        let after = "# B\n\n## A\n\nold\n\nThis run of `x` took 1 s.\n\n## C\n\nc\n";
+        let last = replace_section(after, "## A", "\n## A\n\nfresh\n");
+        assert_eq!(last, after.replace("old", "fresh"));
     }
 }

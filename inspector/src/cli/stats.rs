@@ -11,6 +11,7 @@ use inspector_common::{Class, DropReason, InterceptEvent, ParseDrop};
 use crate::{
     daemon::lock::IfaceLock,
     kernel::{
+        clients::{self, Blocked},
         counters::{ClassStats, ParseDrops},
         limits::LimitStats,
     },
@@ -21,11 +22,13 @@ pub fn show(pin_dir: &Path, json: bool, top: usize) -> Result<()> {
     let classes = ClassStats::read(pin_dir)?;
     let parse_drops = ParseDrops::read(pin_dir)?;
     let limits = LimitStats::read(pin_dir, top)?;
+    let blocked = clients::blocked(pin_dir)?;
     let esmtp = read_daemons(pin_dir);
     if json {
         let mut out = classes_json(&classes);
         out["parse_drops"] = parse_drops_json(&parse_drops);
         out["limits"] = limits_json(&limits);
+        out["limits"]["clients_blocked"] = serde_json::json!(blocked);
         out["esmtp"] = esmtp
             .iter()
             .map(|(pid, snap)| match snap {
@@ -36,10 +39,11 @@ pub fn show(pin_dir: &Path, json: bool, top: usize) -> Result<()> {
         println!("{out}");
     } else {
         print!(
-            "{}{}{}",
+            "{}{}{}{}",
             classes_text(&classes),
             parse_drops_text(&parse_drops),
-            limits_text(&limits)
+            limits_text(&limits),
+            blocked_text(&blocked, top)
         );
         println!();
         if esmtp.is_empty() {
@@ -189,6 +193,18 @@ fn limits_text(limits: &LimitStats) -> String {
             reason.name(),
             limits.drops[reason as usize]
         );
+    }
+    out
+}
+
+/// The clients at their per-client session limit, the first `top` named.
+fn blocked_text(blocked: &[Blocked], top: usize) -> String {
+    let mut out = format!(
+        "\nclients at their session limit, new SYNs dropped in XDP: {}\n",
+        blocked.len()
+    );
+    for b in blocked.iter().take(top) {
+        out += &format!("  {}\n", b.client);
     }
     out
 }

@@ -57,6 +57,9 @@ pub struct ClientLimits {
     /// Clients the per-client limits do not apply to (Postfix's
     /// `smtpd_client_event_limit_exceptions`).
     pub exceptions: Vec<IpNet>,
+    /// A client at `sessions` has its next SYNs dropped in XDP, before a
+    /// socket exists (`false`: the proxy accepts and answers them `421`).
+    pub in_kernel: bool,
 }
 
 /// Stress mode: above `threshold` percent of `max-sessions` (or of the
@@ -81,6 +84,7 @@ impl Default for ClientLimits {
             prefix_v4: 32,
             prefix_v6: 64,
             exceptions: Vec::new(),
+            in_kernel: true,
         }
     }
 }
@@ -221,6 +225,7 @@ pub struct ProxySection {
     client_prefix_v6: Option<Spanned<u64>>,
     #[serde(default)]
     per_client_exceptions: Vec<Spanned<String>>,
+    per_client_in_kernel: Option<bool>,
     stress_threshold: Option<Spanned<u64>>,
     stress_timeout: Option<Spanned<u64>>,
     /// MiB.
@@ -325,6 +330,7 @@ impl Section for ProxySection {
                     })
                 })
                 .collect::<Result<_, _>>()?,
+            in_kernel: self.per_client_in_kernel.unwrap_or(dc.in_kernel),
         };
         let ds = d.stress;
         let stress = StressPolicy {
@@ -385,6 +391,7 @@ mod tests {
         assert_eq!(p.clients.rate, 0);
         assert_eq!((p.clients.prefix_v4, p.clients.prefix_v6), (32, 64));
         assert!(p.clients.exceptions.is_empty());
+        assert!(p.clients.in_kernel);
         assert_eq!(p.stress.threshold, 80);
         assert_eq!(p.stress.timeout, Duration::from_secs(10));
         assert_eq!(p.stress.memory_budget, None);
@@ -395,7 +402,8 @@ mod tests {
         let p = parse(
             "[proxy]\nper-client-sessions = 10\nper-client-rate = 30\nclient-prefix-v4 = 24\n\
              client-prefix-v6 = 56\nper-client-exceptions = [\"198.18.7.0/24\", \"2001:2::/48\"]\n\
-             stress-threshold = 0\nstress-timeout = 5\nmemory-budget = 64\n",
+             stress-threshold = 0\nstress-timeout = 5\nmemory-budget = 64\n\
+             per-client-in-kernel = false\n",
         )
         .unwrap()
         .proxy;
@@ -403,6 +411,7 @@ mod tests {
         assert_eq!((p.clients.prefix_v4, p.clients.prefix_v6), (24, 56));
         let nets: Vec<String> = p.clients.exceptions.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["198.18.7.0/24", "2001:2::/48"]);
+        assert!(!p.clients.in_kernel);
         assert_eq!(p.stress.threshold, 0);
         assert_eq!(p.stress.timeout, Duration::from_secs(5));
         assert_eq!(p.stress.memory_budget, Some(64 << 20));

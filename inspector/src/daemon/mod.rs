@@ -33,6 +33,7 @@ use crate::{
     config::{DEFAULT_QUEUE, FlowTimeouts, Policy, SinkSpec},
     kernel::{
         bpffs, classify,
+        clients::ClientBlocks,
         exempt::ExemptTable,
         exempt_store::Store,
         limits,
@@ -415,6 +416,7 @@ async fn run_proxy(
         config: policy.proxy.clone(),
         counters: Counters::default(),
         upstream: upstream.clone(),
+        at_limit: client_blocks(&opts.pin_dir, &policy.proxy.clients)?,
     });
     log::info!(
         "proxy listening on port(s) {} (fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
@@ -471,6 +473,24 @@ async fn run_proxy(
     // sink (JSON lines).
     eprint!("{}", shared.esmtp.render());
     Ok(())
+}
+
+/// The kernel's share of the per-client session limit, unless the policy
+/// turns it (or the limit) off.
+fn client_blocks(
+    pin_dir: &std::path::Path,
+    limits: &crate::config::ClientLimits,
+) -> Result<Option<Arc<dyn proxy::admission::AtLimit>>> {
+    if !limits.in_kernel || limits.sessions == 0 {
+        return Ok(None);
+    }
+    let blocks = ClientBlocks::open(pin_dir, &limits.exceptions)
+        .context("opening the kernel's per-client block tries")?;
+    log::info!(
+        "a client holding {} sessions has its next SYNs dropped in XDP",
+        limits.sessions
+    );
+    Ok(Some(Arc::new(blocks)))
 }
 
 /// Removes the steering links and the policy routing.

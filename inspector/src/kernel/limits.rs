@@ -180,7 +180,13 @@ impl LimitStats {
 
         let mut drops = [0; DropReason::COUNT as usize];
         for reason in DropReason::ALL {
-            drops[reason as usize] = drop_counts.get(&(reason as u32), 0)?.iter().sum();
+            // A reason newer than the pinned map (kept from an older build)
+            // has never been counted.
+            drops[reason as usize] = match drop_counts.get(&(reason as u32), 0) {
+                Ok(per_cpu) => per_cpu.iter().sum(),
+                Err(aya::maps::MapError::OutOfBounds { .. }) => 0,
+                Err(e) => return Err(e.into()),
+            };
         }
         let mut intercepts = [0; InterceptEvent::COUNT as usize];
         for event in InterceptEvent::ALL {

@@ -33,6 +33,7 @@ use super::{
     esmtp::{ErrorReason, EsmtpState, SessionOutcome},
 };
 use crate::kernel::{
+    clients,
     counters::{ClassStats, ParseDrops},
     limits::LimitStats,
 };
@@ -206,6 +207,17 @@ impl Collector for InspectorCollector {
                 )?;
             }
             Err(err) => log::warn!("metrics: reading the limits: {err:#}"),
+        }
+        match clients::blocked(&self.pin_dir) {
+            Ok(blocked) => single(
+                &mut e,
+                "inspector_clients_blocked",
+                "Clients at their per-client session limit whose new SYNs XDP drops now \
+                 (counted in inspector_limit_drops_total{reason=\"per-client\"})",
+                MetricType::Gauge,
+                blocked.len() as u64,
+            )?,
+            Err(err) => log::warn!("metrics: reading the client blocks: {err:#}"),
         }
 
         let esmtp = &self.esmtp;

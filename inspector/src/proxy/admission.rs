@@ -23,6 +23,12 @@
 //!   occupancy falls an eighth of the threshold below it (80 %: below 70 %),
 //!   so it does not flap at the threshold.
 //!
+//! - **In the kernel**: a client that reaches `per-client-sessions` is
+//!   told to an [`AtLimit`] (the daemon's `kernel::clients`, whose XDP
+//!   check drops the client's next SYNs before a socket exists) and untold
+//!   when it falls below; the refusals above are then for the SYNs that
+//!   were on their way.
+//!
 //! The state is one table behind a mutex, taken for a few operations per
 //! new session and per ended one; a session reports whether it is idle,
 //! and the memory it holds, through atomics of its own ([`Ticket`]).
@@ -32,7 +38,7 @@ use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -109,6 +115,16 @@ impl fmt::Display for ClientKey {
             write!(f, "{}/{}", self.network, self.prefix)
         }
     }
+}
+
+/// Who else holds a client at its session limit (the kernel, see
+/// `kernel::clients`). Called under the admission's lock, so the calls for
+/// one client come in the order of its sessions.
+pub trait AtLimit: Send + Sync {
+    /// `client` reached its limit (`true`) or fell below it (`false`).
+    fn set(&self, client: ClientKey, at_limit: bool);
+    /// Once a second: the clients at their limit still are.
+    fn renew(&self);
 }
 
 /// What the admission decided for a new session.
@@ -205,6 +221,7 @@ pub struct Admission {
     stress: watch::Sender<bool>,
     counts: Arc<AdmissionCounts>,
     audit: AuditLog,
+    kernel: OnceLock<Arc<dyn AtLimit>>,
 }
 
 impl Admission {
@@ -226,7 +243,31 @@ impl Admission {
             stress: watch::channel(false).0,
             counts,
             audit,
+            kernel: OnceLock::new(),
         })
+    }
+
+    /// From now on, clients reaching and leaving their session limit are
+    /// told to `kernel` (once; later calls are ignored).
+    pub fn tell(&self, kernel: Arc<dyn AtLimit>) {
+        let _ = self.kernel.set(kernel);
+    }
+
+    /// Tells the kernel when `key`, going from `before` to `after`
+    /// sessions, reaches its limit or falls below it. Only a session from
+    /// an address the limits apply to (`limited`) makes it reach it.
+    fn tell_kernel(&self, key: ClientKey, before: usize, after: usize, limited: bool) {
+        let (Some(kernel), limit) = (self.kernel.get(), self.limits.sessions) else {
+            return;
+        };
+        if limit == 0 {
+            return;
+        }
+        if after >= limit && limited {
+            kernel.set(key, true);
+        } else if before >= limit && after < limit {
+            kernel.set(key, false);
+        }
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -300,6 +341,7 @@ impl Admission {
         client.sessions.push(cell.clone());
         t.rerank(key, held);
         t.sessions += 1;
+        self.tell_kernel(key, held, held + 1, limited);
         self.settle(&t);
         Admit::Yes(Ticket {
             admission: self.clone(),
@@ -408,6 +450,7 @@ impl Admission {
         client.sessions.retain(|c| c.id != cell.id);
         t.rerank(victim, before);
         t.sessions -= 1;
+        self.tell_kernel(victim, before, before - 1, false);
         let idle_ms = (now.duration_since(self.epoch).as_millis() as u64)
             .saturating_sub(cell.idle_since.load(Ordering::Relaxed) - 1);
         log::info!(
@@ -431,6 +474,7 @@ impl Admission {
             if client.sessions.len() < before {
                 t.rerank(key, before);
                 t.sessions -= 1;
+                self.tell_kernel(key, before, before - 1, false);
             }
         }
         self.settle(&t);
@@ -441,6 +485,9 @@ impl Admission {
     pub fn tick(&self, now: Instant) {
         let mut t = self.table();
         t.clients.retain(|_, c| !c.forgettable(now));
+        if let Some(kernel) = self.kernel.get() {
+            kernel.renew();
+        }
         self.settle(&t);
     }
 
@@ -672,6 +719,40 @@ mod tests {
             Admit::Yes(_) => panic!("{client} admitted"),
             Admit::No { reason, reply } => (reason, String::from_utf8(reply).unwrap()),
         }
+    }
+
+    /// What the kernel is told, in order.
+    #[derive(Default)]
+    struct Told(Mutex<Vec<(String, bool)>>);
+
+    impl AtLimit for Told {
+        fn set(&self, client: ClientKey, at_limit: bool) {
+            self.0.lock().unwrap().push((client.to_string(), at_limit));
+        }
+
+        fn renew(&self) {}
+    }
+
+    #[test]
+    fn the_kernel_is_told_when_a_client_reaches_and_leaves_its_limit() {
+        let mut c = config(100, 2, 0);
+        c.clients.exceptions = vec!["198.18.0.9/32".parse().unwrap()];
+        let a = admission(&c);
+        let told = Arc::new(Told::default());
+        a.tell(told.clone());
+        let now = Instant::now();
+        let first = yes(&a, "198.18.0.2", now);
+        let second = yes(&a, "198.18.0.2", now);
+        no(&a, "198.18.0.2", now);
+        drop(first);
+        let again = yes(&a, "198.18.0.2", now);
+        drop((second, again));
+        // An exception holds more than the limit and is never blocked.
+        let held: Vec<Ticket> = (0..3).map(|_| yes(&a, "198.18.0.9", now)).collect();
+        let told = told.0.lock().unwrap().clone();
+        let c2 = |on| ("198.18.0.2".to_string(), on);
+        assert_eq!(told, [c2(true), c2(false), c2(true), c2(false)]);
+        drop(held);
     }
 
     #[test]

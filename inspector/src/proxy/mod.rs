@@ -49,6 +49,9 @@ pub struct Shared {
     pub counters: Counters,
     /// How sessions connect to their servers, and each server's return path.
     pub upstream: Arc<upstream::Upstream>,
+    /// Told which clients are at their session limit (the kernel drops
+    /// their SYNs), if anyone.
+    pub at_limit: Option<Arc<dyn admission::AtLimit>>,
 }
 
 /// Sessions accepted and refused, for the log.
@@ -119,6 +122,9 @@ pub async fn serve(
         shared.esmtp.admission.clone(),
         shared.esmtp.audit.clone(),
     );
+    if let Some(at_limit) = &shared.at_limit {
+        admission.tell(at_limit.clone());
+    }
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -6,6 +6,8 @@
 # python3 attack.py SERVER SECONDS N READY SRC...
 import json, resource, select, socket, sys, time
 
+from replies import first_line
+
 server, seconds, n, ready = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 sources = sys.argv[5:]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -15,15 +17,6 @@ held, replies = [], {}
 stats = {"attempts": 0, "greeted": 0, "connect_errors": 0, "closed_by_server": 0,
          "held_max": 0}
 turn = 0
-
-def first_line(s):
-    got = b""
-    while b"\n" not in got:
-        d = s.recv(1000)
-        if not d:
-            break
-        got += d
-    return got.split(b"\r\n")[0].decode(errors="replace")
 
 def count(line):
     replies[line] = replies.get(line, 0) + 1

@@ -3,6 +3,8 @@
 # python3 first_replies.py SERVER SRC...
 import json, socket, sys
 
+from replies import first_line
+
 server = sys.argv[1]
 family = socket.AF_INET6 if ":" in server else socket.AF_INET
 conns, out = [], []
@@ -11,12 +13,6 @@ for src in sys.argv[2:]:
     s.settimeout(10)
     s.bind((src, 0))
     s.connect((server, 25))
-    got = b""
-    while b"\n" not in got:
-        d = s.recv(1000)
-        if not d:
-            break
-        got += d
-    out.append(got.split(b"\r\n")[0].decode(errors="replace"))
+    out.append(first_line(s))
     conns.append(s)
 print(json.dumps(out), flush=True)
