@@ -4,6 +4,7 @@
 
 mod control;
 pub mod lock;
+pub mod nofile;
 mod notify;
 mod signals;
 pub mod status;
@@ -35,7 +36,7 @@ use crate::{
         exempt_store::Store,
         limits,
         loader::{self, AttachMode},
-        routing,
+        local_addrs, routing,
         steer::{self, Heartbeat},
         sweeper::{self, Sweeper},
     },
@@ -375,7 +376,11 @@ async fn run_proxy(
     } = learner;
     // Listening first: the steering program checks that the listener is
     // there (and that the proxy's heartbeat is fresh).
-    let listeners = proxy::listeners(SMTP_PORT)?;
+    let nofile = nofile::raise_to_hard()?;
+    nofile::check_fits(reloader.policy.proxy.max_sessions, nofile)?;
+    let workers = proxy::worker_count(reloader.policy.proxy.workers);
+    let listeners = proxy::listeners(SMTP_PORT, workers)?;
+    let local = local_addrs::watch().await?;
     let netlink = routing::connect()?;
     routing::install(&netlink)
         .await
@@ -397,9 +402,10 @@ async fn run_proxy(
         config: policy.proxy.clone(),
         counters: Counters::default(),
         upstream: upstream.clone(),
+        local,
     });
     log::info!(
-        "proxy listening on port {SMTP_PORT} (fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
+        "proxy listening on port {SMTP_PORT} ({workers} worker(s), fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
         policy.proxy.fail,
         policy.proxy.upstream_source,
         policy.proxy.max_sessions,
