@@ -148,34 +148,43 @@ pub async fn serve(
     let mut beat = tokio::time::interval(HEARTBEAT_INTERVAL);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let fresh = 2 * HEARTBEAT_INTERVAL;
+    // A worker that ended once the stop was asked for (it had nothing to
+    // drain), before this loop saw the stop.
+    let mut ended_early = None;
     loop {
         tokio::select! {
+            biased;
             _ = shutdown.changed() => break,
+            ended = futures_util::future::select_all(workers.iter_mut().map(|w| &mut w.done)) => {
+                let (result, index, _) = ended;
+                let result = result.unwrap_or_else(|_| Err(anyhow::anyhow!("it panicked")));
+                if *shutdown.borrow() {
+                    ended_early = Some((index, result));
+                    break;
+                }
+                return Err(anyhow::anyhow!(
+                    "proxy worker {index} stopped on its own: {}",
+                    result.err().map_or("no error".into(), |e| format!("{e:#}"))
+                ));
+            }
             _ = beat.tick() => {
                 if workers.iter().all(|w| w.beat_age(epoch) <= fresh) {
                     heartbeat();
                 }
             }
             _ = tick.tick() => admission.tick(std::time::Instant::now()),
-            ended = futures_util::future::select_all(workers.iter_mut().map(|w| &mut w.done)) => {
-                let (result, index, _) = ended;
-                return Err(anyhow::anyhow!(
-                    "proxy worker {index} stopped on its own: {}",
-                    match result {
-                        Ok(Err(e)) => format!("{e:#}"),
-                        Ok(Ok(())) => "no error".into(),
-                        Err(_) => "it panicked".into(),
-                    }
-                ));
-            }
         }
     }
     let mut result = Ok(());
     for (index, w) in workers.into_iter().enumerate() {
-        match w.done.await {
-            Ok(r) => result = result.and(r),
-            Err(_) => result = Err(anyhow::anyhow!("proxy worker {index} panicked")),
-        }
+        let ended = match ended_early.take_if(|(i, _)| *i == index) {
+            Some((_, r)) => r,
+            None => w
+                .done
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("it panicked"))),
+        };
+        result = result.and(ended.with_context(|| format!("proxy worker {index}")));
     }
     result
 }
