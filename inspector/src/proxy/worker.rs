@@ -66,7 +66,9 @@ pub fn start(
                 .build()
                 .context("starting a proxy worker's runtime")
                 .and_then(|rt| {
-                    rt.block_on(run(listeners, shared, admission, shutdown, mine, epoch))
+                    rt.block_on(run(
+                        index, listeners, shared, admission, shutdown, mine, epoch,
+                    ))
                 });
             let _ = tx.send(result);
         })
@@ -77,6 +79,7 @@ pub fn start(
 /// Accepts and runs sessions until `shutdown` turns true, then drains them
 /// (see [`super::serve`]).
 async fn run(
+    index: usize,
     listeners: Vec<std::net::TcpListener>,
     shared: Arc<Shared>,
     admission: Arc<Admission>,
@@ -140,7 +143,7 @@ async fn run(
                     }
                 };
                 let n = shared.counters.accepted.fetch_add(1, Ordering::Relaxed) + 1;
-                log::debug!("session {n}: {client} -> {server}: inspecting");
+                log::debug!("session {n}: {client} -> {server} (worker {index}): inspecting");
                 let shared = shared.clone();
                 let stop = shutdown.clone();
                 sessions.spawn(async move {
