@@ -239,11 +239,17 @@ fn unacknowledged(fd: RawFd) -> Option<usize> {
 /// them) and, with `quiet`, has either closed its side or sent nothing for
 /// `QUIET`; or until `deadline`. `open` says whether the peer's side is
 /// still open, and is cleared when it closes.
+///
+/// With `quiet` (a close with a FIN), a peer that closed its side ends the
+/// wait at once: it can send nothing more, so nothing can arrive unread and
+/// turn the close into a RST, and a closed socket's kernel still delivers
+/// its send queue and FIN. Only a reset (SO_LINGER 0, which discards the
+/// send queue) must see every byte acknowledged first.
 async fn linger(read: &impl ReadSide, fd: RawFd, open: &mut bool, deadline: Instant, quiet: bool) {
     let mut last_byte: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || (quiet && !*open) {
             return;
         }
         // Unknown counts as acknowledged: never wait on what cannot be seen.
@@ -371,6 +377,13 @@ impl Driver {
     }
 
     async fn drive(&mut self) -> End {
+        // One timer for the session's life, moved only when its deadline
+        // comes closer or it fires early: progress pushes the deadline back
+        // at every event, and re-arming a timer per event would cost a
+        // timer-wheel update each time.
+        let mut armed = self.deadline(self.session.phase());
+        let timer = sleep_until(armed);
+        tokio::pin!(timer);
         loop {
             let phase = self.session.phase();
             if self.stopping && matches!(phase, Phase::Idle | Phase::Greeting) {
@@ -384,6 +397,10 @@ impl Driver {
                 return End::Shutdown;
             }
             let deadline = self.deadline(phase);
+            if deadline < armed {
+                armed = deadline;
+                timer.as_mut().reset(armed);
+            }
             // Between commands the session may be evicted for another
             // client; nowhere else (no message is ever cut).
             let idle = phase == Phase::Idle;
@@ -400,7 +417,7 @@ impl Driver {
             let event = tokio::select! {
                 r = self.cr.readable(), if self.client_open => Event::Client(r),
                 r = self.sr.readable(), if self.server_open => Event::Server(r),
-                () = sleep_until(deadline) => Event::Timeout,
+                () = &mut timer => Event::Timeout,
                 _ = self.shutdown.changed(), if !self.stopping => Event::Shutdown,
                 () = self.stress.changed() => Event::Stress,
                 () = self.ticket.evicted(), if idle => Event::Evicted,
@@ -425,6 +442,12 @@ impl Driver {
                     .await;
                     self.close(Close::Fin).await;
                     return End::Evicted;
+                }
+                Event::Timeout if Instant::now() < self.deadline(phase) => {
+                    // Fired at a deadline progress has pushed back since.
+                    armed = self.deadline(phase);
+                    timer.as_mut().reset(armed);
+                    continue;
                 }
                 Event::Timeout => {
                     log::debug!(
