@@ -239,17 +239,11 @@ fn unacknowledged(fd: RawFd) -> Option<usize> {
 /// them) and, with `quiet`, has either closed its side or sent nothing for
 /// `QUIET`; or until `deadline`. `open` says whether the peer's side is
 /// still open, and is cleared when it closes.
-///
-/// With `quiet` (a close with a FIN), a peer that closed its side ends the
-/// wait at once: it can send nothing more, so nothing can arrive unread and
-/// turn the close into a RST, and a closed socket's kernel still delivers
-/// its send queue and FIN. Only a reset (SO_LINGER 0, which discards the
-/// send queue) must see every byte acknowledged first.
 async fn linger(read: &impl ReadSide, fd: RawFd, open: &mut bool, deadline: Instant, quiet: bool) {
     let mut last_byte: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if now >= deadline || (quiet && !*open) {
+        if now >= deadline {
             return;
         }
         // Unknown counts as acknowledged: never wait on what cannot be seen.
@@ -544,6 +538,13 @@ impl Driver {
 
     /// Sends what the engine produced, and closes if it says so.
     async fn apply(&mut self, mut out: Output) -> Option<End> {
+        if out.close.is_some() || self.session.phase() == Phase::Closing {
+            // Only closing: the slot is free before the last reply goes
+            // out. Once the client has it, it may open its next session,
+            // on another worker, while this one's thread has not come back
+            // from the write yet.
+            self.ticket.release();
+        }
         // Never blocks: a slow sink drops (and counts) records.
         self.shared.esmtp.audit_all(std::mem::take(&mut out.audit));
         if !out.to_server.is_empty() && self.server_open && self.xclient_pending {
