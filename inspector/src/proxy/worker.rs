@@ -143,7 +143,7 @@ async fn run(
                     }
                 };
                 let n = shared.counters.accepted.fetch_add(1, Ordering::Relaxed) + 1;
-                log::debug!("session {n}: {client} -> {server} (worker {index}): inspecting");
+                log::debug!("session {n} (worker {index}): {client} -> {server}: inspecting");
                 let shared = shared.clone();
                 let stop = shutdown.clone();
                 sessions.spawn(async move {
