@@ -26,11 +26,24 @@ pub fn start_proxy(
     args: &[impl AsRef<OsStr>],
     log: &Path,
 ) -> Result<ScopedChild> {
+    start_proxy_logging(ns, inspector, pin_dir, "debug", args, log)
+}
+
+/// [`start_proxy`] with the log at `level` (a benchmark runs at `info`, so
+/// that no session pays for log lines).
+pub fn start_proxy_logging(
+    ns: &Netns,
+    inspector: &Path,
+    pin_dir: &Path,
+    level: &str,
+    args: &[impl AsRef<OsStr>],
+    log: &Path,
+) -> Result<ScopedChild> {
     let file = std::fs::File::create(log)?;
     let mut cmd: Command = ns.command(inspector);
     cmd.arg("--pin-dir")
         .arg(pin_dir)
-        .args(["--log-level", "debug", "run"])
+        .args(["--log-level", level, "run"])
         .args(args)
         .stdout(file.try_clone()?)
         .stderr(file);

@@ -26,6 +26,9 @@ const CLUSTER_HEADING: &str = "## Many gateways (the cluster lab)";
 const GATEWAY_REPEATS: u32 = 5;
 /// The heading of the gateway's section, which `--only gateway` replaces.
 const GATEWAY_HEADING: &str = "## The gateway's cost under a SYN flood";
+/// The headings of the SMTP bench's sections, which `--only smtp` replaces.
+const SMTP_HEADING: &str = "## SMTP through the inspector";
+const MEMORY_HEADING: &str = "## Daemon memory per inspected session";
 
 /// A part `cargo xtask bench --only PART` measures alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -33,19 +36,43 @@ pub enum Part {
     Attack,
     Cluster,
     Gateway,
+    Smtp,
 }
 
-/// Measures one part and replaces its section of docs/benchmarks.md.
+/// Measures one part and replaces its sections of docs/benchmarks.md.
 pub fn run_part(part: Part) -> Result<()> {
     type Render = fn(&mut String, &Value, Option<(&str, &str)>) -> Result<()>;
-    let (name, repeats, heading, render): (&str, u32, &str, Render) = match part {
-        Part::Attack => ("attack", ATTACK_REPEATS, ATTACK_HEADING, render_attack),
-        Part::Gateway => ("gateway", GATEWAY_REPEATS, GATEWAY_HEADING, render_gateway),
-        Part::Cluster => ("cluster", CLUSTER_REPEATS, CLUSTER_HEADING, render_cluster),
+    let repeats = |n: u32| vec!["--repeats".to_string(), n.to_string()];
+    let (name, args, headings, render): (&str, Vec<String>, &[&str], Render) = match part {
+        Part::Attack => (
+            "attack",
+            repeats(ATTACK_REPEATS),
+            &[ATTACK_HEADING],
+            render_attack,
+        ),
+        Part::Gateway => (
+            "gateway",
+            repeats(GATEWAY_REPEATS),
+            &[GATEWAY_HEADING],
+            render_gateway,
+        ),
+        Part::Cluster => (
+            "cluster",
+            repeats(CLUSTER_REPEATS),
+            &[CLUSTER_HEADING],
+            render_cluster,
+        ),
+        Part::Smtp => (
+            "smtp",
+            smtp_args().to_vec(),
+            &[SMTP_HEADING, MEMORY_HEADING],
+            render_smtp,
+        ),
     };
     cargo(&["bench", "-p", "inspector", "--no-run", "--bench", name])?;
     eprintln!("bench: {name}");
-    let figures = bench(name, &["--repeats", &repeats.to_string()])?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let figures = bench(name, &args)?;
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     let measured = Some((date.trim(), machine()));
     let measured = measured.as_ref().map(|(d, m)| (*d, m.as_str()));
@@ -53,10 +80,39 @@ pub fn run_part(part: Part) -> Result<()> {
     render(&mut section, &figures, measured)?;
     println!("{section}");
     let path = workspace_root().join("docs/benchmarks.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    let new = replace_section(&old, heading, &section);
-    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("bench: wrote its section of {}", path.display());
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    for (i, heading) in headings.iter().enumerate() {
+        // Each heading's part of the rendered text, up to the next one.
+        let from = section.find(heading).unwrap_or(0);
+        let to = headings
+            .get(i + 1)
+            .and_then(|next| section.find(next))
+            .unwrap_or(section.len());
+        text = replace_section(&text, heading, &section[from..to]);
+    }
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: wrote its sections of {}", path.display());
+    Ok(())
+}
+
+fn smtp_args() -> [String; 4] {
+    [
+        "--repeats".into(),
+        REPEATS.to_string(),
+        "--sessions".into(),
+        SMTP_SESSIONS.to_string(),
+    ]
+}
+
+/// Where a section measured apart from the rest of the report came from.
+fn measured_note(w: &mut String, measured: Option<(&str, &str)>, part: &str) -> Result<()> {
+    if let Some((date, machine)) = measured {
+        writeln!(
+            w,
+            "Measured {date} on: {machine}, by `{COMMAND} --only {part}` (the rest of \
+             this report by `{COMMAND}`, perhaps on another day).\n"
+        )?;
+    }
     Ok(())
 }
 
@@ -129,15 +185,7 @@ pub fn run() -> Result<()> {
     eprintln!("bench: ESMTP engine in process");
     let engine = engine()?;
     eprintln!("bench: SMTP through the inspector vs direct, RSS per session");
-    let smtp = bench(
-        "smtp",
-        &[
-            "--repeats",
-            &REPEATS.to_string(),
-            "--sessions",
-            &SMTP_SESSIONS.to_string(),
-        ],
-    )?;
+    let smtp = bench("smtp", &smtp_args().each_ref().map(String::as_str))?;
 
     eprintln!("bench: legitimate mail during attacks");
     let attack = bench("attack", &["--repeats", &ATTACK_REPEATS.to_string()])?;
@@ -422,50 +470,64 @@ fn render(
         .with_context(|| format!("reading {}", profile.display()))?;
     writeln!(w, "\n{}", notes.trim_end())?;
 
-    render_smtp(w, smtp)?;
+    render_smtp(w, smtp, None)?;
     Ok(out)
 }
 
-fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
+/// The SMTP bench's sections; `measured` (date, machine) when they were
+/// measured apart from the rest of the report.
+fn render_smtp(w: &mut String, smtp: &Value, measured: Option<(&str, &str)>) -> Result<()> {
     let (small, large, lat) = (&smtp["small"], &smtp["large"], &smtp["latency"]);
-    writeln!(w, "\n## SMTP through the inspector\n")?;
+    writeln!(w, "\n{SMTP_HEADING}\n")?;
+    measured_note(w, measured, "smtp")?;
     writeln!(
         w,
-        "`inspector run` on the lab's gateway with the proxy, Postfix's `smtp-sink` \
-         on the server, Postfix's `smtp-source` in the client namespace. The \
-         inspected path is the server's address `198.18.1.25`: sessions are steered \
-         into the proxy, which relays them to the server. The direct path is the \
-         same `smtp-sink` on the server's second address `198.18.1.26`, exempt in \
-         the policy (`[[exempt]]`): same namespaces, routes and sink, only the \
-         proxy left out (the run checks that every inspected session reached the \
-         proxy and no exempt one did). The two alternate; medians of {} runs each.\n",
-        smtp["repeats"]
+        "`inspector run` on the lab's gateway with the proxy ({} workers, one per \
+         core), Postfix's `smtp-sink` on the server, Postfix's `smtp-source` in the \
+         client namespace. The inspected path is the server's address \
+         `198.18.1.25`: sessions are steered into the proxy, which relays them to \
+         the server. The peer is HAProxy 2.6 in `mode tcp` on the same gateway \
+         (`198.18.0.1:2525`, relaying to the same sink): the plain proxy an \
+         operator would otherwise put there. The direct path is the same \
+         `smtp-sink` on the server's second address `198.18.1.26`, exempt in the \
+         policy (`[[exempt]]`): same namespaces, routes and sink, only the proxy \
+         left out (the run checks, from the daemon's metrics, that every \
+         inspected session reached the proxy and no other did). The daemon logs \
+         at `info`. The three alternate; medians of {} runs each.\n",
+        smtp["workers"], smtp["repeats"]
     )?;
-    writeln!(w, "| workload | inspected | direct | inspected / direct |")?;
-    writeln!(w, "|---|---|---|---|")?;
-    let (si, sd) = (
+    writeln!(
+        w,
+        "| workload | inspected | HAProxy | direct | inspected / HAProxy | inspected / direct |"
+    )?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
+    let (si, sh, sd) = (
         f(small, "inspected_msgs_per_s")?,
+        f(small, "haproxy_msgs_per_s")?,
         f(small, "direct_msgs_per_s")?,
     );
     writeln!(
         w,
         "| `smtp-source -s {} -m {} -l {}` (a session per message) | {si:.0} msg/s | \
-         {sd:.0} msg/s | {:.2} |",
+         {sh:.0} msg/s | {sd:.0} msg/s | {:.2} | {:.2} |",
         small["sessions"],
         small["messages"],
         small["bytes"],
+        si / sh,
         si / sd
     )?;
-    let (li, ld) = (
+    let (li, lh, ld) = (
         f(large, "inspected_mb_per_s")?,
+        f(large, "haproxy_mb_per_s")?,
         f(large, "direct_mb_per_s")?,
     );
     writeln!(
         w,
         "| `smtp-source -s 1 -m {} -l {}` (10 MiB messages) | {li:.0} MB/s | \
-         {ld:.0} MB/s | {:.2} |",
+         {lh:.0} MB/s | {ld:.0} MB/s | {:.2} | {:.2} |",
         large["messages"],
         large["bytes"],
+        li / lh,
         li / ld
     )?;
     if li > ld {
@@ -492,33 +554,55 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
     )?;
     writeln!(
         w,
-        "| latency | inspected µs | direct µs | added µs | inspected / direct |"
+        "| latency | inspected µs | HAProxy µs | direct µs | added µs | inspected / direct |"
     )?;
-    writeln!(w, "|---|---|---|---|---|")?;
+    writeln!(w, "|---|---|---|---|---|---|")?;
     for (what, key) in [("transaction", "transaction"), ("session", "session")] {
         for q in ["median", "p99"] {
             let i = f(lat, &format!("{key}_inspected_{q}_us"))?;
+            let h = f(lat, &format!("{key}_haproxy_{q}_us"))?;
             let d = f(lat, &format!("{key}_direct_{q}_us"))?;
             writeln!(
                 w,
-                "| {what}, {q} | {i:.0} | {d:.0} | {:.0} | {:.2} |",
+                "| {what}, {q} | {i:.0} | {h:.0} | {d:.0} | {:.0} | {:.2} |",
                 i - d,
                 i / d
             )?;
         }
     }
 
+    let sc = &smtp["scaling"];
+    let (one, two) = (
+        f(sc, "one_worker_msgs_per_s")?,
+        f(sc, "two_workers_msgs_per_s")?,
+    );
+    writeln!(
+        w,
+        "\nWorkers: the small-message row through the proxy with `workers = 1` and \
+         `workers = 2` in the policy, a daemon started for each run, alternating; \
+         medians of {} runs each. The client (`smtp-source`), the sink and the \
+         kernel's side of both connections share the same 2 cores with the proxy, \
+         so the second worker competes with them for the second core.\n",
+        smtp["repeats"]
+    )?;
+    writeln!(w, "| workers | msg/s | vs 1 worker |")?;
+    writeln!(w, "|---|---|---|")?;
+    writeln!(w, "| 1 | {one:.0} | 1.00 |")?;
+    writeln!(w, "| 2 | {two:.0} | {:.2} |", two / one)?;
+
     let m = &smtp["memory"];
     let (sessions, requested) = (f(m, "sessions")?, f(m, "requested_sessions")?);
-    writeln!(w, "\n## Daemon memory per inspected session\n")?;
+    writeln!(w, "\n{MEMORY_HEADING}\n")?;
     writeln!(
         w,
         "The daemon's RSS (`VmRSS`) before and after opening {sessions:.0} idle \
          inspected sessions from the client namespace (each has read its greeting, \
          so the proxy holds the client's and the server's connection; opened in \
          {:.1} s), divided by the sessions. `max-sessions` in the policy's \
-         `[proxy]` table allows them.",
-        f(m, "opened_in_s")?
+         `[proxy]` table ({}) allows them: as many as fit in the descriptor limit \
+         with the daemon's reserve.",
+        f(m, "opened_in_s")?,
+        m["max_sessions"]
     )?;
     if sessions < requested {
         writeln!(
@@ -526,8 +610,8 @@ fn render_smtp(w: &mut String, smtp: &Value) -> Result<()> {
             "{requested:.0} were asked for, but the daemon holds two sockets per \
              session and may open only {} descriptors here (the hard \
              `RLIMIT_NOFILE` of this machine, which the bench cannot raise without \
-             `CAP_SYS_RESOURCE`): {sessions:.0} is the most that fits, in whole \
-             hundreds.",
+             `CAP_SYS_RESOURCE`): {sessions:.0} is the most that fits with \
+             `max-sessions`, in whole hundreds.",
             m["nofile_limit"]
         )?;
     }
@@ -553,14 +637,7 @@ fn section_start(
     measured: Option<(&str, &str)>,
 ) -> Result<()> {
     writeln!(w, "\n{heading}\n")?;
-    if let Some((date, machine)) = measured {
-        writeln!(
-            w,
-            "Measured {date} on: {machine}, by `{COMMAND} --only {part}` (the rest of \
-             this report by `{COMMAND}`, perhaps on another day).\n"
-        )?;
-    }
-    Ok(())
+    measured_note(w, measured, part)
 }
 
 /// The attack's section; `measured` (date, machine) when it was measured

@@ -43,6 +43,10 @@ const PACKAGES: &[&str] = &[
     // The private Exim's one library that Postfix does not pull in (see
     // `exim_private`).
     "libidn12",
+    // The plain proxy the SMTP benchmark measures the inspector against
+    // (`mode tcp`), and `perf` for profiles.
+    "haproxy",
+    "linux-perf",
 ];
 
 /// The Debian package the private Exim is unpacked from.

@@ -23,6 +23,9 @@ pub enum FailMode {
     Closed,
 }
 
+/// The most `workers` a policy may ask for.
+pub const MAX_WORKERS: u64 = 1024;
+
 /// Settings of the proxy that carries flagged sessions through the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyConfig {
@@ -31,6 +34,9 @@ pub struct ProxyConfig {
     pub upstream_source: UpstreamSource,
     /// Sessions at once; more are answered `421 4.3.2` and closed.
     pub max_sessions: usize,
+    /// Proxy workers (threads, each with its own listener); `None`: one per
+    /// core.
+    pub workers: Option<usize>,
     pub timeouts: SessionTimeouts,
     /// How long a stop waits for sessions in DATA to finish.
     pub shutdown_grace: Duration,
@@ -181,6 +187,7 @@ impl Default for ProxyConfig {
             fail: FailMode::Open,
             upstream_source: UpstreamSource::Auto,
             max_sessions: 1024,
+            workers: None,
             timeouts: SessionTimeouts::default(),
             shutdown_grace: Duration::from_secs(60),
             clients: ClientLimits::default(),
@@ -213,6 +220,7 @@ pub struct ProxySection {
     fail: FailMode,
     upstream_source: Option<Spanned<UpstreamSource>>,
     max_sessions: Option<Spanned<u64>>,
+    workers: Option<Spanned<u64>>,
     connect_timeout: Option<Spanned<u64>>,
     greeting_timeout: Option<Spanned<u64>>,
     command_timeout: Option<Spanned<u64>>,
@@ -356,6 +364,10 @@ impl Section for ProxySection {
                 .map_or(UpstreamSource::Auto, |s| *s.get_ref()),
             max_sessions: positive(&self.max_sessions, "max-sessions", d.max_sessions as u64)?
                 as usize,
+            workers: match &self.workers {
+                None => None,
+                Some(_) => Some(within(&self.workers, "workers", (1, MAX_WORKERS), 1)? as usize),
+            },
             timeouts: SessionTimeouts {
                 connect: secs(&self.connect_timeout, "connect-timeout", d.timeouts.connect)?,
                 greeting: secs(
@@ -395,6 +407,11 @@ mod tests {
         assert_eq!(p.stress.threshold, 80);
         assert_eq!(p.stress.timeout, Duration::from_secs(10));
         assert_eq!(p.stress.memory_budget, None);
+        assert_eq!(p.workers, None);
+        assert_eq!(
+            parse("[proxy]\nworkers = 3\n").unwrap().proxy.workers,
+            Some(3)
+        );
     }
 
     #[test]
@@ -456,6 +473,13 @@ mod tests {
                 17,
                 "proxy.memory-budget",
                 "must be between 1 and 1048576",
+            ),
+            (
+                "[proxy]\nworkers = 0\n",
+                2,
+                11,
+                "proxy.workers",
+                "must be between 1 and 1024",
             ),
             (
                 "[proxy]\nper-client-rate = -1\n",

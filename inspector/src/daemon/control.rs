@@ -153,6 +153,7 @@ impl Reloader {
         let (a, b) = (&old.proxy, &new.proxy);
         for (name, changed) in [
             ("proxy.max-sessions", a.max_sessions != b.max_sessions),
+            ("proxy.workers", a.workers != b.workers),
             ("proxy timeouts", a.timeouts != b.timeouts),
             (
                 "proxy.upstream-source",

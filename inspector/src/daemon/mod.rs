@@ -5,6 +5,7 @@
 mod caps;
 mod control;
 pub mod lock;
+pub mod nofile;
 mod notify;
 mod reply_path;
 mod signals;
@@ -38,6 +39,7 @@ use crate::{
         exempt_store::Store,
         limits,
         loader::{self, AttachMode},
+        local_addrs,
         reset::Resetter,
         routing,
         steer::{self, Heartbeat},
@@ -393,8 +395,12 @@ async fn run_proxy(
     } = learner;
     // Listening first: the steering program checks that the listener is
     // there (and that the proxy's heartbeat is fresh).
+    let nofile = nofile::raise_to_hard()?;
+    nofile::check_fits(reloader.policy.proxy.max_sessions, nofile)?;
+    let workers = proxy::worker_count(reloader.policy.proxy.workers);
     let ports = &reloader.policy.esmtp.ports;
-    let listeners = proxy::listeners(ports)?;
+    let listeners = proxy::listeners(ports, workers)?;
+    let local = local_addrs::watch().await?;
     let netlink = routing::connect()?;
     routing::install(&netlink)
         .await
@@ -417,9 +423,10 @@ async fn run_proxy(
         counters: Counters::default(),
         upstream: upstream.clone(),
         at_limit: client_blocks(&opts.pin_dir, &policy.proxy.clients)?,
+        local,
     });
     log::info!(
-        "proxy listening on port(s) {} (fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
+        "proxy listening on port(s) {} ({workers} worker(s), fail {:?}, upstream {}, max-sessions {}, timeouts {:?})",
         show_ports(&policy.esmtp.ports),
         policy.proxy.fail,
         policy.proxy.upstream_source,

@@ -12,6 +12,7 @@ pub mod exempt;
 pub mod exempt_store;
 pub mod limits;
 pub mod loader;
+pub mod local_addrs;
 pub mod reset;
 pub mod routing;
 pub mod steer;

@@ -19,7 +19,7 @@ use inspector_common::{STEER_MARK, STEER_RULE_PRIORITY, STEER_TABLE};
 use rtnetlink::{
     Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
-        address::{AddressAttribute, AddressScope},
+        address::{AddressAttribute, AddressMessage, AddressScope},
         route::{RouteAddress, RouteAttribute, RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
@@ -237,19 +237,23 @@ pub async fn addresses_of(handle: &Handle, ifindex: u32) -> Result<Vec<(IpAddr, 
         if msg.header.index != ifindex || msg.header.scope != AddressScope::Universe {
             continue;
         }
-        // IFA_LOCAL is the interface's own address (IFA_ADDRESS is the
-        // peer's on a point-to-point link); IPv6 has only IFA_ADDRESS.
-        let local = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
-        });
-        let address = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Address(ip) => Some(*ip),
-            _ => None,
-        });
-        if let Some(ip) = local.or(address) {
+        if let Some(ip) = own_address(&msg) {
             out.push((ip, msg.header.prefix_len));
         }
     }
     Ok(out)
+}
+
+/// The interface's own address in an address message: IFA_LOCAL (IFA_ADDRESS
+/// is the peer's on a point-to-point link); IPv6 has only IFA_ADDRESS.
+pub fn own_address(msg: &AddressMessage) -> Option<IpAddr> {
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let address = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    });
+    local.or(address)
 }

@@ -69,8 +69,6 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// A client's refusals are noted in the log and the audit log at most this
 /// often.
 pub const NOTE_EVERY: Duration = Duration::from_secs(60);
-/// What one session holds at most besides the engine: its two read buffers.
-pub const SESSION_BUFFERS: usize = 2 * READ_BUF;
 
 /// A client as the per-client limits count it: an address, or a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -226,7 +224,9 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(config: &ProxyConfig, counts: Arc<AdmissionCounts>, audit: AuditLog) -> Arc<Self> {
-        let per_session = (SESSION_MEMORY_BOUND + SESSION_BUFFERS + READ_BUF) as u64;
+        // The engine's bound and one read's worth of output (a session owns
+        // no read buffer: its worker's is shared).
+        let per_session = (SESSION_MEMORY_BOUND + READ_BUF) as u64;
         let memory_budget = config
             .stress
             .memory_budget

@@ -1,10 +1,13 @@
 //! One inspected session: the client's connection, a connection to the
 //! original destination, and the sans-IO engine between them.
 //!
-//! Reads on both sides go into fixed buffers of `READ_BUF` bytes; what the
-//! engine emits for one read is written out before the next read, so a
-//! slow side slows the other down (TCP backpressure) and a session holds at
-//! most two read buffers plus the engine's own bound
+//! A session owns no read buffer: it waits until a side is readable, then
+//! reads into its worker thread's buffer of `READ_BUF` bytes and hands the
+//! bytes to the engine before it awaits anything else, so an idle session
+//! holds its sockets, the engine's state (which keeps only the bytes of an
+//! incomplete line) and its task. What the engine emits for one read is
+//! written out before the next read, so a slow side slows the other down
+//! (TCP backpressure) and a session holds at most the engine's own bound
 //! (`SESSION_MEMORY_BOUND`) plus one read's worth of output.
 //!
 //! Closing never destroys what it was meant to deliver. The kernel answers
@@ -16,6 +19,8 @@
 //! still sends until the client has acknowledged every byte sent to it.
 
 use std::{
+    cell::RefCell,
+    io::ErrorKind,
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
     sync::Arc,
@@ -24,7 +29,7 @@ use std::{
 
 use inspector_esmtp::{AuditEvent, AuditKind, Close, Output, Peers, Phase, Session, audit};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -45,6 +50,63 @@ use crate::observe::{
 
 /// Bytes read from one side at a time.
 pub const READ_BUF: usize = 16 * 1024;
+
+thread_local! {
+    /// The worker's read buffer (each worker is one thread): borrowed only
+    /// between a read and the engine's taking of its bytes, never across an
+    /// await.
+    static READ: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_BUF].into_boxed_slice());
+}
+
+/// Runs `f` on the worker's read buffer.
+fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    READ.with_borrow_mut(|b| f(b))
+}
+
+/// A socket's read side, as the sessions read it: readiness, then a
+/// non-blocking read into the worker's buffer.
+trait ReadSide {
+    async fn readable(&self) -> std::io::Result<()>;
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
+}
+
+impl ReadSide for TcpStream {
+    async fn readable(&self) -> std::io::Result<()> {
+        TcpStream::readable(self).await
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+}
+
+impl ReadSide for OwnedReadHalf {
+    async fn readable(&self) -> std::io::Result<()> {
+        OwnedReadHalf::readable(self).await
+    }
+    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        OwnedReadHalf::try_read(self, buf)
+    }
+}
+
+/// What one read of a side that was readable brought.
+enum Read<T> {
+    /// Bytes: their count, or what the engine made of them.
+    Bytes(T),
+    /// Nothing after all (a spurious wake-up).
+    Nothing,
+    /// The end of the stream, or an error.
+    Closed,
+}
+
+/// One non-blocking read of `side` into `buf`.
+fn try_read(side: &impl ReadSide, buf: &mut [u8]) -> Read<usize> {
+    match side.try_read(buf) {
+        Ok(0) => Read::Closed,
+        Ok(n) => Read::Bytes(n),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Read::Nothing,
+        Err(_) => Read::Closed,
+    }
+}
 
 /// Sent when the server cannot be reached.
 const UNREACHABLE: &[u8] = b"421 4.4.1 Service not available, the server cannot be reached\r\n";
@@ -184,7 +246,7 @@ pub async fn refuse(mut client: TcpStream, reply: &[u8]) -> End {
     .await;
     let fd = client.as_raw_fd();
     let mut open = true;
-    linger(&mut client, fd, &mut open, deadline, true).await;
+    linger(&client, fd, &mut open, deadline, true).await;
     End::Unreachable
 }
 
@@ -203,14 +265,7 @@ fn unacknowledged(fd: RawFd) -> Option<usize> {
 /// them) and, with `quiet`, has either closed its side or sent nothing for
 /// `QUIET`; or until `deadline`. `open` says whether the peer's side is
 /// still open, and is cleared when it closes.
-async fn linger<R: AsyncRead + Unpin>(
-    read: &mut R,
-    fd: RawFd,
-    open: &mut bool,
-    deadline: Instant,
-    quiet: bool,
-) {
-    let mut buf = [0u8; 4096];
+async fn linger(read: &impl ReadSide, fd: RawFd, open: &mut bool, deadline: Instant, quiet: bool) {
     let mut last_byte: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -224,8 +279,9 @@ async fn linger<R: AsyncRead + Unpin>(
             return;
         }
         tokio::select! {
-            r = read.read(&mut buf), if *open => match r {
-                Ok(n) if n > 0 => last_byte = Some(Instant::now()),
+            r = read.readable(), if *open => match r.map(|()| with_buffer(|b| try_read(read, b))) {
+                Ok(Read::Bytes(_)) => last_byte = Some(Instant::now()),
+                Ok(Read::Nothing) => {}
                 _ => *open = false,
             },
             () = tokio::time::sleep(POLL) => {}
@@ -238,8 +294,9 @@ fn show(p: Peers) -> String {
 }
 
 enum Event {
-    Client(std::io::Result<usize>),
-    Server(std::io::Result<usize>),
+    /// The client's side is readable (or failed).
+    Client(std::io::Result<()>),
+    Server(std::io::Result<()>),
     Timeout,
     Shutdown,
     /// Stress mode turned on or off: the timeouts changed.
@@ -344,8 +401,13 @@ impl Driver {
     }
 
     async fn drive(&mut self) -> End {
-        let mut cbuf = vec![0u8; READ_BUF];
-        let mut sbuf = vec![0u8; READ_BUF];
+        // One timer for the session's life, moved only when its deadline
+        // comes closer or it fires early: progress pushes the deadline back
+        // at every event, and re-arming a timer per event would cost a
+        // timer-wheel update each time.
+        let mut armed = self.deadline(self.session.phase());
+        let timer = sleep_until(armed);
+        tokio::pin!(timer);
         loop {
             let phase = self.session.phase();
             if self.stopping && matches!(phase, Phase::Idle | Phase::Greeting) {
@@ -359,12 +421,15 @@ impl Driver {
                 return End::Shutdown;
             }
             let deadline = self.deadline(phase);
+            if deadline < armed {
+                armed = deadline;
+                timer.as_mut().reset(armed);
+            }
             // Between commands the session may be evicted for another
             // client; nowhere else (no message is ever cut).
             let idle = phase == Phase::Idle;
             self.ticket.set_idle(idle.then(|| self.last.into_std()));
-            self.ticket
-                .set_memory(admission::SESSION_BUFFERS + self.session.heap_bytes());
+            self.ticket.set_memory(self.session.heap_bytes());
             if !self.server_leftover.is_empty() {
                 let bytes = std::mem::take(&mut self.server_leftover);
                 let out = self.on_data(false, &bytes, std::time::Instant::now());
@@ -374,9 +439,9 @@ impl Driver {
                 continue;
             }
             let event = tokio::select! {
-                r = self.cr.read(&mut cbuf), if self.client_open => Event::Client(r),
-                r = self.sr.read(&mut sbuf), if self.server_open => Event::Server(r),
-                () = sleep_until(deadline) => Event::Timeout,
+                r = self.cr.readable(), if self.client_open => Event::Client(r),
+                r = self.sr.readable(), if self.server_open => Event::Server(r),
+                () = &mut timer => Event::Timeout,
                 _ = self.shutdown.changed(), if !self.stopping => Event::Shutdown,
                 () = self.stress.changed() => Event::Stress,
                 () = self.ticket.evicted(), if idle => Event::Evicted,
@@ -402,6 +467,12 @@ impl Driver {
                     self.close(Close::Fin).await;
                     return End::Evicted;
                 }
+                Event::Timeout if Instant::now() < self.deadline(phase) => {
+                    // Fired at a deadline progress has pushed back since.
+                    armed = self.deadline(phase);
+                    timer.as_mut().reset(armed);
+                    continue;
+                }
                 Event::Timeout => {
                     log::debug!(
                         "{}: no traffic for {:?} ({phase:?}): closing",
@@ -414,49 +485,69 @@ impl Driver {
                     self.close(Close::Fin).await;
                     return End::Timeout(phase);
                 }
-                Event::Client(Ok(n)) if n > 0 => {
-                    let out = self.on_data(true, &cbuf[..n], now);
-                    // Bytes the engine only buffered (part of a command
-                    // line, or held while a reply is owed) are no progress.
-                    if !out.to_server.is_empty() || !out.to_client.is_empty() || out.close.is_some()
-                    {
+                Event::Client(r) => match r.map(|()| self.read_side(true, now)) {
+                    Ok(Read::Bytes(out)) => {
+                        // Bytes the engine only buffered (part of a command
+                        // line, or held while a reply is owed) are no progress.
+                        if !out.to_server.is_empty()
+                            || !out.to_client.is_empty()
+                            || out.close.is_some()
+                        {
+                            self.last = Instant::now();
+                        }
+                        out
+                    }
+                    Ok(Read::Nothing) => continue,
+                    Err(_) | Ok(Read::Closed) => {
+                        self.client_open = false;
+                        self.client_closed_first = phase != Phase::Closing;
+                        if self.session.is_opaque() {
+                            // TLS: pass the half-close on, keep the other way.
+                            let _ = self.sw.shutdown().await;
+                            if !self.server_open {
+                                return End::Closed;
+                            }
+                            continue;
+                        }
+                        self.session.on_client_eof(now)
+                    }
+                },
+                Event::Server(r) => match r.map(|()| self.read_side(false, now)) {
+                    Ok(Read::Bytes(out)) => {
                         self.last = Instant::now();
+                        out
                     }
-                    out
-                }
-                Event::Client(_) => {
-                    self.client_open = false;
-                    self.client_closed_first = phase != Phase::Closing;
-                    if self.session.is_opaque() {
-                        // TLS: pass the half-close on, keep the other way.
-                        let _ = self.sw.shutdown().await;
-                        if !self.server_open {
-                            return End::Closed;
+                    Ok(Read::Nothing) => continue,
+                    Err(_) | Ok(Read::Closed) => {
+                        self.server_open = false;
+                        if self.session.is_opaque() {
+                            let _ = self.cw.shutdown().await;
+                            if !self.client_open {
+                                return End::Closed;
+                            }
+                            continue;
                         }
-                        continue;
+                        self.session.on_server_eof(now)
                     }
-                    self.session.on_client_eof(now)
-                }
-                Event::Server(Ok(n)) if n > 0 => {
-                    self.last = Instant::now();
-                    self.on_data(false, &sbuf[..n], now)
-                }
-                Event::Server(_) => {
-                    self.server_open = false;
-                    if self.session.is_opaque() {
-                        let _ = self.cw.shutdown().await;
-                        if !self.client_open {
-                            return End::Closed;
-                        }
-                        continue;
-                    }
-                    self.session.on_server_eof(now)
-                }
+                },
             };
             if let Some(end) = self.apply(out).await {
                 return end;
             }
         }
+    }
+
+    /// Reads what the client's (`true`) or the server's side has, through
+    /// the worker's buffer, into the engine.
+    fn read_side(&mut self, from_client: bool, now: std::time::Instant) -> Read<Output> {
+        with_buffer(|buf| {
+            let side = if from_client { &self.cr } else { &self.sr };
+            match try_read(side, buf) {
+                Read::Bytes(n) => Read::Bytes(self.on_data(from_client, &buf[..n], now)),
+                Read::Nothing => Read::Nothing,
+                Read::Closed => Read::Closed,
+            }
+        })
     }
 
     /// Feeds bytes from the client (`true`) or the server to the engine,
@@ -477,6 +568,13 @@ impl Driver {
 
     /// Sends what the engine produced, and closes if it says so.
     async fn apply(&mut self, mut out: Output) -> Option<End> {
+        if out.close.is_some() || self.session.phase() == Phase::Closing {
+            // Only closing: the slot is free before the last reply goes
+            // out. Once the client has it, it may open its next session,
+            // on another worker, while this one's thread has not come back
+            // from the write yet.
+            self.ticket.release();
+        }
         // Never blocks: a slow sink drops (and counts) records.
         self.trace
             .audit(&self.shared.esmtp.audit, std::mem::take(&mut out.audit));
@@ -556,7 +654,7 @@ impl Driver {
         let deadline = Instant::now() + LINGER;
         let fd = self.cw.as_ref().as_raw_fd();
         if how == Close::Reset {
-            linger(&mut self.cr, fd, &mut self.client_open, deadline, false).await;
+            linger(&self.cr, fd, &mut self.client_open, deadline, false).await;
             for sock in [self.cw.as_ref(), self.sw.as_ref()] {
                 let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
             }
@@ -565,7 +663,7 @@ impl Driver {
         let grace = Duration::from_secs(5);
         let _ = timeout(grace, self.cw.shutdown()).await;
         let _ = timeout(grace, self.sw.shutdown()).await;
-        linger(&mut self.cr, fd, &mut self.client_open, deadline, true).await;
+        linger(&self.cr, fd, &mut self.client_open, deadline, true).await;
     }
 }
 
