@@ -150,3 +150,19 @@ fn phases_follow_the_session() {
         assert_eq!(t.session.phase(), Phase::Data);
     });
 }
+
+#[test]
+fn quit_is_answered_only_once_the_server_accepts_it() {
+    both(modern, |t| {
+        t.hello(&[]);
+        assert!(!t.session.quit_answered());
+        t.c("QUIT\r\n").server_got("QUIT\r\n");
+        assert!(!t.session.quit_answered(), "no reply yet");
+        // A server that refuses QUIT keeps the session going.
+        t.s("500 5.5.1 no\r\n").client_got("500 5.5.1 no\r\n");
+        assert!(!t.session.quit_answered());
+        t.c("QUIT\r\n").server_got("QUIT\r\n");
+        t.s("221 2.0.0 Bye\r\n").client_got("221 2.0.0 Bye\r\n");
+        assert!(t.session.quit_answered());
+    });
+}

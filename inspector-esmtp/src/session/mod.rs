@@ -232,6 +232,8 @@ pub struct Session {
     invalid_rcpts: u64,
     ending: Ending,
     opaque: bool,
+    /// The server accepted QUIT: the session is over but for the closes.
+    quit_answered: bool,
     /// Body lines no rule acts on (`rules::quiet_body_line`).
     quiet: Option<usize>,
     /// Commands and replies inspected in this call: added to the shared
@@ -270,6 +272,7 @@ impl Session {
             invalid_rcpts: 0,
             ending: Ending::new(modern),
             opaque: false,
+            quit_answered: false,
             quiet,
             packets: 0,
             record: SessionRecord::default(),
@@ -323,6 +326,14 @@ impl Session {
             self.release();
         }
         self.finish(out)
+    }
+
+    /// Whether the server accepted the client's QUIT (RFC 5321 section
+    /// 4.1.1.10: it then closes): the session holds nothing more but its
+    /// sockets, so the driver can give its admission slot back before the
+    /// reply reaches the client, which may open its next session at once.
+    pub fn quit_answered(&self) -> bool {
+        self.quit_answered
     }
 
     /// Where the session is (see [`Phase`]).
@@ -891,6 +902,7 @@ impl Session {
                 // command waits for that reply, not for this one.
                 self.push(Pending::Xexch50Blob, out);
             }
+            Some(Pending::Quit) if positive => self.quit_answered = true,
             Some(Pending::Auth) if code == 334 => self.mode = ClientMode::AuthResponse,
             Some(Pending::StartTls) if code == 220 => {
                 // Bytes the client sent before this reply are plaintext

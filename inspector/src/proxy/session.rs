@@ -568,8 +568,11 @@ impl Driver {
 
     /// Sends what the engine produced, and closes if it says so.
     async fn apply(&mut self, mut out: Output) -> Option<End> {
-        if out.close.is_some() || self.session.phase() == Phase::Closing {
-            // Only closing: the slot is free before the last reply goes
+        if out.close.is_some()
+            || self.session.phase() == Phase::Closing
+            || self.session.quit_answered()
+        {
+            // Only closing (or QUIT answered): the slot is free before the last reply goes
             // out. Once the client has it, it may open its next session,
             // on another worker, while this one's thread has not come back
             // from the write yet.
