@@ -6,8 +6,10 @@
 //! whose sequence number is exactly its RCV.NXT; one elsewhere in its
 //! window gets a challenge ACK and one outside it is dropped (RFC 5961
 //! section 3.2; Linux's `tcp_validate_incoming` calls `tcp_reset` only
-//! when `seq == rcv_nxt`, or the end of its highest SACK block, which is
-//! also the sender's highest in-order next as we count it here). A SYN on
+//! when `seq == rcv_nxt`, at the end of its highest SACK block (a segment
+//! lost past the gateway: the sender's next as we count it here), or
+//! `rcv_nxt - 1` once the peer's FIN is in (`tcp_reset_check`: by then a
+//! FIN has released the flow). A SYN on
 //! a synchronized connection gets a challenge ACK too, never a reset
 //! (RFC 5961 section 4, `tcp_validate_incoming` step 4). Counting such an
 //! RST or SYN as the end of the connection would let a client hold more
