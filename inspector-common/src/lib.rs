@@ -359,9 +359,11 @@ pub struct FlowEntry {
     /// our SYN-ACK sent; then the server's first timestamp minus ours, taken
     /// from the server's timestamps and added to the client's echoes.
     pub ts_delta: u32,
-    /// The client's next sequence number after its SYN (ISN + 1): where an
-    /// RST for the server must start, when the sweeper resets a half-open
-    /// flow.
+    /// The client's next sequence number as far as we have seen it (its
+    /// ISN + 1, moved by its in-order segments): where an RST for the
+    /// server must start, when the sweeper resets a half-open flow, and
+    /// the only sequence number at which the client's RST or FIN releases
+    /// the flow.
     pub client_next: u32,
     /// Intercepted flows only, while `OPENING`: the client's window, for
     /// the ACK that completes the server's handshake.
@@ -375,6 +377,19 @@ pub struct FlowEntry {
     pub wscale_server: u8,
     pub wscale_client: u8,
     pub _pad2: u8,
+    /// The server's next sequence number as far as we have seen it (its
+    /// ISN + 1, moved by its in-order segments): an RST or a FIN from the
+    /// server releases the flow only there. `client_next` is the client's.
+    pub server_next: u32,
+    /// [`seq_known`]: which of `client_next` and `server_next` hold a value.
+    pub seq_known: u8,
+    pub _pad3: [u8; 3],
+}
+
+/// `FlowEntry::seq_known`.
+pub mod seq_known {
+    pub const CLIENT: u8 = 1 << 0;
+    pub const SERVER: u8 = 1 << 1;
 }
 
 /// Key of the per-client counters: a client of one protected server.
@@ -620,7 +635,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(offset_of!(FlowKey, client_port) == 32);
     assert!(offset_of!(FlowKey, protocol) == 36);
-    assert!(size_of::<FlowEntry>() == 32);
+    assert!(size_of::<FlowEntry>() == 40);
     assert!(offset_of!(FlowEntry, state) == 8);
     assert!(offset_of!(FlowEntry, seq_delta) == 12);
     assert!(offset_of!(FlowEntry, ts_delta) == 16);
@@ -628,6 +643,8 @@ const _: () = {
     assert!(offset_of!(FlowEntry, window) == 24);
     assert!(offset_of!(FlowEntry, flags) == 26);
     assert!(offset_of!(FlowEntry, wscale_ours) == 28);
+    assert!(offset_of!(FlowEntry, server_next) == 32);
+    assert!(offset_of!(FlowEntry, seq_known) == 36);
     assert!(size_of::<XdpConfig>() == 8);
     assert!(size_of::<ClientKey>() == 32);
     assert!(size_of::<ConnCounts>() == 16);

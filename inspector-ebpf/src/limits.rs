@@ -29,6 +29,7 @@
 //! spoofed SYNs never locks out a client that completes the handshake.
 
 mod conns;
+mod seq;
 
 use aya_ebpf::{
     bindings::{BPF_ANY, xdp_md},
@@ -43,7 +44,10 @@ use inspector_common::{
     tcpopt::{MAX_WSCALE, NO_WSCALE},
 };
 
-use self::conns::{Current, Kind};
+use self::{
+    conns::{Current, Kind},
+    seq::Side,
+};
 use crate::{
     counters::{count_intercept, count_limit_drop},
     packet::Packet,
@@ -190,23 +194,17 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
             } else {
                 Verdict::Pass
             };
-            if flags & TCP_RST != 0 {
-                // A half-open flow's RST must carry the client's next
-                // sequence number (what the server's SYN-ACK acknowledged),
-                // or a blind, spoofed RST would free its slot while the
-                // server, which drops RSTs out of its window, keeps it.
-                if state == flow_state::EMBRYONIC
-                    && seq(packet, tcp) != Some(unsafe { (*entry).client_next })
+            if flags & TCP_RST != 0 || flags & TCP_SYN == 0 {
+                // An RST or a FIN releases the flow only at the client's
+                // next sequence number, as the server reads them (`seq`):
+                // a half-open flow's is what the server's SYN-ACK
+                // acknowledged, so a blind, spoofed RST frees no slot.
+                // SAFETY: as above.
+                end_or_continue(packet, tcp, w, unsafe { &mut *entry }, Side::Client, state);
+                if flags & (TCP_RST | TCP_FIN) == 0
+                    && flags & TCP_ACK != 0
+                    && state == flow_state::EMBRYONIC
                 {
-                    return pass;
-                }
-                forget(w);
-                return pass;
-            }
-            if !new_syn {
-                if flags & TCP_FIN != 0 {
-                    close(w, entry, state);
-                } else if flags & TCP_ACK != 0 && state == flow_state::EMBRYONIC {
                     // The client's ACK after the server's SYN-ACK: the
                     // handshake is complete.
                     unsafe { (*entry).state = flow_state::ESTABLISHED };
@@ -214,14 +212,27 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
                 }
                 return pass;
             }
+            if !new_syn {
+                return pass;
+            }
             if state == flow_state::EMBRYONIC {
                 // A retransmitted SYN (perhaps with a new ISN).
                 if let Some(isn) = seq(packet, tcp) {
-                    unsafe { (*entry).client_next = isn.wrapping_add(1) };
+                    // SAFETY: as above.
+                    seq::set(unsafe { &mut *entry }, Side::Client, isn.wrapping_add(1));
                 }
                 return Verdict::Pass;
             }
-            // A new connection on the tuple of an old one: forget the old.
+            if state == flow_state::ESTABLISHED {
+                // A SYN on an established connection: the server answers
+                // it with a challenge ACK and keeps the connection (RFC
+                // 5961 section 4), so it stays counted. A client that
+                // really starts over answers that ACK with an RST at our
+                // next number, which releases it; its next SYN is new.
+                return pass;
+            }
+            // A new connection on the tuple of a closing one (or one the
+            // server has not answered yet): forget the old.
             forget(w);
         }
         None if flags & TCP_RST != 0 => return Verdict::Pass,
@@ -230,6 +241,8 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
         None if !new_syn => {
             let pure_ack = flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK;
             if pure_ack && limits.on_embryonic_limit == ON_LIMIT_INTERCEPT {
+                // For `adopt`.
+                w.entry.client_next = seq(packet, tcp).unwrap_or(0);
                 return verify_client(w, &limits);
             }
             return Verdict::Pass;
@@ -345,6 +358,10 @@ pub fn opening(o: &Opened) {
         wscale_server: 0,
         wscale_client: o.wscale_client,
         _pad2: 0,
+        // The server's, from its SYN-ACK (`server_answered`).
+        server_next: 0,
+        seq_known: inspector_common::seq_known::CLIENT,
+        _pad3: [0; 3],
     };
     insert(w, &entry, Kind::Established);
     count_intercept(InterceptEvent::ClientVerified);
@@ -381,6 +398,7 @@ pub fn server_answered(a: &Answered) {
     unsafe {
         let e = &mut *entry;
         e.seq_delta = a.isn.wrapping_sub(e.seq_delta);
+        seq::set(e, Side::Server, a.isn.wrapping_add(1));
         if a.has_ts && e.flags & flow_flags::TS != 0 {
             e.ts_delta = a.ts.wrapping_sub(e.ts_delta);
         } else {
@@ -419,9 +437,14 @@ pub fn adopt() {
     let Some(w) = work() else {
         return;
     };
+    // The client's handshake-completing ACK starts at its next sequence
+    // number (`verify_client` kept it); the server's side is the local
+    // listener, whose packets we do not see.
     let entry = FlowEntry {
         last_seen_ns: now(),
         state: flow_state::ESTABLISHED,
+        client_next: w.entry.client_next,
+        seq_known: inspector_common::seq_known::CLIENT,
         ..FlowEntry::default()
     };
     insert(w, &entry, Kind::Established);
@@ -437,6 +460,7 @@ fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) {
         last_seen_ns: now(),
         state,
         client_next,
+        seq_known: inspector_common::seq_known::CLIENT,
         ..FlowEntry::default()
     };
     insert(w, &entry, kind);
@@ -487,15 +511,58 @@ fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
         w.entry.flags = flow_flags::INTERCEPTED;
         return Verdict::ToClient;
     }
-    if flags & TCP_RST != 0 {
+    if flags & TCP_SYN != 0 && flags & TCP_RST == 0 {
+        // The server's SYN-ACK (again, after a lost ACK, perhaps): where
+        // its sequence numbers start. Only while half-open, so that no
+        // spoofed SYN-ACK moves an established flow's.
+        if state == flow_state::EMBRYONIC
+            && let Some(isn) = seq(packet, tcp)
+        {
+            // SAFETY: as in `from_client`.
+            seq::set(unsafe { &mut *entry }, Side::Server, isn.wrapping_add(1));
+        }
+    } else if flags & TCP_RST != 0 && state == flow_state::EMBRYONIC {
+        // The server refused the connection.
         forget(w);
-    } else if flags & TCP_FIN != 0 {
-        close(w, entry, state);
+    } else {
+        // SAFETY: as in `from_client`.
+        end_or_continue(packet, tcp, w, unsafe { &mut *entry }, Side::Server, state);
     }
     if intercepted {
         Verdict::ToClient
     } else {
         Verdict::Pass
+    }
+}
+
+/// A segment of a tracked flow from `side`, not a SYN: an RST at the
+/// side's next sequence number forgets the flow and a FIN there closes it;
+/// anywhere else they change nothing here and are passed on, for the peer
+/// to judge (`seq`). Any other segment moves the side's next number.
+#[inline(always)]
+fn end_or_continue(
+    packet: &Packet,
+    tcp: &Tcp,
+    w: &Work,
+    e: &mut FlowEntry,
+    side: Side,
+    state: u32,
+) {
+    let Some(at) = seq(packet, tcp) else {
+        return;
+    };
+    let exact = seq::at_next(e, side, at);
+    if tcp.flags & TCP_RST != 0 {
+        if exact {
+            forget(w);
+        }
+        return;
+    }
+    if let Some(end) = seq::end(packet, tcp, at) {
+        seq::advance(e, side, at, end);
+    }
+    if tcp.flags & TCP_FIN != 0 && exact {
+        close(w, e, state);
     }
 }
 
@@ -509,10 +576,9 @@ fn established(w: &Work) {
 /// A FIN: the connection no longer counts; its entry stays (closing) so
 /// the last packets are not mistaken for anything else.
 #[inline(always)]
-fn close(w: &Work, entry: *mut FlowEntry, state: u32) {
+fn close(w: &Work, entry: &mut FlowEntry, state: u32) {
     release(w, state);
-    // SAFETY: as in `from_client`.
-    unsafe { (*entry).state = flow_state::CLOSING };
+    entry.state = flow_state::CLOSING;
 }
 
 /// An RST (or a reused tuple): release the flow's count and drop its entry.

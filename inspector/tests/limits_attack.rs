@@ -441,3 +441,190 @@ fn a_spoofed_rst_out_of_sequence_frees_no_slot() {
         a.counts(server.into())
     );
 }
+
+/// What a client holding its `per-client-max` of established connections
+/// sends on their tuples, hoping the kernel forgets them while the server
+/// keeps them.
+#[derive(Clone, Copy, Debug)]
+enum Forged {
+    /// FINs and RSTs at sequence numbers the server does not reset at: in
+    /// its window but not its RCV.NXT (a challenge ACK), before it and far
+    /// beyond it (dropped): RFC 5961 section 3.
+    WrongSequence,
+    /// New SYNs (the server answers with a challenge ACK: RFC 5961 section 4).
+    Syn,
+}
+
+/// A client with `per-client-max = 2` holds two established connections
+/// and sends `forged` segments on both: the kernel keeps counting them, as
+/// the server keeps holding them, so a third connection is still dropped.
+/// An RST at the exact next sequence number frees one slot, at the server
+/// too, and the third connection gets through.
+fn forged_segments_free_no_established_slot(
+    test: &str,
+    client: IpAddr,
+    server: IpAddr,
+    forged: Forged,
+) {
+    use inspector_lab::{packets, raw::RawIp};
+    let limits = Limits::new(0, 0, 2, 0);
+    let a = Attacked::both_sides(test, &limits.entry(server, "drop"), server);
+    let addr = SocketAddr::new(server, PORT);
+    let held = [0, 1].map(|_| banner(&a.lab, client, addr).expect("a connection under the limit"));
+    assert!(
+        wait_until(Duration::from_secs(2), || a.counts(server) == (0, 2)
+            && server_established(&a.lab, client) == 2),
+        "two established connections: counts {:?}",
+        a.counts(server)
+    );
+    let raw = RawIp::new(&a.lab.client, client.is_ipv6()).unwrap();
+    let send = |s: &TcpStream, flags: u8, seq: u32| {
+        let port = s.local_addr().unwrap().port();
+        let tcp = packets::tcp_segment(client, server, (port, PORT), seq, flags, &[], &[]);
+        let packet = match (client, server) {
+            (IpAddr::V4(c), IpAddr::V4(s)) => packets::ipv4_packet(c, s, 6, &tcp),
+            (IpAddr::V6(c), IpAddr::V6(s)) => [packets::ipv6(c, s, 6, tcp.len()), tcp].concat(),
+            _ => unreachable!("one family"),
+        };
+        raw.send(&packet, server).unwrap();
+    };
+    let next = held.each_ref().map(send_next);
+    let still_held = |what: &str| {
+        // Past a sweep, which would correct counts from the flow table.
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(
+            a.counts(server),
+            (0, 2),
+            "{what} freed a slot the server holds"
+        );
+        assert_eq!(
+            server_established(&a.lab, client),
+            2,
+            "the server let go after {what}"
+        );
+    };
+    const FIN_ACK: u8 = 0x11;
+    const RST: u8 = 0x04;
+    const SYN: u8 = 0x02;
+    for (s, next) in held.iter().zip(next) {
+        match forged {
+            Forged::WrongSequence => {
+                send(s, FIN_ACK, next.wrapping_add(100));
+                still_held("a FIN out of sequence");
+                for wrong in [100, 0u32.wrapping_sub(1000), 0x4000_0000] {
+                    send(s, RST, next.wrapping_add(wrong));
+                }
+                still_held("an RST out of sequence");
+            }
+            Forged::Syn => {
+                for isn in [next.wrapping_add(100), 0x1234_5678] {
+                    send(s, SYN, isn);
+                }
+                still_held("a SYN on an established tuple");
+            }
+        }
+    }
+    let err = a
+        .lab
+        .client
+        .tcp_connect(client, addr, Duration::from_secs(2))
+        .unwrap()
+        .expect_err("a third connection over per-client-max");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+
+    send(&held[0], RST, next[0]);
+    assert!(
+        wait_until(Duration::from_secs(2), || a.counts(server) == (0, 1)
+            && server_established(&a.lab, client) == 1),
+        "the exact RST frees the slot at both: counts {:?}, the server holds {}",
+        a.counts(server),
+        server_established(&a.lab, client)
+    );
+    let third = banner(&a.lab, client, addr).expect("the third connection, in the freed slot");
+    drop((held, third));
+}
+
+#[test]
+fn rsts_and_fins_out_of_sequence_free_no_established_slot_v4() {
+    let (c, s) = (CLIENT_V4.into(), SERVER_V4.into());
+    forged_segments_free_no_established_slot("estrst4", c, s, Forged::WrongSequence);
+}
+
+#[test]
+fn rsts_and_fins_out_of_sequence_free_no_established_slot_v6() {
+    let (c, s) = (CLIENT_V6.into(), SERVER_V6.into());
+    forged_segments_free_no_established_slot("estrst6", c, s, Forged::WrongSequence);
+}
+
+#[test]
+fn syns_on_established_tuples_free_no_slot_v4() {
+    let (c, s) = (CLIENT_V4.into(), SERVER_V4.into());
+    forged_segments_free_no_established_slot("estsyn4", c, s, Forged::Syn);
+}
+
+#[test]
+fn syns_on_established_tuples_free_no_slot_v6() {
+    let (c, s) = (CLIENT_V6.into(), SERVER_V6.into());
+    forged_segments_free_no_established_slot("estsyn6", c, s, Forged::Syn);
+}
+
+/// Established connections at the server from `client`.
+fn server_established(lab: &Lab, client: IpAddr) -> usize {
+    // ss reads an IPv6 address's last colon as a port's, but for brackets.
+    let client_filter = match client {
+        IpAddr::V4(c) => c.to_string(),
+        IpAddr::V6(c) => format!("[{c}]"),
+    };
+    let out = lab
+        .server
+        .command("ss")
+        .args(["-Htn", "state", "established", "dst", &client_filter])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// The next sequence number `s` sends (it has sent nothing since its
+/// handshake that is not acknowledged): read in TCP repair mode (root),
+/// which the socket leaves at once without a window probe.
+fn send_next(s: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    const TCP_SEND_QUEUE: libc::c_int = 2;
+    const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
+    let fd = s.as_raw_fd();
+    let set = |option, value: libc::c_int| {
+        // SAFETY: a valid socket and an int option of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_TCP,
+                option,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "TCP repair option {option}: {}",
+            std::io::Error::last_os_error()
+        );
+    };
+    set(libc::TCP_REPAIR, 1);
+    set(libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+    let mut seq = 0u32;
+    let mut len = size_of::<u32>() as libc::socklen_t;
+    // SAFETY: as above, with room for the u32 the option returns.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_TCP,
+            libc::TCP_QUEUE_SEQ,
+            (&raw mut seq).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_QUEUE_SEQ: {}", std::io::Error::last_os_error());
+    set(libc::TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+    seq
+}

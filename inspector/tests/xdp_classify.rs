@@ -910,3 +910,32 @@ fn exemptions_match_source_or_destination() {
     let cut = v4_tcp(gateway, CLIENT, 25);
     assert_eq!(c.classify(&cut[..40]), Class::Malformed);
 }
+
+/// A flow table pinned by a version with smaller entries (before they
+/// held the server's next sequence number) is replaced at load, where
+/// reusing it would fail the verifier.
+#[test]
+fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
+    let pins = PinDir::new("staleflows");
+    let path = pins.path().join(inspector_common::maps::FLOWS);
+    let old = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args([
+            "type", "lru_hash", "key", "40", "value", "32", "entries", "16",
+        ])
+        .args(["name", "FLOWS"])
+        .output()
+        .expect("running bpftool");
+    assert!(
+        old.status.success(),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    let _ebpf = loader::load(pins.path()).expect("loading over the old table");
+    let flows = aya::maps::MapData::from_pin(&path).unwrap();
+    assert_eq!(
+        flows.info().unwrap().value_size() as usize,
+        size_of::<inspector_common::FlowEntry>()
+    );
+}

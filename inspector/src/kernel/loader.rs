@@ -18,6 +18,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// exemptions and counters survive a restart); missing ones are created and
 /// pinned. The programs are loaded (verified) but not attached.
 pub fn load(pin_dir: &Path) -> Result<Ebpf> {
+    drop_stale_flows(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(OBJECT)
@@ -62,6 +63,31 @@ fn pass_only(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
         .program_mut(programs::XDP_EMPTY)
         .context("the object has no pass-only XDP program")?
         .try_into()?)
+}
+
+/// Removes a flow table pinned by a version whose entries had another
+/// size (they grew by the sequence numbers of `FlowEntry::server_next`):
+/// reused, it would fail the verifier. Its flows are forgotten: the
+/// sweeper's next pass recounts from the new, empty table, and connections
+/// open since then go uncounted like any that predate the daemon.
+fn drop_stale_flows(pin_dir: &Path) -> Result<()> {
+    let path = super::bpffs::map_path(pin_dir, inspector_common::maps::FLOWS);
+    let Ok(map) = aya::maps::MapData::from_pin(&path) else {
+        return Ok(());
+    };
+    let size = map
+        .info()
+        .with_context(|| format!("reading {}", path.display()))?
+        .value_size();
+    let ours = std::mem::size_of::<inspector_common::FlowEntry>();
+    if size as usize != ours {
+        log::warn!(
+            "{}: entries of {size} bytes, an older version's; replaced by a table of {ours}-byte entries (its flows are forgotten)",
+            path.display()
+        );
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
