@@ -447,7 +447,8 @@ fn the_daemonset_is_valid_and_matches_the_unit() {
         .map(|l| format!("{}\n", l.trim_start()))
         .collect();
     assert!(policy.contains("[proxy]"), "{policy}");
-    assert!(policy.contains("\n[cluster]\nmembers = [\""), "{policy}");
+    assert!(policy.contains("\n[cluster]\n"), "{policy}");
+    assert!(policy.contains("\nmembers = [\""), "{policy}");
     let file = files.path().join("policy.toml");
     std::fs::write(&file, policy).unwrap();
     // One file for every node: each node is told by its address, or by
@@ -464,5 +465,8 @@ fn the_daemonset_is_valid_and_matches_the_unit() {
         String::from_utf8_lossy(&out.stderr)
     );
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("cluster: on this host, member 2 of 2"), "{said}");
+    assert!(
+        said.contains("cluster: on this host, member 2 of 2"),
+        "{said}"
+    );
 }
