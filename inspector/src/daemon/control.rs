@@ -155,15 +155,17 @@ impl Reloader {
 
     fn try_reload(&mut self, ebpf: Option<&mut aya::Ebpf>) -> Result<ReloadAnswer> {
         let (new, text) = load_policy(self.path.as_deref())?;
-        ExemptTable::open(&self.pin_dir)?
-            .apply_policy(&new.exempt)
-            .context("applying the policy's exemptions")?;
+        // Before anything applies: a policy whose member cannot be told is
+        // refused whole.
         let member = membership(
             &new.cluster,
             self.path.as_deref(),
             self.cluster_member,
             &self.local,
         )?;
+        ExemptTable::open(&self.pin_dir)?
+            .apply_policy(&new.exempt)
+            .context("applying the policy's exemptions")?;
         limits::apply_member_policy(&self.pin_dir, &new.servers, &member)
             .context("applying the policy's protected servers")?;
         self.timeouts.send_replace(new.timeouts);

@@ -115,6 +115,18 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     };
     let notifier = Arc::new(Notifier::from_env());
     let (policy, text) = load_policy(opts.policy.as_deref())?;
+    // This host's addresses tell which cluster member it is (and the proxy
+    // refuses sessions to them); an unknown member stops the start here.
+    let local = runtime.block_on(local_addrs::watch())?;
+    let member = control::membership(
+        &policy.cluster,
+        opts.policy.as_deref(),
+        opts.cluster_member,
+        &local,
+    )?;
+    if member.members > 1 {
+        log::info!("cluster member {} of {}", member.member, member.members);
+    }
     // Before anything is attached, so a refusal leaves nothing behind.
     for (iface, server) in runtime.block_on(reply_path::missing(&policy.servers, &opts.ifaces))? {
         log::info!(
@@ -199,18 +211,6 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
             store.path().display()
         ),
         Err(e) => log::warn!("live exemptions not restored: {e:#}"),
-    }
-    // This host's addresses tell which cluster member it is (and the proxy
-    // refuses sessions to them).
-    let local = runtime.block_on(local_addrs::watch())?;
-    let member = control::membership(
-        &policy.cluster,
-        opts.policy.as_deref(),
-        opts.cluster_member,
-        &local,
-    )?;
-    if member.members > 1 {
-        log::info!("cluster member {} of {}", member.member, member.members);
     }
     limits::apply_member_policy(&opts.pin_dir, &policy.servers, &member)
         .context("applying the policy's protected servers")?;
