@@ -44,11 +44,12 @@ struct Running {
 
 impl Running {
     fn start(name: &str, members: usize) -> Self {
-        Self::start_with(name, members, |_| String::new())
+        Self::start_with(name, members, "")
     }
 
-    /// With each member's policy: policies/cluster.toml, then `extra(i)`.
-    fn start_with(name: &str, members: usize, extra: impl Fn(usize) -> String) -> Self {
+    /// With one policy file for every member: policies/cluster.toml,
+    /// `extra`, and the lab's `[cluster]` table (the members' addresses).
+    fn start_with(name: &str, members: usize, extra: &str) -> Self {
         let prefix = format!("cl{}-{name}", std::process::id());
         let cluster = Cluster::create(&prefix, members).expect("building the cluster lab");
         let files = Scratch::new(std::env::temp_dir().join(format!("{prefix}-files"))).unwrap();
@@ -68,6 +69,9 @@ impl Running {
         cluster.server.wait_listening("0.0.0.0:25").unwrap();
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/cluster.toml");
         let base = std::fs::read_to_string(base).unwrap();
+        let policy = files.path().join("policy.toml");
+        let table = cluster.cluster_table();
+        std::fs::write(&policy, format!("{base}\n{extra}\n{table}")).unwrap();
         let mut running = Self {
             files,
             _sink: sink,
@@ -80,8 +84,6 @@ impl Running {
             let m = &running.cluster.members[i];
             let pins = PinDir::new(&format!("{name}-gw{}", m.index));
             let log = running.files.path().join(format!("gw{}.log", m.index));
-            let policy = running.files.path().join(format!("gw{}.toml", m.index));
-            std::fs::write(&policy, format!("{base}\n{}", extra(m.index))).unwrap();
             let args = [
                 "--iface".as_ref(),
                 OUTSIDE.as_ref(),
@@ -325,21 +327,24 @@ fn prometheus_cluster_config_and_rules_load() {
 /// `[cluster]` divides a server's connection limit across the members: the
 /// kernel of each enforces its share, and the cluster as a whole admits the
 /// policy's limit, however the router's hash spreads the connections.
+/// Both members run the same policy file: each finds which member it is
+/// by its own address in `members`, at start and again on reload.
 #[test]
 fn a_server_limit_is_divided_across_members_and_holds_in_total() {
     const LIMIT: u32 = 11;
     const ATTEMPTS: usize = 30;
-    let r = Running::start_with("limits", 2, |i| {
-        format!(
-            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-conns = {LIMIT}\n\n[cluster]\nmembers = 2\nmember = {i}\n"
-        )
-    });
+    let server = format!("[[server]]\naddress = \"{SERVER_V4}\"\nmax-conns = {LIMIT}\n");
+    let r = Running::start_with("limits", 2, &server);
     let limit_of = |i: usize| {
         let out = support::cli_ok(r.pins[i - 1].path(), &["stats", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         v["limits"]["servers"][0]["max-conns"].as_u64().unwrap()
     };
     assert_eq!((limit_of(1), limit_of(2)), (6, 5));
+    for i in 1..=2 {
+        support::cli_ok(r.pins[i - 1].path(), &["reload"]);
+    }
+    assert_eq!((limit_of(1), limit_of(2)), (6, 5), "after a reload");
 
     // Connections held open, one after another, each a new source port:
     // the router hashes each to a member.
@@ -442,16 +447,26 @@ fn the_daemonset_is_valid_and_matches_the_unit() {
         .map(|l| format!("{}\n", l.trim_start()))
         .collect();
     assert!(policy.contains("[proxy]"), "{policy}");
+    assert!(policy.contains("\n[cluster]\n"), "{policy}");
+    assert!(policy.contains("\nmembers = [\""), "{policy}");
     let file = files.path().join("policy.toml");
     std::fs::write(&file, policy).unwrap();
+    // One file for every node: each node is told by its address, or by
+    // INSPECTOR_CLUSTER_MEMBER.
     let out = std::process::Command::new(inspector_bin())
         .args(["policy", "check"])
         .arg(&file)
+        .env("INSPECTOR_CLUSTER_MEMBER", "2")
         .output()
         .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("cluster: on this host, member 2 of 2"),
+        "{said}"
     );
 }

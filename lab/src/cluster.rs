@@ -306,6 +306,18 @@ impl Cluster {
         Ok(sink)
     }
 
+    /// The policy's `[cluster]` table for this lab: each member's address
+    /// towards the router (its BGP next hop), so one policy file serves
+    /// every member, each finding itself by its own address.
+    pub fn cluster_table(&self) -> String {
+        let addresses: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("\"{}\"", m.outside_v4()))
+            .collect();
+        format!("[cluster]\nmembers = [{}]\n", addresses.join(", "))
+    }
+
     /// The members the router's route to [`SERVICE_V4`] leads to now.
     pub fn routed_members(&self) -> Result<Vec<usize>> {
         let out = self

@@ -54,9 +54,13 @@ pub fn take_gateways(args: &[String]) -> Result<(Option<usize>, Vec<String>)> {
 pub fn run(inspector: &Path, gateways: usize, extra: &[String]) -> Result<()> {
     let cluster = Cluster::create(PREFIX, gateways)?;
     let _sink = cluster.start_sink(128)?;
-    let policy = workspace_root().join("policies/cluster.toml");
     let logs = std::env::temp_dir().join(format!("{PREFIX}-logs"));
     std::fs::create_dir_all(&logs)?;
+    // One policy file for every gateway: each finds itself in `[cluster]`
+    // by its own address.
+    let base = std::fs::read_to_string(workspace_root().join("policies/cluster.toml"))?;
+    let policy = logs.join("policy.toml");
+    std::fs::write(&policy, format!("{base}\n{}", cluster.cluster_table()))?;
     let mut daemons = Vec::new();
     let mut announcers: Vec<ScopedChild> = Vec::new();
     for m in &cluster.members {

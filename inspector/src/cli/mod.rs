@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 pub use self::exit::exit_code;
 use crate::{
-    config::SinkSpec,
+    config::{MEMBER_ENV, SinkSpec},
     daemon::{self, RunOptions, lock::IfaceLock},
     kernel::{bpffs, exempt_store, loader::AttachMode},
     observe::{
@@ -87,6 +87,11 @@ enum Command {
         /// `[audit] queue`; default 4096.
         #[arg(long)]
         audit_queue: Option<usize>,
+        /// This gateway's member index (from 1) in the policy's
+        /// `[cluster]`: needed with `members = N`; with a list of the
+        /// members' addresses, the one on this host is found without it.
+        #[arg(long, env = MEMBER_ENV)]
+        cluster_member: Option<u32>,
     },
     /// Manage exemptions live (hosts or networks never inspected).
     Exempt {
@@ -144,6 +149,7 @@ pub fn execute(cli: Cli) -> Result<()> {
             metrics,
             audit,
             audit_queue,
+            cluster_member,
         } => {
             if no_engine {
                 log::warn!("`--no-engine` is deprecated: it is now `--no-proxy`");
@@ -158,6 +164,7 @@ pub fn execute(cli: Cli) -> Result<()> {
                 metrics,
                 audit,
                 audit_queue,
+                cluster_member,
             })
         }
         Command::Exempt { action } => exempt::execute(&pin_dir, &cli.state_dir, action),

@@ -6,10 +6,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 use inspector_esmtp::{policy::Mode, stats::PolicyStats};
 
-use crate::config::{
-    DEFAULT_QUEUE, GATEWAY_WARNING, Policy, Server, UpstreamSource,
-    asa::{self, AddressSide},
-    submission_warning,
+use crate::{
+    config::{
+        Cluster, DEFAULT_QUEUE, GATEWAY_WARNING, MEMBER_ENV, Policy, Server, UpstreamSource,
+        asa::{self, AddressSide},
+        submission_warning,
+    },
+    kernel::local_addrs,
 };
 
 #[derive(Subcommand)]
@@ -61,6 +64,9 @@ pub fn execute(action: Action) -> Result<()> {
             }
             println!("{}: ok", file.display());
             print!("{}", render(&policy));
+            if policy.cluster.members > 1 {
+                println!("{}", cluster_line(&policy.cluster));
+            }
             Ok(())
         }
         Action::ImportAsa {
@@ -70,6 +76,31 @@ pub fn execute(action: Action) -> Result<()> {
             mode,
             strict,
         } => import_asa(&file, output.as_deref(), addresses, mode, strict),
+    }
+}
+
+/// Which member of `cluster` this host would be, or why that cannot be
+/// told here (`--cluster-member` is the daemon's; its variable is read).
+fn cluster_line(cluster: &Cluster) -> String {
+    let given = std::env::var(MEMBER_ENV).ok().and_then(|v| v.parse().ok());
+    let local = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(local_addrs::watch()));
+    let found = match local {
+        Ok(local) => cluster.membership(given, |ip| local.contains(ip)),
+        Err(e) => Err(format!("this host's addresses: {e:#}")),
+    };
+    match found {
+        Ok(m) => format!(
+            "cluster: on this host, member {} of {}",
+            m.member, m.members
+        ),
+        Err(e) => format!(
+            "cluster: {} members; which one this host is cannot be told: {e}",
+            cluster.members
+        ),
     }
 }
 

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use audit::{AuditSettings, DEFAULT_FACILITY, DEFAULT_QUEUE, DEV_LOG, FACILITIES, SinkSpec};
-pub use cluster::Membership;
+pub use cluster::{Cluster, MEMBER_ENV, Membership};
 pub use error::{ConfigError, UnreadablePolicy, is_config_error};
 pub use esmtp::{SUBMISSION_PORT, submission_warning};
 pub use exempt::parse_network;
@@ -67,7 +67,7 @@ pub struct Policy {
     pub proxy: ProxyConfig,
     pub audit: AuditSettings,
     /// The `[cluster]` table: this gateway's place among its members.
-    pub cluster: Membership,
+    pub cluster: Cluster,
     /// Old spellings the file still uses: accepted, each with where it is
     /// and what to write instead. [`Policy::load`] logs them as warnings.
     pub deprecations: Vec<ConfigError>,

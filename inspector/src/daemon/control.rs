@@ -13,7 +13,10 @@
 //! timeouts, upstream source and shutdown grace, the audit sink's kind or
 //! queue) is named in the log and in the answer.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -25,8 +28,8 @@ use super::{
     status::{Board, PolicyInfo, Readiness},
 };
 use crate::{
-    config::{FailMode, FlowTimeouts, Policy},
-    kernel::{exempt::ExemptTable, limits, steer},
+    config::{Cluster, FailMode, FlowTimeouts, Membership, Policy},
+    kernel::{exempt::ExemptTable, limits, local_addrs::LocalAddrs, steer},
     observe::{esmtp::EsmtpState, stats_socket},
     proxy::upstream::Upstream,
 };
@@ -103,6 +106,22 @@ pub struct Reloader {
     pub board: Arc<Board>,
     pub notifier: Arc<Notifier>,
     pub timeouts: watch::Sender<FlowTimeouts>,
+    /// `--cluster-member`, and this host's addresses: which member of the
+    /// policy's `[cluster]` this gateway is, found again on each reload.
+    pub cluster_member: Option<u32>,
+    pub local: Arc<LocalAddrs>,
+}
+
+/// Which member of `cluster` (from the policy at `path`) this host is.
+pub fn membership(
+    cluster: &Cluster,
+    path: Option<&Path>,
+    given: Option<u32>,
+    local: &LocalAddrs,
+) -> Result<Membership> {
+    cluster
+        .membership(given, |ip| local.contains(ip))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.unwrap_or(Path::new(BUILT_IN)).display()))
 }
 
 impl Reloader {
@@ -136,10 +155,18 @@ impl Reloader {
 
     fn try_reload(&mut self, ebpf: Option<&mut aya::Ebpf>) -> Result<ReloadAnswer> {
         let (new, text) = load_policy(self.path.as_deref())?;
+        // Before anything applies: a policy whose member cannot be told is
+        // refused whole.
+        let member = membership(
+            &new.cluster,
+            self.path.as_deref(),
+            self.cluster_member,
+            &self.local,
+        )?;
         ExemptTable::open(&self.pin_dir)?
             .apply_policy(&new.exempt)
             .context("applying the policy's exemptions")?;
-        limits::apply_member_policy(&self.pin_dir, &new.servers, &new.cluster)
+        limits::apply_member_policy(&self.pin_dir, &new.servers, &member)
             .context("applying the policy's protected servers")?;
         self.timeouts.send_replace(new.timeouts);
         self.esmtp.replace_policy(new.esmtp.clone());

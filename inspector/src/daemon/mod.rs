@@ -73,6 +73,9 @@ pub struct RunOptions {
     /// `None`: the policy's `[audit]`, else stdout and 4096.
     pub audit: Option<SinkSpec>,
     pub audit_queue: Option<usize>,
+    /// Which member of the policy's `[cluster]` this is, when the policy
+    /// does not tell it by address.
+    pub cluster_member: Option<u32>,
 }
 
 /// The policy file's name in messages when there is none.
@@ -112,6 +115,18 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     };
     let notifier = Arc::new(Notifier::from_env());
     let (policy, text) = load_policy(opts.policy.as_deref())?;
+    // This host's addresses tell which cluster member it is (and the proxy
+    // refuses sessions to them); an unknown member stops the start here.
+    let local = runtime.block_on(local_addrs::watch())?;
+    let member = control::membership(
+        &policy.cluster,
+        opts.policy.as_deref(),
+        opts.cluster_member,
+        &local,
+    )?;
+    if member.members > 1 {
+        log::info!("cluster member {} of {}", member.member, member.members);
+    }
     // Before anything is attached, so a refusal leaves nothing behind.
     for (iface, server) in runtime.block_on(reply_path::missing(&policy.servers, &opts.ifaces))? {
         log::info!(
@@ -197,7 +212,7 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         ),
         Err(e) => log::warn!("live exemptions not restored: {e:#}"),
     }
-    limits::apply_member_policy(&opts.pin_dir, &policy.servers, &policy.cluster)
+    limits::apply_member_policy(&opts.pin_dir, &policy.servers, &member)
         .context("applying the policy's protected servers")?;
     log::info!(
         "policy {}: {} exemption(s), {} protected server(s); maps pinned in {}",
@@ -242,6 +257,8 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
         board: board.clone(),
         notifier: notifier.clone(),
         timeouts: timeouts_tx,
+        cluster_member: opts.cluster_member,
+        local,
     };
     let mut controls = Controls {
         signals: &mut signals,
@@ -400,7 +417,7 @@ async fn run_proxy(
     let workers = proxy::worker_count(reloader.policy.proxy.workers);
     let ports = &reloader.policy.esmtp.ports;
     let listeners = proxy::listeners(ports, workers)?;
-    let local = local_addrs::watch().await?;
+    let local = reloader.local.clone();
     let netlink = routing::connect()?;
     routing::install(&netlink)
         .await
