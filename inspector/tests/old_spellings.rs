@@ -72,7 +72,7 @@ fn the_daemon_takes_the_engine_table_and_warns() {
         1,
         "{log}"
     );
-    assert!(log.contains("(fail Closed,"), "{log}");
+    assert!(log.contains(" fail Closed,"), "{log}");
     assert!(log.contains("max-sessions 7,"), "{log}");
     let out = f.swaks(&SERVER_V4.to_string(), &[]);
     assert!(out.status.success(), "{}", text(&out));
