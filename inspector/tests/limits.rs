@@ -17,8 +17,9 @@ use std::{
 
 use inspector_lab::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
-    syn::{SPOOFED_V4, SPOOFED_V6, SynFlood},
+    syn::SynFlood,
 };
+use support::flood::{route_spoofed_sources_to_client, syn_recv};
 use support::{PinDir, PolicyFile, lab, start_daemon, start_daemon_with, stats_json, wait_until};
 
 const PORT: u16 = 25;
@@ -663,19 +664,6 @@ fn counters_return_to_zero_after_10000_connections() {
     assert_eq!(json["limits"]["clients"], serde_json::json!([]), "{json}");
 }
 
-/// Sends the server's answers to spoofed sources back into the client
-/// namespace, where nothing answers them.
-fn route_spoofed_sources_to_client(lab: &Lab) {
-    let v4 = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
-    let v6 = format!("{}/{}", SPOOFED_V6.0, SPOOFED_V6.1);
-    lab.gateway
-        .ip(&["route", "add", &v4, "via", &CLIENT_V4.to_string()])
-        .unwrap();
-    lab.gateway
-        .ip(&["-6", "route", "add", &v6, "via", &CLIENT_V6.to_string()])
-        .unwrap();
-}
-
 /// A counter of the kernel's SNMP statistics in `ns` (`nstat`), absolute.
 fn nstat(ns: &Netns, counter: &str) -> u64 {
     let out = ns.command("nstat").args(["-az", counter]).output().unwrap();
@@ -684,14 +672,4 @@ fn nstat(ns: &Netns, counter: &str) -> u64 {
         .find_map(|l| l.strip_prefix(counter))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("nstat shows {counter} in {}", ns.name))
-}
-
-/// Half-open connections in the server's SYN queue.
-fn syn_recv(ns: &Netns) -> usize {
-    let out = ns
-        .command("ss")
-        .args(["-Htn", "state", "syn-recv"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
 }
