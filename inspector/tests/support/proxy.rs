@@ -126,6 +126,16 @@ impl Fixture {
     /// The messages smtp-sink stored: their content, as sent (smtp-sink
     /// stores LF line endings after its own trace headers).
     pub fn stored(&self) -> Vec<Vec<u8>> {
+        // The client may have its 250 before smtp-sink has written the
+        // dump's headers (e2e_ports read one without them, once).
+        wait_for(
+            || {
+                self.stored_raw()
+                    .iter()
+                    .all(|raw| find(raw, b"\nReceived: from ").is_some())
+            },
+            "smtp-sink's dumps",
+        );
         self.stored_raw()
             .iter()
             .map(|raw| strip_sink_headers(raw))
