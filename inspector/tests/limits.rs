@@ -19,7 +19,7 @@ use inspector_lab::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
     syn::SynFlood,
 };
-use support::flood::{route_spoofed_sources_to_client, syn_recv};
+use support::flood::{Through, route_spoofed_sources_to_client, swaks_during_flood, syn_recv};
 use support::{PinDir, PolicyFile, lab, start_daemon, start_daemon_with, stats_json, wait_until};
 
 const PORT: u16 = 25;
@@ -487,32 +487,7 @@ fn intercept_through_flood(
 
     // Fill the embryonic limit, then keep flooding while the client talks,
     // watching the server's SYN queue.
-    let mut flood = it.flood();
-    flood.send(500).unwrap();
-    let stop = AtomicBool::new(false);
-    let (swaks, sent, most) = thread::scope(|scope| {
-        let flooding = scope.spawn(|| {
-            let (mut sent, mut most) = (500, 0);
-            while !stop.load(Ordering::Relaxed) {
-                flood.send(100).unwrap();
-                sent += 100;
-                most = most.max(syn_recv(&lab.server));
-            }
-            (sent, most)
-        });
-        let swaks = lab
-            .client
-            .command("swaks")
-            .args(["--server", &server.to_string(), "--port", "25"])
-            .args(["--local-interface", &client.to_string()])
-            .args(["--from", "sender@example.org", "--to", "rcpt@example.net"])
-            .args(["--timeout", "20", "--body", "through the flood"])
-            .output()
-            .unwrap();
-        stop.store(true, Ordering::Relaxed);
-        let (sent, most) = flooding.join().unwrap();
-        (swaks, sent, most)
-    });
+    let Through { swaks, sent, most } = swaks_during_flood(lab, client, server);
     let transcript = String::from_utf8_lossy(&swaks.stdout);
     assert!(
         swaks.status.success(),
