@@ -19,7 +19,9 @@ use inspector_lab::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
     syn::SynFlood,
 };
-use support::flood::{Through, route_spoofed_sources_to_client, swaks_during_flood, syn_recv};
+use support::flood::{
+    Through, route_spoofed_sources_to_client, start_smtp_sink, swaks_during_flood, syn_recv,
+};
 use support::{PinDir, PolicyFile, lab, start_daemon, start_daemon_with, stats_json, wait_until};
 
 const PORT: u16 = 25;
@@ -425,27 +427,7 @@ impl InterceptLab {
             // client's completing ACK is one the steering must recognise.
             lab.gateway.sysctl("net.ipv4.tcp_syncookies", "2").unwrap();
         }
-        lab.server.sysctl("net.ipv4.tcp_syncookies", "0").unwrap();
-        lab.server
-            .sysctl("net.ipv4.tcp_max_syn_backlog", "4096")
-            .unwrap();
-        // Postfix's address syntax: [v6]:port.
-        let listen = match server {
-            IpAddr::V4(a) => format!("{a}:25"),
-            IpAddr::V6(a) => format!("[{a}]:25"),
-        };
-        let sink = lab
-            .server
-            .spawn(
-                lab.server
-                    .command("smtp-sink")
-                    .args(["-u", "nobody", &listen, "4096"]),
-            )
-            .expect("starting smtp-sink");
-        assert!(
-            wait_until(Duration::from_secs(5), || listening(&lab.server)),
-            "smtp-sink listens"
-        );
+        let sink = start_smtp_sink(&lab, server);
         Self {
             _sink: sink,
             _daemon: daemon,
@@ -585,16 +567,6 @@ fn intercepted_connection_keeps_options(test: &str, mode: Mode) {
     }
     it.assert_checksums_right();
     drop(stream);
-}
-
-/// Whether something listens on port 25 in `ns`.
-fn listening(ns: &Netns) -> bool {
-    let out = ns
-        .command("ss")
-        .args(["-Htln", "sport", "= :25"])
-        .output()
-        .unwrap();
-    !out.stdout.is_empty()
 }
 
 /// Counters never drift: after 10,000 connections opened and closed, both
