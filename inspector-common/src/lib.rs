@@ -133,7 +133,7 @@ pub const HEARTBEAT_STALE_NS: u64 = 3_000_000_000;
 pub const CLASSIFY_CONFIG_MAP: &str = "CLASSIFY_CONFIG";
 
 /// [`ClassifyConfig::unparsable`]: a packet whose transport header cannot
-/// be found is dropped when it could be TCP to port 25 or is addressed to a
+/// be found is dropped when it could be TCP to an inspected port or is addressed to a
 /// protected server (the default).
 pub const UNPARSABLE_DROP: u32 = 0;
 /// [`ClassifyConfig::unparsable`]: every such packet is passed (counted
@@ -183,7 +183,7 @@ pub const SMTP_PORT: u16 = 25;
 pub enum Class {
     /// Not SMTP and not exempt: forwarded untouched.
     Pass = 0,
-    /// TCP to port 25, not exempt: subject to inspection.
+    /// TCP to an inspected port, not exempt: subject to inspection.
     Inspect = 1,
     /// Source or destination matches an exemption rule: never inspected.
     Exempt = 2,
@@ -418,7 +418,7 @@ pub enum DropReason {
     MaxEmbryonic = 1,
     PerClientMax = 2,
     PerClientEmbryonicMax = 3,
-    /// A SYN to port 25 (inspected) from a client holding its proxy's
+    /// A SYN to an inspected port from a client holding its proxy's
     /// `per-client-sessions` (the `CLIENT_BLOCK_*` tries).
     PerClient = 4,
 }
@@ -451,7 +451,7 @@ impl DropReason {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParseDrop {
-    /// A fragment of a TCP datagram to port 25 (not exempt) or to a
+    /// A fragment of a TCP datagram to an inspected port (not exempt) or to a
     /// protected server: TCP with path MTU discovery never fragments.
     TcpFragment = 0,
     /// A first fragment too short to hold the whole TCP header (RFC 1858)

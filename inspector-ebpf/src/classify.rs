@@ -7,11 +7,11 @@
 //! | packet | verdict |
 //! |---|---|
 //! | whole, parsed | passed with its class (TCP then meets limits, steering) |
-//! | fragment | `fragments`: TCP to port 25 or a protected server dropped, the rest passed with its datagram's class |
-//! | first fragment too short for its TCP header (or IPv6 header chain) | dropped (`tiny-fragment`) when it could be TCP to port 25 or is to a protected server |
-//! | transport header not found (cut short, impossible value, too many IPv6 extension headers, an encapsulation not looked into) | dropped (`unparsable-*`) when it could be TCP to port 25 or is to a protected server and the policy says `unparsable = "drop"` (the default); else passed |
+//! | fragment | `fragments`: TCP to an inspected port or a protected server dropped, the rest passed with its datagram's class |
+//! | first fragment too short for its TCP header (or IPv6 header chain) | dropped (`tiny-fragment`) when it could be TCP to an inspected port or is to a protected server |
+//! | transport header not found (cut short, impossible value, too many IPv6 extension headers, an encapsulation not looked into) | dropped (`unparsable-*`) when it could be TCP to an inspected port or is to a protected server and the policy says `unparsable = "drop"` (the default); else passed |
 //!
-//! "Could be TCP to port 25": the protocol is TCP or unknown, and neither
+//! "Could be TCP to an inspected port": the protocol is TCP or unknown, and neither
 //! address is exempt (exempt traffic is never inspected anyway). When not
 //! even the addresses are known, it could be anything. "Port 25" here and
 //! below stands for the policy's inspected ports (`[esmtp] ports`, 25 by

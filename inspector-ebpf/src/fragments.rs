@@ -6,7 +6,7 @@
 //!
 //! TCP with path MTU discovery never fragments, so mail loses nothing to
 //! these rules:
-//! - a fragment of TCP to port 25 (not exempt) or to a protected server is
+//! - a fragment of TCP to an inspected port (not exempt) or to a protected server is
 //!   dropped (`tcp-fragment`), and with it every later fragment of its
 //!   datagram: it would reach the server without meeting the engine or the
 //!   limits;
@@ -289,7 +289,7 @@ fn look(key: &FragKey, class: Class, l4: L4, f: &Fragment) -> (Class, Option<Par
     }
 }
 
-/// The verdict of a first fragment on its own: TCP to port 25 (not
+/// The verdict of a first fragment on its own: TCP to an inspected port (not
 /// exempt: class `Inspect`) or to a protected server is dropped.
 #[inline(always)]
 fn first(key: &FragKey, class: Class, l4: L4) -> Option<ParseDrop> {

@@ -4,9 +4,9 @@
 //! - `inspector_xdp` (XDP, ingress of the protected interfaces): parse the
 //!   headers (`parse`), give the packet its [`Class`] (`exempt`: the
 //!   exemption ACL, then SMTP) and decide whether its shape is refused
-//!   (`classify`: fragments of TCP to port 25 or to a protected server,
+//!   (`classify`: fragments of TCP to an inspected port or to a protected server,
 //!   followed through `fragments`; packets it cannot parse that could be
-//!   TCP to port 25), count it (`counters`); a whole TCP packet to or from
+//!   TCP to an inspected port), count it (`counters`); a whole TCP packet to or from
 //!   a protected server then goes through the connection limits (`limits`),
 //!   which pass it, drop a SYN over a limit, or ask TCP intercept
 //!   (`intercept`) to answer it with a SYN cookie or rewrite it. Before
