@@ -121,7 +121,7 @@ fn server_counts(pins: &PinDir, server: IpAddr) -> (u64, u64) {
 /// A spoofed flood with per-client limits next to the server's: the real
 /// client is answered with a cookie (never dropped: no established flow
 /// fills a limit) and delivers its message; the server never holds more
-/// half-open connections than the lowest server limit.
+/// of the flood's half-open connections than the lowest server limit.
 fn per_client_through_flood(test: &str, limits: Limits) {
     let (client, server) = (IpAddr::from(CLIENT_V4), IpAddr::from(SERVER_V4));
     let a = Attacked::both_sides(test, &limits.entry(server, "intercept"), server);
