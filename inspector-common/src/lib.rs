@@ -359,18 +359,22 @@ pub struct FlowEntry {
     /// our SYN-ACK sent; then the server's first timestamp minus ours, taken
     /// from the server's timestamps and added to the client's echoes.
     pub ts_delta: u32,
-    /// The client's next sequence number as far as we have seen it (its
-    /// ISN + 1, moved by its in-order segments): where an RST for the
-    /// server must start, when the sweeper resets a half-open flow, and
-    /// the only sequence number at which the client's RST or FIN releases
-    /// the flow.
+    /// The client's next sequence number: its ISN + 1, then, once the
+    /// server's side is seen, what the server acknowledged (else what the
+    /// client's in-order segments reached). Where an RST for the server
+    /// must start, when the sweeper resets a half-open flow or asks the
+    /// server about a client's RST (`kernel/sweeper.rs`).
     pub client_next: u32,
     /// Intercepted flows only, while `OPENING`: the client's window, for
     /// the ACK that completes the server's handshake.
     pub window: u16,
     /// [`flow_flags`].
     pub flags: u8,
-    pub _pad: u8,
+    /// 1 once the client sent an RST the server may or may not have taken
+    /// (the kernel cannot tell: a bad checksum, a TTL that ends at the
+    /// gateway, data in flight): the sweeper finds out from the server and
+    /// the flow stays counted until it does.
+    pub client_reset: u8,
     /// Intercepted flows: the window scale our SYN-ACK announced, the
     /// server's and the client's (0 for none).
     pub wscale_ours: u8,
@@ -383,7 +387,11 @@ pub struct FlowEntry {
     pub server_next: u32,
     /// [`seq_known`]: which of `client_next` and `server_next` hold a value.
     pub seq_known: u8,
-    pub _pad3: [u8; 3],
+    /// 1 when the engine's local listener answers the client (a session
+    /// the proxy inspects): the server's side is never seen here, so the
+    /// client's own segments are all there is to go by.
+    pub local: u8,
+    pub _pad3: [u8; 2],
 }
 
 /// `FlowEntry::seq_known`.

@@ -69,6 +69,13 @@ static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::pinned(FLOW_TABLE_SIZ
 #[map]
 static SERVER_WSCALE: HashMap<Addr16, u32> = HashMap::with_max_entries(MAX_SERVERS, 0);
 
+/// The protected servers whose SYN-ACKs the program has seen: their
+/// replies cross an interface it is attached to, so what they acknowledge
+/// is the truth about what they received (`from_client_checked`). A server
+/// on this host, or one whose side is not attached, is never here.
+#[map]
+static REPLIES_SEEN: HashMap<Addr16, u32> = HashMap::with_max_entries(MAX_SERVERS, 0);
+
 /// The window scale announced before a server's is known (Linux's with its
 /// default buffers).
 const DEFAULT_WSCALE: u8 = 7;
@@ -105,8 +112,8 @@ pub enum Verdict {
 /// the firewall's `static … tcp 50 100`, they protect the server whatever
 /// inspects its traffic.
 #[inline(always)]
-pub fn track(ctx: &XdpContext) -> Verdict {
-    match inspector_track(ctx.ctx) {
+pub fn track(ctx: &XdpContext, local: bool) -> Verdict {
+    match inspector_track(ctx.ctx, local as u32) {
         1 => Verdict::Drop,
         2 => Verdict::AnswerSyn,
         3 => Verdict::VerifyClient,
@@ -123,7 +130,7 @@ pub fn track(ctx: &XdpContext) -> Verdict {
 /// It returns the verdict's number; what intercept needs is in [`Work`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn inspector_track(md: *mut xdp_md) -> u32 {
+pub extern "C" fn inspector_track(md: *mut xdp_md, local: u32) -> u32 {
     let ctx = XdpContext::new(md);
     let packet = Packet::of(&ctx);
     let Some((src, dst, tcp)) = parse::tcp() else {
@@ -139,6 +146,7 @@ pub extern "C" fn inspector_track(md: *mut xdp_md) -> u32 {
         flags: tcp.flags as u32,
         _pad: 0,
     };
+    w.local = local;
     let key = flow_key(w, src, dst, tcp.src_port, tcp.dst_port);
     // SAFETY: the value is copied out at once; the daemon replaces entries
     // whole, so at worst we read the previous limits.
@@ -195,20 +203,26 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
                 Verdict::Pass
             };
             if flags & TCP_RST != 0 || flags & TCP_SYN == 0 {
-                // An RST or a FIN releases the flow only at the client's
-                // next sequence number, as the server reads them (`seq`):
-                // a half-open flow's is what the server's SYN-ACK
-                // acknowledged, so a blind, spoofed RST frees no slot.
                 // SAFETY: as above.
-                end_or_continue(packet, tcp, w, unsafe { &mut *entry }, Side::Client, state);
-                if flags & (TCP_RST | TCP_FIN) == 0
-                    && flags & TCP_ACK != 0
-                    && state == flow_state::EMBRYONIC
-                {
-                    // The client's ACK after the server's SYN-ACK: the
-                    // handshake is complete.
-                    unsafe { (*entry).state = flow_state::ESTABLISHED };
-                    established(w);
+                let e = unsafe { &mut *entry };
+                if e.local == 0 && REPLIES_SEEN.get_ptr(&w.flow.server).is_some() {
+                    from_client_checked(packet, tcp, w, e, state);
+                } else {
+                    // An RST or a FIN releases the flow only at the
+                    // client's next sequence number, as the server reads
+                    // them (`seq`): a half-open flow's is what the
+                    // server's SYN-ACK acknowledged, so a blind, spoofed
+                    // RST frees no slot.
+                    end_or_continue(packet, tcp, w, e, Side::Client, state);
+                    if flags & (TCP_RST | TCP_FIN) == 0
+                        && flags & TCP_ACK != 0
+                        && state == flow_state::EMBRYONIC
+                    {
+                        // The client's ACK after the SYN-ACK: the
+                        // handshake is complete.
+                        e.state = flow_state::ESTABLISHED;
+                        established(w);
+                    }
                 }
                 return pass;
             }
@@ -353,7 +367,7 @@ pub fn opening(o: &Opened) {
         client_next: o.client_next,
         window: o.window,
         flags: o.flags | flow_flags::INTERCEPTED,
-        _pad: 0,
+        client_reset: 0,
         wscale_ours: o.wscale_ours,
         wscale_server: 0,
         wscale_client: o.wscale_client,
@@ -361,7 +375,8 @@ pub fn opening(o: &Opened) {
         // The server's, from its SYN-ACK (`server_answered`).
         server_next: 0,
         seq_known: inspector_common::seq_known::CLIENT,
-        _pad3: [0; 3],
+        local: 0,
+        _pad3: [0; 2],
     };
     insert(w, &entry, Kind::Established);
     count_intercept(InterceptEvent::ClientVerified);
@@ -445,6 +460,7 @@ pub fn adopt() {
         state: flow_state::ESTABLISHED,
         client_next: w.entry.client_next,
         seq_known: inspector_common::seq_known::CLIENT,
+        local: 1,
         ..FlowEntry::default()
     };
     insert(w, &entry, Kind::Established);
@@ -461,6 +477,7 @@ fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) {
         state,
         client_next,
         seq_known: inspector_common::seq_known::CLIENT,
+        local: w.local as u8,
         ..FlowEntry::default()
     };
     insert(w, &entry, kind);
@@ -494,6 +511,23 @@ fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
     if intercepted {
         w.entry = unsafe { *entry };
     }
+    if flags & TCP_RST != 0 && unsafe { (*entry).client_reset } != 0 {
+        // The server has no connection left where the client reset one
+        // (its answer to the sweeper's question, or its own reset): the
+        // flow is gone. The client's side was gone already.
+        forget(w);
+        return Verdict::Drop;
+    }
+    if flags & TCP_ACK != 0
+        && flags & TCP_RST == 0
+        && state != flow_state::OPENING
+        && let Some(a) = ack(packet, tcp)
+    {
+        // What the server took from the client: the only client sequence
+        // number the kernel trusts once the server's side is seen.
+        // SAFETY: as in `from_client`.
+        seq::acknowledged(unsafe { &mut *entry }, a);
+    }
     if state == flow_state::OPENING {
         if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
             return Verdict::CompleteServer;
@@ -520,10 +554,15 @@ fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
         {
             // SAFETY: as in `from_client`.
             seq::set(unsafe { &mut *entry }, Side::Server, isn.wrapping_add(1));
+            if REPLIES_SEEN.get_ptr(&w.flow.server).is_none() {
+                let _ = REPLIES_SEEN.insert(&w.flow.server, &1, BPF_ANY as u64);
+            }
         }
     } else if flags & TCP_RST != 0 && state == flow_state::EMBRYONIC {
-        // The server refused the connection.
-        forget(w);
+        // SAFETY: as in `from_client`.
+        if refuses(packet, tcp, unsafe { &*entry }) {
+            forget(w);
+        }
     } else {
         // SAFETY: as in `from_client`.
         end_or_continue(packet, tcp, w, unsafe { &mut *entry }, Side::Server, state);
@@ -532,6 +571,60 @@ fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
         Verdict::ToClient
     } else {
         Verdict::Pass
+    }
+}
+
+/// A client's segment, not a SYN, of a flow forwarded to a server whose
+/// replies we see (`REPLIES_SEEN`; the daemon attaches to an intercepted
+/// server's route itself): the server's answers tell what it took (`seq`),
+/// and the client's own segments move nothing they could lie about. A bad
+/// checksum, a TTL that ends at the gateway or a segment past the server's
+/// window reach the kernel here but never the server.
+///
+/// - An RST frees nothing at once: the flow is marked `client_reset`, and
+///   the sweeper resets a half-open one at the server itself, or asks the
+///   server whether it still has an established one (an answering RST
+///   releases it: `from_server`).
+/// - A FIN frees nothing: the server's own FIN, once it read the client's,
+///   releases the flow.
+/// - The handshake-completing ACK counts only when it acknowledges the
+///   server's SYN-ACK (a spoofed source never saw it), so a flood of SYNs
+///   and blind ACKs stays embryonic.
+#[inline(always)]
+fn from_client_checked(packet: &Packet, tcp: &Tcp, w: &Work, e: &mut FlowEntry, state: u32) {
+    let flags = tcp.flags;
+    if flags & TCP_RST != 0 {
+        // A half-open flow's RST only at the client's ISN + 1: a blind one
+        // elsewhere must not get a real client's handshake reset.
+        let plausible = state != flow_state::EMBRYONIC
+            || seq(packet, tcp).is_some_and(|at| seq::at_next(e, Side::Client, at));
+        if plausible && matches!(state, flow_state::EMBRYONIC | flow_state::ESTABLISHED) {
+            e.client_reset = 1;
+        }
+        return;
+    }
+    if flags & (TCP_FIN | TCP_ACK) == TCP_ACK
+        && state == flow_state::EMBRYONIC
+        && ack(packet, tcp).is_some_and(|a| seq::at_next(e, Side::Server, a))
+    {
+        e.state = flow_state::ESTABLISHED;
+        established(w);
+    }
+}
+
+/// Whether the server's RST to a half-open flow ends it at the server: an
+/// answer to the SYN (RST+ACK of the client's ISN + 1, before any SYN-ACK),
+/// or one at the server's own next number. The RST Linux sends for an ACK
+/// that does not acknowledge its SYN-ACK (a spoofed source's blind ACK)
+/// leaves its half-open connection in place (`tcp_check_req` returns the
+/// listener, which resets the segment, not the request), and starts at the
+/// number that ACK acknowledged, which only a client that saw the SYN-ACK
+/// gets right.
+#[inline(always)]
+fn refuses(packet: &Packet, tcp: &Tcp, e: &FlowEntry) -> bool {
+    match seq::next(e, Side::Server) {
+        Some(next) => seq(packet, tcp) == Some(next),
+        None => tcp.flags & TCP_ACK != 0 && ack(packet, tcp) == seq::next(e, Side::Client),
     }
 }
 
@@ -621,6 +714,12 @@ fn seq(packet: &Packet, tcp: &Tcp) -> Option<u32> {
     packet.read::<[u8; 4]>(tcp.l4 + 4).map(u32::from_be_bytes)
 }
 
+/// The packet's acknowledgment number.
+#[inline(always)]
+fn ack(packet: &Packet, tcp: &Tcp) -> Option<u32> {
+    packet.read::<[u8; 4]>(tcp.l4 + 8).map(u32::from_be_bytes)
+}
+
 #[inline(always)]
 fn reached(limit: u32, count: u64) -> bool {
     limit != 0 && count >= limit as u64
@@ -669,7 +768,8 @@ pub struct Work {
     pub tcp: TcpAt,
     /// 1 when a verified client takes the slot of a half-open flow.
     displaces: u32,
-    _pad: u32,
+    /// 1 when the engine's listener answers the flow (`FlowEntry::local`).
+    local: u32,
 }
 
 #[map]

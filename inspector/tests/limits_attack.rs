@@ -453,6 +453,65 @@ enum Forged {
     WrongSequence,
     /// New SYNs (the server answers with a challenge ACK: RFC 5961 section 4).
     Syn,
+    /// An RST and a FIN at the exact next sequence number that the server
+    /// never takes: a bad checksum, or a TTL that ends at the gateway.
+    ExactButLost,
+    /// Bytes the server never takes (a bad checksum), then an RST and a
+    /// FIN just past them.
+    PastLostBytes,
+}
+
+/// What makes a forged segment one the gateway sees and the server never does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    No,
+    BadChecksum,
+    /// TTL (hop limit) 1: the gateway does not forward it.
+    Ttl,
+}
+
+/// A TCP segment in its IP packet, from `client` to `server`, `lost` as asked.
+fn forge(
+    (client, server): (IpAddr, IpAddr),
+    ports: (u16, u16),
+    (seq, ack): (u32, u32),
+    flags: u8,
+    payload: &[u8],
+    lost: Lost,
+) -> Vec<u8> {
+    use inspector_lab::packets;
+    let mut tcp = packets::tcp_segment(client, server, ports, seq, flags, &[], payload);
+    if ack != 0 {
+        // The checksum is a one's complement sum: patch it with the field.
+        tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+        tcp[16..18].copy_from_slice(&[0, 0]);
+        let addresses = match (client, server) {
+            (IpAddr::V4(c), IpAddr::V4(s)) => [c.octets().as_slice(), &s.octets()].concat(),
+            (IpAddr::V6(c), IpAddr::V6(s)) => [c.octets().as_slice(), &s.octets()].concat(),
+            _ => unreachable!("one family"),
+        };
+        let check = inspector_common::csum::tcp(&addresses, &tcp);
+        tcp[16..18].copy_from_slice(&check.to_be_bytes());
+    }
+    if lost == Lost::BadChecksum {
+        tcp[17] ^= 0x5a;
+    }
+    let mut packet = match (client, server) {
+        (IpAddr::V4(c), IpAddr::V4(s)) => packets::ipv4_packet(c, s, 6, &tcp),
+        (IpAddr::V6(c), IpAddr::V6(s)) => [packets::ipv6(c, s, 6, tcp.len()), tcp].concat(),
+        _ => unreachable!("one family"),
+    };
+    if lost == Lost::Ttl {
+        if client.is_ipv4() {
+            packet[8] = 1;
+            packet[10..12].copy_from_slice(&[0, 0]);
+            let check = inspector_common::csum::ipv4_header(packet[..20].try_into().unwrap());
+            packet[10..12].copy_from_slice(&check.to_be_bytes());
+        } else {
+            packet[7] = 1;
+        }
+    }
+    packet
 }
 
 /// A client with `per-client-max = 2` holds two established connections
@@ -466,7 +525,7 @@ fn forged_segments_free_no_established_slot(
     server: IpAddr,
     forged: Forged,
 ) {
-    use inspector_lab::{packets, raw::RawIp};
+    use inspector_lab::raw::RawIp;
     let limits = Limits::new(0, 0, 2, 0);
     let a = Attacked::both_sides(test, &limits.entry(server, "drop"), server);
     let addr = SocketAddr::new(server, PORT);
@@ -478,16 +537,19 @@ fn forged_segments_free_no_established_slot(
         a.counts(server)
     );
     let raw = RawIp::new(&a.lab.client, client.is_ipv6()).unwrap();
-    let send = |s: &TcpStream, flags: u8, seq: u32| {
+    let send_lost = |s: &TcpStream, flags: u8, seq: u32, payload: &[u8], lost: Lost| {
         let port = s.local_addr().unwrap().port();
-        let tcp = packets::tcp_segment(client, server, (port, PORT), seq, flags, &[], &[]);
-        let packet = match (client, server) {
-            (IpAddr::V4(c), IpAddr::V4(s)) => packets::ipv4_packet(c, s, 6, &tcp),
-            (IpAddr::V6(c), IpAddr::V6(s)) => [packets::ipv6(c, s, 6, tcp.len()), tcp].concat(),
-            _ => unreachable!("one family"),
-        };
+        let packet = forge(
+            (client, server),
+            (port, PORT),
+            (seq, 0),
+            flags,
+            payload,
+            lost,
+        );
         raw.send(&packet, server).unwrap();
     };
+    let send = |s: &TcpStream, flags: u8, seq: u32| send_lost(s, flags, seq, &[], Lost::No);
     let next = held.each_ref().map(send_next);
     let still_held = |what: &str| {
         // Past a sweep, which would correct counts from the flow table.
@@ -521,6 +583,21 @@ fn forged_segments_free_no_established_slot(
                     send(s, SYN, isn);
                 }
                 still_held("a SYN on an established tuple");
+            }
+            Forged::ExactButLost => {
+                for lost in [Lost::BadChecksum, Lost::Ttl] {
+                    send_lost(s, RST, next, &[], lost);
+                    send_lost(s, FIN_ACK, next, &[], lost);
+                }
+                still_held("an RST and a FIN at the next number that the server never got");
+            }
+            Forged::PastLostBytes => {
+                let bytes = b"NOOP\r\n";
+                send_lost(s, 0x18, next, bytes, Lost::BadChecksum);
+                let past = next.wrapping_add(bytes.len() as u32);
+                send(s, FIN_ACK, past);
+                send(s, RST, past);
+                still_held("an RST and a FIN past bytes the server never got");
             }
         }
     }
@@ -566,6 +643,104 @@ fn syns_on_established_tuples_free_no_slot_v4() {
 fn syns_on_established_tuples_free_no_slot_v6() {
     let (c, s) = (CLIENT_V6.into(), SERVER_V6.into());
     forged_segments_free_no_established_slot("estsyn6", c, s, Forged::Syn);
+}
+
+#[test]
+fn rsts_and_fins_the_server_never_gets_free_no_established_slot_v4() {
+    let (c, s) = (CLIENT_V4.into(), SERVER_V4.into());
+    forged_segments_free_no_established_slot("estlost4", c, s, Forged::ExactButLost);
+}
+
+#[test]
+fn rsts_and_fins_the_server_never_gets_free_no_established_slot_v6() {
+    let (c, s) = (CLIENT_V6.into(), SERVER_V6.into());
+    forged_segments_free_no_established_slot("estlost6", c, s, Forged::ExactButLost);
+}
+
+#[test]
+fn rsts_and_fins_past_bytes_the_server_never_got_free_no_established_slot() {
+    let (c, s) = (CLIENT_V4.into(), SERVER_V4.into());
+    forged_segments_free_no_established_slot("estpast4", c, s, Forged::PastLostBytes);
+}
+
+/// A client that resets its connection right after sending a command
+/// (SO_LINGER 0: the RST follows bytes the server has not acknowledged
+/// yet) gets its slot back within a sweep or two: the sweeper asks the
+/// server, which no longer has the connection.
+#[test]
+fn a_clients_rst_after_unacknowledged_bytes_frees_its_slot() {
+    use std::io::Write;
+    let (client, server, test) = (IpAddr::from(CLIENT_V4), IpAddr::from(SERVER_V4), "rstdata");
+    let limits = Limits::new(0, 0, 1, 0);
+    let a = Attacked::both_sides(test, &limits.entry(server, "drop"), server);
+    let addr = SocketAddr::new(server, PORT);
+    let mut held = banner(&a.lab, client, addr).expect("a connection under the limit");
+    assert!(
+        wait_until(Duration::from_secs(2), || a.counts(server) == (0, 1)),
+        "one established connection: counts {:?}",
+        a.counts(server)
+    );
+    held.write_all(b"NOOP\r\n").unwrap();
+    socket2::SockRef::from(&held)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(4), || a.counts(server) == (0, 0)
+            && server_established(&a.lab, client) == 0),
+        "the slot comes back: counts {:?}, the server holds {}",
+        a.counts(server),
+        server_established(&a.lab, client)
+    );
+    let again = banner(&a.lab, client, addr).expect("the next connection, in the freed slot");
+    drop(again);
+}
+
+/// Half-open flows of spoofed sources whose RST (at the exact ISN + 1)
+/// never reaches the server, and whose blind ACK acknowledges nothing the
+/// server sent: the kernel keeps counting them embryonic, so the server's
+/// SYN queue never holds more than `max-embryonic`, and the sweeper resets
+/// each one the client asked to reset at the server itself.
+#[test]
+fn half_open_flows_whose_rst_or_ack_the_server_never_takes_stay_counted() {
+    use inspector_lab::raw::RawIp;
+    let (server, test) = (SERVER_V4, "emblost");
+    let entry = Limits::new(0, 3, 0, 0).entry(server.into(), "drop");
+    let a = Attacked::both_sides(test, &entry, server.into());
+    let raw = RawIp::new(&a.lab.client, false).unwrap();
+    let send = |src: std::net::Ipv4Addr, seq_ack: (u32, u32), flags: u8, lost: Lost| {
+        let pair = (IpAddr::from(src), IpAddr::from(server));
+        let packet = forge(pair, (4242, PORT), seq_ack, flags, &[], lost);
+        raw.send(&packet, server.into()).unwrap();
+    };
+    let isn = 0x2000_0000u32;
+    let mut most = 0;
+    for i in 0..10u8 {
+        let src = std::net::Ipv4Addr::new(198, 19, 8, 10 + i);
+        send(src, (isn, 0), 0x02, Lost::No);
+        // A blind ACK (the SYN-ACK went to the spoofed source), and an RST
+        // with a bad checksum or a TTL that ends at the gateway.
+        send(src, (isn + 1, 0x0bad_0001), 0x10, Lost::No);
+        let lost = if i % 2 == 0 {
+            Lost::BadChecksum
+        } else {
+            Lost::Ttl
+        };
+        send(src, (isn + 1, 0), 0x04, lost);
+        std::thread::sleep(Duration::from_millis(20));
+        most = most.max(syn_recv(&a.lab.server));
+    }
+    assert!(most > 0, "the SYNs reached the server");
+    assert!(most <= 3, "the server held {most} half-open");
+    assert!(
+        wait_until(Duration::from_secs(3), || a.counts(server.into()) == (0, 0)
+            && syn_recv(&a.lab.server) == 0),
+        "each reset at the server by the sweeper: {} there, counts {:?}",
+        syn_recv(&a.lab.server),
+        a.counts(server.into())
+    );
+    let json = a.stats();
+    assert!(counter(&json, "intercept", "server-resets") >= 3, "{json}");
 }
 
 /// Established connections at the server from `client`.

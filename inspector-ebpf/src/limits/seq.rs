@@ -1,29 +1,30 @@
-//! The next sequence number each side of a tracked flow will send, as far
-//! as we have seen: an RST or a FIN releases a flow only when it starts
-//! exactly there.
+//! The next sequence number each side of a tracked flow will send: an RST
+//! or a FIN releases a flow only where the side that receives it would
+//! take it.
 //!
 //! Why exact: the server resets a synchronized connection only on an RST
 //! whose sequence number is exactly its RCV.NXT; one elsewhere in its
 //! window gets a challenge ACK and one outside it is dropped (RFC 5961
 //! section 3.2; Linux's `tcp_validate_incoming` calls `tcp_reset` only
-//! when `seq == rcv_nxt`, at the end of its highest SACK block (a segment
-//! lost past the gateway: the sender's next as we count it here), or
+//! when `seq == rcv_nxt`, at the end of its highest SACK block, or
 //! `rcv_nxt - 1` once the peer's FIN is in (`tcp_reset_check`: by then a
-//! FIN has released the flow). A SYN on
-//! a synchronized connection gets a challenge ACK too, never a reset
-//! (RFC 5961 section 4, `tcp_validate_incoming` step 4). Counting such an
-//! RST or SYN as the end of the connection would let a client hold more
-//! connections than its limits while the server keeps them all.
+//! FIN has released the flow). A SYN on a synchronized connection gets a
+//! challenge ACK too, never a reset (RFC 5961 section 4,
+//! `tcp_validate_incoming` step 4). Counting such an RST or SYN as the end
+//! of the connection would let a client hold more connections than its
+//! limits while the server keeps them all.
 //!
-//! Only segments that start at or before the next number move it (in
-//! order, or retransmissions that overlap it): a segment after a gap, or
-//! far out of the window, does not, so a sender cannot push the number
-//! past what the receiver accepts by sending out of order. What this
-//! costs: a segment lost or reordered on our side of the gateway leaves
-//! the number behind until it is resent, and an RST that the server
-//! accepts but we find stale or ahead leaves the flow counted, until the
-//! other side's FIN releases it or the idle (established) timeout of the
-//! sweeper expires it.
+//! Whose numbers: the server's side is trusted (no client can forge what
+//! the server sends), so the server's next number moves with its in-order
+//! segments, and its RST or FIN there releases the flow. The client's is
+//! what the server acknowledged, for a flow forwarded to the server: a
+//! client's segment can reach the kernel and not the server (a bad
+//! checksum, a TTL that ends at the gateway, bytes past the server's
+//! window), so neither the client's segments nor its RST or FIN decide
+//! anything alone (`from_client_checked` in the parent module). For a
+//! session the engine's local listener takes, whose side is not seen, the
+//! client's next number moves with its in-order segments: a segment after
+//! a gap, or far out of the window, does not move it.
 
 use inspector_common::FlowEntry;
 
@@ -69,6 +70,18 @@ pub fn set(e: &mut FlowEntry, side: Side, next: u32) {
         Side::Server => e.server_next = next,
     }
     e.seq_known |= side.known();
+}
+
+/// The server acknowledged the client's bytes up to `ack`: the client's
+/// next number moves there (never back). The server's side is trusted:
+/// no client can forge what it sends.
+#[inline(always)]
+pub fn acknowledged(e: &mut FlowEntry, ack: u32) {
+    if let Some(next) = next(e, Side::Client)
+        && after(ack, next)
+    {
+        set(e, Side::Client, ack);
+    }
 }
 
 /// Whether the segment starting at `seq` starts at the side's next

@@ -558,7 +558,7 @@ async fn sweep_forever(mut sweeper: Sweeper, mut timeouts: watch::Receiver<FlowT
             sweeper.set_timeouts(*timeouts.borrow_and_update());
         }
         match sweeper.sweep(sweeper::monotonic_ns()) {
-            Ok(sweep) if sweep.expired > 0 => log::debug!("sweeper: {sweep:?}"),
+            Ok(sweep) if sweep.did_something() => log::debug!("sweeper: {sweep:?}"),
             Ok(_) => {}
             Err(e) => log::warn!("sweeper: {e:#}"),
         }

@@ -12,6 +12,16 @@
 //! `inet_csk_reqsk_queue_drop`); ISN + 1 is also the exact match RFC 5961
 //! section 3.2 asks of an established connection's RST.
 //!
+//! A client's RST that the kernel cannot be sure the server took (see
+//! `from_client_checked` in the kernel program) is settled with a
+//! question instead (`probe`): an ACK from the client's address that
+//! acknowledges nothing new, so old that a live connection drops it
+//! unread (RFC 5961 section 5.2, Linux's `tcp_ack` for an ACK before
+//! `snd_una - max_window`: at most a challenge ACK), while a server that
+//! no longer has the connection answers it with an RST (RFC 9293 3.10.7.1,
+//! Linux's listener: `tcp_rcv_state_process` returns 1 for an ACK), which
+//! releases the flow in the kernel.
+//!
 //! Sent from userspace through `IPPROTO_RAW` sockets: the kernel program
 //! runs only when a packet arrives, and an expiry is the absence of one.
 //! The packets go out through the gateway's routing, like the flow's own.
@@ -50,10 +60,20 @@ impl Resetter {
     /// Resets the server's side of `flow` (client -> server), whose client
     /// would send `seq` next.
     pub fn reset(&self, flow: &FlowKey, seq: u32) -> io::Result<()> {
+        self.send(flow, &Segment::rst(seq))
+    }
+
+    /// Asks the server whether it still has `flow`, whose client sends
+    /// `seq` next and whose server sends `server_next`: an RST answers no.
+    pub fn probe(&self, flow: &FlowKey, seq: u32, server_next: u32) -> io::Result<()> {
+        self.send(flow, &Segment::probe(seq, server_next))
+    }
+
+    fn send(&self, flow: &FlowKey, segment: &Segment) -> io::Result<()> {
         let (client, server) = (ip_of(&flow.client), ip_of(&flow.server));
         let (packet, socket) = match (client, server) {
-            (IpAddr::V4(c), IpAddr::V4(s)) => (rst_v4(c.octets(), s.octets(), flow, seq), &self.v4),
-            (IpAddr::V6(c), IpAddr::V6(s)) => (rst_v6(c.octets(), s.octets(), flow, seq), &self.v6),
+            (IpAddr::V4(c), IpAddr::V4(s)) => (v4(c.octets(), s.octets(), flow, segment), &self.v4),
+            (IpAddr::V6(c), IpAddr::V6(s)) => (v6(c.octets(), s.octets(), flow, segment), &self.v6),
             _ => return Err(io::Error::other("a flow between address families")),
         };
         // The port of a raw socket's address is the protocol: 0, the header is ours.
@@ -62,37 +82,71 @@ impl Resetter {
     }
 }
 
-/// A bare RST (no ACK: a request socket checks only the sequence number),
-/// its checksum over `addresses` (source then destination).
-fn rst(addresses: &[u8], flow: &FlowKey, seq: u32) -> [u8; 20] {
-    let mut t = [0u8; 20];
-    t[0..2].copy_from_slice(&flow.client_port.to_be_bytes());
-    t[2..4].copy_from_slice(&flow.server_port.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = 0x04;
-    let check = csum::tcp(addresses, &t);
-    t[16..18].copy_from_slice(&check.to_be_bytes());
-    t
+/// The TCP fields of a segment to the server that differ between an RST
+/// and a probe.
+struct Segment {
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
 }
 
-fn rst_v4(client: [u8; 4], server: [u8; 4], flow: &FlowKey, seq: u32) -> Vec<u8> {
+impl Segment {
+    /// A bare RST (no ACK: a request socket checks only the sequence number).
+    fn rst(seq: u32) -> Self {
+        Self {
+            seq,
+            ack: 0,
+            flags: 0x04,
+            window: 0,
+        }
+    }
+
+    /// An ACK older than any window (2^30 bytes at most, with scaling)
+    /// before everything the server sent: never acceptable, never
+    /// acknowledging anything.
+    fn probe(seq: u32, server_next: u32) -> Self {
+        Self {
+            seq,
+            ack: server_next.wrapping_sub(0x6000_0000),
+            flags: 0x10,
+            window: 1024,
+        }
+    }
+
+    /// The TCP header, its checksum over `addresses` (source then destination).
+    fn header(&self, addresses: &[u8], flow: &FlowKey) -> [u8; 20] {
+        let mut t = [0u8; 20];
+        t[0..2].copy_from_slice(&flow.client_port.to_be_bytes());
+        t[2..4].copy_from_slice(&flow.server_port.to_be_bytes());
+        t[4..8].copy_from_slice(&self.seq.to_be_bytes());
+        t[8..12].copy_from_slice(&self.ack.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = self.flags;
+        t[14..16].copy_from_slice(&self.window.to_be_bytes());
+        let check = csum::tcp(addresses, &t);
+        t[16..18].copy_from_slice(&check.to_be_bytes());
+        t
+    }
+}
+
+fn v4(client: [u8; 4], server: [u8; 4], flow: &FlowKey, segment: &Segment) -> Vec<u8> {
     let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
     p.extend_from_slice(&client);
     p.extend_from_slice(&server);
     let mut header = [0u8; 20];
     header.copy_from_slice(&p);
     p[10..12].copy_from_slice(&csum::ipv4_header(&header).to_be_bytes());
-    let tcp = rst(&p[12..20], flow, seq);
+    let tcp = segment.header(&p[12..20], flow);
     p.extend_from_slice(&tcp);
     p
 }
 
-fn rst_v6(client: [u8; 16], server: [u8; 16], flow: &FlowKey, seq: u32) -> Vec<u8> {
+fn v6(client: [u8; 16], server: [u8; 16], flow: &FlowKey, segment: &Segment) -> Vec<u8> {
     let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
     p.extend_from_slice(&client);
     p.extend_from_slice(&server);
-    let tcp = rst(&p[8..40], flow, seq);
+    let tcp = segment.header(&p[8..40], flow);
     p.extend_from_slice(&tcp);
     p
 }
@@ -118,11 +172,11 @@ mod tests {
     #[test]
     fn v4_rst_has_the_flows_ports_the_seq_and_valid_checksums() {
         let (c, s) = (Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 1, 25));
-        let p = rst_v4(
+        let p = v4(
             c.octets(),
             s.octets(),
             &flow(c.into(), s.into()),
-            0x01020304,
+            &Segment::rst(0x01020304),
         );
         assert_eq!(p.len(), 40);
         assert_eq!(
@@ -144,10 +198,37 @@ mod tests {
             "2001:2::2".parse().unwrap(),
             "2001:2:0:1::25".parse().unwrap(),
         );
-        let p = rst_v6(c.octets(), s.octets(), &flow(c.into(), s.into()), 7);
+        let p = v6(
+            c.octets(),
+            s.octets(),
+            &flow(c.into(), s.into()),
+            &Segment::rst(7),
+        );
         assert_eq!(p.len(), 60);
         assert_eq!(&p[8..24], &c.octets());
         let sum = csum::add_words(csum::pseudo(&p[8..40], 20), &p[40..]);
         assert_eq!(csum::fold(sum), 0xffff, "TCP checksum");
+    }
+
+    #[test]
+    fn a_probe_acknowledges_nothing_the_server_sent_in_any_window() {
+        let (c, s) = (Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 1, 25));
+        for server_next in [0u32, 0x7000_0000, u32::MAX] {
+            let p = v4(
+                c.octets(),
+                s.octets(),
+                &flow(c.into(), s.into()),
+                &Segment::probe(5, server_next),
+            );
+            assert_eq!(p[33], 0x10, "ACK alone");
+            assert_eq!(&p[24..28], &5u32.to_be_bytes());
+            let ack = u32::from_be_bytes(p[28..32].try_into().unwrap());
+            // Before SND.UNA - max_window for any SND.UNA in the last 2^30
+            // bytes the server sent and any window (at most 2^30).
+            let behind = server_next.wrapping_sub(ack);
+            assert!((1 << 31) - 1 > behind && behind > (1 << 30) + (1 << 28));
+            let sum = csum::add_words(csum::pseudo(&p[12..20], 20), &p[20..]);
+            assert_eq!(csum::fold(sum), 0xffff, "TCP checksum");
+        }
     }
 }

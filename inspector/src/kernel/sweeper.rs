@@ -7,9 +7,13 @@
 //!
 //! A half-open flow it gives up on is reset at the server (`reset`), so
 //! the server's SYN queue lets it go too: one whose embryonic timeout
-//! passed, and the oldest half-open flows of a server (or client) whose
+//! passed, one the client sent an RST for (which may not have reached the
+//! server), and the oldest half-open flows of a server (or client) whose
 //! connections exceed `max-conns` (`per-client-max`) because verified
-//! clients took their slots (the kernel's `half-open-displaced`).
+//! clients took their slots (the kernel's `half-open-displaced`). For an
+//! established flow the client sent an RST for, it asks the server
+//! whether it still has it (`Resetter::probe`), every sweep until the
+//! server answers or the idle timeout expires it.
 
 use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
 
@@ -45,8 +49,22 @@ pub struct Sweep {
     pub expired: usize,
     /// Half-open flows removed to give their slots back.
     pub displaced: usize,
-    /// RSTs sent to servers (for expired or displaced half-open flows).
+    /// Half-open flows removed after the client's RST (and reset at the
+    /// server by ours).
+    pub reset_by_client: usize,
+    /// RSTs sent to servers (for expired, displaced or client-reset
+    /// half-open flows).
     pub resets: usize,
+    /// Servers asked whether they still hold an established flow the
+    /// client reset.
+    pub probes: usize,
+}
+
+impl Sweep {
+    /// Whether it removed a flow or sent a packet.
+    pub fn did_something(&self) -> bool {
+        self.expired + self.displaced + self.reset_by_client + self.resets + self.probes > 0
+    }
 }
 
 /// A half-open flow the client's SYN opened at the server.
@@ -86,6 +104,8 @@ impl Sweeper {
         let mut expired = Vec::new();
         let mut half_open = Vec::new();
         let mut resets = Vec::new();
+        let mut reset_by_client = Vec::new();
+        let mut probes = Vec::new();
         let mut live = 0;
         // Keys first, then one lookup each: entries the kernel removes
         // meanwhile are simply missing.
@@ -101,6 +121,20 @@ impl Sweeper {
                 }
                 expired.push(key);
                 continue;
+            }
+            if entry.client_reset != 0 {
+                match entry.state {
+                    // Ours at the number the server's SYN-ACK acknowledged
+                    // ends it for sure, whatever the client's was.
+                    flow_state::EMBRYONIC => {
+                        resets.push((key, entry.client_next));
+                        reset_by_client.push(key);
+                        continue;
+                    }
+                    // An answering RST releases it (the kernel program).
+                    flow_state::ESTABLISHED => probes.push((key, entry)),
+                    _ => {}
+                }
             }
             live += 1;
             if entry.state == flow_state::EMBRYONIC {
@@ -132,11 +166,12 @@ impl Sweeper {
             resets.push((flow.key, flow.client_next));
             expired.push(flow.key);
         }
-        for key in &expired {
+        for key in expired.iter().chain(&reset_by_client) {
             // Gone already (FIN, RST, eviction) is fine.
             let _ = self.flows.remove(key);
         }
         let reset = self.send_resets(&resets);
+        let probed = self.send_probes(&probes);
 
         // Every protected server gets its count, zero included; the kernel
         // only counts servers that have an entry, so none is created here.
@@ -164,7 +199,9 @@ impl Sweeper {
             flows: live,
             expired: expired.len() - displaced.len(),
             displaced: displaced.len(),
+            reset_by_client: reset_by_client.len(),
             resets: reset,
+            probes: probed,
         })
     }
 
@@ -225,6 +262,21 @@ impl Sweeper {
             && let Err(e) = self.count_resets(sent as u64)
         {
             log::warn!("sweeper: counting the RSTs sent: {e:#}");
+        }
+        sent
+    }
+
+    /// Asks each flow's server whether it still has it; counts those sent.
+    fn send_probes(&self, flows: &[(FlowKey, FlowEntry)]) -> usize {
+        let Some(resetter) = &self.resetter else {
+            return 0;
+        };
+        let mut sent = 0;
+        for (key, entry) in flows {
+            match resetter.probe(key, entry.client_next, entry.server_next) {
+                Ok(()) => sent += 1,
+                Err(e) => log::warn!("sweeper: asking a server about a client's RST: {e}"),
+            }
         }
         sent
     }
