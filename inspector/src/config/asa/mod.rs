@@ -233,6 +233,10 @@ struct Translator<'a> {
     service_policies: Vec<&'a Line>,
     statics: Vec<&'a Line>,
     timeouts: Vec<&'a Line>,
+    /// `no inspect esmtp` for an access-list: (the list, the origin, the
+    /// line), read once the inspected ports are known (an entry for TCP
+    /// to port 587 exempts SMTP where 587 is inspected).
+    exempt_acls: Vec<(String, String, usize)>,
     fixups: Vec<&'a Line>,
     /// Commands with no bearing on the policy: keyword → lines.
     ignored: BTreeMap<String, Vec<usize>>,
@@ -261,6 +265,7 @@ impl<'a> Translator<'a> {
             service_policies: Vec::new(),
             statics: Vec::new(),
             timeouts: Vec::new(),
+            exempt_acls: Vec::new(),
             fixups: Vec::new(),
             ignored: BTreeMap::new(),
             diags,
@@ -293,6 +298,9 @@ impl<'a> Translator<'a> {
             self.service_policy_map(map, &mut inspects);
         }
         self.choose_esmtp_map(&inspects);
+        for (name, origin, at) in std::mem::take(&mut self.exempt_acls) {
+            self.exempt_acl(&name, &origin, at);
+        }
         for l in std::mem::take(&mut self.timeouts) {
             self.global_timeout(l);
         }
@@ -702,7 +710,7 @@ impl<'a> Translator<'a> {
             action.no
         );
         match traffic {
-            Traffic::Acl(name) => self.exempt_acl(name, &origin, action.no),
+            Traffic::Acl(name) => self.exempt_acls.push((name.clone(), origin, action.no)),
             t if t.all_smtp() => {
                 self.diags.warn(
                     action.no,
@@ -775,14 +783,32 @@ impl<'a> Translator<'a> {
                 }
                 None => seen.push((net, dst, !dst, vec![line])),
             };
+        let ports: Vec<u16> = if self.out.ports.is_empty() {
+            DEFAULT_PORTS.to_vec()
+        } else {
+            self.out.ports.iter().map(|(p, _)| *p).collect()
+        };
+        let smtp = ports
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         for e in &entries {
             let no = e.line.no;
-            match e.can_match_tcp(inspector_common::SMTP_PORT) {
+            let matches = ports.iter().map(|p| e.can_match_tcp(*p));
+            let can = if matches.clone().any(|m| m == Some(true)) {
+                Some(true)
+            } else if matches.clone().all(|m| m == Some(false)) {
+                Some(false)
+            } else {
+                None
+            };
+            match can {
                 Some(false) => {
                     self.diags.note(
                         no,
                         format!(
-                            "`{}`: holds no SMTP (TCP to port 25); no bearing on the policy",
+                            "`{}`: holds no SMTP (TCP to port {smtp}); no bearing on the policy",
                             e.line.text
                         ),
                     );

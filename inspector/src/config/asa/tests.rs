@@ -516,3 +516,25 @@ service-policy global_policy global
     let imported = import_with("fixup protocol smtp 25\n", AddressSide::Real);
     assert!(!imported.toml.contains("ports ="), "{}", imported.toml);
 }
+
+/// An access-list exemption is read against the ports the policy inspects,
+/// not port 25 alone: where submission (587) is inspected, an entry for
+/// TCP to 587 exempts its host, and one for port 80 still has no bearing.
+#[test]
+fn an_exemption_for_an_inspected_port_other_than_25_is_translated() {
+    let text = "access-list gw extended permit tcp any host 192.168.1.5 eq 587\n\
+                access-list gw extended permit tcp any host 192.168.1.6 eq 80\n\
+                class-map submission\n match port tcp eq 587\n\
+                class-map gateways\n match access-list gw\n\
+                policy-map p\n class gateways\n  no inspect esmtp\n class submission\n  inspect esmtp\n\
+                service-policy p global\n";
+    let imported = import_with(text, AddressSide::Real);
+    let policy = checked(&imported);
+    assert_eq!(policy.esmtp.ports, [587], "{}", imported.toml);
+    assert_eq!(policy.exempt, [net("192.168.1.5/32")], "{}", imported.toml);
+    let notes = messages(&imported, Level::Note);
+    assert!(
+        has(&notes, 2, "holds no SMTP (TCP to port 587)"),
+        "{notes:#?}"
+    );
+}
