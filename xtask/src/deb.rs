@@ -68,6 +68,27 @@ pub fn build() -> Result<PathBuf> {
         &root.join("policies/default.toml"),
         0o644,
     )?;
+    // A cluster member's BGP announcement follows its readiness (docs/cluster.md).
+    put(
+        "usr/sbin/inspector-announce",
+        &root.join("deploy/bird/inspector-announce"),
+        0o755,
+    )?;
+    // What operators adapt rather than run: scrape and alert rules, a
+    // dashboard, a DaemonSet.
+    for example in [
+        "prometheus/alerts.yml",
+        "prometheus/cluster.yml",
+        "prometheus/cluster-rules.yml",
+        "grafana/inspector.json",
+        "kubernetes/daemonset.yaml",
+    ] {
+        put(
+            &format!("usr/share/doc/inspector/examples/{example}"),
+            &root.join("deploy").join(example),
+            0o644,
+        )?;
+    }
     write("etc/default/inspector", DEFAULTS, 0o644)?;
     write(
         "usr/share/doc/inspector/copyright",
@@ -160,6 +181,8 @@ pub fn check(deb: &Path) -> Result<()> {
         "./usr/sbin/inspector",
         "./lib/systemd/system/inspector.service",
         "./usr/lib/inspector/prepare-bpffs",
+        "./usr/sbin/inspector-announce",
+        "./usr/share/doc/inspector/examples/prometheus/alerts.yml",
         "./etc/inspector/policy.toml",
         "./usr/share/man/man8/inspector.8.gz",
         "./usr/share/man/man5/inspector-policy.5.gz",
