@@ -176,11 +176,16 @@ impl Sweeper {
         // Every protected server gets its count, zero included; the kernel
         // only counts servers that have an entry, so none is created here.
         let protected: Vec<Addr16> = self.servers.keys().filter_map(|k| k.ok()).collect();
+        // Written only where the kernel's count differs: a rewrite replaces
+        // the map element, and an add another CPU makes to the old one
+        // meanwhile is lost (until the next sweep).
         for server in protected {
             let counts = servers.get(&server).copied().unwrap_or_default();
-            self.servers
-                .insert(server, counts, 0)
-                .context("rewriting a server's connection counts")?;
+            if self.servers.get(&server, 0).ok() != Some(counts) {
+                self.servers
+                    .insert(server, counts, 0)
+                    .context("rewriting a server's connection counts")?;
+            }
         }
         let known: Vec<ClientKey> = self.clients.keys().filter_map(|k| k.ok()).collect();
         for key in known {
@@ -189,7 +194,7 @@ impl Sweeper {
             }
         }
         for (key, counts) in clients {
-            if counts != ConnCounts::default() {
+            if counts != ConnCounts::default() && self.clients.get(&key, 0).ok() != Some(counts) {
                 self.clients
                     .insert(key, counts, 0)
                     .context("rewriting a client's connection counts")?;
