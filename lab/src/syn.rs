@@ -3,7 +3,10 @@
 //! sources are drawn from a prefix the caller routes back into the client
 //! namespace, where nothing answers, so every SYN stays half-open.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 use anyhow::{Context, Result};
 use inspector_common::csum;
@@ -31,10 +34,13 @@ impl SynFlood {
         let socket = ns
             .run(move || Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW))))?
             .context("opening a raw socket (needs root)")?;
+        // Each flood its own sequence: several senders must not send the
+        // same SYNs (the same flow, for conntrack and for our flow table).
+        static FLOODS: AtomicU32 = AtomicU32::new(0);
         Ok(Self {
             socket,
             dst,
-            state: 0x2545_f491,
+            state: seed(FLOODS.fetch_add(1, Ordering::Relaxed)),
         })
     }
 
@@ -64,6 +70,7 @@ impl SynFlood {
 
     /// xorshift32: sources and sequence numbers that look random, and are
     /// the same from run to run.
+    /// xorshift32: fast, and the same floods run after run.
     fn next(&mut self) -> u32 {
         let mut x = self.state;
         x ^= x << 13;
@@ -72,6 +79,11 @@ impl SynFlood {
         self.state = x;
         x
     }
+}
+
+/// The `n`th flood's first state (xorshift needs one that is not zero).
+fn seed(n: u32) -> u32 {
+    (0x2545_f491 ^ n.wrapping_mul(0x9e37_79b9)).max(1)
 }
 
 /// A TCP SYN with an MSS option and the checksum over `addresses` (source
@@ -113,6 +125,15 @@ pub fn syn_v6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, seq: u32) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_flood_starts_its_own_sequence() {
+        let seeds: Vec<u32> = (0..64).map(seed).collect();
+        for (i, a) in seeds.iter().enumerate() {
+            assert_ne!(*a, 0);
+            assert!(!seeds[i + 1..].contains(a), "flood {i} repeats a seed");
+        }
+    }
 
     #[test]
     fn syn_checksums_verify() {
