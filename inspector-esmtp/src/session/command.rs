@@ -177,7 +177,7 @@ impl<'a> Command<'a> {
 /// with exactly one space, `smtp_in.c` `smtp_read_command`; Postfix and
 /// Sendmail skip any run of whitespace).
 fn line_fault(content: &[u8], verb: &str, arg: &[u8]) -> Option<&'static str> {
-    match content.iter().find(|&&b| b == 0 || b == b'\r') {
+    match first_nul_or_cr(content) {
         Some(0) => return Some("NUL in a command line"),
         Some(_) => return Some("bare CR in a command line"),
         None => {}
@@ -191,6 +191,25 @@ fn line_fault(content: &[u8], verb: &str, arg: &[u8]) -> Option<&'static str> {
         Some(b' ' | b'\t') => Some("more than one space after the verb"),
         _ => None,
     }
+}
+
+/// The first NUL or CR of `s`, looked for eight bytes at a time: the line
+/// is read whole, and a byte loop over it was the reading's largest part.
+fn first_nul_or_cr(s: &[u8]) -> Option<u8> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const CRS: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    // Whether a word holds a zero byte (exact for the word as a whole).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    let is_fault = |b: &u8| *b == 0 || *b == b'\r';
+    let (words, tail) = s.as_chunks::<8>();
+    for word in words {
+        let w = u64::from_ne_bytes(*word);
+        if has_zero(w) || has_zero(w ^ CRS) {
+            return word.iter().copied().find(is_fault);
+        }
+    }
+    tail.iter().copied().find(is_fault)
 }
 
 /// The path argument of MAIL FROM / RCPT TO.
@@ -334,14 +353,21 @@ fn strict_path<'a>(
         // `a@b`, `Bob <a@b>`, `(comment)<a@b>`: read differently by each.
         return Err("path not in angle brackets");
     };
-    let Some(gt) = find(b'>', rest) else {
-        return Err("path without `>`");
+    let gt = match plain_path(rest) {
+        Some(gt) => gt,
+        None => {
+            let Some(gt) = find(b'>', rest) else {
+                return Err("path without `>`");
+            };
+            let address = rest.get(..gt).unwrap_or_default();
+            strict_address(address)?;
+            if address.is_empty() && !mail {
+                return Err("RCPT TO:<>");
+            }
+            gt
+        }
     };
     let (address, params) = rest.split_at(gt);
-    strict_address(address)?;
-    if address.is_empty() && !mail {
-        return Err("RCPT TO:<>");
-    }
     let size = strict_params(params.get(1..).unwrap_or_default())?;
     let args = if mail {
         Args::Mail { size }
@@ -349,6 +375,30 @@ fn strict_path<'a>(
         Args::None
     };
     Ok((args, at, address))
+}
+
+/// Where the `>` of the common path form is, `local@domain>` or `local>`
+/// after the `<` (a dot-string local part and a domain name, both not
+/// empty), read in one pass; `None` for any other form, which
+/// `strict_address` reads. Neither `@` nor `>` is a byte of either class,
+/// so the first byte outside the local part's class is the first `@` or
+/// `>` of the path, and the first outside the domain's is its first `>`.
+fn plain_path(rest: &[u8]) -> Option<usize> {
+    let local = rest
+        .iter()
+        .position(|&b| CLASS[usize::from(b)] & ATEXT == 0)?;
+    match rest.get(local) {
+        Some(b'>') if local > 0 => Some(local),
+        Some(b'@') if local > 0 => {
+            let from = local + 1;
+            let domain = rest
+                .get(from..)?
+                .iter()
+                .position(|&b| CLASS[usize::from(b)] & DOMAIN == 0)?;
+            (domain > 0 && rest.get(from + domain) == Some(&b'>')).then_some(from + domain)
+        }
+        _ => None,
+    }
 }
 
 /// A path's content between `<` and `>`: empty, or a dot-string or quoted
@@ -408,6 +458,9 @@ fn strict_address(a: &[u8]) -> Result<(), &'static str> {
 /// `SIZE=` of 1 to 20 digits up to 2^63-1, at most once (Exim silently
 /// drops a bad one, Sendmail's `strtol` reads `abc` as 0).
 fn strict_params(params: &[u8]) -> Result<Option<u64>, &'static str> {
+    if params.is_empty() {
+        return Ok(None);
+    }
     if params.first().is_some_and(|&b| b != b' ') {
         // `<a@b>SIZE=1`: smtp-proto takes the parameter, Postfix and Exim
         // do not.
@@ -670,6 +723,9 @@ mod tests {
             ("MA\rIL FROM:<a@b>", None),
             ("MAIL FROM:<a@b>\r", Some("a@b")),
             ("MAIL FROM:<a@b@c>", Some("a@b@c")),
+            ("MAIL FROM:<a@>", Some("a@")),
+            ("RCPT TO:<a@b c>", Some("a@b c")),
+            ("RCPT TO:<a@b.example", Some("a@b.example")),
             ("MAIL FROM:<\"a\"b@c>", Some("ab@c")),
             ("MAIL FROM:<a;b@c>", Some("a;b@c")),
             ("MAIL FROM:<a@b,c@d>", Some("a@b,c@d")),
@@ -724,6 +780,26 @@ mod tests {
             "XEXCH50 67108865 2",
         ] {
             assert!(refusal(&format!("{line}\r\n")).is_some(), "{line:?}");
+        }
+    }
+
+    /// The first NUL or CR of a line names its fault, wherever each is.
+    #[test]
+    fn the_first_nul_or_cr_names_the_fault() {
+        let base = b"MAIL FROM:<abcdefgh@ijklmnop.example>";
+        for i in 0..base.len() {
+            for j in 0..base.len() {
+                let mut line = base.to_vec();
+                line[i] = 0;
+                line[j] = b'\r';
+                line.extend_from_slice(b"\r\n");
+                let want = if i < j {
+                    "NUL in a command line"
+                } else {
+                    "bare CR in a command line"
+                };
+                assert_eq!(Command::parse(&line).refusal, Some(want), "{i} {j}");
+            }
         }
     }
 
