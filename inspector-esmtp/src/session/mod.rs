@@ -249,7 +249,7 @@ impl Session {
         // An empty queue cannot be full.
         let _ = pipeline.push(Pending::Greeting);
         let modern = policy.mode == Mode::Modern;
-        let rules = RuleState::new(policy.rules.len());
+        let rules = RuleState::new(&policy);
         let quiet = rules::quiet_body_line(&policy);
         Self {
             policy,

@@ -28,7 +28,8 @@ pub struct Verdict {
     pub reject_rcpt: bool,
 }
 
-/// The rule state a session keeps between items.
+/// What a session keeps of the rules between items: their state, and
+/// which commands they can act on.
 #[derive(Debug)]
 pub struct RuleState {
     /// Per rule, created on the first `rate-limit` hit.
@@ -37,14 +38,16 @@ pub struct RuleState {
     fired: Vec<bool>,
     /// `mime-anomaly` already matched in the current message.
     anomaly_fired: bool,
+    commands: CommandRules,
 }
 
 impl RuleState {
-    pub fn new(rules: usize) -> Self {
+    pub fn new(policy: &EsmtpPolicy) -> Self {
         Self {
             rate: Vec::new(),
-            fired: vec![false; rules],
+            fired: vec![false; policy.rules.len()],
             anomaly_fired: false,
+            commands: CommandRules::new(policy),
         }
     }
 
@@ -69,6 +72,68 @@ pub fn quiet_body_line(policy: &EsmtpPolicy) -> Option<usize> {
         }
     }
     Some(quiet)
+}
+
+/// Which commands the `cmd …` and `sender-address …` rules can match, by
+/// what each looks at, so that a command none of them can match skips the
+/// rules loop (most commands, with the usual `gt N` limits). Each field is
+/// the least value some rule can match from (`gt N`: `N + 1`; a negated
+/// rule or a regex: 0), `None` without such a rule.
+#[derive(Debug, Default)]
+struct CommandRules {
+    line_length: Option<u64>,
+    rcpt_count: Option<u64>,
+    sender_length: Option<u64>,
+    /// The verbs of the `cmd verb` rules, and whether one is negated (it
+    /// matches the verbs it does not name).
+    verbs: Vec<String>,
+    any_verb: bool,
+}
+
+impl CommandRules {
+    fn new(policy: &EsmtpPolicy) -> Self {
+        // `gt limit` can match from `limit + 1` (never past u64::MAX);
+        // negated, from 0.
+        let from = |negate: bool, limit: u64| {
+            if negate {
+                Some(0)
+            } else {
+                limit.checked_add(1)
+            }
+        };
+        let lowest = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => a.or(b),
+        };
+        let mut c = Self::default();
+        for rule in &policy.rules {
+            let n = rule.negate;
+            match &rule.criterion {
+                Criterion::CmdLineLength(l) => c.line_length = lowest(c.line_length, from(n, *l)),
+                Criterion::CmdRcptCount(l) => c.rcpt_count = lowest(c.rcpt_count, from(n, *l)),
+                Criterion::SenderAddressLength(l) => {
+                    c.sender_length = lowest(c.sender_length, from(n, *l));
+                }
+                Criterion::SenderAddressRegex(_) => c.sender_length = Some(0),
+                Criterion::CmdVerb(_) if n => c.any_verb = true,
+                Criterion::CmdVerb(verbs) => c.verbs.extend(verbs.iter().cloned()),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// Whether some rule can match `cmd` (false only if none can).
+    fn may_match(&self, cmd: &Command<'_>, rcpt_count: u64) -> bool {
+        let reaches = |from: Option<u64>, value: u64| from.is_some_and(|f| value >= f);
+        reaches(self.line_length, cmd.content.len() as u64)
+            || (cmd.verb == "RCPT" && reaches(self.rcpt_count, rcpt_count))
+            || cmd
+                .sender()
+                .is_some_and(|a| reaches(self.sender_length, a.len() as u64))
+            || self.any_verb
+            || self.verbs.iter().any(|v| *v == cmd.verb)
+    }
 }
 
 /// Matching commands of a `rate-limit N` rule in the current second.
@@ -154,6 +219,9 @@ impl Judge<'_> {
     /// arriving (`line_length`).
     pub fn command(mut self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
         let mut v = Verdict::default();
+        if !self.state.commands.may_match(cmd, rcpt_count) {
+            return v;
+        }
         let policy = self.policy;
         let len = cmd.content.len() as u64;
         let sender = cmd.sender();
