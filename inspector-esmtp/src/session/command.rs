@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 
+use super::bytes::first_nul_or_cr;
 use super::split_eol;
 
 /// Longest BDAT size accepted, whatever the server advertised: Exim keeps
@@ -191,25 +192,6 @@ fn line_fault(content: &[u8], verb: &str, arg: &[u8]) -> Option<&'static str> {
         Some(b' ' | b'\t') => Some("more than one space after the verb"),
         _ => None,
     }
-}
-
-/// The first NUL or CR of `s`, looked for eight bytes at a time: the line
-/// is read whole, and a byte loop over it was the reading's largest part.
-fn first_nul_or_cr(s: &[u8]) -> Option<u8> {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    const CRS: u64 = u64::from_ne_bytes([b'\r'; 8]);
-    // Whether a word holds a zero byte (exact for the word as a whole).
-    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
-    let is_fault = |b: &u8| *b == 0 || *b == b'\r';
-    let (words, tail) = s.as_chunks::<8>();
-    for word in words {
-        let w = u64::from_ne_bytes(*word);
-        if has_zero(w) || has_zero(w ^ CRS) {
-            return word.iter().copied().find(is_fault);
-        }
-    }
-    tail.iter().copied().find(is_fault)
 }
 
 /// The path argument of MAIL FROM / RCPT TO.

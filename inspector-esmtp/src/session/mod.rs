@@ -16,6 +16,7 @@
 //! in `on_reply_line`. Message content goes through `step_data` and
 //! `step_raw` instead and is relayed unchanged.
 
+mod bytes;
 mod close;
 mod command;
 mod data;
@@ -437,7 +438,7 @@ impl Session {
 
     /// Command mode: reassembles one line (bounded) and hands it on.
     fn step_command(&mut self, input: &[u8], out: &mut Output) -> usize {
-        let lf = memchr(b'\n', input);
+        let lf = bytes::find_lf(input);
         let take = lf.map_or(input.len(), |p| p + 1);
         let part = input.get(..take).unwrap_or(input);
         let total = self.cbuf.len().saturating_add(part.len());
@@ -775,7 +776,7 @@ impl Session {
                 out.to_client.extend_from_slice(input);
                 return;
             }
-            let Some(p) = memchr(b'\n', input) else {
+            let Some(p) = bytes::find_lf(input) else {
                 if self.sbuf.len().saturating_add(input.len()) > MAX_LINE {
                     self.reply_too_long(out);
                 } else {
