@@ -38,23 +38,29 @@ fn find(byte: u8, s: &[u8]) -> Option<usize> {
 /// starting with a space): borrowed from the line when it is written in
 /// upper case already, as clients do, so that reading it allocates nothing.
 fn verb_of(content: &[u8]) -> Cow<'_, str> {
+    // The verbs of a mail transaction, found without a search or a UTF-8
+    // check: none holds a space, so one followed by a space or the end is
+    // the word before the first space.
+    if let Some(&[a, b, c, d]) = content.get(..4)
+        && content.get(4).is_none_or(|&sp| sp == b' ')
+    {
+        let known = match &[a, b, c, d] {
+            b"MAIL" => Some("MAIL"),
+            b"RCPT" => Some("RCPT"),
+            b"DATA" => Some("DATA"),
+            b"BDAT" => Some("BDAT"),
+            b"RSET" => Some("RSET"),
+            b"NOOP" => Some("NOOP"),
+            b"EHLO" => Some("EHLO"),
+            b"QUIT" => Some("QUIT"),
+            _ => None,
+        };
+        if let Some(verb) = known {
+            return Cow::Borrowed(verb);
+        }
+    }
     let end = find(b' ', content).unwrap_or(content.len());
     let word = content.get(..end).unwrap_or_default();
-    // The verbs of a mail transaction, found without a UTF-8 check.
-    let known = match word {
-        b"MAIL" => Some("MAIL"),
-        b"RCPT" => Some("RCPT"),
-        b"DATA" => Some("DATA"),
-        b"BDAT" => Some("BDAT"),
-        b"RSET" => Some("RSET"),
-        b"NOOP" => Some("NOOP"),
-        b"EHLO" => Some("EHLO"),
-        b"QUIT" => Some("QUIT"),
-        _ => None,
-    };
-    if let Some(verb) = known {
-        return Cow::Borrowed(verb);
-    }
     if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
         // ASCII is UTF-8.
         if let Ok(verb) = std::str::from_utf8(word) {
@@ -107,57 +113,31 @@ impl<'a> Command<'a> {
     pub fn parse(line: &'a [u8]) -> Self {
         let (content, eol) = split_eol(line);
         let verb = verb_of(content);
-        let mut cmd = Self {
+        // The argument, after the verb and its one space.
+        let arg = content.get(verb.len() + 1..).unwrap_or_default();
+        let (path, read) = match &*verb {
+            "MAIL" => read_path(content, arg, b"from", true),
+            "RCPT" => read_path(content, arg, b"to", false),
+            "BDAT" => (
+                None,
+                bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
+            ),
+            "XEXCH50" => (None, xexch50(arg).map(|size| Args::Xexch50 { size })),
+            _ => (None, Ok(Args::None)),
+        };
+        // Line-level faults come first: they make every other reading moot.
+        let refusal = line_fault(content, &verb, arg).or(read.err());
+        Self {
             line,
             content,
             eol,
             verb,
-            path: None,
-            args: Args::None,
-            refusal: None,
-        };
-        // The argument, after the verb and its one space.
-        let arg = content.get(cmd.verb.len() + 1..).unwrap_or_default();
-        let read = match &*cmd.verb {
-            "MAIL" => cmd.read_path(arg, b"FROM", true),
-            "RCPT" => cmd.read_path(arg, b"TO", false),
-            "BDAT" => bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
-            "XEXCH50" => xexch50(arg).map(|size| Args::Xexch50 { size }),
-            _ => Ok(Args::None),
-        };
-        // Line-level faults come first: they make every other reading moot.
-        cmd.refusal = line_fault(content, &cmd.verb, arg).or(read.err());
-        if cmd.refusal.is_none() {
-            cmd.args = read.unwrap_or(Args::None);
-        }
-        cmd
-    }
-
-    /// Extracts the path (permissively) and reads it strictly.
-    fn read_path(
-        &mut self,
-        arg: &'a [u8],
-        keyword: &[u8],
-        mail: bool,
-    ) -> Result<Args, &'static str> {
-        let start = self.content.len() - arg.len();
-        match strict_path(arg, keyword, mail) {
-            // The strict reading is every server's: its path is the path.
-            Ok((args, at, raw)) => {
-                self.path = Some(PathArg {
-                    raw,
-                    judged: unquoted(raw),
-                    start: start + at,
-                });
-                Ok(args)
-            }
-            Err(why) => {
-                self.path = permissive_path(arg, keyword).map(|mut p| {
-                    p.start += start;
-                    p
-                });
-                Err(why)
-            }
+            path,
+            args: match (refusal, read) {
+                (None, Ok(args)) => args,
+                _ => Args::None,
+            },
+            refusal,
         }
     }
 
@@ -167,6 +147,35 @@ impl<'a> Command<'a> {
             .as_ref()
             .filter(|_| self.verb == "MAIL")
             .map(|p| p.judged.as_ref())
+    }
+}
+
+/// The path of a MAIL/RCPT argument `arg` (a part of `content`), extracted
+/// permissively, and the arguments, read strictly. `keyword` is lower case.
+fn read_path<'a>(
+    content: &'a [u8],
+    arg: &'a [u8],
+    keyword: &[u8],
+    mail: bool,
+) -> (Option<PathArg<'a>>, Result<Args, &'static str>) {
+    let start = content.len() - arg.len();
+    match strict_path(arg, keyword, mail) {
+        // The strict reading is every server's: its path is the path.
+        Ok((args, at, raw)) => {
+            let path = PathArg {
+                raw,
+                judged: unquoted(raw),
+                start: start + at,
+            };
+            (Some(path), Ok(args))
+        }
+        Err(why) => {
+            let path = permissive_path(arg, keyword).map(|mut p| {
+                p.start += start;
+                p
+            });
+            (path, Err(why))
+        }
     }
 }
 
@@ -314,10 +323,10 @@ fn strict_path<'a>(
     mail: bool,
 ) -> Result<(Args, usize, &'a [u8]), &'static str> {
     let kw = arg.get(..keyword.len() + 1);
+    // `keyword` is letters, lower case: a byte is one of them in either
+    // case exactly when setting its 0x20 bit gives the lower-case one.
     let colon = kw.is_some_and(|k| {
-        k.get(..keyword.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
-            && k.last() == Some(&b':')
+        k.iter().zip(keyword).all(|(&b, &l)| b | 0x20 == l) && k.last() == Some(&b':')
     });
     if !colon {
         // `FROM :` (Sendmail and smtp-proto take it, Postfix and Exim do
