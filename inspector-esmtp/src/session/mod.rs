@@ -134,7 +134,7 @@ pub enum Phase {
     Closing,
 }
 
-/// What one call produced.
+/// What one call produced (see [`Session::on_client_data`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Output {
     pub to_client: Vec<u8>,
@@ -145,6 +145,17 @@ pub struct Output {
     /// The server accepted STARTTLS: from now on every byte is relayed
     /// unchanged both ways (the driver may stop calling the engine).
     pub opaque: bool,
+}
+
+impl Output {
+    /// Empties it, keeping the buffers' capacity.
+    pub fn clear(&mut self) {
+        self.to_client.clear();
+        self.to_server.clear();
+        self.close = None;
+        self.audit.clear();
+        self.opaque = false;
+    }
 }
 
 /// What the client is sending.
@@ -280,23 +291,24 @@ impl Session {
         }
     }
 
-    /// Bytes from the client.
-    pub fn on_client_data(&mut self, data: &[u8], now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
-        // Most of it is relayed: one allocation rather than one per doubling.
+    /// Bytes from the client. Each of the four calls writes what it
+    /// produced into `out`, cleared first: a caller that passes the same
+    /// `Output` again reuses its buffers, and the call allocates nothing.
+    pub fn on_client_data(&mut self, data: &[u8], now: Instant, out: &mut Output) {
+        self.start(now, out);
+        // Most of it is relayed: one allocation at most rather than one per
+        // doubling.
         out.to_server.reserve(data.len());
-        self.feed_client(data, &mut out);
-        self.finish(out)
+        self.feed_client(data, out);
+        self.finish(out);
     }
 
     /// Bytes from the server (the greeting first).
-    pub fn on_server_data(&mut self, data: &[u8], now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
+    pub fn on_server_data(&mut self, data: &[u8], now: Instant, out: &mut Output) {
+        self.start(now, out);
         out.to_client.reserve(data.len());
-        self.feed_server(data, &mut out);
-        self.finish(out)
+        self.feed_server(data, out);
+        self.finish(out);
     }
 
     /// The client closed its side: an incomplete command or message is
@@ -305,28 +317,26 @@ impl Session {
     /// session stays open until that reply is relayed (a client that
     /// half-closed after its final `.` still learns the message's fate);
     /// only then does it close.
-    pub fn on_client_eof(&mut self, now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
+    pub fn on_client_eof(&mut self, now: Instant, out: &mut Output) {
+        self.start(now, out);
         let owed = if self.opaque {
             0
         } else {
             self.owed_message_replies()
         };
-        if self.ending.client_eof(owed, &mut out) {
+        if self.ending.client_eof(owed, out) {
             self.release();
         }
-        self.finish(out)
+        self.finish(out);
     }
 
     /// The server closed its side: an incomplete reply line is discarded.
-    pub fn on_server_eof(&mut self, now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
-        if self.ending.eof(&mut out) {
+    pub fn on_server_eof(&mut self, now: Instant, out: &mut Output) {
+        self.start(now, out);
+        if self.ending.eof(out) {
             self.release();
         }
-        self.finish(out)
+        self.finish(out);
     }
 
     /// Whether the server accepted the client's QUIT (RFC 5321 section
@@ -1176,15 +1186,20 @@ impl Session {
         self.policy.mode == Mode::Modern
     }
 
-    /// What a call returns.
-    fn finish(&mut self, mut out: Output) -> Output {
+    /// A call starts.
+    fn start(&mut self, now: Instant, out: &mut Output) {
+        self.now = Some(now);
+        out.clear();
+    }
+
+    /// A call ends.
+    fn finish(&mut self, out: &mut Output) {
         out.opaque = self.opaque;
         if self.packets > 0 {
             self.stats
                 .packet
                 .fetch_add(std::mem::take(&mut self.packets), Ordering::Relaxed);
         }
-        out
     }
 }
 
