@@ -34,40 +34,82 @@ fn find(byte: u8, s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == byte)
 }
 
+/// The verbs the session acts on, told apart once per line so that it
+/// compares no text for them; `Other` is any other verb, by its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Mail,
+    Rcpt,
+    Data,
+    Bdat,
+    Rset,
+    Noop,
+    Ehlo,
+    Helo,
+    Quit,
+    Other,
+}
+
+impl Verb {
+    /// The text of each verb but `Other`, in the order of the variants.
+    pub const NAMES: [&'static str; 9] = [
+        "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "EHLO", "HELO", "QUIT",
+    ];
+
+    /// The verb named `text` (upper case). Inlined: a call costs as much
+    /// as the comparison.
+    #[inline(always)]
+    fn of(text: &[u8]) -> Self {
+        // All four letters: compared as one word.
+        let Ok(word) = <[u8; 4]>::try_from(text) else {
+            return Self::Other;
+        };
+        match &word {
+            b"MAIL" => Self::Mail,
+            b"RCPT" => Self::Rcpt,
+            b"DATA" => Self::Data,
+            b"BDAT" => Self::Bdat,
+            b"RSET" => Self::Rset,
+            b"NOOP" => Self::Noop,
+            b"EHLO" => Self::Ehlo,
+            b"HELO" => Self::Helo,
+            b"QUIT" => Self::Quit,
+            _ => Self::Other,
+        }
+    }
+
+    /// Its place in `NAMES` (past the end for `Other`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The verb of a command line, upper case (empty for an empty line or one
 /// starting with a space): borrowed from the line when it is written in
 /// upper case already, as clients do, so that reading it allocates nothing.
-fn verb_of(content: &[u8]) -> Cow<'_, str> {
-    // The verbs of a mail transaction, found without a search or a UTF-8
-    // check: none holds a space, so one followed by a space or the end is
-    // the word before the first space.
-    if let Some(&[a, b, c, d]) = content.get(..4)
+fn verb_of(content: &[u8]) -> (Cow<'_, str>, Verb) {
+    // The usual verbs, found without a search or a UTF-8 check: none holds
+    // a space, so one followed by a space or the end is the word before
+    // the first space.
+    if let Some(word) = content.get(..4)
         && content.get(4).is_none_or(|&sp| sp == b' ')
     {
-        let known = match &[a, b, c, d] {
-            b"MAIL" => Some("MAIL"),
-            b"RCPT" => Some("RCPT"),
-            b"DATA" => Some("DATA"),
-            b"BDAT" => Some("BDAT"),
-            b"RSET" => Some("RSET"),
-            b"NOOP" => Some("NOOP"),
-            b"EHLO" => Some("EHLO"),
-            b"QUIT" => Some("QUIT"),
-            _ => None,
-        };
-        if let Some(verb) = known {
-            return Cow::Borrowed(verb);
+        let verb = Verb::of(word);
+        if let Some(name) = Verb::NAMES.get(verb.index()) {
+            return (Cow::Borrowed(name), verb);
         }
     }
     let end = find(b' ', content).unwrap_or(content.len());
     let word = content.get(..end).unwrap_or_default();
     if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
         // ASCII is UTF-8.
-        if let Ok(verb) = std::str::from_utf8(word) {
-            return Cow::Borrowed(verb);
+        if let Ok(text) = std::str::from_utf8(word) {
+            return (Cow::Borrowed(text), Verb::of(word));
         }
     }
-    Cow::Owned(String::from_utf8_lossy(word).to_ascii_uppercase())
+    let text = String::from_utf8_lossy(word).to_ascii_uppercase();
+    let verb = Verb::of(text.as_bytes());
+    (Cow::Owned(text), verb)
 }
 
 /// One command line, read.
@@ -80,6 +122,8 @@ pub struct Command<'a> {
     pub eol: &'a [u8],
     /// Upper case (empty for an empty line).
     pub verb: Cow<'a, str>,
+    /// Which of the verbs the session acts on it is.
+    pub kind: Verb,
     /// The path of MAIL FROM / RCPT TO, as the most permissive server
     /// would extract it (also on a line the strict reading refuses).
     pub path: Option<PathArg<'a>>,
@@ -112,17 +156,19 @@ impl<'a> Command<'a> {
     /// Reads one complete command line (with its line ending).
     pub fn parse(line: &'a [u8]) -> Self {
         let (content, eol) = split_eol(line);
-        let verb = verb_of(content);
+        let (verb, kind) = verb_of(content);
         // The argument, after the verb and its one space.
         let arg = content.get(verb.len() + 1..).unwrap_or_default();
-        let (path, read) = match &*verb {
-            "MAIL" => read_path(content, arg, b"from", true),
-            "RCPT" => read_path(content, arg, b"to", false),
-            "BDAT" => (
+        let (path, read) = match kind {
+            Verb::Mail => read_path(content, arg, b"from", true),
+            Verb::Rcpt => read_path(content, arg, b"to", false),
+            Verb::Bdat => (
                 None,
                 bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
             ),
-            "XEXCH50" => (None, xexch50(arg).map(|size| Args::Xexch50 { size })),
+            Verb::Other if verb == "XEXCH50" => {
+                (None, xexch50(arg).map(|size| Args::Xexch50 { size }))
+            }
             _ => (None, Ok(Args::None)),
         };
         // Line-level faults come first: they make every other reading moot.
@@ -132,6 +178,7 @@ impl<'a> Command<'a> {
             content,
             eol,
             verb,
+            kind,
             path,
             args: match (refusal, read) {
                 (None, Ok(args)) => args,
@@ -145,7 +192,7 @@ impl<'a> Command<'a> {
     pub fn sender(&self) -> Option<&[u8]> {
         self.path
             .as_ref()
-            .filter(|_| self.verb == "MAIL")
+            .filter(|_| self.kind == Verb::Mail)
             .map(|p| p.judged.as_ref())
     }
 }
@@ -792,6 +839,20 @@ mod tests {
                 assert_eq!(Command::parse(&line).refusal, Some(want), "{i} {j}");
             }
         }
+    }
+
+    #[test]
+    fn each_verb_is_named_by_its_text() {
+        for (i, name) in Verb::NAMES.iter().enumerate() {
+            assert_eq!(Verb::of(name.as_bytes()).index(), i);
+            let line = format!("{name}\r\n");
+            let cmd = Command::parse(line.as_bytes());
+            assert_eq!((cmd.kind.index(), &*cmd.verb), (i, *name));
+        }
+        let other = Command::parse(b"VRFY u\r\n").kind;
+        assert_eq!(other, Verb::Other);
+        assert_eq!(Verb::NAMES.get(other.index()), None);
+        assert_eq!(Command::parse(b"rcpt TO:<a@b>\r\n").kind, Verb::Rcpt);
     }
 
     #[test]

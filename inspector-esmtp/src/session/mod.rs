@@ -38,7 +38,7 @@ use crate::policy::{EsmtpPolicy, Mode, TLS_VERBS};
 use crate::stats::PolicyStats;
 
 use close::{Ending, Tell};
-use command::{Args, Command, MAX_BDAT, is_program_address};
+use command::{Args, Command, MAX_BDAT, Verb, is_program_address};
 pub use command::{Reading, read as read_command};
 use data::{DotEnd, DotScanner, MessageScan};
 pub use pipeline::MAX_PENDING;
@@ -248,6 +248,9 @@ pub struct Session {
     quit_answered: bool,
     /// Body lines no rule acts on (`rules::quiet_body_line`).
     quiet: Option<usize>,
+    /// Whether each of `Verb::NAMES` may reach the server at all
+    /// (`EsmtpPolicy::allows_verb`, asked once rather than per command).
+    allowed: [bool; Verb::NAMES.len()],
     /// Commands and replies inspected in this call: added to the shared
     /// `packet` counter once, at the end of the call, not once per line.
     packets: u64,
@@ -263,6 +266,7 @@ impl Session {
         let modern = policy.mode == Mode::Modern;
         let rules = RuleState::new(&policy);
         let quiet = rules::quiet_body_line(&policy);
+        let allowed = Verb::NAMES.map(|v| policy.allows_verb(v));
         Self {
             policy,
             stats,
@@ -286,6 +290,7 @@ impl Session {
             opaque: false,
             quit_answered: false,
             quiet,
+            allowed,
             packets: 0,
             record: SessionRecord::default(),
         }
@@ -580,7 +585,7 @@ impl Session {
     fn on_command(&mut self, line: &[u8], out: &mut Output) {
         self.packets += 1;
         let cmd = Command::parse(line);
-        if cmd.verb == "RCPT" {
+        if cmd.kind == Verb::Rcpt {
             self.tx.rcpt_count = self.tx.rcpt_count.saturating_add(1);
         }
         let rcpt_count = self.tx.rcpt_count;
@@ -602,16 +607,15 @@ impl Session {
                 self.close(Close::Fin, Tell::Modern(POLICY_CLOSE), out);
                 return;
             }
-            let params = self.judge(&mut out.audit).address(&cmd.verb, &p.judged);
+            let params = self.judge(&mut out.audit).address(cmd.kind, &p.judged);
             if self.conclude(&params, out) {
                 return;
             }
         }
 
-        let verb = &*cmd.verb;
         // `BDAT\t5`, ` BDAT 5`: a BDAT to Postfix and Sendmail's tokenizers.
-        let bdat = verb == "BDAT" || command::names_bdat(cmd.content);
-        let outcome = if !self.verb_allowed(verb) || v.mask {
+        let bdat = cmd.kind == Verb::Bdat || command::names_bdat(cmd.content);
+        let outcome = if !self.verb_allowed(&cmd) || v.mask {
             Outcome::Refuse(UNRECOGNIZED)
         } else if v.rate_limited {
             Outcome::Refuse(RATE_LIMITED)
@@ -693,26 +697,25 @@ impl Session {
         self.close(Close::Fin, Tell::Always(reply), out);
     }
 
-    /// Whether the verb may reach the server in the session's state.
-    fn verb_allowed(&self, verb: &str) -> bool {
-        if !self.policy.allows_verb(verb) {
-            return false;
-        }
-        match verb {
-            // Only when the client was shown CHUNKING.
-            "BDAT" => self.ext.chunking,
-            _ => true,
-        }
+    /// Whether the command's verb may reach the server in the session's
+    /// state.
+    fn verb_allowed(&self, cmd: &Command<'_>) -> bool {
+        let allowed = self
+            .allowed
+            .get(cmd.kind.index())
+            .copied()
+            .unwrap_or_else(|| self.policy.allows_verb(&cmd.verb));
+        // BDAT only when the client was shown CHUNKING.
+        allowed && (cmd.kind != Verb::Bdat || self.ext.chunking)
     }
 
     /// Sends an accepted command on and records the reply it is owed.
     fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) {
         self.record.command(cmd);
-        let verb = &*cmd.verb;
-        let pending = match verb {
-            "EHLO" => Pending::Ehlo,
-            "HELO" => Pending::Helo,
-            "MAIL" => {
+        let pending = match cmd.kind {
+            Verb::Ehlo => Pending::Ehlo,
+            Verb::Helo => Pending::Helo,
+            Verb::Mail => {
                 self.tx.rcpt_count = 0;
                 self.tx.declared_size = match cmd.args {
                     Args::Mail { size } => size,
@@ -720,9 +723,9 @@ impl Session {
                 };
                 Pending::Mail
             }
-            "RCPT" => Pending::Rcpt,
-            "DATA" => Pending::Data,
-            "BDAT" => match cmd.args {
+            Verb::Rcpt => Pending::Rcpt,
+            Verb::Data => Pending::Data,
+            Verb::Bdat => match cmd.args {
                 Args::Bdat { size, last } => {
                     self.start_message();
                     self.tx.bdat_total = self.tx.bdat_total.saturating_add(size);
@@ -747,20 +750,23 @@ impl Session {
                 // Not reached: a BDAT the strict reading refuses is not forwarded.
                 _ => Pending::Other,
             },
-            "XEXCH50" => match cmd.args {
-                Args::Xexch50 { size } => Pending::Xexch50 { size },
-                _ => Pending::Other,
-            },
-            "AUTH" | "X-EXPS" => Pending::Auth,
-            "RSET" => {
+            Verb::Rset => {
                 // In the client's order: commands pipelined after RSET
                 // belong to the next transaction.
                 self.tx = Transaction::default();
                 Pending::Other
             }
-            "QUIT" => Pending::Quit,
-            _ if TLS_VERBS.contains(&verb) => Pending::StartTls,
-            _ => Pending::Other,
+            Verb::Quit => Pending::Quit,
+            Verb::Noop => Pending::Other,
+            Verb::Other => match &*cmd.verb {
+                "XEXCH50" => match cmd.args {
+                    Args::Xexch50 { size } => Pending::Xexch50 { size },
+                    _ => Pending::Other,
+                },
+                "AUTH" | "X-EXPS" => Pending::Auth,
+                verb if TLS_VERBS.contains(&verb) => Pending::StartTls,
+                _ => Pending::Other,
+            },
         };
         match &cmd.path {
             // The firewall replaced `|` in addresses by a space (108002).

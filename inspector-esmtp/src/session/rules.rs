@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use super::Close;
-use super::command::{Command, domain_of};
+use super::command::{Command, Verb, domain_of};
 use crate::audit::{self, AuditEvent, AuditKind, Classification, Peers, Source};
 use crate::mime::{MimeEvent, Unreadable};
 use crate::policy::criteria::exceeds;
@@ -127,7 +127,7 @@ impl CommandRules {
     fn may_match(&self, cmd: &Command<'_>, rcpt_count: u64) -> bool {
         let reaches = |from: Option<u64>, value: u64| from.is_some_and(|f| value >= f);
         reaches(self.line_length, cmd.content.len() as u64)
-            || (cmd.verb == "RCPT" && reaches(self.rcpt_count, rcpt_count))
+            || (cmd.kind == Verb::Rcpt && reaches(self.rcpt_count, rcpt_count))
             || cmd
                 .sender()
                 .is_some_and(|a| reaches(self.sender_length, a.len() as u64))
@@ -241,7 +241,7 @@ impl Judge<'_> {
                         Value::Bytes(verb.as_bytes()),
                     )
                 }
-                (Criterion::CmdRcptCount(l), _) if cmd.verb == "RCPT" => {
+                (Criterion::CmdRcptCount(l), _) if cmd.kind == Verb::Rcpt => {
                     (exceeds(rcpt_count, *l), Value::Num(rcpt_count))
                 }
                 (Criterion::SenderAddressLength(l), Some(a)) => {
@@ -262,7 +262,7 @@ impl Judge<'_> {
 
     /// The `special-character` and `mail-relay` parameters on the address
     /// of a MAIL or RCPT. They only close or log.
-    pub fn address(mut self, verb: &str, address: &[u8]) -> Verdict {
+    pub fn address(mut self, verb: Verb, address: &[u8]) -> Verdict {
         let mut v = Verdict::default();
         let policy = self.policy;
         if let Some(actions) = policy.special_character
@@ -278,7 +278,7 @@ impl Judge<'_> {
             );
         }
         if let Some(relay) = &policy.mail_relay
-            && verb == "RCPT"
+            && verb == Verb::Rcpt
             && domain_of(address).is_some_and(|d| d != relay.domain)
         {
             let text = format!("mail-relay {}", relay.domain);
