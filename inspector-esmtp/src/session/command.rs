@@ -853,6 +853,16 @@ mod tests {
         assert_eq!(other, Verb::Other);
         assert_eq!(Verb::NAMES.get(other.index()), None);
         assert_eq!(Command::parse(b"rcpt TO:<a@b>\r\n").kind, Verb::Rcpt);
+        // The session reads no other known verb as BDAT (`names_bdat`).
+        for line in ["MAIL", "noop x", "Rset\tBDAT", "QUIT BDAT 5", "bdat 5"] {
+            let cmd = Command::parse(line.as_bytes());
+            let bdat = cmd.kind == Verb::Bdat;
+            assert!(
+                bdat || cmd.kind == Verb::Other || !names_bdat(cmd.content),
+                "{line:?}"
+            );
+            assert_eq!(bdat, line.starts_with("bdat"), "{line:?}");
+        }
     }
 
     #[test]

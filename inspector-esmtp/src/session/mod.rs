@@ -614,7 +614,13 @@ impl Session {
         }
 
         // `BDAT\t5`, ` BDAT 5`: a BDAT to Postfix and Sendmail's tokenizers.
-        let bdat = cmd.kind == Verb::Bdat || command::names_bdat(cmd.content);
+        // A line whose verb is another one the session knows starts with
+        // its letters, which no tokenizer reads as BDAT.
+        let bdat = match cmd.kind {
+            Verb::Bdat => true,
+            Verb::Other => command::names_bdat(cmd.content),
+            _ => false,
+        };
         let outcome = if !self.verb_allowed(&cmd) || v.mask {
             Outcome::Refuse(UNRECOGNIZED)
         } else if v.rate_limited {
@@ -1098,7 +1104,7 @@ impl Session {
         Judge {
             policy: &self.policy,
             stats: &self.stats,
-            peers: self.peers,
+            peers: &self.peers,
             now: self.now,
             state: &mut self.rules,
             audit,

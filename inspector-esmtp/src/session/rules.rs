@@ -204,7 +204,7 @@ impl fmt::Display for Negated<'_> {
 pub struct Judge<'a> {
     pub policy: &'a EsmtpPolicy,
     pub stats: &'a PolicyStats,
-    pub peers: Peers,
+    pub peers: &'a Peers,
     /// For `rate-limit`.
     pub now: Option<Instant>,
     pub state: &'a mut RuleState,
@@ -465,7 +465,7 @@ impl Judge<'_> {
         }
         if let (true, Some(verdict)) = (actions.log, verdict) {
             self.audit.push(AuditEvent {
-                peers: self.peers,
+                peers: *self.peers,
                 kind: AuditKind::Classification(Classification {
                     verdict,
                     source,
