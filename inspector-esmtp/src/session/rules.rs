@@ -124,6 +124,7 @@ impl CommandRules {
     }
 
     /// Whether some rule can match `cmd` (false only if none can).
+    #[inline]
     fn may_match(&self, cmd: &Command<'_>, rcpt_count: u64) -> bool {
         let reaches = |from: Option<u64>, value: u64| from.is_some_and(|f| value >= f);
         reaches(self.line_length, cmd.content.len() as u64)
@@ -217,11 +218,18 @@ impl Judge<'_> {
     /// RCPTs of the transaction, this one included. `cmd line length` rules
     /// whose limit is below `checked_len` already fired while the line was
     /// arriving (`line_length`).
-    pub fn command(mut self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
-        let mut v = Verdict::default();
-        if !self.state.commands.may_match(cmd, rcpt_count) {
-            return v;
+    /// (Inlined: most commands stop at the first test.)
+    #[inline]
+    pub fn command(self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
+        if self.state.commands.may_match(cmd, rcpt_count) {
+            self.command_rules(cmd, rcpt_count, checked_len)
+        } else {
+            Verdict::default()
         }
+    }
+
+    fn command_rules(mut self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
+        let mut v = Verdict::default();
         let policy = self.policy;
         let len = cmd.content.len() as u64;
         let sender = cmd.sender();
