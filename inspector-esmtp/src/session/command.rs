@@ -157,6 +157,22 @@ impl<'a> Command<'a> {
     pub fn parse(line: &'a [u8]) -> Self {
         let (content, eol) = split_eol(line);
         let (verb, kind) = verb_of(content);
+        // A known verb alone (RSET, NOOP, DATA, QUIT, ...) has nothing more
+        // to read: its four letters hold no fault. MAIL, RCPT and BDAT
+        // need an argument.
+        let alone = content.len() == 4;
+        if alone && !matches!(kind, Verb::Mail | Verb::Rcpt | Verb::Bdat | Verb::Other) {
+            return Self {
+                line,
+                content,
+                eol,
+                verb,
+                kind,
+                path: None,
+                args: Args::None,
+                refusal: None,
+            };
+        }
         // The argument, after the verb and its one space.
         let arg = content.get(verb.len() + 1..).unwrap_or_default();
         let (path, read) = match kind {
@@ -707,6 +723,9 @@ mod tests {
             "BDAT 0 LAST\r\n",
             "bdat 10 last\r\n",
             "NOOP\r\n",
+            "rset\r\n",
+            "DATA\n",
+            "QUIT",
             "EHLO client.example\r\n",
             "XEXCH50 512 2\r\n",
         ] {
@@ -775,6 +794,7 @@ mod tests {
             ("MAIL FROM:<a@b,c@d>", Some("a@b,c@d")),
             ("MAIL FROM:<\"a>b\"@c>", Some("a")),
             ("MAIL", None),
+            ("RCPT", None),
             ("MAIL TO:<a@b>", None),
         ] {
             let line = format!("{line}\r\n");

@@ -40,7 +40,9 @@ pub struct TransactionRecord {
 }
 
 impl SessionRecord {
-    /// A command the engine sends to the server.
+    /// A command the engine sends to the server (inlined: for most
+    /// commands there is nothing to do).
+    #[inline]
     pub(super) fn command(&mut self, cmd: &Command<'_>) {
         match cmd.kind {
             Verb::Ehlo | Verb::Helo => {
