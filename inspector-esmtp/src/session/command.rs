@@ -173,6 +173,32 @@ impl<'a> Command<'a> {
                 refusal: None,
             };
         }
+        // The usual MAIL FROM:<a@b> and RCPT TO:<a@b>, in one pass (the
+        // verb is four letters: its argument starts at 5).
+        let usual = match kind {
+            Verb::Mail => Some((b"from".as_slice(), true)),
+            Verb::Rcpt => Some((b"to".as_slice(), false)),
+            _ => None,
+        };
+        if let Some((keyword, mail)) = usual
+            && let Some(arg) = content.get(5..)
+            && let Some((at, raw)) = usual_path(arg, keyword)
+        {
+            return Self {
+                line,
+                content,
+                eol,
+                verb,
+                kind,
+                path: Some(PathArg {
+                    raw,
+                    judged: Cow::Borrowed(raw),
+                    start: 5 + at,
+                }),
+                args: mail_args(mail, None),
+                refusal: None,
+            };
+        }
         // The argument, after the verb and its one space.
         let arg = content.get(verb.len() + 1..).unwrap_or_default();
         let (path, read) = match kind {
@@ -391,6 +417,39 @@ fn strict_path<'a>(
     keyword: &[u8],
     mail: bool,
 ) -> Result<(Args, usize, &'a [u8]), &'static str> {
+    let (at, rest) = bracket(arg, keyword)?;
+    let gt = match plain_path(rest) {
+        Some(gt) => gt,
+        None => {
+            let Some(gt) = find(b'>', rest) else {
+                return Err("path without `>`");
+            };
+            let address = rest.get(..gt).unwrap_or_default();
+            strict_address(address)?;
+            if address.is_empty() && !mail {
+                return Err("RCPT TO:<>");
+            }
+            gt
+        }
+    };
+    let (address, params) = rest.split_at(gt);
+    let size = strict_params(params.get(1..).unwrap_or_default())?;
+    Ok((mail_args(mail, size), at, address))
+}
+
+/// The arguments of a MAIL (with its `SIZE=`) or RCPT.
+fn mail_args(mail: bool, size: Option<u64>) -> Args {
+    if mail {
+        Args::Mail { size }
+    } else {
+        Args::None
+    }
+}
+
+/// The start of a strict MAIL/RCPT argument: `FROM:` (or `TO:`; `keyword`
+/// in lower case) right after the verb's space, optional SP/TAB, `<`.
+/// Returns the offset in `arg` of what follows the `<`, and that.
+fn bracket<'a>(arg: &'a [u8], keyword: &[u8]) -> Result<(usize, &'a [u8]), &'static str> {
     let kw = arg.get(..keyword.len() + 1);
     // `keyword` is letters, lower case: a byte is one of them in either
     // case exactly when setting its 0x20 bit gives the lower-case one.
@@ -409,32 +468,23 @@ fn strict_path<'a>(
         .count();
     let rest = rest.get(n..).unwrap_or_default();
     let at = arg.len() - rest.len() + 1;
-    let Some(rest) = rest.strip_prefix(b"<") else {
+    match rest.strip_prefix(b"<") {
+        Some(rest) => Ok((at, rest)),
         // `a@b`, `Bob <a@b>`, `(comment)<a@b>`: read differently by each.
-        return Err("path not in angle brackets");
-    };
-    let gt = match plain_path(rest) {
-        Some(gt) => gt,
-        None => {
-            let Some(gt) = find(b'>', rest) else {
-                return Err("path without `>`");
-            };
-            let address = rest.get(..gt).unwrap_or_default();
-            strict_address(address)?;
-            if address.is_empty() && !mail {
-                return Err("RCPT TO:<>");
-            }
-            gt
-        }
-    };
-    let (address, params) = rest.split_at(gt);
-    let size = strict_params(params.get(1..).unwrap_or_default())?;
-    let args = if mail {
-        Args::Mail { size }
-    } else {
-        Args::None
-    };
-    Ok((args, at, address))
+        None => Err("path not in angle brackets"),
+    }
+}
+
+/// The usual MAIL/RCPT argument, `FROM:<local@domain>` (or `TO:`, with
+/// SP/TAB before the `<` or not) and nothing after the `>`, read in one
+/// pass: the path, at its offset in `arg`. It is what the strict reading
+/// accepts and the path it takes; and the line holds no fault (its bytes
+/// are letters, `:`, SP/TAB, the path's classes, `<` and `>`, and the
+/// argument starts with a letter). `None` for any other argument.
+fn usual_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<(usize, &'a [u8])> {
+    let (at, rest) = bracket(arg, keyword).ok()?;
+    let gt = plain_path(rest)?;
+    (gt + 1 == rest.len()).then(|| (at, rest.get(..gt).unwrap_or_default()))
 }
 
 /// Where the `>` of the common path form is, `local@domain>` or `local>`
@@ -916,6 +966,14 @@ mod tests {
         assert_eq!(Command::parse(b"\r\n").verb, "");
         let p = Command::parse(b"MAIL FROM:\t <a@b>\r\n").path.unwrap();
         assert_eq!((p.start, p.raw), (13, &b"a@b"[..]));
+        // The usual form, without parameters.
+        let cmd = Command::parse(b"RCPT TO: <b@y>\r\n");
+        let p = cmd.path.as_ref().unwrap();
+        assert_eq!((p.start, p.raw, cmd.args), (10, &b"b@y"[..], Args::None));
+        let cmd = Command::parse(b"mail from:<a|b@x>\n");
+        let p = cmd.path.as_ref().unwrap();
+        assert_eq!((p.start, &*p.judged), (11, &b"a|b@x"[..]));
+        assert_eq!(cmd.args, Args::Mail { size: None });
     }
 
     #[test]
