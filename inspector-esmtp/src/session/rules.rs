@@ -270,7 +270,16 @@ impl Judge<'_> {
 
     /// The `special-character` and `mail-relay` parameters on the address
     /// of a MAIL or RCPT. They only close or log.
-    pub fn address(mut self, verb: Verb, address: &[u8]) -> Verdict {
+    /// (Inlined: without either parameter there is nothing to do.)
+    #[inline]
+    pub fn address(self, verb: Verb, address: &[u8]) -> Verdict {
+        if self.policy.special_character.is_none() && self.policy.mail_relay.is_none() {
+            return Verdict::default();
+        }
+        self.address_params(verb, address)
+    }
+
+    fn address_params(mut self, verb: Verb, address: &[u8]) -> Verdict {
         let mut v = Verdict::default();
         let policy = self.policy;
         if let Some(actions) = policy.special_character
