@@ -3,13 +3,14 @@
 //!
 //! ```
 //! use std::{sync::Arc, time::Instant};
-//! use inspector_esmtp::{Peers, PolicyStats, Session, policy::EsmtpPolicy};
+//! use inspector_esmtp::{Output, Peers, PolicyStats, Session, policy::EsmtpPolicy};
 //!
 //! let policy = Arc::new(EsmtpPolicy::default());
 //! let stats = Arc::new(PolicyStats::new(&policy));
 //! let peers = Peers { client: "198.18.0.1:40000".parse().unwrap(), server: "198.18.1.1:25".parse().unwrap() };
 //! let mut s = Session::new(policy, stats, peers);
-//! let out = s.on_server_data(b"220 mx.example ESMTP Postfix\r\n", Instant::now());
+//! let mut out = Output::default();
+//! s.on_server_data(b"220 mx.example ESMTP Postfix\r\n", Instant::now(), &mut out);
 //! assert_eq!(out.to_client, b"220 mail ESMTP\r\n");
 //! ```
 

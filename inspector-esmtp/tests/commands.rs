@@ -248,3 +248,89 @@ fn bare_lf_commands_are_answered_not_left_hanging() {
         t.c("XFOO\n").server_got("").client_got(UNRECOGNIZED);
     });
 }
+
+/// Each criterion the rules evaluate on commands, plain and negated, at
+/// its limit and one past it: the rule matches exactly the commands its
+/// criterion says (the session skips the rules for a command none can
+/// match, so each kind of rule must still be reached by every command it
+/// matches).
+#[test]
+fn each_command_criterion_matches_exactly_its_commands() {
+    let ok = "250 ok\r\n";
+    // (criterion, commands in order, whether the criterion holds for each;
+    // `None` where it does not apply, so that negated it does not match
+    // either)
+    type Case = (&'static str, &'static [(&'static str, Option<bool>)]);
+    let cases: [Case; 5] = [
+        (
+            "cmd line length gt 15",
+            &[
+                ("MAIL FROM:<a@x>\r\n", Some(false)),
+                ("RCPT TO:<bb@xy>\r\n", Some(false)),
+                ("RCPT TO:<bbb@xy>\r\n", Some(true)),
+                ("NOOP\r\n", Some(false)),
+            ],
+        ),
+        (
+            "cmd RCPT count gt 2",
+            &[
+                ("MAIL FROM:<a@x>\r\n", None),
+                ("RCPT TO:<b@y>\r\n", Some(false)),
+                ("RCPT TO:<b@y>\r\n", Some(false)),
+                ("NOOP\r\n", None),
+                ("RCPT TO:<b@y>\r\n", Some(true)),
+                ("MAIL FROM:<a@x>\r\n", None),
+                ("RCPT TO:<b@y>\r\n", Some(false)),
+            ],
+        ),
+        (
+            "sender-address length gt 3",
+            &[
+                ("MAIL FROM:<a@x>\r\n", Some(false)),
+                ("MAIL FROM:<ab@x>\r\n", Some(true)),
+                ("MAIL FROM:<>\r\n", Some(false)),
+                ("RCPT TO:<long@recipient>\r\n", None),
+                ("NOOP\r\n", None),
+            ],
+        ),
+        (
+            "sender-address regex ^a",
+            &[
+                ("MAIL FROM:<a@x>\r\n", Some(true)),
+                ("MAIL FROM:<b@x>\r\n", Some(false)),
+                ("RCPT TO:<a@y>\r\n", None),
+            ],
+        ),
+        (
+            "cmd verb NOOP VRFY",
+            &[
+                ("NOOP\r\n", Some(true)),
+                ("RSET\r\n", Some(false)),
+                ("VRFY u\r\n", Some(true)),
+                ("MAIL FROM:<a@x>\r\n", Some(false)),
+            ],
+        ),
+    ];
+    for (criterion, commands) in cases {
+        for negated in [false, true] {
+            let text = if negated {
+                format!("not {criterion}")
+            } else {
+                criterion.to_string()
+            };
+            both(
+                || rule("modern", &text, "log"),
+                |t| {
+                    t.hello(&[]);
+                    for &(cmd, hit) in commands {
+                        let before = t.stats.rule_hits(0);
+                        t.pass(cmd).reply(ok);
+                        let hits = t.stats.rule_hits(0) - before;
+                        let want = hit.is_some_and(|h| h != negated);
+                        assert_eq!(hits, u64::from(want), "{text}: {cmd:?}");
+                    }
+                },
+            );
+        }
+    }
+}

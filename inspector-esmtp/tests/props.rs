@@ -30,9 +30,9 @@ struct Seen {
 }
 
 impl Seen {
-    fn add(&mut self, out: Output) {
-        self.client.extend(out.to_client);
-        self.server.extend(out.to_server);
+    fn add(&mut self, out: &Output) {
+        self.client.extend_from_slice(&out.to_client);
+        self.server.extend_from_slice(&out.to_server);
         self.audit.extend(out.audit.iter().map(|a| a.id()));
         self.closed |= out.close.is_some();
     }
@@ -44,6 +44,7 @@ fn play(policy: &Arc<EsmtpPolicy>, steps: &[Step], cuts: &[usize]) -> Seen {
     let mut s = Session::new(policy.clone(), Arc::new(PolicyStats::new(policy)), peers());
     let now = Instant::now();
     let mut seen = Seen::default();
+    let mut out = Output::default();
     let mut cut = cuts.iter().copied().cycle();
     for step in steps {
         let (bytes, client) = match step {
@@ -58,12 +59,12 @@ fn play(policy: &Arc<EsmtpPolicy>, steps: &[Step], cuts: &[usize]) -> Seen {
             };
             let (read, tail) = rest.split_at(n);
             rest = tail;
-            let out = if client {
-                s.on_client_data(read, now)
+            if client {
+                s.on_client_data(read, now, &mut out);
             } else {
-                s.on_server_data(read, now)
-            };
-            seen.add(out);
+                s.on_server_data(read, now, &mut out);
+            }
+            seen.add(&out);
             assert!(
                 s.heap_bytes() <= SESSION_MEMORY_BOUND,
                 "{} bytes held",

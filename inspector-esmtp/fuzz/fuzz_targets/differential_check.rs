@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use inspector_esmtp::policy::EsmtpPolicy;
-use inspector_esmtp::{Peers, PolicyStats, Session, read_command};
+use inspector_esmtp::{Output, Peers, PolicyStats, Session, read_command};
 use smtp_proto::Request;
 
 /// The line to check: `data` up to its first LF, which is added if missing.
@@ -104,7 +104,8 @@ pub fn check(line: &[u8]) {
     }
     if ours.refusal.is_some() {
         let mut s = session();
-        let out = s.on_client_data(line, Instant::now());
+        let mut out = Output::default();
+        s.on_client_data(line, Instant::now(), &mut out);
         assert!(
             out.to_server.is_empty(),
             "a refused line reached the server: {:?} ({:?})",
@@ -130,13 +131,15 @@ fn session() -> Session {
     };
     let mut s = Session::new(policy, stats, peers);
     let now = Instant::now();
-    s.on_server_data(b"220 mx ESMTP\r\n", now);
-    s.on_client_data(b"EHLO c\r\n", now);
+    let out = &mut Output::default();
+    s.on_server_data(b"220 mx ESMTP\r\n", now, out);
+    s.on_client_data(b"EHLO c\r\n", now, out);
     s.on_server_data(
         b"250-mx\r\n250-PIPELINING\r\n250-CHUNKING\r\n250 SIZE 100000000\r\n",
         now,
+        out,
     );
-    s.on_client_data(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n", now);
-    s.on_server_data(b"250 ok\r\n250 ok\r\n", now);
+    s.on_client_data(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n", now, out);
+    s.on_server_data(b"250 ok\r\n250 ok\r\n", now, out);
     s
 }

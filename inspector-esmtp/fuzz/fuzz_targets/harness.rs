@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use inspector_esmtp::policy::EsmtpPolicy;
-use inspector_esmtp::{Peers, PolicyStats, SESSION_MEMORY_BOUND, Session};
+use inspector_esmtp::{Output, Peers, PolicyStats, SESSION_MEMORY_BOUND, Session};
 
 fn shipped(text: &str) -> EsmtpPolicy {
     EsmtpPolicy::from_toml(text).expect("shipped policy compiles")
@@ -45,21 +45,22 @@ pub fn run(data: &[u8], fuzzed_is_client: bool, script: &[&[u8]]) {
     let mut s = session(selector);
     let mut now = Instant::now();
     let mut script = script.iter().cycle();
+    let out = &mut Output::default();
     for segment in rest.split(|&b| b == 0xFF) {
         now += Duration::from_millis(300);
-        let _ = if fuzzed_is_client {
-            s.on_client_data(segment, now)
+        if fuzzed_is_client {
+            s.on_client_data(segment, now, out);
         } else {
-            s.on_server_data(segment, now)
-        };
+            s.on_server_data(segment, now, out);
+        }
         assert!(s.heap_bytes() <= SESSION_MEMORY_BOUND);
         let other = script.next().copied().unwrap_or_default();
-        let _ = if fuzzed_is_client {
-            s.on_server_data(other, now)
+        if fuzzed_is_client {
+            s.on_server_data(other, now, out);
         } else {
-            s.on_client_data(other, now)
-        };
+            s.on_client_data(other, now, out);
+        }
         assert!(s.heap_bytes() <= SESSION_MEMORY_BOUND);
     }
-    let _ = s.on_client_eof(now);
+    s.on_client_eof(now, out);
 }

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 
+use super::bytes::first_nul_or_cr;
 use super::split_eol;
 
 /// Longest BDAT size accepted, whatever the server advertised: Exim keeps
@@ -33,34 +34,82 @@ fn find(byte: u8, s: &[u8]) -> Option<usize> {
     s.iter().position(|&b| b == byte)
 }
 
+/// The verbs the session acts on, told apart once per line so that it
+/// compares no text for them; `Other` is any other verb, by its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Mail,
+    Rcpt,
+    Data,
+    Bdat,
+    Rset,
+    Noop,
+    Ehlo,
+    Helo,
+    Quit,
+    Other,
+}
+
+impl Verb {
+    /// The text of each verb but `Other`, in the order of the variants.
+    pub const NAMES: [&'static str; 9] = [
+        "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "EHLO", "HELO", "QUIT",
+    ];
+
+    /// The verb named `text` (upper case). Inlined: a call costs as much
+    /// as the comparison.
+    #[inline(always)]
+    fn of(text: &[u8]) -> Self {
+        // All four letters: compared as one word.
+        let Ok(word) = <[u8; 4]>::try_from(text) else {
+            return Self::Other;
+        };
+        match &word {
+            b"MAIL" => Self::Mail,
+            b"RCPT" => Self::Rcpt,
+            b"DATA" => Self::Data,
+            b"BDAT" => Self::Bdat,
+            b"RSET" => Self::Rset,
+            b"NOOP" => Self::Noop,
+            b"EHLO" => Self::Ehlo,
+            b"HELO" => Self::Helo,
+            b"QUIT" => Self::Quit,
+            _ => Self::Other,
+        }
+    }
+
+    /// Its place in `NAMES` (past the end for `Other`).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The verb of a command line, upper case (empty for an empty line or one
 /// starting with a space): borrowed from the line when it is written in
 /// upper case already, as clients do, so that reading it allocates nothing.
-fn verb_of(content: &[u8]) -> Cow<'_, str> {
-    let end = find(b' ', content).unwrap_or(content.len());
-    let word = content.get(..end).unwrap_or_default();
-    // The verbs of a mail transaction, found without a UTF-8 check.
-    let known = match word {
-        b"MAIL" => Some("MAIL"),
-        b"RCPT" => Some("RCPT"),
-        b"DATA" => Some("DATA"),
-        b"BDAT" => Some("BDAT"),
-        b"RSET" => Some("RSET"),
-        b"NOOP" => Some("NOOP"),
-        b"EHLO" => Some("EHLO"),
-        b"QUIT" => Some("QUIT"),
-        _ => None,
-    };
-    if let Some(verb) = known {
-        return Cow::Borrowed(verb);
-    }
-    if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
-        // ASCII is UTF-8.
-        if let Ok(verb) = std::str::from_utf8(word) {
-            return Cow::Borrowed(verb);
+fn verb_of(content: &[u8]) -> (Cow<'_, str>, Verb) {
+    // The usual verbs, found without a search or a UTF-8 check: none holds
+    // a space, so one followed by a space or the end is the word before
+    // the first space.
+    if let Some(word) = content.get(..4)
+        && content.get(4).is_none_or(|&sp| sp == b' ')
+    {
+        let verb = Verb::of(word);
+        if let Some(name) = Verb::NAMES.get(verb.index()) {
+            return (Cow::Borrowed(name), verb);
         }
     }
-    Cow::Owned(String::from_utf8_lossy(word).to_ascii_uppercase())
+    let end = find(b' ', content).unwrap_or(content.len());
+    let word = content.get(..end).unwrap_or_default();
+    if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
+        // ASCII is UTF-8.
+        if let Ok(text) = std::str::from_utf8(word) {
+            return (Cow::Borrowed(text), Verb::of(word));
+        }
+    }
+    let text = String::from_utf8_lossy(word).to_ascii_uppercase();
+    let verb = Verb::of(text.as_bytes());
+    (Cow::Owned(text), verb)
 }
 
 /// One command line, read.
@@ -73,6 +122,8 @@ pub struct Command<'a> {
     pub eol: &'a [u8],
     /// Upper case (empty for an empty line).
     pub verb: Cow<'a, str>,
+    /// Which of the verbs the session acts on it is.
+    pub kind: Verb,
     /// The path of MAIL FROM / RCPT TO, as the most permissive server
     /// would extract it (also on a line the strict reading refuses).
     pub path: Option<PathArg<'a>>,
@@ -105,58 +156,77 @@ impl<'a> Command<'a> {
     /// Reads one complete command line (with its line ending).
     pub fn parse(line: &'a [u8]) -> Self {
         let (content, eol) = split_eol(line);
-        let verb = verb_of(content);
-        let mut cmd = Self {
+        let (verb, kind) = verb_of(content);
+        // A known verb alone (RSET, NOOP, DATA, QUIT, ...) has nothing more
+        // to read: its four letters hold no fault. MAIL, RCPT and BDAT
+        // need an argument.
+        let alone = content.len() == 4;
+        if alone && !matches!(kind, Verb::Mail | Verb::Rcpt | Verb::Bdat | Verb::Other) {
+            return Self {
+                line,
+                content,
+                eol,
+                verb,
+                kind,
+                path: None,
+                args: Args::None,
+                refusal: None,
+            };
+        }
+        // The usual MAIL FROM:<a@b> and RCPT TO:<a@b>, in one pass (the
+        // verb is four letters: its argument starts at 5).
+        let usual = match kind {
+            Verb::Mail => Some((b"from".as_slice(), true)),
+            Verb::Rcpt => Some((b"to".as_slice(), false)),
+            _ => None,
+        };
+        if let Some((keyword, mail)) = usual
+            && let Some(arg) = content.get(5..)
+            && let Some((at, raw)) = usual_path(arg, keyword)
+        {
+            return Self {
+                line,
+                content,
+                eol,
+                verb,
+                kind,
+                path: Some(PathArg {
+                    raw,
+                    judged: Cow::Borrowed(raw),
+                    start: 5 + at,
+                }),
+                args: mail_args(mail, None),
+                refusal: None,
+            };
+        }
+        // The argument, after the verb and its one space.
+        let arg = content.get(verb.len() + 1..).unwrap_or_default();
+        let (path, read) = match kind {
+            Verb::Mail => read_path(content, arg, b"from", true),
+            Verb::Rcpt => read_path(content, arg, b"to", false),
+            Verb::Bdat => (
+                None,
+                bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
+            ),
+            Verb::Other if verb == "XEXCH50" => {
+                (None, xexch50(arg).map(|size| Args::Xexch50 { size }))
+            }
+            _ => (None, Ok(Args::None)),
+        };
+        // Line-level faults come first: they make every other reading moot.
+        let refusal = line_fault(content, &verb, arg).or(read.err());
+        Self {
             line,
             content,
             eol,
             verb,
-            path: None,
-            args: Args::None,
-            refusal: None,
-        };
-        // The argument, after the verb and its one space.
-        let arg = content.get(cmd.verb.len() + 1..).unwrap_or_default();
-        let read = match &*cmd.verb {
-            "MAIL" => cmd.read_path(arg, b"FROM", true),
-            "RCPT" => cmd.read_path(arg, b"TO", false),
-            "BDAT" => bdat(arg).map(|(size, last)| Args::Bdat { size, last }),
-            "XEXCH50" => xexch50(arg).map(|size| Args::Xexch50 { size }),
-            _ => Ok(Args::None),
-        };
-        // Line-level faults come first: they make every other reading moot.
-        cmd.refusal = line_fault(content, &cmd.verb, arg).or(read.err());
-        if cmd.refusal.is_none() {
-            cmd.args = read.unwrap_or(Args::None);
-        }
-        cmd
-    }
-
-    /// Extracts the path (permissively) and reads it strictly.
-    fn read_path(
-        &mut self,
-        arg: &'a [u8],
-        keyword: &[u8],
-        mail: bool,
-    ) -> Result<Args, &'static str> {
-        let start = self.content.len() - arg.len();
-        match strict_path(arg, keyword, mail) {
-            // The strict reading is every server's: its path is the path.
-            Ok((args, at, raw)) => {
-                self.path = Some(PathArg {
-                    raw,
-                    judged: unquoted(raw),
-                    start: start + at,
-                });
-                Ok(args)
-            }
-            Err(why) => {
-                self.path = permissive_path(arg, keyword).map(|mut p| {
-                    p.start += start;
-                    p
-                });
-                Err(why)
-            }
+            kind,
+            path,
+            args: match (refusal, read) {
+                (None, Ok(args)) => args,
+                _ => Args::None,
+            },
+            refusal,
         }
     }
 
@@ -164,8 +234,37 @@ impl<'a> Command<'a> {
     pub fn sender(&self) -> Option<&[u8]> {
         self.path
             .as_ref()
-            .filter(|_| self.verb == "MAIL")
+            .filter(|_| self.kind == Verb::Mail)
             .map(|p| p.judged.as_ref())
+    }
+}
+
+/// The path of a MAIL/RCPT argument `arg` (a part of `content`), extracted
+/// permissively, and the arguments, read strictly. `keyword` is lower case.
+fn read_path<'a>(
+    content: &'a [u8],
+    arg: &'a [u8],
+    keyword: &[u8],
+    mail: bool,
+) -> (Option<PathArg<'a>>, Result<Args, &'static str>) {
+    let start = content.len() - arg.len();
+    match strict_path(arg, keyword, mail) {
+        // The strict reading is every server's: its path is the path.
+        Ok((args, at, raw)) => {
+            let path = PathArg {
+                raw,
+                judged: unquoted(raw),
+                start: start + at,
+            };
+            (Some(path), Ok(args))
+        }
+        Err(why) => {
+            let path = permissive_path(arg, keyword).map(|mut p| {
+                p.start += start;
+                p
+            });
+            (path, Err(why))
+        }
     }
 }
 
@@ -177,7 +276,7 @@ impl<'a> Command<'a> {
 /// with exactly one space, `smtp_in.c` `smtp_read_command`; Postfix and
 /// Sendmail skip any run of whitespace).
 fn line_fault(content: &[u8], verb: &str, arg: &[u8]) -> Option<&'static str> {
-    match content.iter().find(|&&b| b == 0 || b == b'\r') {
+    match first_nul_or_cr(content) {
         Some(0) => return Some("NUL in a command line"),
         Some(_) => return Some("bare CR in a command line"),
         None => {}
@@ -245,12 +344,18 @@ fn permissive_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<PathArg<'a>> {
 }
 
 /// `raw` with a quoted local part unquoted (quoted pairs resolved); borrowed
-/// when there is nothing to unquote.
+/// when there is nothing to unquote (inlined: the usual case is one test).
+#[inline]
 fn unquoted(raw: &[u8]) -> Cow<'_, [u8]> {
-    let Some(rest) = raw.strip_prefix(b"\"") else {
-        return Cow::Borrowed(raw);
-    };
-    let mut out = Vec::with_capacity(raw.len());
+    match raw.strip_prefix(b"\"") {
+        Some(rest) => Cow::Owned(unquote(rest, raw.len())),
+        None => Cow::Borrowed(raw),
+    }
+}
+
+/// The text after the opening quote of a quoted local part, unquoted.
+fn unquote(rest: &[u8], capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
     let mut bytes = rest.iter();
     while let Some(&b) = bytes.next() {
         match b {
@@ -262,7 +367,7 @@ fn unquoted(raw: &[u8]) -> Cow<'_, [u8]> {
             _ => out.push(b),
         }
     }
-    Cow::Owned(out)
+    out
 }
 
 /// Byte classes, as a table: a few lookups per byte on every MAIL and RCPT.
@@ -312,11 +417,44 @@ fn strict_path<'a>(
     keyword: &[u8],
     mail: bool,
 ) -> Result<(Args, usize, &'a [u8]), &'static str> {
+    let (at, rest) = bracket(arg, keyword)?;
+    let gt = match plain_path(rest) {
+        Some(gt) => gt,
+        None => {
+            let Some(gt) = find(b'>', rest) else {
+                return Err("path without `>`");
+            };
+            let address = rest.get(..gt).unwrap_or_default();
+            strict_address(address)?;
+            if address.is_empty() && !mail {
+                return Err("RCPT TO:<>");
+            }
+            gt
+        }
+    };
+    let (address, params) = rest.split_at(gt);
+    let size = strict_params(params.get(1..).unwrap_or_default())?;
+    Ok((mail_args(mail, size), at, address))
+}
+
+/// The arguments of a MAIL (with its `SIZE=`) or RCPT.
+fn mail_args(mail: bool, size: Option<u64>) -> Args {
+    if mail {
+        Args::Mail { size }
+    } else {
+        Args::None
+    }
+}
+
+/// The start of a strict MAIL/RCPT argument: `FROM:` (or `TO:`; `keyword`
+/// in lower case) right after the verb's space, optional SP/TAB, `<`.
+/// Returns the offset in `arg` of what follows the `<`, and that.
+fn bracket<'a>(arg: &'a [u8], keyword: &[u8]) -> Result<(usize, &'a [u8]), &'static str> {
     let kw = arg.get(..keyword.len() + 1);
+    // `keyword` is letters, lower case: a byte is one of them in either
+    // case exactly when setting its 0x20 bit gives the lower-case one.
     let colon = kw.is_some_and(|k| {
-        k.get(..keyword.len())
-            .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
-            && k.last() == Some(&b':')
+        k.iter().zip(keyword).all(|(&b, &l)| b | 0x20 == l) && k.last() == Some(&b':')
     });
     if !colon {
         // `FROM :` (Sendmail and smtp-proto take it, Postfix and Exim do
@@ -330,25 +468,47 @@ fn strict_path<'a>(
         .count();
     let rest = rest.get(n..).unwrap_or_default();
     let at = arg.len() - rest.len() + 1;
-    let Some(rest) = rest.strip_prefix(b"<") else {
+    match rest.strip_prefix(b"<") {
+        Some(rest) => Ok((at, rest)),
         // `a@b`, `Bob <a@b>`, `(comment)<a@b>`: read differently by each.
-        return Err("path not in angle brackets");
-    };
-    let Some(gt) = find(b'>', rest) else {
-        return Err("path without `>`");
-    };
-    let (address, params) = rest.split_at(gt);
-    strict_address(address)?;
-    if address.is_empty() && !mail {
-        return Err("RCPT TO:<>");
+        None => Err("path not in angle brackets"),
     }
-    let size = strict_params(params.get(1..).unwrap_or_default())?;
-    let args = if mail {
-        Args::Mail { size }
-    } else {
-        Args::None
-    };
-    Ok((args, at, address))
+}
+
+/// The usual MAIL/RCPT argument, `FROM:<local@domain>` (or `TO:`, with
+/// SP/TAB before the `<` or not) and nothing after the `>`, read in one
+/// pass: the path, at its offset in `arg`. It is what the strict reading
+/// accepts and the path it takes; and the line holds no fault (its bytes
+/// are letters, `:`, SP/TAB, the path's classes, `<` and `>`, and the
+/// argument starts with a letter). `None` for any other argument.
+fn usual_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<(usize, &'a [u8])> {
+    let (at, rest) = bracket(arg, keyword).ok()?;
+    let gt = plain_path(rest)?;
+    (gt + 1 == rest.len()).then(|| (at, rest.get(..gt).unwrap_or_default()))
+}
+
+/// Where the `>` of the common path form is, `local@domain>` or `local>`
+/// after the `<` (a dot-string local part and a domain name, both not
+/// empty), read in one pass; `None` for any other form, which
+/// `strict_address` reads. Neither `@` nor `>` is a byte of either class,
+/// so the first byte outside the local part's class is the first `@` or
+/// `>` of the path, and the first outside the domain's is its first `>`.
+fn plain_path(rest: &[u8]) -> Option<usize> {
+    let local = rest
+        .iter()
+        .position(|&b| CLASS[usize::from(b)] & ATEXT == 0)?;
+    match rest.get(local) {
+        Some(b'>') if local > 0 => Some(local),
+        Some(b'@') if local > 0 => {
+            let from = local + 1;
+            let domain = rest
+                .get(from..)?
+                .iter()
+                .position(|&b| CLASS[usize::from(b)] & DOMAIN == 0)?;
+            (domain > 0 && rest.get(from + domain) == Some(&b'>')).then_some(from + domain)
+        }
+        _ => None,
+    }
 }
 
 /// A path's content between `<` and `>`: empty, or a dot-string or quoted
@@ -408,6 +568,9 @@ fn strict_address(a: &[u8]) -> Result<(), &'static str> {
 /// `SIZE=` of 1 to 20 digits up to 2^63-1, at most once (Exim silently
 /// drops a bad one, Sendmail's `strtol` reads `abc` as 0).
 fn strict_params(params: &[u8]) -> Result<Option<u64>, &'static str> {
+    if params.is_empty() {
+        return Ok(None);
+    }
     if params.first().is_some_and(|&b| b != b' ') {
         // `<a@b>SIZE=1`: smtp-proto takes the parameter, Postfix and Exim
         // do not.
@@ -610,6 +773,9 @@ mod tests {
             "BDAT 0 LAST\r\n",
             "bdat 10 last\r\n",
             "NOOP\r\n",
+            "rset\r\n",
+            "DATA\n",
+            "QUIT",
             "EHLO client.example\r\n",
             "XEXCH50 512 2\r\n",
         ] {
@@ -670,11 +836,15 @@ mod tests {
             ("MA\rIL FROM:<a@b>", None),
             ("MAIL FROM:<a@b>\r", Some("a@b")),
             ("MAIL FROM:<a@b@c>", Some("a@b@c")),
+            ("MAIL FROM:<a@>", Some("a@")),
+            ("RCPT TO:<a@b c>", Some("a@b c")),
+            ("RCPT TO:<a@b.example", Some("a@b.example")),
             ("MAIL FROM:<\"a\"b@c>", Some("ab@c")),
             ("MAIL FROM:<a;b@c>", Some("a;b@c")),
             ("MAIL FROM:<a@b,c@d>", Some("a@b,c@d")),
             ("MAIL FROM:<\"a>b\"@c>", Some("a")),
             ("MAIL", None),
+            ("RCPT", None),
             ("MAIL TO:<a@b>", None),
         ] {
             let line = format!("{line}\r\n");
@@ -727,6 +897,50 @@ mod tests {
         }
     }
 
+    /// The first NUL or CR of a line names its fault, wherever each is.
+    #[test]
+    fn the_first_nul_or_cr_names_the_fault() {
+        let base = b"MAIL FROM:<abcdefgh@ijklmnop.example>";
+        for i in 0..base.len() {
+            for j in 0..base.len() {
+                let mut line = base.to_vec();
+                line[i] = 0;
+                line[j] = b'\r';
+                line.extend_from_slice(b"\r\n");
+                let want = if i < j {
+                    "NUL in a command line"
+                } else {
+                    "bare CR in a command line"
+                };
+                assert_eq!(Command::parse(&line).refusal, Some(want), "{i} {j}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_verb_is_named_by_its_text() {
+        for (i, name) in Verb::NAMES.iter().enumerate() {
+            assert_eq!(Verb::of(name.as_bytes()).index(), i);
+            let line = format!("{name}\r\n");
+            let cmd = Command::parse(line.as_bytes());
+            assert_eq!((cmd.kind.index(), &*cmd.verb), (i, *name));
+        }
+        let other = Command::parse(b"VRFY u\r\n").kind;
+        assert_eq!(other, Verb::Other);
+        assert_eq!(Verb::NAMES.get(other.index()), None);
+        assert_eq!(Command::parse(b"rcpt TO:<a@b>\r\n").kind, Verb::Rcpt);
+        // The session reads no other known verb as BDAT (`names_bdat`).
+        for line in ["MAIL", "noop x", "Rset\tBDAT", "QUIT BDAT 5", "bdat 5"] {
+            let cmd = Command::parse(line.as_bytes());
+            let bdat = cmd.kind == Verb::Bdat;
+            assert!(
+                bdat || cmd.kind == Verb::Other || !names_bdat(cmd.content),
+                "{line:?}"
+            );
+            assert_eq!(bdat, line.starts_with("bdat"), "{line:?}");
+        }
+    }
+
     #[test]
     fn numbers() {
         assert_eq!(number(b"18446744073709551615"), Some(u64::MAX));
@@ -752,6 +966,14 @@ mod tests {
         assert_eq!(Command::parse(b"\r\n").verb, "");
         let p = Command::parse(b"MAIL FROM:\t <a@b>\r\n").path.unwrap();
         assert_eq!((p.start, p.raw), (13, &b"a@b"[..]));
+        // The usual form, without parameters.
+        let cmd = Command::parse(b"RCPT TO: <b@y>\r\n");
+        let p = cmd.path.as_ref().unwrap();
+        assert_eq!((p.start, p.raw, cmd.args), (10, &b"b@y"[..], Args::None));
+        let cmd = Command::parse(b"mail from:<a|b@x>\n");
+        let p = cmd.path.as_ref().unwrap();
+        assert_eq!((p.start, &*p.judged), (11, &b"a|b@x"[..]));
+        assert_eq!(cmd.args, Args::Mail { size: None });
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! in `on_reply_line`. Message content goes through `step_data` and
 //! `step_raw` instead and is relayed unchanged.
 
+mod bytes;
 mod close;
 mod command;
 mod data;
@@ -37,7 +38,7 @@ use crate::policy::{EsmtpPolicy, Mode, TLS_VERBS};
 use crate::stats::PolicyStats;
 
 use close::{Ending, Tell};
-use command::{Args, Command, MAX_BDAT, is_program_address};
+use command::{Args, Command, MAX_BDAT, Verb, is_program_address};
 pub use command::{Reading, read as read_command};
 use data::{DotEnd, DotScanner, MessageScan};
 pub use pipeline::MAX_PENDING;
@@ -133,7 +134,7 @@ pub enum Phase {
     Closing,
 }
 
-/// What one call produced.
+/// What one call produced (see [`Session::on_client_data`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Output {
     pub to_client: Vec<u8>,
@@ -144,6 +145,17 @@ pub struct Output {
     /// The server accepted STARTTLS: from now on every byte is relayed
     /// unchanged both ways (the driver may stop calling the engine).
     pub opaque: bool,
+}
+
+impl Output {
+    /// Empties it, keeping the buffers' capacity.
+    pub fn clear(&mut self) {
+        self.to_client.clear();
+        self.to_server.clear();
+        self.close = None;
+        self.audit.clear();
+        self.opaque = false;
+    }
 }
 
 /// What the client is sending.
@@ -236,6 +248,9 @@ pub struct Session {
     quit_answered: bool,
     /// Body lines no rule acts on (`rules::quiet_body_line`).
     quiet: Option<usize>,
+    /// Whether each of `Verb::NAMES` may reach the server at all
+    /// (`EsmtpPolicy::allows_verb`, asked once rather than per command).
+    allowed: [bool; Verb::NAMES.len()],
     /// Commands and replies inspected in this call: added to the shared
     /// `packet` counter once, at the end of the call, not once per line.
     packets: u64,
@@ -249,8 +264,9 @@ impl Session {
         // An empty queue cannot be full.
         let _ = pipeline.push(Pending::Greeting);
         let modern = policy.mode == Mode::Modern;
-        let rules = RuleState::new(policy.rules.len());
+        let rules = RuleState::new(&policy);
         let quiet = rules::quiet_body_line(&policy);
+        let allowed = Verb::NAMES.map(|v| policy.allows_verb(v));
         Self {
             policy,
             stats,
@@ -274,28 +290,30 @@ impl Session {
             opaque: false,
             quit_answered: false,
             quiet,
+            allowed,
             packets: 0,
             record: SessionRecord::default(),
         }
     }
 
-    /// Bytes from the client.
-    pub fn on_client_data(&mut self, data: &[u8], now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
-        // Most of it is relayed: one allocation rather than one per doubling.
+    /// Bytes from the client. Each of the four calls writes what it
+    /// produced into `out`, cleared first: a caller that passes the same
+    /// `Output` again reuses its buffers, and the call allocates nothing.
+    pub fn on_client_data(&mut self, data: &[u8], now: Instant, out: &mut Output) {
+        self.start(now, out);
+        // Most of it is relayed: one allocation at most rather than one per
+        // doubling.
         out.to_server.reserve(data.len());
-        self.feed_client(data, &mut out);
-        self.finish(out)
+        self.feed_client(data, out);
+        self.finish(out);
     }
 
     /// Bytes from the server (the greeting first).
-    pub fn on_server_data(&mut self, data: &[u8], now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
+    pub fn on_server_data(&mut self, data: &[u8], now: Instant, out: &mut Output) {
+        self.start(now, out);
         out.to_client.reserve(data.len());
-        self.feed_server(data, &mut out);
-        self.finish(out)
+        self.feed_server(data, out);
+        self.finish(out);
     }
 
     /// The client closed its side: an incomplete command or message is
@@ -304,28 +322,26 @@ impl Session {
     /// session stays open until that reply is relayed (a client that
     /// half-closed after its final `.` still learns the message's fate);
     /// only then does it close.
-    pub fn on_client_eof(&mut self, now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
+    pub fn on_client_eof(&mut self, now: Instant, out: &mut Output) {
+        self.start(now, out);
         let owed = if self.opaque {
             0
         } else {
             self.owed_message_replies()
         };
-        if self.ending.client_eof(owed, &mut out) {
+        if self.ending.client_eof(owed, out) {
             self.release();
         }
-        self.finish(out)
+        self.finish(out);
     }
 
     /// The server closed its side: an incomplete reply line is discarded.
-    pub fn on_server_eof(&mut self, now: Instant) -> Output {
-        self.now = Some(now);
-        let mut out = Output::default();
-        if self.ending.eof(&mut out) {
+    pub fn on_server_eof(&mut self, now: Instant, out: &mut Output) {
+        self.start(now, out);
+        if self.ending.eof(out) {
             self.release();
         }
-        self.finish(out)
+        self.finish(out);
     }
 
     /// Whether the server accepted the client's QUIT (RFC 5321 section
@@ -437,7 +453,7 @@ impl Session {
 
     /// Command mode: reassembles one line (bounded) and hands it on.
     fn step_command(&mut self, input: &[u8], out: &mut Output) -> usize {
-        let lf = memchr(b'\n', input);
+        let lf = bytes::find_lf(input);
         let take = lf.map_or(input.len(), |p| p + 1);
         let part = input.get(..take).unwrap_or(input);
         let total = self.cbuf.len().saturating_add(part.len());
@@ -569,7 +585,7 @@ impl Session {
     fn on_command(&mut self, line: &[u8], out: &mut Output) {
         self.packets += 1;
         let cmd = Command::parse(line);
-        if cmd.verb == "RCPT" {
+        if cmd.kind == Verb::Rcpt {
             self.tx.rcpt_count = self.tx.rcpt_count.saturating_add(1);
         }
         let rcpt_count = self.tx.rcpt_count;
@@ -591,16 +607,21 @@ impl Session {
                 self.close(Close::Fin, Tell::Modern(POLICY_CLOSE), out);
                 return;
             }
-            let params = self.judge(&mut out.audit).address(&cmd.verb, &p.judged);
+            let params = self.judge(&mut out.audit).address(cmd.kind, &p.judged);
             if self.conclude(&params, out) {
                 return;
             }
         }
 
-        let verb = &*cmd.verb;
         // `BDAT\t5`, ` BDAT 5`: a BDAT to Postfix and Sendmail's tokenizers.
-        let bdat = verb == "BDAT" || command::names_bdat(cmd.content);
-        let outcome = if !self.verb_allowed(verb) || v.mask {
+        // A line whose verb is another one the session knows starts with
+        // its letters, which no tokenizer reads as BDAT.
+        let bdat = match cmd.kind {
+            Verb::Bdat => true,
+            Verb::Other => command::names_bdat(cmd.content),
+            _ => false,
+        };
+        let outcome = if !self.verb_allowed(&cmd) || v.mask {
             Outcome::Refuse(UNRECOGNIZED)
         } else if v.rate_limited {
             Outcome::Refuse(RATE_LIMITED)
@@ -682,26 +703,25 @@ impl Session {
         self.close(Close::Fin, Tell::Always(reply), out);
     }
 
-    /// Whether the verb may reach the server in the session's state.
-    fn verb_allowed(&self, verb: &str) -> bool {
-        if !self.policy.allows_verb(verb) {
-            return false;
-        }
-        match verb {
-            // Only when the client was shown CHUNKING.
-            "BDAT" => self.ext.chunking,
-            _ => true,
-        }
+    /// Whether the command's verb may reach the server in the session's
+    /// state.
+    fn verb_allowed(&self, cmd: &Command<'_>) -> bool {
+        let allowed = self
+            .allowed
+            .get(cmd.kind.index())
+            .copied()
+            .unwrap_or_else(|| self.policy.allows_verb(&cmd.verb));
+        // BDAT only when the client was shown CHUNKING.
+        allowed && (cmd.kind != Verb::Bdat || self.ext.chunking)
     }
 
     /// Sends an accepted command on and records the reply it is owed.
     fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) {
         self.record.command(cmd);
-        let verb = &*cmd.verb;
-        let pending = match verb {
-            "EHLO" => Pending::Ehlo,
-            "HELO" => Pending::Helo,
-            "MAIL" => {
+        let pending = match cmd.kind {
+            Verb::Ehlo => Pending::Ehlo,
+            Verb::Helo => Pending::Helo,
+            Verb::Mail => {
                 self.tx.rcpt_count = 0;
                 self.tx.declared_size = match cmd.args {
                     Args::Mail { size } => size,
@@ -709,9 +729,9 @@ impl Session {
                 };
                 Pending::Mail
             }
-            "RCPT" => Pending::Rcpt,
-            "DATA" => Pending::Data,
-            "BDAT" => match cmd.args {
+            Verb::Rcpt => Pending::Rcpt,
+            Verb::Data => Pending::Data,
+            Verb::Bdat => match cmd.args {
                 Args::Bdat { size, last } => {
                     self.start_message();
                     self.tx.bdat_total = self.tx.bdat_total.saturating_add(size);
@@ -736,20 +756,23 @@ impl Session {
                 // Not reached: a BDAT the strict reading refuses is not forwarded.
                 _ => Pending::Other,
             },
-            "XEXCH50" => match cmd.args {
-                Args::Xexch50 { size } => Pending::Xexch50 { size },
-                _ => Pending::Other,
-            },
-            "AUTH" | "X-EXPS" => Pending::Auth,
-            "RSET" => {
+            Verb::Rset => {
                 // In the client's order: commands pipelined after RSET
                 // belong to the next transaction.
                 self.tx = Transaction::default();
                 Pending::Other
             }
-            "QUIT" => Pending::Quit,
-            _ if TLS_VERBS.contains(&verb) => Pending::StartTls,
-            _ => Pending::Other,
+            Verb::Quit => Pending::Quit,
+            Verb::Noop => Pending::Other,
+            Verb::Other => match &*cmd.verb {
+                "XEXCH50" => match cmd.args {
+                    Args::Xexch50 { size } => Pending::Xexch50 { size },
+                    _ => Pending::Other,
+                },
+                "AUTH" | "X-EXPS" => Pending::Auth,
+                verb if TLS_VERBS.contains(&verb) => Pending::StartTls,
+                _ => Pending::Other,
+            },
         };
         match &cmd.path {
             // The firewall replaced `|` in addresses by a space (108002).
@@ -775,7 +798,7 @@ impl Session {
                 out.to_client.extend_from_slice(input);
                 return;
             }
-            let Some(p) = memchr(b'\n', input) else {
+            let Some(p) = bytes::find_lf(input) else {
                 if self.sbuf.len().saturating_add(input.len()) > MAX_LINE {
                     self.reply_too_long(out);
                 } else {
@@ -1081,7 +1104,7 @@ impl Session {
         Judge {
             policy: &self.policy,
             stats: &self.stats,
-            peers: self.peers,
+            peers: &self.peers,
             now: self.now,
             state: &mut self.rules,
             audit,
@@ -1175,15 +1198,20 @@ impl Session {
         self.policy.mode == Mode::Modern
     }
 
-    /// What a call returns.
-    fn finish(&mut self, mut out: Output) -> Output {
+    /// A call starts.
+    fn start(&mut self, now: Instant, out: &mut Output) {
+        self.now = Some(now);
+        out.clear();
+    }
+
+    /// A call ends.
+    fn finish(&mut self, out: &mut Output) {
         out.opaque = self.opaque;
         if self.packets > 0 {
             self.stats
                 .packet
                 .fetch_add(std::mem::take(&mut self.packets), Ordering::Relaxed);
         }
-        out
     }
 }
 

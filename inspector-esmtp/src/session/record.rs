@@ -8,7 +8,7 @@
 
 use crate::audit::{MAX_AUDIT_VALUE, excerpt};
 
-use super::command::Command;
+use super::command::{Command, Verb};
 
 /// Transactions kept per session; later ones are only counted.
 pub const MAX_TRANSACTIONS: usize = 16;
@@ -40,10 +40,12 @@ pub struct TransactionRecord {
 }
 
 impl SessionRecord {
-    /// A command the engine sends to the server.
+    /// A command the engine sends to the server (inlined: for most
+    /// commands there is nothing to do).
+    #[inline]
     pub(super) fn command(&mut self, cmd: &Command<'_>) {
-        match &*cmd.verb {
-            "EHLO" | "HELO" => {
+        match cmd.kind {
+            Verb::Ehlo | Verb::Helo => {
                 let name = cmd
                     .content
                     .get(4..)
@@ -54,7 +56,7 @@ impl SessionRecord {
                     .unwrap_or_default();
                 self.helo = Some(kept(name));
             }
-            "MAIL" => {
+            Verb::Mail => {
                 if self.transactions.len() == MAX_TRANSACTIONS {
                     self.more_transactions += 1;
                     return;
@@ -65,7 +67,7 @@ impl SessionRecord {
                     ..TransactionRecord::default()
                 });
             }
-            "RCPT" => {
+            Verb::Rcpt => {
                 if self.more_transactions == 0
                     && let Some(t) = self.transactions.last_mut()
                 {

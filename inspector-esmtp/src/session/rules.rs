@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use super::Close;
-use super::command::{Command, domain_of};
+use super::command::{Command, Verb, domain_of};
 use crate::audit::{self, AuditEvent, AuditKind, Classification, Peers, Source};
 use crate::mime::{MimeEvent, Unreadable};
 use crate::policy::criteria::exceeds;
@@ -28,7 +28,8 @@ pub struct Verdict {
     pub reject_rcpt: bool,
 }
 
-/// The rule state a session keeps between items.
+/// What a session keeps of the rules between items: their state, and
+/// which commands they can act on.
 #[derive(Debug)]
 pub struct RuleState {
     /// Per rule, created on the first `rate-limit` hit.
@@ -37,14 +38,16 @@ pub struct RuleState {
     fired: Vec<bool>,
     /// `mime-anomaly` already matched in the current message.
     anomaly_fired: bool,
+    commands: CommandRules,
 }
 
 impl RuleState {
-    pub fn new(rules: usize) -> Self {
+    pub fn new(policy: &EsmtpPolicy) -> Self {
         Self {
             rate: Vec::new(),
-            fired: vec![false; rules],
+            fired: vec![false; policy.rules.len()],
             anomaly_fired: false,
+            commands: CommandRules::new(policy),
         }
     }
 
@@ -69,6 +72,69 @@ pub fn quiet_body_line(policy: &EsmtpPolicy) -> Option<usize> {
         }
     }
     Some(quiet)
+}
+
+/// Which commands the `cmd …` and `sender-address …` rules can match, by
+/// what each looks at, so that a command none of them can match skips the
+/// rules loop (most commands, with the usual `gt N` limits). Each field is
+/// the least value some rule can match from (`gt N`: `N + 1`; a negated
+/// rule or a regex: 0), `None` without such a rule.
+#[derive(Debug, Default)]
+struct CommandRules {
+    line_length: Option<u64>,
+    rcpt_count: Option<u64>,
+    sender_length: Option<u64>,
+    /// The verbs of the `cmd verb` rules, and whether one is negated (it
+    /// matches the verbs it does not name).
+    verbs: Vec<String>,
+    any_verb: bool,
+}
+
+impl CommandRules {
+    fn new(policy: &EsmtpPolicy) -> Self {
+        // `gt limit` can match from `limit + 1` (never past u64::MAX);
+        // negated, from 0.
+        let from = |negate: bool, limit: u64| {
+            if negate {
+                Some(0)
+            } else {
+                limit.checked_add(1)
+            }
+        };
+        let lowest = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => a.or(b),
+        };
+        let mut c = Self::default();
+        for rule in &policy.rules {
+            let n = rule.negate;
+            match &rule.criterion {
+                Criterion::CmdLineLength(l) => c.line_length = lowest(c.line_length, from(n, *l)),
+                Criterion::CmdRcptCount(l) => c.rcpt_count = lowest(c.rcpt_count, from(n, *l)),
+                Criterion::SenderAddressLength(l) => {
+                    c.sender_length = lowest(c.sender_length, from(n, *l));
+                }
+                Criterion::SenderAddressRegex(_) => c.sender_length = Some(0),
+                Criterion::CmdVerb(_) if n => c.any_verb = true,
+                Criterion::CmdVerb(verbs) => c.verbs.extend(verbs.iter().cloned()),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    /// Whether some rule can match `cmd` (false only if none can).
+    #[inline]
+    fn may_match(&self, cmd: &Command<'_>, rcpt_count: u64) -> bool {
+        let reaches = |from: Option<u64>, value: u64| from.is_some_and(|f| value >= f);
+        reaches(self.line_length, cmd.content.len() as u64)
+            || (cmd.kind == Verb::Rcpt && reaches(self.rcpt_count, rcpt_count))
+            || cmd
+                .sender()
+                .is_some_and(|a| reaches(self.sender_length, a.len() as u64))
+            || self.any_verb
+            || self.verbs.iter().any(|v| *v == cmd.verb)
+    }
 }
 
 /// Matching commands of a `rate-limit N` rule in the current second.
@@ -139,7 +205,7 @@ impl fmt::Display for Negated<'_> {
 pub struct Judge<'a> {
     pub policy: &'a EsmtpPolicy,
     pub stats: &'a PolicyStats,
-    pub peers: Peers,
+    pub peers: &'a Peers,
     /// For `rate-limit`.
     pub now: Option<Instant>,
     pub state: &'a mut RuleState,
@@ -152,7 +218,17 @@ impl Judge<'_> {
     /// RCPTs of the transaction, this one included. `cmd line length` rules
     /// whose limit is below `checked_len` already fired while the line was
     /// arriving (`line_length`).
-    pub fn command(mut self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
+    /// (Inlined: most commands stop at the first test.)
+    #[inline]
+    pub fn command(self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
+        if self.state.commands.may_match(cmd, rcpt_count) {
+            self.command_rules(cmd, rcpt_count, checked_len)
+        } else {
+            Verdict::default()
+        }
+    }
+
+    fn command_rules(mut self, cmd: &Command<'_>, rcpt_count: u64, checked_len: u64) -> Verdict {
         let mut v = Verdict::default();
         let policy = self.policy;
         let len = cmd.content.len() as u64;
@@ -173,7 +249,7 @@ impl Judge<'_> {
                         Value::Bytes(verb.as_bytes()),
                     )
                 }
-                (Criterion::CmdRcptCount(l), _) if cmd.verb == "RCPT" => {
+                (Criterion::CmdRcptCount(l), _) if cmd.kind == Verb::Rcpt => {
                     (exceeds(rcpt_count, *l), Value::Num(rcpt_count))
                 }
                 (Criterion::SenderAddressLength(l), Some(a)) => {
@@ -194,7 +270,16 @@ impl Judge<'_> {
 
     /// The `special-character` and `mail-relay` parameters on the address
     /// of a MAIL or RCPT. They only close or log.
-    pub fn address(mut self, verb: &str, address: &[u8]) -> Verdict {
+    /// (Inlined: without either parameter there is nothing to do.)
+    #[inline]
+    pub fn address(self, verb: Verb, address: &[u8]) -> Verdict {
+        if self.policy.special_character.is_none() && self.policy.mail_relay.is_none() {
+            return Verdict::default();
+        }
+        self.address_params(verb, address)
+    }
+
+    fn address_params(mut self, verb: Verb, address: &[u8]) -> Verdict {
         let mut v = Verdict::default();
         let policy = self.policy;
         if let Some(actions) = policy.special_character
@@ -210,7 +295,7 @@ impl Judge<'_> {
             );
         }
         if let Some(relay) = &policy.mail_relay
-            && verb == "RCPT"
+            && verb == Verb::Rcpt
             && domain_of(address).is_some_and(|d| d != relay.domain)
         {
             let text = format!("mail-relay {}", relay.domain);
@@ -397,7 +482,7 @@ impl Judge<'_> {
         }
         if let (true, Some(verdict)) = (actions.log, verdict) {
             self.audit.push(AuditEvent {
-                peers: self.peers,
+                peers: *self.peers,
                 kind: AuditKind::Classification(Classification {
                     verdict,
                     source,

@@ -67,6 +67,8 @@ pub struct Transcript {
     pub audit: Vec<AuditEvent>,
     pub close: Option<Close>,
     pub opaque: bool,
+    /// Passed to every call, as the proxy does: each call clears it.
+    out: Output,
 }
 
 impl Transcript {
@@ -84,13 +86,15 @@ impl Transcript {
             audit: Vec::new(),
             close: None,
             opaque: false,
+            out: Output::default(),
         }
     }
 
-    fn take(&mut self, out: Output) {
+    fn take(&mut self) {
+        let out = &mut self.out;
         self.to_client.extend_from_slice(&out.to_client);
         self.to_server.extend_from_slice(&out.to_server);
-        self.audit.extend(out.audit);
+        self.audit.append(&mut out.audit);
         if out.close.is_some() {
             assert!(self.close.is_none(), "closed twice");
             self.close = out.close;
@@ -101,12 +105,12 @@ impl Transcript {
     fn feed(&mut self, bytes: &[u8], client: bool) {
         let chunk = if self.bytewise { 1 } else { bytes.len().max(1) };
         for piece in bytes.chunks(chunk) {
-            let out = if client {
-                self.session.on_client_data(piece, self.now)
+            if client {
+                self.session.on_client_data(piece, self.now, &mut self.out);
             } else {
-                self.session.on_server_data(piece, self.now)
-            };
-            self.take(out);
+                self.session.on_server_data(piece, self.now, &mut self.out);
+            }
+            self.take();
         }
     }
 
@@ -166,8 +170,8 @@ impl Transcript {
     }
 
     pub fn client_eof(&mut self) -> &mut Self {
-        let out = self.session.on_client_eof(self.now);
-        self.take(out);
+        self.session.on_client_eof(self.now, &mut self.out);
+        self.take();
         self
     }
 

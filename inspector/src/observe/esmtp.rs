@@ -10,8 +10,9 @@
 //! # fn f(state: Arc<EsmtpState>, peers: inspector_esmtp::Peers, bytes: &[u8]) {
 //! let mut guard = state.session_started(); // sessions_active + 1
 //! let mut session = state.new_session(peers);
-//! let out = session.on_client_data(bytes, Instant::now());
-//! state.audit_all(out.audit); // never blocks
+//! let mut out = inspector_esmtp::Output::default();
+//! session.on_client_data(bytes, Instant::now(), &mut out);
+//! state.audit_all(std::mem::take(&mut out.audit)); // never blocks
 //! guard.set_outcome(SessionOutcome::from_close(out.close));
 //! drop(guard); // sessions_active - 1, sessions_total{outcome} + 1
 //! # }
@@ -376,8 +377,9 @@ mod tests {
         assert_eq!(state.sessions_active(), 1);
         let mut s = state.new_session(peers);
         let now = Instant::now();
-        s.on_server_data(b"220 mx ESMTP\r\n", now);
-        let out = s.on_client_data(b"VRFY root\r\n", now);
+        let mut out = inspector_esmtp::Output::default();
+        s.on_server_data(b"220 mx ESMTP\r\n", now, &mut out);
+        s.on_client_data(b"VRFY root\r\n", now, &mut out);
         assert_eq!(out.close, Some(Close::Fin));
         guard.set_outcome(SessionOutcome::from_close(out.close));
         drop(guard);

@@ -605,8 +605,9 @@ mod tests {
             server: "198.18.1.25:25".parse().unwrap(),
         });
         let now = std::time::Instant::now();
-        session.on_server_data(b"220 mx ESMTP\r\n", now);
-        let out = session.on_client_data(b"VRFY root\r\n", now);
+        let mut out = inspector_esmtp::Output::default();
+        session.on_server_data(b"220 mx ESMTP\r\n", now, &mut out);
+        session.on_client_data(b"VRFY root\r\n", now, &mut out);
         state.audit_all(out.audit);
         guard.set_outcome(SessionOutcome::from_close(out.close));
         drop(guard);

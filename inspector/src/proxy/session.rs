@@ -63,6 +63,34 @@ fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     READ.with_borrow_mut(|b| f(b))
 }
 
+/// Outputs kept per worker for the engine to write into, so that a call
+/// allocates nothing: one is taken for a call and the writes of what it
+/// produced (across awaits), and given back after.
+const SPARE_OUTPUTS: usize = 8;
+/// Buffers past this capacity are not kept (an output rarely holds more
+/// than a read).
+const KEPT_OUTPUT: usize = 2 * READ_BUF;
+
+thread_local! {
+    static OUTPUTS: RefCell<Vec<Output>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty output, one given back if there is one.
+fn spare_output() -> Output {
+    OUTPUTS.with_borrow_mut(Vec::pop).unwrap_or_default()
+}
+
+/// Keeps `out` for another call, unless enough are kept or it grew large.
+fn give_back(out: Output) {
+    if out.to_client.capacity() <= KEPT_OUTPUT && out.to_server.capacity() <= KEPT_OUTPUT {
+        OUTPUTS.with_borrow_mut(|spare| {
+            if spare.len() < SPARE_OUTPUTS {
+                spare.push(out);
+            }
+        });
+    }
+}
+
 /// A socket's read side, as the sessions read it: readiness, then a
 /// non-blocking read into the worker's buffer.
 trait ReadSide {
@@ -509,7 +537,7 @@ impl Driver {
                             }
                             continue;
                         }
-                        self.session.on_client_eof(now)
+                        self.eof(true, now)
                     }
                 },
                 Event::Server(r) => match r.map(|()| self.read_side(false, now)) {
@@ -527,7 +555,7 @@ impl Driver {
                             }
                             continue;
                         }
-                        self.session.on_server_eof(now)
+                        self.eof(false, now)
                     }
                 },
             };
@@ -555,19 +583,38 @@ impl Driver {
     /// client's own (its half-close after the final dot, once the reply is
     /// relayed) is no drop, unless the engine found an anomaly meanwhile.
     fn on_data(&mut self, from_client: bool, bytes: &[u8], now: std::time::Instant) -> Output {
-        let out = if from_client {
-            self.session.on_client_data(bytes, now)
+        let mut out = spare_output();
+        if from_client {
+            self.session.on_client_data(bytes, now, &mut out);
         } else {
-            self.session.on_server_data(bytes, now)
-        };
+            self.session.on_server_data(bytes, now, &mut out);
+        }
         if out.close == Some(Close::Fin) {
             self.dropped |= !self.client_closed_first || out.audit.iter().any(is_drop);
         }
         out
     }
 
-    /// Sends what the engine produced, and closes if it says so.
+    /// The client (`true`) or the server closed its side.
+    fn eof(&mut self, from_client: bool, now: std::time::Instant) -> Output {
+        let mut out = spare_output();
+        if from_client {
+            self.session.on_client_eof(now, &mut out);
+        } else {
+            self.session.on_server_eof(now, &mut out);
+        }
+        out
+    }
+
+    /// Sends what the engine produced, and closes if it says so; the
+    /// output is kept for another call.
     async fn apply(&mut self, mut out: Output) -> Option<End> {
+        let end = self.send(&mut out).await;
+        give_back(out);
+        end
+    }
+
+    async fn send(&mut self, out: &mut Output) -> Option<End> {
         if out.close.is_some()
             || self.session.phase() == Phase::Closing
             || self.session.quit_answered()
@@ -596,7 +643,7 @@ impl Driver {
                 // The server is gone: the engine decides what the client
                 // gets (never a success for a message it did not confirm).
                 self.server_open = false;
-                let more = self.session.on_server_eof(std::time::Instant::now());
+                let more = self.eof(false, std::time::Instant::now());
                 self.write_client(&out.to_client).await;
                 self.write_client(&more.to_client).await;
                 self.close(more.close.unwrap_or(Close::Fin)).await;
