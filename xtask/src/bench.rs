@@ -28,6 +28,7 @@ const GATEWAY_REPEATS: u32 = 5;
 const GATEWAY_HEADING: &str = "## The gateway's cost under a SYN flood";
 /// The headings of the SMTP bench's sections, which `--only smtp` replaces.
 const SMTP_HEADING: &str = "## SMTP through the inspector";
+const ENGINE_HEADING: &str = "## ESMTP engine, in process";
 const MEMORY_HEADING: &str = "## Daemon memory per inspected session";
 
 /// A part `cargo xtask bench --only PART` measures alone.
@@ -35,6 +36,7 @@ const MEMORY_HEADING: &str = "## Daemon memory per inspected session";
 pub enum Part {
     Attack,
     Cluster,
+    Engine,
     Gateway,
     Smtp,
 }
@@ -68,11 +70,17 @@ pub fn run_part(part: Part) -> Result<()> {
             &[SMTP_HEADING, MEMORY_HEADING],
             render_smtp,
         ),
+        Part::Engine => ("engine", Vec::new(), &[ENGINE_HEADING], render_engine),
     };
-    cargo(&["bench", "-p", "inspector", "--no-run", "--bench", name])?;
-    eprintln!("bench: {name}");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let figures = bench(name, &args)?;
+    let figures = if part == Part::Engine {
+        eprintln!("bench: ESMTP engine in process");
+        engine()?
+    } else {
+        cargo(&["bench", "-p", "inspector", "--no-run", "--bench", name])?;
+        eprintln!("bench: {name}");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        bench(name, &args)?
+    };
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
     let measured = Some((date.trim(), machine()));
     let measured = measured.as_ref().map(|(d, m)| (*d, m.as_str()));
@@ -426,7 +434,16 @@ fn render(
         during / quiet
     )?;
 
-    writeln!(w, "\n## ESMTP engine, in process\n")?;
+    render_engine(w, engine, None)?;
+
+    render_smtp(w, smtp, None)?;
+    Ok(out)
+}
+
+/// The engine's section, with its hand-taken profile; `measured` (date,
+/// machine) when it was measured apart from the rest of the report.
+fn render_engine(w: &mut String, engine: &Value, measured: Option<(&str, &str)>) -> Result<()> {
+    section_start(w, ENGINE_HEADING, "engine", measured)?;
     writeln!(
         w,
         "`cargo bench -p inspector-esmtp --bench engine`: pipelined commands (MAIL, \
@@ -469,9 +486,7 @@ fn render(
     let notes = std::fs::read_to_string(&profile)
         .with_context(|| format!("reading {}", profile.display()))?;
     writeln!(w, "\n{}", notes.trim_end())?;
-
-    render_smtp(w, smtp, None)?;
-    Ok(out)
+    Ok(())
 }
 
 /// The SMTP bench's sections; `measured` (date, machine) when they were

@@ -51,7 +51,7 @@ enum Task {
     /// table and write docs/benchmarks.md. Needs root.
     Bench {
         /// Measure only this part and replace its section of
-        /// docs/benchmarks.md (`attack`).
+        /// docs/benchmarks.md (`attack`, `engine`, ...).
         #[arg(long)]
         only: Option<bench::Part>,
     },
