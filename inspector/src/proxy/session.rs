@@ -21,7 +21,7 @@
 
 use std::{
     cell::RefCell,
-    io::ErrorKind,
+    io::{ErrorKind, Read as _},
     net::SocketAddr,
     sync::Arc,
     time::Duration,
@@ -29,7 +29,7 @@ use std::{
 
 use inspector_esmtp::{AuditEvent, AuditKind, Close, Output, Peers, Phase, Session, audit};
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncWriteExt, Interest},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -74,11 +74,29 @@ pub(super) enum Read<T> {
     Closed,
 }
 
-/// One non-blocking read of `side` into `buf`.
+/// One non-blocking read of `side` into `buf`. A read shorter than `buf`
+/// has drained the socket, so it also forgets the socket's readiness, as
+/// tokio's own `AsyncRead` does on epoll: the next wait is then for new
+/// bytes (their edge sets it again), not a read that would find none.
+/// Without that, every read was followed by one that failed with
+/// `EAGAIN`, an extra syscall and loop per event. A FIN or an error stays
+/// seen: tokio never forgets those.
 pub(super) fn try_read(side: &TcpStream, buf: &mut [u8]) -> Read<usize> {
-    match side.try_read(buf) {
+    let len = buf.len();
+    let mut drained = 0;
+    let read = side.try_io(Interest::READABLE, || {
+        match (&*socket2::SockRef::from(side)).read(buf)? {
+            n if n > 0 && n < len => {
+                drained = n;
+                Err(ErrorKind::WouldBlock.into())
+            }
+            n => Ok(n),
+        }
+    });
+    match read {
         Ok(0) => Read::Closed,
         Ok(n) => Read::Bytes(n),
+        Err(e) if e.kind() == ErrorKind::WouldBlock && drained > 0 => Read::Bytes(drained),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Read::Nothing,
         Err(_) => Read::Closed,
     }
