@@ -4,8 +4,10 @@
 //! steered by the kernel (TC mark, policy route, transparent listener) into
 //! the proxy, which runs them through the ESMTP engine and relays them to
 //! the server: every message arrives once and intact, over IPv4 and IPv6,
-//! from the gateway's address or the client's. Needs root; fails, never
-//! skips, without it.
+//! from the gateway's address or the client's; and the close gets the last
+//! reply to the client however it ends its side, without lingering once
+//! nothing is left to wait for. Needs root; fails, never skips, without
+//! it.
 
 mod support;
 
@@ -82,6 +84,116 @@ fn client_half_close_after_the_final_dot_gets_the_reply() {
     let out = client_py(&f, "half_close.py");
     assert!(out.starts_with("250"), "no reply to the message: {out:?}");
     assert_eq!(f.stored().len(), 1);
+}
+
+/// The client's port, from a script's `port: N` line.
+fn port_of(out: &str) -> u64 {
+    let line = out.lines().find_map(|l| l.strip_prefix("port: "));
+    line.and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in {out:?}"))
+}
+
+/// The session record of the session from the client's `port`.
+fn record_of(f: &Fixture, port: u64) -> serde_json::Value {
+    let find = || {
+        session_records(f)
+            .into_iter()
+            .find(|r| r["src_port"] == port)
+    };
+    wait_for(|| find().is_some(), "the session record");
+    find().unwrap()
+}
+
+/// How long the session took, as its record says.
+fn duration_ms(record: &serde_json::Value) -> u64 {
+    record["duration_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no duration: {record}"))
+}
+
+/// A client that closes without reading the 221 (as smtp-source does)
+/// resets the connection while the 221 is still unacknowledged: nothing
+/// sent can reach it any more, so the close ends at once instead of
+/// lingering to its deadline (5 s) for an acknowledgment that never comes.
+#[test]
+fn a_client_resetting_after_quit_ends_its_session_at_once() {
+    let f = Fixture::new("quitreset", "");
+    let out = f
+        .client("quit.py")
+        .arg(SERVER_V4.to_string())
+        .arg("unread")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let record = record_of(&f, port_of(&text(&out)));
+    let ms = duration_ms(&record);
+    assert!(ms < 1000, "the close lingered: {ms} ms, {record}");
+}
+
+/// A client that reads the 221 and then keeps its side open and silent
+/// gets the 221 and the FIN at once, and its session ends as soon as it
+/// has acknowledged them: before the client closes (2 s later), well
+/// before the linger's deadline (5 s).
+#[test]
+fn a_client_staying_open_after_quit_gets_the_221_and_the_close_ends_without_it() {
+    let f = Fixture::new("quitopen", "");
+    let out = f
+        .client("quit.py")
+        .arg(SERVER_V4.to_string())
+        .arg("open")
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let fin_after: f64 = t
+        .lines()
+        .find_map(|l| l.strip_prefix("EOF after "))
+        .and_then(|l| l.trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("no FIN after the 221: {t}"));
+    assert!(fin_after < 1.0, "the FIN came {fin_after} s after the 221");
+    let record = record_of(&f, port_of(&t));
+    let ms = duration_ms(&record);
+    assert!(
+        ms < 1000,
+        "the close waited for the client: {ms} ms, {record}"
+    );
+}
+
+/// A client that pipelines past its QUIT and keeps sending without
+/// reading, its receive window full of the replies to 300 NOOPs, still
+/// gets every reply and the 221: the close reads and discards what it
+/// sends until it has acknowledged them, and never resets it before.
+#[test]
+fn a_client_sending_after_quit_with_a_full_window_gets_the_221() {
+    let f = Fixture::new("quitflood", "");
+    let case = serde_json::json!({
+        "rcvbuf": 1,
+        "linger": 10,
+        "steps": [
+            { "send": "EHLO c\r\n" },
+            { "reply": true },
+            { "send": "NOOP\r\n", "times": 300 },
+            { "send": "QUIT\r\n" },
+            { "sleep": 0.5 },
+            { "stream": "NOOP\r\n", "for": 2 },
+        ],
+    });
+    let file = f.write("case.json", case.to_string().as_bytes());
+    let out = f
+        .client("raw_client.py")
+        .arg(SERVER_V4.to_string())
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let received = seen["received"].as_str().unwrap_or_default();
+    assert_eq!(
+        received.matches("\r\n250 2.0.0").count(),
+        300,
+        "the NOOPs' replies: {seen}"
+    );
+    assert!(received.contains("\r\n221 "), "no 221: {seen}");
 }
 
 #[test]

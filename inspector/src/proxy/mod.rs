@@ -19,6 +19,7 @@
 //! [`admission`]'s: per-client limits, fair admission, stress mode.
 
 pub mod admission;
+mod linger;
 pub mod session;
 pub mod upstream;
 mod worker;

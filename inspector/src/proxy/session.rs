@@ -15,21 +15,21 @@
 //! still holds unread bytes or has SO_LINGER 0 (`reset`); the client then
 //! misses the reply the close waited for (the server's `250` to a message
 //! it received in full) and sends the message again: a duplicate. So every
-//! close lingers (see [`linger`]): it reads and discards what the client
-//! still sends until the client has acknowledged every byte sent to it.
+//! close lingers (see [`super::linger`]): it reads and discards what the
+//! client still sends until the client has acknowledged every byte sent to
+//! it.
 
 use std::{
     cell::RefCell,
-    io::ErrorKind,
+    io::{ErrorKind, Read as _},
     net::SocketAddr,
-    os::fd::{AsRawFd, RawFd},
     sync::Arc,
     time::Duration,
 };
 
 use inspector_esmtp::{AuditEvent, AuditKind, Close, Output, Peers, Phase, Session, audit};
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncWriteExt, Interest},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -41,6 +41,7 @@ use tokio::{
 use super::{
     Shared,
     admission::{self, StressWatch, Ticket},
+    linger::{Then, linger},
     upstream::{self, Mode},
 };
 use crate::observe::{
@@ -59,7 +60,7 @@ thread_local! {
 }
 
 /// Runs `f` on the worker's read buffer.
-fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+pub(super) fn with_buffer<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
     READ.with_borrow_mut(|b| f(b))
 }
 
@@ -91,33 +92,8 @@ fn give_back(out: Output) {
     }
 }
 
-/// A socket's read side, as the sessions read it: readiness, then a
-/// non-blocking read into the worker's buffer.
-trait ReadSide {
-    async fn readable(&self) -> std::io::Result<()>;
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize>;
-}
-
-impl ReadSide for TcpStream {
-    async fn readable(&self) -> std::io::Result<()> {
-        TcpStream::readable(self).await
-    }
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        TcpStream::try_read(self, buf)
-    }
-}
-
-impl ReadSide for OwnedReadHalf {
-    async fn readable(&self) -> std::io::Result<()> {
-        OwnedReadHalf::readable(self).await
-    }
-    fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        OwnedReadHalf::try_read(self, buf)
-    }
-}
-
 /// What one read of a side that was readable brought.
-enum Read<T> {
+pub(super) enum Read<T> {
     /// Bytes: their count, or what the engine made of them.
     Bytes(T),
     /// Nothing after all (a spurious wake-up).
@@ -126,11 +102,29 @@ enum Read<T> {
     Closed,
 }
 
-/// One non-blocking read of `side` into `buf`.
-fn try_read(side: &impl ReadSide, buf: &mut [u8]) -> Read<usize> {
-    match side.try_read(buf) {
+/// One non-blocking read of `side` into `buf`. A read shorter than `buf`
+/// has drained the socket, so it also forgets the socket's readiness, as
+/// tokio's own `AsyncRead` does on epoll: the next wait is then for new
+/// bytes (their edge sets it again), not a read that would find none.
+/// Without that, every read was followed by one that failed with
+/// `EAGAIN`, an extra syscall and loop per event. A FIN or an error stays
+/// seen: tokio never forgets those.
+pub(super) fn try_read(side: &TcpStream, buf: &mut [u8]) -> Read<usize> {
+    let len = buf.len();
+    let mut drained = 0;
+    let read = side.try_io(Interest::READABLE, || {
+        match (&*socket2::SockRef::from(side)).read(buf)? {
+            n if n > 0 && n < len => {
+                drained = n;
+                Err(ErrorKind::WouldBlock.into())
+            }
+            n => Ok(n),
+        }
+    });
+    match read {
         Ok(0) => Read::Closed,
         Ok(n) => Read::Bytes(n),
+        Err(e) if e.kind() == ErrorKind::WouldBlock && drained > 0 => Read::Bytes(drained),
         Err(e) if e.kind() == ErrorKind::WouldBlock => Read::Nothing,
         Err(_) => Read::Closed,
     }
@@ -149,11 +143,6 @@ const LINGER: Duration = Duration::from_secs(5);
 /// The same, for a connection refused before any session (over
 /// `max-sessions`, the server unreachable): short, as those come in floods.
 const REFUSE_LINGER: Duration = Duration::from_secs(2);
-/// A client still sending once it has acknowledged everything is given
-/// this long without a byte before the close.
-const QUIET: Duration = Duration::from_millis(200);
-/// How often a lingering close looks at the send queue.
-const POLL: Duration = Duration::from_millis(10);
 
 /// How a session ended, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,54 +256,20 @@ pub async fn run(
 /// destroys the reply.
 pub async fn refuse(mut client: TcpStream, reply: &[u8]) -> End {
     let deadline = Instant::now() + REFUSE_LINGER;
-    let _ = timeout(Duration::from_secs(5), async {
+    let fin = timeout(Duration::from_secs(5), async {
         client.write_all(reply).await?;
         client.shutdown().await
     })
     .await;
-    let fd = client.as_raw_fd();
     let mut open = true;
-    linger(&client, fd, &mut open, deadline, true).await;
+    linger(
+        &client,
+        &mut open,
+        deadline,
+        Then::Fin(matches!(fin, Ok(Ok(())))),
+    )
+    .await;
     End::Unreachable
-}
-
-/// Bytes sent on `fd` that its peer has not acknowledged yet (SIOCOUTQ),
-/// or `None` if the kernel cannot say.
-fn unacknowledged(fd: RawFd) -> Option<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) on a TCP socket writes one int.
-    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
-    (rc == 0).then(|| usize::try_from(n).unwrap_or(0))
-}
-
-/// The lingering part of a close: reads and discards what the peer on
-/// `read` (whose socket is `fd`) still sends, until it has acknowledged
-/// every byte sent to it (its kernel has them: a RST can no longer destroy
-/// them) and, with `quiet`, has either closed its side or sent nothing for
-/// `QUIET`; or until `deadline`. `open` says whether the peer's side is
-/// still open, and is cleared when it closes.
-async fn linger(read: &impl ReadSide, fd: RawFd, open: &mut bool, deadline: Instant, quiet: bool) {
-    let mut last_byte: Option<Instant> = None;
-    loop {
-        let now = Instant::now();
-        if now >= deadline {
-            return;
-        }
-        // Unknown counts as acknowledged: never wait on what cannot be seen.
-        let acked = unacknowledged(fd).is_none_or(|n| n == 0);
-        let still = !*open || last_byte.is_none_or(|t| now.duration_since(t) >= QUIET);
-        if acked && (!quiet || still) {
-            return;
-        }
-        tokio::select! {
-            r = read.readable(), if *open => match r.map(|()| with_buffer(|b| try_read(read, b))) {
-                Ok(Read::Bytes(_)) => last_byte = Some(Instant::now()),
-                Ok(Read::Nothing) => {}
-                _ => *open = false,
-            },
-            () = tokio::time::sleep(POLL) => {}
-        }
-    }
 }
 
 fn show(p: Peers) -> String {
@@ -569,7 +524,7 @@ impl Driver {
     /// the worker's buffer, into the engine.
     fn read_side(&mut self, from_client: bool, now: std::time::Instant) -> Read<Output> {
         with_buffer(|buf| {
-            let side = if from_client { &self.cr } else { &self.sr };
+            let side = if from_client { &self.cr } else { &self.sr }.as_ref();
             match try_read(side, buf) {
                 Read::Bytes(n) => Read::Bytes(self.on_data(from_client, &buf[..n], now)),
                 Read::Nothing => Read::Nothing,
@@ -702,18 +657,18 @@ impl Driver {
     async fn close(&mut self, how: Close) {
         self.ticket.release();
         let deadline = Instant::now() + LINGER;
-        let fd = self.cw.as_ref().as_raw_fd();
+        let client = self.cr.as_ref();
         if how == Close::Reset {
-            linger(&self.cr, fd, &mut self.client_open, deadline, false).await;
+            linger(client, &mut self.client_open, deadline, Then::Reset).await;
             for sock in [self.cw.as_ref(), self.sw.as_ref()] {
                 let _ = socket2::SockRef::from(sock).set_linger(Some(Duration::ZERO));
             }
             return;
         }
-        let grace = Duration::from_secs(5);
-        let _ = timeout(grace, self.cw.shutdown()).await;
-        let _ = timeout(grace, self.sw.shutdown()).await;
-        linger(&self.cr, fd, &mut self.client_open, deadline, true).await;
+        // A shutdown only queues the FIN: it never waits.
+        let fin = self.cw.shutdown().await.is_ok();
+        let _ = self.sw.shutdown().await;
+        linger(client, &mut self.client_open, deadline, Then::Fin(fin)).await;
     }
 }
 

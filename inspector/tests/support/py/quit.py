@@ -1,0 +1,37 @@
+# EHLO and QUIT, then the end MODE names; prints its local port, and
+# what it read.
+#   unread  closes once the 221 has arrived, without reading it and before
+#           its kernel acknowledged it (as smtp-source does): the close is a
+#           RST, and the 221 stays unacknowledged at the other end
+#   open    reads the 221 and the FIN after it, then stays open and silent
+#           for 2 s before it closes
+# python3 quit.py SERVER MODE
+import select, socket, sys, time
+s = socket.create_connection((sys.argv[1], 25), timeout=30)
+print("port:", s.getsockname()[1])
+buf = b""
+def wait(code):
+    global buf
+    while not any(l.startswith(code + b" ") for l in buf.split(b"\r\n")):
+        d = s.recv(65536)
+        if not d: raise SystemExit("closed early: %r" % buf)
+        buf += d
+    buf = b""
+wait(b"220")
+s.sendall(b"EHLO c\r\n"); wait(b"250")
+if sys.argv[2] == "unread":
+    # Delayed acknowledgments from here on: the 221 waits unacknowledged.
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+    s.sendall(b"QUIT\r\n")
+    # Readable (the 221 has arrived) without reading it.
+    if not select.select([s], [], [], 10)[0]: raise SystemExit("no 221")
+    s.close()
+    print("closed unread")
+else:
+    s.sendall(b"QUIT\r\n"); wait(b"221")
+    print("221")
+    t = time.monotonic()
+    if s.recv(1) == b"":
+        print("EOF after %.3f s" % (time.monotonic() - t))
+    time.sleep(2)
+    s.close()
