@@ -699,17 +699,22 @@ async fn read_reply<R: AsyncRead + Unpin>(
         if buf.len() > MAX_REPLY {
             return Err(format!("a reply longer than {MAX_REPLY} bytes"));
         }
-        let mut chunk = [0u8; 4096];
-        let n = server
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("reading the server: {e}"))?;
+        // Into `buf` itself: a buffer on the stack would live in every
+        // session's future (this is awaited inside it), idle or not.
+        let start = buf.len();
+        buf.resize(start + READ_CHUNK, 0);
+        let read = server.read(&mut buf[start..]).await;
+        let n = *read.as_ref().unwrap_or(&0);
+        buf.truncate(start + n);
+        let n = read.map_err(|e| format!("reading the server: {e}"))?;
         if n == 0 {
             return Err("the server closed the connection".into());
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// Bytes read from the server at a time while the proxy talks to it itself.
+const READ_CHUNK: usize = 4096;
 
 /// Introduces the client with XCLIENT, between the server's greeting
 /// (already relayed by the engine) and the client's first command (`held`,
@@ -925,6 +930,17 @@ mod tests {
             probe_source(&[("10.0.0.1".parse().unwrap(), 30)], server4, |_| false),
             None
         );
+    }
+
+    /// The XCLIENT exchange is awaited inside every session's future, so
+    /// what it holds across an await is held by every idle session.
+    #[test]
+    fn the_xclient_exchange_adds_no_buffer_to_a_sessions_future() {
+        let (mut rx, mut tx) = (tokio::io::empty(), tokio::io::sink());
+        let p = peers("198.18.0.2:40000", "198.18.1.25:25");
+        let exchange = xclient(&mut rx, &mut tx, p, b"", "gw.test", Duration::from_secs(1));
+        let size = std::mem::size_of_val(&exchange);
+        assert!(size < 1024, "{size} bytes");
     }
 
     #[tokio::test]
