@@ -89,7 +89,7 @@ static XDP_CONFIG: HashMap<u32, XdpConfig> = HashMap::with_max_entries(XDP_CONFI
 /// daemon started with the engine has it.)
 #[inline(always)]
 pub fn apply(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
-    let engines = || inspected && steer::engine_runs();
+    let engines = || steer::engine_takes(inspected);
     let md = ctx.ctx;
     let done = match verdict {
         Verdict::AnswerSyn if engines() => true,

@@ -52,6 +52,7 @@ use crate::{
     counters::{count_intercept, count_limit_drop},
     packet::Packet,
     parse::{self, Addr, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Tcp},
+    steer,
 };
 
 /// The protected servers and their limits, written by the daemon.
@@ -112,8 +113,8 @@ pub enum Verdict {
 /// the firewall's `static … tcp 50 100`, they protect the server whatever
 /// inspects its traffic.
 #[inline(always)]
-pub fn track(ctx: &XdpContext, local: bool) -> Verdict {
-    match inspector_track(ctx.ctx, local as u32) {
+pub fn track(ctx: &XdpContext, inspected: bool) -> Verdict {
+    match inspector_track(ctx.ctx, inspected as u32) {
         1 => Verdict::Drop,
         2 => Verdict::AnswerSyn,
         3 => Verdict::VerifyClient,
@@ -130,7 +131,7 @@ pub fn track(ctx: &XdpContext, local: bool) -> Verdict {
 /// It returns the verdict's number; what intercept needs is in [`Work`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn inspector_track(md: *mut xdp_md, local: u32) -> u32 {
+pub extern "C" fn inspector_track(md: *mut xdp_md, inspected: u32) -> u32 {
     let ctx = XdpContext::new(md);
     let packet = Packet::of(&ctx);
     let Some((src, dst, tcp)) = parse::tcp() else {
@@ -146,7 +147,7 @@ pub extern "C" fn inspector_track(md: *mut xdp_md, local: u32) -> u32 {
         flags: tcp.flags as u32,
         _pad: 0,
     };
-    w.local = local;
+    w.inspected = inspected;
     let key = flow_key(w, src, dst, tcp.src_port, tcp.dst_port);
     // SAFETY: the value is copied out at once; the daemon replaces entries
     // whole, so at worst we read the previous limits.
@@ -205,7 +206,7 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
             if flags & TCP_RST != 0 || flags & TCP_SYN == 0 {
                 // SAFETY: as above.
                 let e = unsafe { &mut *entry };
-                if e.local == 0 && REPLIES_SEEN.get_ptr(&w.flow.server).is_some() {
+                if e.local == 0 && replies_seen(e, &w.flow.server) {
                     from_client_checked(packet, tcp, w, e, state);
                 } else {
                     // An RST or a FIN releases the flow only at the
@@ -477,7 +478,8 @@ fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) {
         state,
         client_next,
         seq_known: inspector_common::seq_known::CLIENT,
-        local: w.local as u8,
+        // Asked once per flow, not per packet.
+        local: steer::engine_takes(w.inspected != 0) as u8,
         ..FlowEntry::default()
     };
     insert(w, &entry, kind);
@@ -610,6 +612,13 @@ fn from_client_checked(packet: &Packet, tcp: &Tcp, w: &Work, e: &mut FlowEntry, 
         e.state = flow_state::ESTABLISHED;
         established(w);
     }
+}
+
+/// Whether the server's replies are seen: this flow's SYN-ACK was (most
+/// packets ask only that), or another flow's to the same server.
+#[inline(always)]
+fn replies_seen(e: &FlowEntry, server: &Addr16) -> bool {
+    seq::next(e, Side::Server).is_some() || REPLIES_SEEN.get_ptr(server).is_some()
 }
 
 /// Whether the server's RST to a half-open flow ends it at the server: an
@@ -768,8 +777,8 @@ pub struct Work {
     pub tcp: TcpAt,
     /// 1 when a verified client takes the slot of a half-open flow.
     displaces: u32,
-    /// 1 when the engine's listener answers the flow (`FlowEntry::local`).
-    local: u32,
+    /// 1 for a packet the engine inspects (`FlowEntry::local` of a new flow).
+    inspected: u32,
 }
 
 #[map]

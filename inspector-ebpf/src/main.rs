@@ -72,9 +72,7 @@ pub fn inspector_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     }
     // A whole TCP segment: the connection limits and TCP intercept.
-    // Its server side is the engine's listener, whose packets are not seen.
-    let local = decision.class == Class::Inspect && steer::engine_runs();
-    match limits::track(&ctx, local) {
+    match limits::track(&ctx, decision.class == Class::Inspect) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
         verdict => intercept::apply(&ctx, verdict, decision.class == Class::Inspect),

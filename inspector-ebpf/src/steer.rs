@@ -142,3 +142,11 @@ fn fail_closed() -> bool {
 pub fn engine_runs() -> bool {
     STEER_CONFIG.get(0).is_some_and(|c| c.engine != 0) && liveness::proxy_alive()
 }
+
+/// Whether the engine's local listener answers a new connection of this
+/// class (`inspected`): then the server's side of the flow is never seen
+/// by the XDP program.
+#[inline(always)]
+pub fn engine_takes(inspected: bool) -> bool {
+    inspected && engine_runs()
+}
