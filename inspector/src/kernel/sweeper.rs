@@ -253,16 +253,9 @@ impl Sweeper {
 
     /// Resets each flow at its server; counts those sent.
     fn send_resets(&mut self, flows: &[(FlowKey, u32)]) -> usize {
-        let Some(resetter) = &self.resetter else {
-            return 0;
-        };
-        let mut sent = 0;
-        for (key, seq) in flows {
-            match resetter.reset(key, *seq) {
-                Ok(()) => sent += 1,
-                Err(e) => log::warn!("sweeper: an RST to a server: {e}"),
-            }
-        }
+        let sent = self.send_each(flows, "an RST to a server", |r, (key, seq)| {
+            r.reset(key, *seq)
+        });
         if sent > 0
             && let Err(e) = self.count_resets(sent as u64)
         {
@@ -273,14 +266,29 @@ impl Sweeper {
 
     /// Asks each flow's server whether it still has it; counts those sent.
     fn send_probes(&self, flows: &[(FlowKey, FlowEntry)]) -> usize {
+        self.send_each(
+            flows,
+            "asking a server about a client's RST",
+            |r, (key, e)| r.probe(key, e.client_next, e.server_next),
+        )
+    }
+
+    /// Sends one packet per item through the resetter, if there is one;
+    /// how many went out.
+    fn send_each<T>(
+        &self,
+        items: &[T],
+        what: &str,
+        send: impl Fn(&Resetter, &T) -> std::io::Result<()>,
+    ) -> usize {
         let Some(resetter) = &self.resetter else {
             return 0;
         };
         let mut sent = 0;
-        for (key, entry) in flows {
-            match resetter.probe(key, entry.client_next, entry.server_next) {
+        for item in items {
+            match send(resetter, item) {
                 Ok(()) => sent += 1,
-                Err(e) => log::warn!("sweeper: asking a server about a client's RST: {e}"),
+                Err(e) => log::warn!("sweeper: {what}: {e}"),
             }
         }
         sent
