@@ -7,18 +7,8 @@
 #           for 2 s before it closes
 # python3 quit.py SERVER MODE
 import select, socket, sys, time
-s = socket.create_connection((sys.argv[1], 25), timeout=30)
+from greeted import s, wait
 print("port:", s.getsockname()[1])
-buf = b""
-def wait(code):
-    global buf
-    while not any(l.startswith(code + b" ") for l in buf.split(b"\r\n")):
-        d = s.recv(65536)
-        if not d: raise SystemExit("closed early: %r" % buf)
-        buf += d
-    buf = b""
-wait(b"220")
-s.sendall(b"EHLO c\r\n"); wait(b"250")
 if sys.argv[2] == "unread":
     # Delayed acknowledgments from here on: the 221 waits unacknowledged.
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
