@@ -792,13 +792,21 @@ impl Session {
 
     // ---- Server bytes ----
 
-    fn feed_server(&mut self, mut input: &[u8], out: &mut Output) {
-        while !input.is_empty() && !self.is_closed() {
+    fn feed_server(&mut self, data: &[u8], out: &mut Output) {
+        // Replies that `plain_reply` takes are relayed as one run, copied
+        // when something else is written or the input ends: `data[run..pos]`.
+        let (mut run, mut pos) = (0, 0);
+        while let Some(input) = data.get(pos..).filter(|i| !i.is_empty())
+            && !self.is_closed()
+        {
             if self.opaque {
-                out.to_client.extend_from_slice(input);
+                out.to_client
+                    .extend_from_slice(data.get(run..).unwrap_or_default());
                 return;
             }
             let Some(p) = bytes::find_lf(input) else {
+                out.to_client
+                    .extend_from_slice(data.get(run..pos).unwrap_or_default());
                 if self.sbuf.len().saturating_add(input.len()) > MAX_LINE {
                     self.reply_too_long(out);
                 } else {
@@ -806,8 +814,26 @@ impl Session {
                 }
                 return;
             };
-            let (part, rest) = input.split_at(p + 1);
-            input = rest;
+            let part = input.get(..=p).unwrap_or(input);
+            let plain = self.sbuf.is_empty() && self.plain_reply(part);
+            let done = pos;
+            pos += part.len();
+            if plain {
+                if self.cbuf.is_empty() && !self.pipeline.local_at_head() {
+                    continue;
+                }
+                // The rest of `on_reply_end`: the engine's replies now at
+                // the head, then the client bytes held for this reply.
+                out.to_client
+                    .extend_from_slice(data.get(run..pos).unwrap_or_default());
+                run = pos;
+                self.flush_local(out);
+                self.release_held(out);
+                continue;
+            }
+            out.to_client
+                .extend_from_slice(data.get(run..done).unwrap_or_default());
+            run = pos;
             if self.sbuf.is_empty() {
                 self.on_reply_line(part, out);
             } else if self.sbuf.len().saturating_add(part.len()) > MAX_LINE {
@@ -820,6 +846,37 @@ impl Session {
                 self.sbuf = line;
             }
         }
+        out.to_client
+            .extend_from_slice(data.get(run..pos).unwrap_or_default());
+    }
+
+    /// The usual reply, taken whole here rather than by `on_reply_line`:
+    /// a reply of one line with a code, to a MAIL, to a RCPT (not 5xx: a
+    /// rejected recipient counts), or to a command whose reply changes
+    /// nothing (`Pending::Other`). Its only effects are the queue's pop and
+    /// the count; the caller relays the line. Returns whether it was one.
+    #[inline]
+    fn plain_reply(&mut self, line: &[u8]) -> bool {
+        if self.reply_line != 0 || self.ehlo.holds() {
+            return false;
+        }
+        let (content, _) = split_eol(line);
+        let Some(code) = code_of(content) else {
+            return false;
+        };
+        if content.get(3) == Some(&b'-') {
+            return false;
+        }
+        let plain = match self.pipeline.head() {
+            Some(Pending::Mail | Pending::Other) => true,
+            Some(Pending::Rcpt) => !(500..600).contains(&code),
+            _ => false,
+        };
+        if plain {
+            self.pipeline.pop();
+            self.packets += 1;
+        }
+        plain
     }
 
     /// The server broke its reply framing: nothing it says can be trusted

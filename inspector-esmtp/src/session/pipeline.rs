@@ -192,6 +192,12 @@ impl Pipeline {
         }
     }
 
+    /// Whether the engine's own reply is next.
+    #[inline]
+    pub fn local_at_head(&self) -> bool {
+        matches!(self.queue.front(), Some(Pending::Local(_)))
+    }
+
     /// Replies awaited for messages whose end was relayed (or is being
     /// relayed: a BDAT LAST is queued before its chunk).
     pub fn message_ends(&self) -> usize {
