@@ -590,9 +590,14 @@ impl Session {
         }
         let rcpt_count = self.tx.rcpt_count;
         let checked = self.checked_len;
-        let v = self
-            .judge(&mut out.audit)
-            .command(&cmd, rcpt_count, checked);
+        // The rules' state is asked first: most commands no rule can match,
+        // and then no `Judge` is built.
+        let v = if self.rules.command_may_match(&cmd, rcpt_count) {
+            self.judge(&mut out.audit)
+                .command(&cmd, rcpt_count, checked)
+        } else {
+            Verdict::default()
+        };
         if self.conclude(&v, out) {
             return;
         }
@@ -607,9 +612,11 @@ impl Session {
                 self.close(Close::Fin, Tell::Modern(POLICY_CLOSE), out);
                 return;
             }
-            let params = self.judge(&mut out.audit).address(cmd.kind, &p.judged);
-            if self.conclude(&params, out) {
-                return;
+            if rules::address_params(&self.policy) {
+                let params = self.judge(&mut out.audit).address(cmd.kind, &p.judged);
+                if self.conclude(&params, out) {
+                    return;
+                }
             }
         }
 
@@ -1181,6 +1188,7 @@ impl Session {
 
     /// A protocol anomaly the session cannot continue after: audited
     /// (108004) and closed.
+    #[cold]
     fn anomaly(&mut self, what: &'static str, out: &mut Output) {
         out.audit.push(close::anomaly(self.peers, what));
         self.close(Close::Fin, Tell::Modern(PROTOCOL_CLOSE), out);
@@ -1237,7 +1245,8 @@ impl Session {
     // ---- Helpers ----
 
     /// Queues the reply a command is owed; a client that never reads its
-    /// replies ends the session.
+    /// replies ends the session. (Inlined: one per command.)
+    #[inline]
     fn push(&mut self, pending: Pending, out: &mut Output) {
         if self.pipeline.push(pending).is_err() {
             self.anomaly("too many commands awaiting replies", out);
