@@ -420,7 +420,10 @@ impl Session {
                 return;
             }
             let used = match self.mode {
-                ClientMode::Command => self.step_command(input, out),
+                ClientMode::Command => match self.step_commands(input, out) {
+                    0 => self.step_command(input, out),
+                    n => n,
+                },
                 ClientMode::Data(_) => self.step_data(input, out),
                 ClientMode::Raw { .. } => self.step_raw(input, out),
                 ClientMode::AuthResponse => self.step_auth_response(input, out),
@@ -431,6 +434,46 @@ impl Session {
                 _ => return,
             }
         }
+    }
+
+    /// Command mode, pipelined: the complete lines of `input` while
+    /// nothing is held or awaited, each as `step_command` takes it; the
+    /// lines forwarded as they are go to the server as runs, in one copy
+    /// each. Returns the bytes used (0: `step_command` takes the next line).
+    fn step_commands(&mut self, input: &[u8], out: &mut Output) -> usize {
+        // `input[run..pos]`: lines forwarded unchanged, not yet copied.
+        let (mut run, mut pos) = (0, 0);
+        while self.mode == ClientMode::Command
+            && self.cbuf.is_empty()
+            && !self.stopped()
+            && !self.opaque
+            && !self.pipeline.must_wait(self.ext.pipelining)
+            && let Some(rest) = input.get(pos..)
+            && let Some(lf) = bytes::find_lf(rest)
+            && lf < MAX_COMMAND_LINE
+        {
+            let line = rest.get(..=lf).unwrap_or(rest);
+            let start = pos;
+            pos += line.len();
+            let before = out.to_server.len();
+            let relay = self.on_command(line, out);
+            self.partial_since = None;
+            self.checked_len = 0;
+            if !relay {
+                // The run ends before this line, and goes before anything
+                // written for it (compat: `X`s, or the rewritten address).
+                let done = input.get(run..start).unwrap_or_default();
+                if out.to_server.len() == before {
+                    out.to_server.extend_from_slice(done);
+                } else {
+                    out.to_server.splice(before..before, done.iter().copied());
+                }
+                run = pos;
+            }
+        }
+        out.to_server
+            .extend_from_slice(input.get(run..pos).unwrap_or_default());
+        pos
     }
 
     /// Keeps client bytes until the owed reply arrives.
@@ -473,11 +516,15 @@ impl Session {
             return if self.stopped() { 0 } else { take };
         };
         if self.cbuf.is_empty() {
-            self.on_command(part, out);
+            if self.on_command(part, out) {
+                out.to_server.extend_from_slice(part);
+            }
         } else {
             let mut line = std::mem::take(&mut self.cbuf);
             extend_bounded(&mut line, part, MAX_AUTH_LINE);
-            self.on_command(&line, out);
+            if self.on_command(&line, out) {
+                out.to_server.extend_from_slice(&line);
+            }
             // Keep the allocation for the next line (unless bytes were
             // held meanwhile, which live in `cbuf` now).
             if self.cbuf.is_empty() {
@@ -582,7 +629,7 @@ impl Session {
     /// (the server answers 500), and the engine's own reply in modern mode;
     /// a line some server would read differently from the engine is
     /// answered by the engine in both modes.
-    fn on_command(&mut self, line: &[u8], out: &mut Output) {
+    fn on_command(&mut self, line: &[u8], out: &mut Output) -> bool {
         self.packets += 1;
         let cmd = Command::parse(line);
         if cmd.kind == Verb::Rcpt {
@@ -599,7 +646,7 @@ impl Session {
             Verdict::default()
         };
         if self.conclude(&v, out) {
-            return;
+            return false;
         }
         if let Some(p) = &cmd.path {
             if is_program_address(&p.judged) || is_program_address(p.raw) {
@@ -610,12 +657,12 @@ impl Session {
                     },
                 });
                 self.close(Close::Fin, Tell::Modern(POLICY_CLOSE), out);
-                return;
+                return false;
             }
             if rules::address_params(&self.policy) {
                 let params = self.judge(&mut out.audit).address(cmd.kind, &p.judged);
                 if self.conclude(&params, out) {
-                    return;
+                    return false;
                 }
             }
         }
@@ -636,7 +683,7 @@ impl Session {
             if bdat {
                 // Its chunk follows, of a size no one can be sure of.
                 self.refuse_and_close(why, SYNTAX, out);
-                return;
+                return false;
             }
             Outcome::Reject(SYNTAX)
         } else if bdat && self.tx.bdat_refused {
@@ -645,7 +692,7 @@ impl Session {
             && self.bdat_too_big(size)
         {
             self.refuse_and_close("BDAT over the size limit", TOO_BIG, out);
-            return;
+            return false;
         } else if v.reject_rcpt {
             Outcome::Reject(TOO_MANY_RCPTS)
         } else {
@@ -654,8 +701,9 @@ impl Session {
         if bdat && matches!(outcome, Outcome::Refuse(_)) {
             self.tx.bdat_refused = true;
         }
+        let mut relay = false;
         match outcome {
-            Outcome::Forward => self.forward(&cmd, out),
+            Outcome::Forward => relay = self.forward(&cmd, out),
             Outcome::Reject(reply) => self.push(Pending::Local(reply), out),
             Outcome::Refuse(reply) if self.modern() => {
                 if bdat {
@@ -672,7 +720,7 @@ impl Session {
                         _ => {
                             let why = cmd.refusal.unwrap_or("malformed BDAT");
                             self.refuse_and_close(why, SYNTAX, out);
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -688,6 +736,7 @@ impl Session {
             }
         }
         self.flush_local(out);
+        relay
     }
 
     /// Whether a chunk of `size` bytes would take the message over the
@@ -723,7 +772,8 @@ impl Session {
     }
 
     /// Sends an accepted command on and records the reply it is owed.
-    fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) {
+    /// Returns whether the line goes as is, which the caller copies.
+    fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) -> bool {
         self.record.command(cmd);
         let pending = match cmd.kind {
             Verb::Ehlo => Pending::Ehlo,
@@ -750,7 +800,7 @@ impl Session {
                             self.message = Some(scan);
                         }
                         if self.stopped() {
-                            return;
+                            return false;
                         }
                     } else if size > 0 {
                         self.mode = ClientMode::Raw {
@@ -781,7 +831,7 @@ impl Session {
                 _ => Pending::Other,
             },
         };
-        match &cmd.path {
+        let relay = match &cmd.path {
             // The firewall replaced `|` in addresses by a space (108002).
             Some(p) if self.policy.mode == Mode::Compat && p.raw.contains(&b'|') => {
                 let rewritten = command::write_without_pipes(cmd, p, &mut out.to_server);
@@ -791,10 +841,12 @@ impl Session {
                         data: audit::excerpt(rewritten),
                     },
                 });
+                false
             }
-            _ => out.to_server.extend_from_slice(cmd.line),
-        }
+            _ => true,
+        };
         self.push(pending, out);
+        relay
     }
 
     // ---- Server bytes ----
