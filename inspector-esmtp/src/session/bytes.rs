@@ -45,6 +45,20 @@ pub fn find_lf(s: &[u8]) -> Option<usize> {
     memchr(b'\n', s.get(from..).unwrap_or_default()).map(|p| from + p)
 }
 
+/// Where the first `byte` of `s`, a short string, is.
+#[inline]
+pub fn find_short(byte: u8, s: &[u8]) -> Option<usize> {
+    let (words, tail) = s.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        let found = zeros(u64::from_le_bytes(*word) ^ splat(byte));
+        if found != 0 {
+            return Some(i * 8 + first(found));
+        }
+    }
+    let from = words.len() * 8;
+    tail.iter().position(|&b| b == byte).map(|p| from + p)
+}
+
 /// The first NUL or CR of `s`.
 pub fn first_nul_or_cr(s: &[u8]) -> Option<u8> {
     let (words, tail) = s.as_chunks::<8>();
@@ -87,6 +101,15 @@ mod tests {
                 assert_eq!(first_nul_or_cr(&s), Some(0));
             }
             assert_eq!(find_lf(&vec![b'\r'; len]), None);
+            for at in 0..len {
+                for before in [0u8, b'?', b'A', 0xc0] {
+                    let mut s = vec![before; len];
+                    s[at] = b'@';
+                    assert_eq!(find_short(b'@', &s), Some(at), "{len} {at} {before}");
+                    s.truncate(at);
+                    assert_eq!(find_short(b'@', &s), None);
+                }
+            }
             assert_eq!(first_nul_or_cr(&vec![b'\n'; len]), None);
         }
     }
