@@ -878,8 +878,21 @@ impl Session {
             let done = pos;
             pos += part.len();
             if plain {
-                if self.cbuf.is_empty() && !self.pipeline.local_at_head() {
-                    continue;
+                if self.cbuf.is_empty() {
+                    // While the replies are plain, nothing the loop above
+                    // tests changes (no close, no held bytes, no partial
+                    // line): the next ones are taken here.
+                    while !self.pipeline.local_at_head()
+                        && let Some(line) = data
+                            .get(pos..)
+                            .and_then(|rest| rest.get(..=bytes::find_lf(rest)?))
+                        && self.plain_reply(line)
+                    {
+                        pos += line.len();
+                    }
+                    if !self.pipeline.local_at_head() {
+                        continue;
+                    }
                 }
                 // The rest of `on_reply_end`: the engine's replies now at
                 // the head, then the client bytes held for this reply.
@@ -914,7 +927,7 @@ impl Session {
     /// rejected recipient counts), or to a command whose reply changes
     /// nothing (`Pending::Other`). Its only effects are the queue's pop and
     /// the count; the caller relays the line. Returns whether it was one.
-    #[inline]
+    #[inline(always)]
     fn plain_reply(&mut self, line: &[u8]) -> bool {
         if self.reply_line != 0 || self.ehlo.holds() {
             return false;
@@ -932,7 +945,7 @@ impl Session {
             _ => false,
         };
         if plain {
-            self.pipeline.pop();
+            self.pipeline.pop_plain();
             self.packets += 1;
         }
         plain

@@ -164,6 +164,19 @@ impl Pipeline {
         Some(p)
     }
 
+    /// `pop` of a head known to be one the server answers and that ends
+    /// no group (`Mail`, `Rcpt`, `Other`): only `from_server` counts it.
+    #[inline]
+    pub fn pop_plain(&mut self) {
+        debug_assert!(matches!(
+            self.head(),
+            Some(Pending::Mail | Pending::Rcpt | Pending::Other)
+        ));
+        if self.queue.pop_front().is_some() {
+            self.from_server = self.from_server.saturating_sub(1);
+        }
+    }
+
     #[inline]
     fn count(&mut self, p: Pending, add: bool) {
         let step = |n: &mut usize| {
@@ -282,6 +295,13 @@ mod tests {
         assert!(p.must_wait(false));
         assert_eq!(p.pop(), Some(Pending::Mail));
         assert!(!p.must_wait(false));
+        // `pop_plain` counts as `pop` does.
+        p.push(Pending::Rcpt).unwrap();
+        assert!(p.must_wait(false));
+        p.pop_local();
+        p.pop_plain();
+        assert!(!p.must_wait(false));
+        p.push(Pending::Local(b"b")).unwrap();
         assert_eq!(p.pop_local(), Some(&b"b"[..]));
         assert_eq!(p.head(), None);
     }
