@@ -881,11 +881,11 @@ impl Session {
                 if self.cbuf.is_empty() {
                     // While the replies are plain, nothing the loop above
                     // tests changes (no close, no held bytes, no partial
-                    // line): the next ones are taken here.
-                    while !self.pipeline.local_at_head()
-                        && let Some(line) = data
-                            .get(pos..)
-                            .and_then(|rest| rest.get(..=bytes::find_lf(rest)?))
+                    // line): the next ones are taken here, up to one that
+                    // is not (an engine's reply at the head is not).
+                    while let Some(line) = data
+                        .get(pos..)
+                        .and_then(|rest| rest.get(..=bytes::find_lf(rest)?))
                         && self.plain_reply(line)
                     {
                         pos += line.len();
