@@ -179,6 +179,11 @@ fn reply_lines() -> impl Strategy<Value = Vec<u8>> {
         b"221 bye\r\n",
         b"no code\r\n",
         b"250\r\n",
+        b"550\n",
+        b"25\r\n",
+        b"2\n",
+        b"250-\r\n",
+        b"5x0 odd\r\n",
     ]);
     prop::collection::vec(lines, 1..40).prop_map(|v| v.concat())
 }

@@ -932,16 +932,20 @@ impl Session {
         if self.reply_line != 0 || self.ehlo.holds() {
             return false;
         }
-        let (content, _) = split_eol(line);
-        let Some(code) = code_of(content) else {
+        // `code_of` and the `-` test of `on_reply_line`, on the line itself:
+        // three digits are never part of the line ending, and neither is a
+        // `-` after them. A code of 500 to 599 starts with a 5.
+        let Some(&[first, b, c]) = line.first_chunk::<3>() else {
             return false;
         };
-        if content.get(3) == Some(&b'-') {
+        if !(first.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit())
+            || line.get(3) == Some(&b'-')
+        {
             return false;
         }
         let plain = match self.pipeline.head() {
             Some(Pending::Mail | Pending::Other) => true,
-            Some(Pending::Rcpt) => !(500..600).contains(&code),
+            Some(Pending::Rcpt) => first != b'5',
             _ => false,
         };
         if plain {
