@@ -141,8 +141,88 @@ fn s(b: &[u8]) -> Step {
     Step::Server(b.to_vec())
 }
 
+/// Command lines for pipelined writes: the usual ones the session takes
+/// in its loop, and ones it refuses, masks, rewrites (compat) or waits on.
+fn command_lines() -> impl Strategy<Value = Vec<u8>> {
+    let lines = prop::sample::select(vec![
+        &b"MAIL FROM:<sender@client.example>\r\n"[..],
+        b"MAIL FROM:<a|b@x>\r\n",
+        b"MAIL FROM:<a@b> SIZE=10\r\n",
+        b"mail from:<>\n",
+        b"RCPT TO:<user@mx.example>\r\n",
+        b"RCPT TO:<a b@c>\r\n",
+        b"RCPT TO:<\"q\"@x>\r\n",
+        b"rcpt to:<postmaster>\n",
+        b"RCPT TO:<|cmd@x>\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"NOOP\rX\r\n",
+        b"VRFY x\r\n",
+        b"XYZZY\r\n",
+        b"\r\n",
+        b"DATA\r\n",
+        b"QUIT\r\n",
+        b"BDAT 3 LAST\r\nabc",
+    ]);
+    prop::collection::vec(lines, 1..40).prop_map(|v| v.concat())
+}
+
+/// Replies, single and multi-line, answering or not.
+fn reply_lines() -> impl Strategy<Value = Vec<u8>> {
+    let lines = prop::sample::select(vec![
+        &b"250 2.0.0 Ok\r\n"[..],
+        b"250 ok\n",
+        b"550 5.1.1 no such user\r\n",
+        b"452 later\r\n",
+        b"250-first\r\n250 last\r\n",
+        b"354 go ahead\r\n",
+        b"221 bye\r\n",
+        b"no code\r\n",
+        b"250\r\n",
+        b"550\n",
+        b"25\r\n",
+        b"2\n",
+        b"250-\r\n",
+        b"5x0 odd\r\n",
+    ]);
+    prop::collection::vec(lines, 1..40).prop_map(|v| v.concat())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Pipelined commands and replies give the same output whole (the
+    /// loops of usual lines and plain replies, runs copied at once), in
+    /// pieces, and a byte at a time (every line reassembled), whatever
+    /// the policy.
+    #[test]
+    fn pipelined_lines_read_alike_whole_and_in_pieces(
+        rounds in prop::collection::vec((command_lines(), reply_lines()), 1..6),
+        cuts in cuts(),
+        which in 0usize..5,
+    ) {
+        let policy = Arc::new(match which {
+            0 => common::modern(),
+            1 => common::compat(),
+            2 => common::rule("modern", "cmd verb VRFY NOOP", "mask log"),
+            3 => common::rule("modern", "cmd RCPT count gt 1", "drop-connection log"),
+            _ => common::rule("modern", "invalid-recipients count gt 1", "drop-connection log"),
+        });
+        let mut steps = vec![
+            s(b"220 mx ESMTP\r\n"),
+            c(b"EHLO c\r\n"),
+            s(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n"),
+        ];
+        for (commands, replies) in rounds {
+            steps.push(Step::Client(commands));
+            steps.push(Step::Server(replies));
+        }
+        let whole = play(&policy, &steps, &[0]);
+        let bytes = play(&policy, &steps, &[1]);
+        prop_assert_eq!(&whole, &bytes);
+        let split = play(&policy, &steps, &cuts);
+        prop_assert_eq!(whole, split);
+    }
 
     #[test]
     fn data_content_reaches_the_server_unchanged(

@@ -27,7 +27,9 @@ fn first(mask: u64) -> usize {
 /// `memchr`.
 const SHORT: usize = 64;
 
-/// Where the first LF of `s` is.
+/// Where the first LF of `s` is. (Always inlined: it cuts every line,
+/// and a call costs as much as a short line's search.)
+#[inline(always)]
 pub fn find_lf(s: &[u8]) -> Option<usize> {
     let head = s.get(..SHORT).unwrap_or(s);
     let (words, tail) = head.as_chunks::<8>();
@@ -43,6 +45,20 @@ pub fn find_lf(s: &[u8]) -> Option<usize> {
     }
     let from = head.len();
     memchr(b'\n', s.get(from..).unwrap_or_default()).map(|p| from + p)
+}
+
+/// Where the first `byte` of `s`, a short string, is.
+#[inline]
+pub fn find_short(byte: u8, s: &[u8]) -> Option<usize> {
+    let (words, tail) = s.as_chunks::<8>();
+    for (i, word) in words.iter().enumerate() {
+        let found = zeros(u64::from_le_bytes(*word) ^ splat(byte));
+        if found != 0 {
+            return Some(i * 8 + first(found));
+        }
+    }
+    let from = words.len() * 8;
+    tail.iter().position(|&b| b == byte).map(|p| from + p)
 }
 
 /// The first NUL or CR of `s`.
@@ -87,6 +103,15 @@ mod tests {
                 assert_eq!(first_nul_or_cr(&s), Some(0));
             }
             assert_eq!(find_lf(&vec![b'\r'; len]), None);
+            for at in 0..len {
+                for before in [0u8, b'?', b'A', 0xc0] {
+                    let mut s = vec![before; len];
+                    s[at] = b'@';
+                    assert_eq!(find_short(b'@', &s), Some(at), "{len} {at} {before}");
+                    s.truncate(at);
+                    assert_eq!(find_short(b'@', &s), None);
+                }
+            }
             assert_eq!(first_nul_or_cr(&vec![b'\n'; len]), None);
         }
     }

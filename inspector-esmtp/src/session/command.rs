@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use super::bytes::first_nul_or_cr;
+use super::bytes::{find_short, first_nul_or_cr};
 use super::split_eol;
 
 /// Longest BDAT size accepted, whatever the server advertised: Exim keeps
@@ -87,6 +87,8 @@ impl Verb {
 /// The verb of a command line, upper case (empty for an empty line or one
 /// starting with a space): borrowed from the line when it is written in
 /// upper case already, as clients do, so that reading it allocates nothing.
+/// (Inlined: the usual verbs are a comparison; the rest is `other_verb`.)
+#[inline]
 fn verb_of(content: &[u8]) -> (Cow<'_, str>, Verb) {
     // The usual verbs, found without a search or a UTF-8 check: none holds
     // a space, so one followed by a space or the end is the word before
@@ -99,6 +101,11 @@ fn verb_of(content: &[u8]) -> (Cow<'_, str>, Verb) {
             return (Cow::Borrowed(name), verb);
         }
     }
+    other_verb(content)
+}
+
+/// `verb_of` for any other verb.
+fn other_verb(content: &[u8]) -> (Cow<'_, str>, Verb) {
     let end = find(b' ', content).unwrap_or(content.len());
     let word = content.get(..end).unwrap_or_default();
     if word.iter().all(|b| b.is_ascii() && !b.is_ascii_lowercase()) {
@@ -153,7 +160,11 @@ pub enum Args {
 }
 
 impl<'a> Command<'a> {
-    /// Reads one complete command line (with its line ending).
+    /// Reads one complete command line (with its line ending). Inlined:
+    /// the usual lines (a verb alone, the usual MAIL and RCPT) are read
+    /// here and built in the caller's frame; any other goes on in
+    /// `parse_args`.
+    #[inline]
     pub fn parse(line: &'a [u8]) -> Self {
         let (content, eol) = split_eol(line);
         let (verb, kind) = verb_of(content);
@@ -175,15 +186,13 @@ impl<'a> Command<'a> {
         }
         // The usual MAIL FROM:<a@b> and RCPT TO:<a@b>, in one pass (the
         // verb is four letters: its argument starts at 5).
+        let arg = content.get(5..).unwrap_or_default();
         let usual = match kind {
-            Verb::Mail => Some((b"from".as_slice(), true)),
-            Verb::Rcpt => Some((b"to".as_slice(), false)),
+            Verb::Mail => usual_path(arg, b"from").map(|p| (p, true)),
+            Verb::Rcpt => usual_path(arg, b"to").map(|p| (p, false)),
             _ => None,
         };
-        if let Some((keyword, mail)) = usual
-            && let Some(arg) = content.get(5..)
-            && let Some((at, raw)) = usual_path(arg, keyword)
-        {
+        if let Some(((at, raw), mail)) = usual {
             return Self {
                 line,
                 content,
@@ -199,6 +208,18 @@ impl<'a> Command<'a> {
                 refusal: None,
             };
         }
+        Self::parse_args(line, content, eol, verb, kind)
+    }
+
+    /// `parse` for the lines it does not read itself.
+    #[inline(never)]
+    fn parse_args(
+        line: &'a [u8],
+        content: &'a [u8],
+        eol: &'a [u8],
+        verb: Cow<'a, str>,
+        kind: Verb,
+    ) -> Self {
         // The argument, after the verb and its one space.
         let arg = content.get(verb.len() + 1..).unwrap_or_default();
         let (path, read) = match kind {
@@ -241,10 +262,10 @@ impl<'a> Command<'a> {
 
 /// The path of a MAIL/RCPT argument `arg` (a part of `content`), extracted
 /// permissively, and the arguments, read strictly. `keyword` is lower case.
-fn read_path<'a>(
+fn read_path<'a, const N: usize>(
     content: &'a [u8],
     arg: &'a [u8],
-    keyword: &[u8],
+    keyword: &[u8; N],
     mail: bool,
 ) -> (Option<PathArg<'a>>, Result<Args, &'static str>) {
     let start = content.len() - arg.len();
@@ -401,10 +422,12 @@ const CLASS: [u8; 256] = {
     t
 };
 
-/// Whether every byte of `s` is of `class`.
+/// Whether every byte of `s` is of `class` (one bit): the classes of all
+/// its bytes together, without a branch per byte (the strings are short,
+/// and most pass).
 #[inline]
 fn all_of(s: &[u8], class: u8) -> bool {
-    s.iter().all(|&b| CLASS[usize::from(b)] & class != 0)
+    s.iter().fold(class, |all, &b| all & CLASS[usize::from(b)]) != 0
 }
 
 /// The strict reading of a MAIL/RCPT argument (rules 5 to 9 of the
@@ -412,9 +435,9 @@ fn all_of(s: &[u8], class: u8) -> bool {
 /// SP/TAB, an angle-bracketed path without comments, routes or nesting, and
 /// `*(1*SP keyword["="value])`. Returns the arguments, and the path's
 /// offset in `arg` and content.
-fn strict_path<'a>(
+fn strict_path<'a, const N: usize>(
     arg: &'a [u8],
-    keyword: &[u8],
+    keyword: &[u8; N],
     mail: bool,
 ) -> Result<(Args, usize, &'a [u8]), &'static str> {
     let (at, rest) = bracket(arg, keyword)?;
@@ -449,19 +472,25 @@ fn mail_args(mail: bool, size: Option<u64>) -> Args {
 /// The start of a strict MAIL/RCPT argument: `FROM:` (or `TO:`; `keyword`
 /// in lower case) right after the verb's space, optional SP/TAB, `<`.
 /// Returns the offset in `arg` of what follows the `<`, and that.
-fn bracket<'a>(arg: &'a [u8], keyword: &[u8]) -> Result<(usize, &'a [u8]), &'static str> {
-    let kw = arg.get(..keyword.len() + 1);
+/// (Inlined, and of a fixed keyword: its test is a word compare.)
+#[inline]
+fn bracket<'a, const N: usize>(
+    arg: &'a [u8],
+    keyword: &[u8; N],
+) -> Result<(usize, &'a [u8]), &'static str> {
     // `keyword` is letters, lower case: a byte is one of them in either
     // case exactly when setting its 0x20 bit gives the lower-case one.
-    let colon = kw.is_some_and(|k| {
-        k.iter().zip(keyword).all(|(&b, &l)| b | 0x20 == l) && k.last() == Some(&b':')
-    });
+    let colon = arg
+        .get(..N)
+        .and_then(|k| <[u8; N]>::try_from(k).ok())
+        .is_some_and(|k| k.map(|b| b | 0x20) == *keyword)
+        && arg.get(N) == Some(&b':');
     if !colon {
         // `FROM :` (Sendmail and smtp-proto take it, Postfix and Exim do
         // not), a missing keyword, or anything else.
         return Err("MAIL/RCPT without FROM:/TO: right after the verb");
     }
-    let rest = arg.get(keyword.len() + 1..).unwrap_or_default();
+    let rest = arg.get(N + 1..).unwrap_or_default();
     let n = rest
         .iter()
         .take_while(|&&b| b == b' ' || b == b'\t')
@@ -476,15 +505,30 @@ fn bracket<'a>(arg: &'a [u8], keyword: &[u8]) -> Result<(usize, &'a [u8]), &'sta
 }
 
 /// The usual MAIL/RCPT argument, `FROM:<local@domain>` (or `TO:`, with
-/// SP/TAB before the `<` or not) and nothing after the `>`, read in one
-/// pass: the path, at its offset in `arg`. It is what the strict reading
-/// accepts and the path it takes; and the line holds no fault (its bytes
-/// are letters, `:`, SP/TAB, the path's classes, `<` and `>`, and the
-/// argument starts with a letter). `None` for any other argument.
-fn usual_path<'a>(arg: &'a [u8], keyword: &[u8]) -> Option<(usize, &'a [u8])> {
+/// SP/TAB before the `<` or not) and nothing after the `>`: the path, at
+/// its offset in `arg`. It is what the strict reading accepts and the path
+/// it takes (`plain_path`'s form, its `>` the last byte); and the line
+/// holds no fault (its bytes are letters, `:`, SP/TAB, the path's classes,
+/// `<` and `>`, and the argument starts with a letter). `None` for any
+/// other argument. Neither `@` nor `>` is of either class, so the local
+/// part is what comes before the first `@`, and each part is checked
+/// whole, without a search for its end.
+#[inline]
+fn usual_path<'a, const N: usize>(arg: &'a [u8], keyword: &[u8; N]) -> Option<(usize, &'a [u8])> {
     let (at, rest) = bracket(arg, keyword).ok()?;
-    let gt = plain_path(rest)?;
-    (gt + 1 == rest.len()).then(|| (at, rest.get(..gt).unwrap_or_default()))
+    let path = rest.strip_suffix(b">")?;
+    let ok = match find_short(b'@', path) {
+        Some(sep) => {
+            let (local, domain) = path.split_at(sep);
+            let domain = domain.get(1..).unwrap_or_default();
+            !local.is_empty()
+                && !domain.is_empty()
+                && all_of(local, ATEXT)
+                && all_of(domain, DOMAIN)
+        }
+        None => !path.is_empty() && all_of(path, ATEXT),
+    };
+    ok.then_some((at, path))
 }
 
 /// Where the `>` of the common path form is, `local@domain>` or `local>`
@@ -938,6 +982,60 @@ mod tests {
                 "{line:?}"
             );
             assert_eq!(bdat, line.starts_with("bdat"), "{line:?}");
+        }
+    }
+
+    /// `usual_path` takes exactly the arguments that `plain_path` reads
+    /// to their last byte: every string of up to 5 bytes from an alphabet
+    /// of each class's edges, after `FROM:<` or `TO: <`.
+    #[test]
+    fn the_usual_path_is_the_plain_path_to_the_end() {
+        fn by_search<'a>(arg: &'a [u8], keyword: &[u8; 4]) -> Option<(usize, &'a [u8])> {
+            let (at, rest) = bracket(arg, keyword).ok()?;
+            let gt = plain_path(rest)?;
+            (gt + 1 == rest.len()).then(|| (at, rest.get(..gt).unwrap_or_default()))
+        }
+        let alphabet = b"a@>.-_\"!<\r\0 \x80";
+        let mut strings: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut tested = 0;
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for s in &strings {
+                for &b in alphabet {
+                    let mut t = s.clone();
+                    t.push(b);
+                    for head in [&b"FROM:<"[..], b"from:\t<"] {
+                        let arg = [head, &t].concat();
+                        assert_eq!(
+                            usual_path(&arg, b"from"),
+                            by_search(&arg, b"from"),
+                            "{arg:?}"
+                        );
+                        tested += 1;
+                    }
+                    next.push(t);
+                }
+            }
+            strings = next;
+        }
+        assert!(tested > 300_000);
+        let arg = b"TO: <user@mx.example>";
+        assert_eq!(usual_path(arg, b"to"), Some((5, &b"user@mx.example"[..])));
+    }
+
+    /// Each length and each position of a byte outside the class.
+    #[test]
+    fn all_of_reads_every_byte() {
+        for len in 0..40 {
+            let s = vec![b'a'; len];
+            assert!(all_of(&s, ATEXT) && all_of(&s, DOMAIN));
+            for at in 0..len {
+                let mut t = s.clone();
+                t[at] = b'@';
+                assert!(!all_of(&t, ATEXT) && !all_of(&t, DOMAIN), "{len} {at}");
+                t[at] = b'!';
+                assert!(all_of(&t, ATEXT) && !all_of(&t, DOMAIN), "{len} {at}");
+            }
         }
     }
 

@@ -420,7 +420,10 @@ impl Session {
                 return;
             }
             let used = match self.mode {
-                ClientMode::Command => self.step_command(input, out),
+                ClientMode::Command => match self.step_commands(input, out) {
+                    0 => self.step_command(input, out),
+                    n => n,
+                },
                 ClientMode::Data(_) => self.step_data(input, out),
                 ClientMode::Raw { .. } => self.step_raw(input, out),
                 ClientMode::AuthResponse => self.step_auth_response(input, out),
@@ -431,6 +434,46 @@ impl Session {
                 _ => return,
             }
         }
+    }
+
+    /// Command mode, pipelined: the complete lines of `input` while
+    /// nothing is held or awaited, each as `step_command` takes it; the
+    /// lines forwarded as they are go to the server as runs, in one copy
+    /// each. Returns the bytes used (0: `step_command` takes the next line).
+    fn step_commands(&mut self, input: &[u8], out: &mut Output) -> usize {
+        // `input[run..pos]`: lines forwarded unchanged, not yet copied.
+        let (mut run, mut pos) = (0, 0);
+        while self.mode == ClientMode::Command
+            && self.cbuf.is_empty()
+            && !self.stopped()
+            && !self.opaque
+            && !self.pipeline.must_wait(self.ext.pipelining)
+            && let Some(rest) = input.get(pos..)
+            && let Some(lf) = bytes::find_lf(rest)
+            && lf < MAX_COMMAND_LINE
+        {
+            let line = rest.get(..=lf).unwrap_or(rest);
+            let start = pos;
+            pos += line.len();
+            let before = out.to_server.len();
+            let relay = self.on_command(line, out);
+            self.partial_since = None;
+            self.checked_len = 0;
+            if !relay {
+                // The run ends before this line, and goes before anything
+                // written for it (compat: `X`s, or the rewritten address).
+                let done = input.get(run..start).unwrap_or_default();
+                if out.to_server.len() == before {
+                    out.to_server.extend_from_slice(done);
+                } else {
+                    out.to_server.splice(before..before, done.iter().copied());
+                }
+                run = pos;
+            }
+        }
+        out.to_server
+            .extend_from_slice(input.get(run..pos).unwrap_or_default());
+        pos
     }
 
     /// Keeps client bytes until the owed reply arrives.
@@ -473,11 +516,15 @@ impl Session {
             return if self.stopped() { 0 } else { take };
         };
         if self.cbuf.is_empty() {
-            self.on_command(part, out);
+            if self.on_command(part, out) {
+                out.to_server.extend_from_slice(part);
+            }
         } else {
             let mut line = std::mem::take(&mut self.cbuf);
             extend_bounded(&mut line, part, MAX_AUTH_LINE);
-            self.on_command(&line, out);
+            if self.on_command(&line, out) {
+                out.to_server.extend_from_slice(&line);
+            }
             // Keep the allocation for the next line (unless bytes were
             // held meanwhile, which live in `cbuf` now).
             if self.cbuf.is_empty() {
@@ -582,7 +629,7 @@ impl Session {
     /// (the server answers 500), and the engine's own reply in modern mode;
     /// a line some server would read differently from the engine is
     /// answered by the engine in both modes.
-    fn on_command(&mut self, line: &[u8], out: &mut Output) {
+    fn on_command(&mut self, line: &[u8], out: &mut Output) -> bool {
         self.packets += 1;
         let cmd = Command::parse(line);
         if cmd.kind == Verb::Rcpt {
@@ -590,11 +637,16 @@ impl Session {
         }
         let rcpt_count = self.tx.rcpt_count;
         let checked = self.checked_len;
-        let v = self
-            .judge(&mut out.audit)
-            .command(&cmd, rcpt_count, checked);
+        // The rules' state is asked first: most commands no rule can match,
+        // and then no `Judge` is built.
+        let v = if self.rules.command_may_match(&cmd, rcpt_count) {
+            self.judge(&mut out.audit)
+                .command(&cmd, rcpt_count, checked)
+        } else {
+            Verdict::default()
+        };
         if self.conclude(&v, out) {
-            return;
+            return false;
         }
         if let Some(p) = &cmd.path {
             if is_program_address(&p.judged) || is_program_address(p.raw) {
@@ -605,11 +657,13 @@ impl Session {
                     },
                 });
                 self.close(Close::Fin, Tell::Modern(POLICY_CLOSE), out);
-                return;
+                return false;
             }
-            let params = self.judge(&mut out.audit).address(cmd.kind, &p.judged);
-            if self.conclude(&params, out) {
-                return;
+            if rules::address_params(&self.policy) {
+                let params = self.judge(&mut out.audit).address(cmd.kind, &p.judged);
+                if self.conclude(&params, out) {
+                    return false;
+                }
             }
         }
 
@@ -629,7 +683,7 @@ impl Session {
             if bdat {
                 // Its chunk follows, of a size no one can be sure of.
                 self.refuse_and_close(why, SYNTAX, out);
-                return;
+                return false;
             }
             Outcome::Reject(SYNTAX)
         } else if bdat && self.tx.bdat_refused {
@@ -638,7 +692,7 @@ impl Session {
             && self.bdat_too_big(size)
         {
             self.refuse_and_close("BDAT over the size limit", TOO_BIG, out);
-            return;
+            return false;
         } else if v.reject_rcpt {
             Outcome::Reject(TOO_MANY_RCPTS)
         } else {
@@ -647,8 +701,9 @@ impl Session {
         if bdat && matches!(outcome, Outcome::Refuse(_)) {
             self.tx.bdat_refused = true;
         }
+        let mut relay = false;
         match outcome {
-            Outcome::Forward => self.forward(&cmd, out),
+            Outcome::Forward => relay = self.forward(&cmd, out),
             Outcome::Reject(reply) => self.push(Pending::Local(reply), out),
             Outcome::Refuse(reply) if self.modern() => {
                 if bdat {
@@ -665,7 +720,7 @@ impl Session {
                         _ => {
                             let why = cmd.refusal.unwrap_or("malformed BDAT");
                             self.refuse_and_close(why, SYNTAX, out);
-                            return;
+                            return false;
                         }
                     }
                 }
@@ -681,6 +736,7 @@ impl Session {
             }
         }
         self.flush_local(out);
+        relay
     }
 
     /// Whether a chunk of `size` bytes would take the message over the
@@ -716,7 +772,8 @@ impl Session {
     }
 
     /// Sends an accepted command on and records the reply it is owed.
-    fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) {
+    /// Returns whether the line goes as is, which the caller copies.
+    fn forward(&mut self, cmd: &Command<'_>, out: &mut Output) -> bool {
         self.record.command(cmd);
         let pending = match cmd.kind {
             Verb::Ehlo => Pending::Ehlo,
@@ -743,7 +800,7 @@ impl Session {
                             self.message = Some(scan);
                         }
                         if self.stopped() {
-                            return;
+                            return false;
                         }
                     } else if size > 0 {
                         self.mode = ClientMode::Raw {
@@ -774,7 +831,7 @@ impl Session {
                 _ => Pending::Other,
             },
         };
-        match &cmd.path {
+        let relay = match &cmd.path {
             // The firewall replaced `|` in addresses by a space (108002).
             Some(p) if self.policy.mode == Mode::Compat && p.raw.contains(&b'|') => {
                 let rewritten = command::write_without_pipes(cmd, p, &mut out.to_server);
@@ -784,21 +841,31 @@ impl Session {
                         data: audit::excerpt(rewritten),
                     },
                 });
+                false
             }
-            _ => out.to_server.extend_from_slice(cmd.line),
-        }
+            _ => true,
+        };
         self.push(pending, out);
+        relay
     }
 
     // ---- Server bytes ----
 
-    fn feed_server(&mut self, mut input: &[u8], out: &mut Output) {
-        while !input.is_empty() && !self.is_closed() {
+    fn feed_server(&mut self, data: &[u8], out: &mut Output) {
+        // Replies that `plain_reply` takes are relayed as one run, copied
+        // when something else is written or the input ends: `data[run..pos]`.
+        let (mut run, mut pos) = (0, 0);
+        while let Some(input) = data.get(pos..).filter(|i| !i.is_empty())
+            && !self.is_closed()
+        {
             if self.opaque {
-                out.to_client.extend_from_slice(input);
+                out.to_client
+                    .extend_from_slice(data.get(run..).unwrap_or_default());
                 return;
             }
             let Some(p) = bytes::find_lf(input) else {
+                out.to_client
+                    .extend_from_slice(data.get(run..pos).unwrap_or_default());
                 if self.sbuf.len().saturating_add(input.len()) > MAX_LINE {
                     self.reply_too_long(out);
                 } else {
@@ -806,8 +873,39 @@ impl Session {
                 }
                 return;
             };
-            let (part, rest) = input.split_at(p + 1);
-            input = rest;
+            let part = input.get(..=p).unwrap_or(input);
+            let plain = self.sbuf.is_empty() && self.plain_reply(part);
+            let done = pos;
+            pos += part.len();
+            if plain {
+                if self.cbuf.is_empty() {
+                    // While the replies are plain, nothing the loop above
+                    // tests changes (no close, no held bytes, no partial
+                    // line): the next ones are taken here, up to one that
+                    // is not (an engine's reply at the head is not).
+                    while let Some(line) = data
+                        .get(pos..)
+                        .and_then(|rest| rest.get(..=bytes::find_lf(rest)?))
+                        && self.plain_reply(line)
+                    {
+                        pos += line.len();
+                    }
+                    if !self.pipeline.local_at_head() {
+                        continue;
+                    }
+                }
+                // The rest of `on_reply_end`: the engine's replies now at
+                // the head, then the client bytes held for this reply.
+                out.to_client
+                    .extend_from_slice(data.get(run..pos).unwrap_or_default());
+                run = pos;
+                self.flush_local(out);
+                self.release_held(out);
+                continue;
+            }
+            out.to_client
+                .extend_from_slice(data.get(run..done).unwrap_or_default());
+            run = pos;
             if self.sbuf.is_empty() {
                 self.on_reply_line(part, out);
             } else if self.sbuf.len().saturating_add(part.len()) > MAX_LINE {
@@ -820,6 +918,41 @@ impl Session {
                 self.sbuf = line;
             }
         }
+        out.to_client
+            .extend_from_slice(data.get(run..pos).unwrap_or_default());
+    }
+
+    /// The usual reply, taken whole here rather than by `on_reply_line`:
+    /// a reply of one line with a code, to a MAIL, to a RCPT (not 5xx: a
+    /// rejected recipient counts), or to a command whose reply changes
+    /// nothing (`Pending::Other`). Its only effects are the queue's pop and
+    /// the count; the caller relays the line. Returns whether it was one.
+    #[inline(always)]
+    fn plain_reply(&mut self, line: &[u8]) -> bool {
+        if self.reply_line != 0 || self.ehlo.holds() {
+            return false;
+        }
+        // `code_of` and the `-` test of `on_reply_line`, on the line itself:
+        // three digits are never part of the line ending, and neither is a
+        // `-` after them. A code of 500 to 599 starts with a 5.
+        let Some(&[first, b, c]) = line.first_chunk::<3>() else {
+            return false;
+        };
+        if !(first.is_ascii_digit() && b.is_ascii_digit() && c.is_ascii_digit())
+            || line.get(3) == Some(&b'-')
+        {
+            return false;
+        }
+        let plain = match self.pipeline.head() {
+            Some(Pending::Mail | Pending::Other) => true,
+            Some(Pending::Rcpt) => first != b'5',
+            _ => false,
+        };
+        if plain {
+            self.pipeline.pop_plain();
+            self.packets += 1;
+        }
+        plain
     }
 
     /// The server broke its reply framing: nothing it says can be trusted
@@ -1124,6 +1257,7 @@ impl Session {
 
     /// A protocol anomaly the session cannot continue after: audited
     /// (108004) and closed.
+    #[cold]
     fn anomaly(&mut self, what: &'static str, out: &mut Output) {
         out.audit.push(close::anomaly(self.peers, what));
         self.close(Close::Fin, Tell::Modern(PROTOCOL_CLOSE), out);
@@ -1180,7 +1314,8 @@ impl Session {
     // ---- Helpers ----
 
     /// Queues the reply a command is owed; a client that never reads its
-    /// replies ends the session.
+    /// replies ends the session. (Inlined: one per command.)
+    #[inline]
     fn push(&mut self, pending: Pending, out: &mut Output) {
         if self.pipeline.push(pending).is_err() {
             self.anomaly("too many commands awaiting replies", out);

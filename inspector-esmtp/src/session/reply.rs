@@ -145,6 +145,11 @@ impl EhloRewrite {
         }
     }
 
+    /// Whether a line is held back.
+    pub fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// A line held back goes out first, whatever ends the reply.
     pub fn flush(&mut self, to: &mut Vec<u8>) {
         if let Some(held) = self.held.take() {

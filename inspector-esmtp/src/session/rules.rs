@@ -51,6 +51,13 @@ impl RuleState {
         }
     }
 
+    /// Whether some `cmd …` or `sender-address …` rule can match `cmd`
+    /// (false only if none can; `Judge::command` then has nothing to do).
+    #[inline]
+    pub fn command_may_match(&self, cmd: &Command<'_>, rcpt_count: u64) -> bool {
+        self.commands.may_match(cmd, rcpt_count)
+    }
+
     /// A message starts: every content rule may fire again.
     pub fn new_message(&mut self) {
         self.fired.iter_mut().for_each(|f| *f = false);
@@ -135,6 +142,13 @@ impl CommandRules {
             || self.any_verb
             || self.verbs.iter().any(|v| *v == cmd.verb)
     }
+}
+
+/// Whether the policy has a parameter on addresses (`special-character`,
+/// `mail-relay`): without one, `Judge::address` has nothing to do.
+#[inline]
+pub fn address_params(policy: &EsmtpPolicy) -> bool {
+    policy.special_character.is_some() || policy.mail_relay.is_some()
 }
 
 /// Matching commands of a `rate-limit N` rule in the current second.
@@ -273,7 +287,7 @@ impl Judge<'_> {
     /// (Inlined: without either parameter there is nothing to do.)
     #[inline]
     pub fn address(self, verb: Verb, address: &[u8]) -> Verdict {
-        if self.policy.special_character.is_none() && self.policy.mail_relay.is_none() {
+        if !address_params(self.policy) {
             return Verdict::default();
         }
         self.address_params(verb, address)
