@@ -17,7 +17,7 @@ use std::{
 
 use inspector_lab::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
-    syn::SynFlood,
+    frame_flood::FrameFlood, syn::SynFlood,
 };
 use support::flood::{
     Through, route_spoofed_sources_to_client, start_smtp_sink, swaks_during_flood, syn_recv,
@@ -241,6 +241,73 @@ fn syn_flood_is_held_to_max_embryonic_and_expires() {
         "embryonic entries expired: {:?}",
         server_counts(&pins, SERVER_V4.into())
     );
+}
+
+/// A flood that reaches the gateway as XDP frames, the way a NIC delivers
+/// packets (no socket buffer behind them, see `inspector_lab::frame_flood`),
+/// to the program in native mode: first, with no program, every frame is a
+/// valid SYN the server takes (so the sender is sound); then the limit holds
+/// the server to `max-embryonic = 20` and counts every other SYN.
+#[test]
+fn syn_flood_of_xdp_frames_is_held_to_max_embryonic_native() {
+    let lab = lab("frames");
+    let pins = PinDir::new("frames");
+    route_spoofed_sources_to_client(&lab);
+    lab.server.sysctl("net.ipv4.tcp_syncookies", "0").unwrap();
+    lab.server
+        .sysctl("net.ipv4.tcp_max_syn_backlog", "4096")
+        .unwrap();
+    // ndo_xdp_xmit needs NAPI on the receiving veth: GRO asks for it
+    // while no XDP program is attached.
+    assert!(
+        lab.gateway
+            .command("ethtool")
+            .args(["-K", OUTSIDE, "gro", "on"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let server = Server::start(&lab.server, SERVER_V4.into(), 4096);
+    let SocketAddr::V4(dst) = server.addr else {
+        unreachable!()
+    };
+    let gateway_mac = inspector_lab::raw::mac(&lab.gateway, OUTSIDE).unwrap();
+    let flood = FrameFlood::new(&lab.client, "eth0", gateway_mac, dst).unwrap();
+    // The server's MAC first: a burst to an unresolved neighbour waits in
+    // its queue, which holds about 50 frames of a page each.
+    drop(connect(&lab, CLIENT_V4.into(), &server).expect("a connection before the flood"));
+    flood.send(300).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || syn_recv(&lab.server) >= 295),
+        "valid SYNs from distinct sources reach the server: {}",
+        syn_recv(&lab.server)
+    );
+    assert_eq!(nstat(&lab.server, "TcpInCsumErrors"), 0);
+    assert_eq!(nstat(&lab.gateway, "IpInHdrErrors"), 0);
+
+    let policy = PolicyFile::new(
+        "frames",
+        &format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-embryonic = 20\non-embryonic-limit = \"drop\"\n"
+        ),
+    );
+    let _daemon = start_daemon_with(
+        &lab,
+        &pins,
+        &[OUTSIDE, INSIDE],
+        Some(policy.path()),
+        &["--no-proxy", "--xdp-mode", "native"],
+    );
+    let before = syn_recv(&lab.server);
+    for _ in 0..20 {
+        flood.send(100).unwrap();
+    }
+    thread::sleep(Duration::from_millis(200));
+    let through = syn_recv(&lab.server).saturating_sub(before);
+    assert!(through <= 20, "{through} more half-open at the server");
+    assert_eq!(server_counts(&pins, SERVER_V4.into()).0, 20);
+    let dropped = drops(&pins, "max-embryonic");
+    assert!(dropped >= 1900, "dropped {dropped} of 1980 over the limit");
 }
 
 /// TCP intercept: a spoofed SYN flood over `max-embryonic = 20` never gives

@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod exim;
 pub mod figures;
+pub mod frame_flood;
 pub mod inspector;
 pub mod kubernetes;
 pub mod load;
