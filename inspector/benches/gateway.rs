@@ -3,11 +3,13 @@
 //!
 //! - CPU time per SYN of a spoofed flood, on the gateway: its `outside`
 //!   veth does its receive work in a threaded NAPI kernel thread pinned to
-//!   one CPU (the senders run on the other), and that thread's run time
+//!   one CPU (the senders, which send XDP frames as a NIC would deliver
+//!   them, run on the other), and that thread's run time
 //!   (`/proc/PID/schedstat`) divided by the SYNs handled is the cost of a
 //!   packet. Handled: dropped by our XDP limit (`on-embryonic-limit =
-//!   "drop"`) or by nftables `ct count` on the forward hook; answered with
-//!   a SYN cookie by our XDP intercept or by nftables `synproxy`.
+//!   "drop"`), by nftables `ct count` on the forward hook or by a program
+//!   that only drops (the floor); answered with a SYN cookie by our XDP
+//!   intercept or by nftables `synproxy`.
 //! - SMTP sessions per second through our intercept and through nftables
 //!   `synproxy`, each during the same steady flood and without it.
 //! - A 50 MiB transfer over an intercepted connection and over one that was
@@ -37,7 +39,9 @@ use inspector_common::{DropReason, InterceptEvent};
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4,
     figures::{median, settled},
+    frame_flood::{DropAll, FrameFlood},
     load::{sessions_during_flood, sessions_per_s, wait_smtp},
+    raw::mac,
     syn::{SPOOFED_V4, SynFlood},
 };
 
@@ -201,7 +205,9 @@ fn cpu_per_syn(
     let (drop_pins, icept_pins) = (pins("drop")?, pins("icept")?);
     let pass_pins = pins("pass")?;
     let (drop_policy, icept_policy) = (policy("drop")?, policy("intercept")?);
-    let mut rows: [Vec<(f64, f64)>; 4] = Default::default();
+    let floor_pins = pins("floor")?;
+    let floor = DropAll::pin(&floor_pins.path().join("drop_all"))?;
+    let mut rows: [Vec<(f64, f64)>; 5] = Default::default();
     for _ in 0..repeats {
         let ebpf = ours(lab, drop_pins.path(), &drop_policy)?;
         rows[0].push(measure(lab, napi, syns, || {
@@ -229,9 +235,32 @@ fn cpu_per_syn(
         delete_table(lab)?;
         rows[3].push(nft?);
         drop(pass);
+
+        // nsenter, not `ip -n`: that mounts a /sys of its own, without the pin.
+        let link = |how: &[&str]| -> Result<()> {
+            let ok = lab
+                .gateway
+                .command("ip")
+                .args(["link", "set", "dev", OUTSIDE, "xdpdrv"])
+                .args(how)
+                .status()?
+                .success();
+            ok.then_some(())
+                .with_context(|| format!("ip link set dev {OUTSIDE} xdpdrv {how:?}"))
+        };
+        link(&["pinned", &floor.path().to_string_lossy()])?;
+        let dropped = measure(lab, napi, syns, || veth_stat(lab, "rx_queue_0_xdp_drops"));
+        link(&["off"])?;
+        rows[4].push(dropped?);
     }
     let mut out = serde_json::Map::new();
-    let names = ["xdp_drop", "nft_ct_count", "xdp_intercept", "nft_synproxy"];
+    let names = [
+        "xdp_drop",
+        "nft_ct_count",
+        "xdp_intercept",
+        "nft_synproxy",
+        "xdp_drop_all",
+    ];
     for (name, row) in names.iter().zip(rows) {
         let (ns, share): (Vec<f64>, Vec<f64>) = row.into_iter().unzip();
         out.insert(format!("{name}_ns"), median(ns).into());
@@ -254,17 +283,19 @@ fn measure(
     let server = SocketAddr::new(SERVER_V4.into(), 25);
     SynFlood::new(&lab.client, server)?.send(2 * LIMIT as usize)?;
     std::thread::sleep(Duration::from_millis(100));
-    let mut floods = (0..SENDERS)
-        .map(|_| SynFlood::new(&lab.client, server))
-        .collect::<Result<Vec<_>>>()?;
+    let SocketAddr::V4(dst) = server else {
+        bail!("an IPv4 server")
+    };
+    let gateway_mac = mac(&lab.gateway, OUTSIDE)?;
+    let flood = FrameFlood::new(&lab.client, "eth0", gateway_mac, dst)?;
     let (before, ran_before) = (handled()?, run_time_ns(napi)?);
     std::thread::scope(|scope| {
-        let senders: Vec<_> = floods
-            .iter_mut()
-            .map(|flood| {
+        let flood = &flood;
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|_| {
                 scope.spawn(move || {
                     pin(0, SENDER_CPU)?;
-                    flood.send(syns / SENDERS)
+                    flood.send((syns / SENDERS) as u32)
                 })
             })
             .collect();
@@ -279,6 +310,20 @@ fn measure(
         bail!("none of {syns} SYNs was handled");
     }
     Ok((ran as f64 / count as f64, count as f64 / syns as f64))
+}
+
+/// A counter of the gateway's `outside` veth (`ethtool -S`).
+fn veth_stat(lab: &Lab, name: &str) -> Result<u64> {
+    let out = lab
+        .gateway
+        .command("ethtool")
+        .args(["-S", OUTSIDE])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no {name} in ethtool -S {OUTSIDE}: {text}"))
 }
 
 /// SMTP sessions per second with our intercept and with nftables'
