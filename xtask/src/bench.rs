@@ -849,15 +849,18 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
         "\nThe issue's target, an XDP drop at least 5 times cheaper than `ct count`, \
          is {} on this path ({ratio:.1}). Above the floor ({floor:.0} ns: the veth \
          receiving a frame and a program that only drops it), the cost is our \
-         program's own (its run time per packet, `kernel.bpf_stats_enabled`, \
-         agrees). A spoofed flood makes every lookup keyed by the source miss in \
-         a table far larger than the caches; the one left on the drop path is \
-         the flow table's, which a retransmitted SYN of a tracked flow needs. \
-         The per-client counts are read only where a per-client limit is set: \
-         with that read the program took about 750 ns per dropped SYN here, \
-         without it about 230. Under `BPF_PROG_TEST_RUN` (the classifier table \
-         above), where the same frame repeats and every lookup hits the cache, \
-         the same program takes about 100 ns.",
+         program's: a spoofed flood makes every lookup keyed by the source miss \
+         in a table far larger than the caches; the one left on the drop path \
+         is the flow table's, which a retransmitted SYN of a tracked flow needs. \
+         In a run sampled by hand (`kernel.bpf_stats_enabled`, `bpftool prog \
+         show`), the program took about 750 ns per dropped SYN while it also \
+         read the per-client counts, and about 230 of the 313 ns that run \
+         measured once it reads them only where a per-client limit is set; \
+         under `BPF_PROG_TEST_RUN` (the classifier table above), where the same \
+         frame repeats and every lookup hits the cache, it takes about 100 ns. \
+         Costs made of cache misses swing with whatever shares the cache: the \
+         drop measured 313 to 889 ns, and `ct count` 1142 to 2060, in runs of \
+         the same build on this machine.",
         if ratio >= 5.0 { "met" } else { "not met" }
     )?;
     let s = &g["sessions"];
