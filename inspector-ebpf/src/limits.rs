@@ -273,27 +273,12 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
 #[inline(always)]
 fn admit(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: &ServerLimits) -> Verdict {
     let (s, c) = counts(w, limits);
-    // Every limit that applies is checked, so the lowest one wins.
-    let reason = if reached(limits.max_conns, s.embryonic + s.established) {
-        Some(DropReason::MaxConns)
-    } else if reached(limits.max_embryonic, s.embryonic) {
-        Some(DropReason::MaxEmbryonic)
-    } else if reached(limits.per_client_max, c.embryonic + c.established) {
-        Some(DropReason::PerClientMax)
-    } else if reached(limits.per_client_embryonic_max, c.embryonic) {
-        Some(DropReason::PerClientEmbryonicMax)
-    } else {
-        None
-    };
-    let Some(mut reason) = reason else {
-        let isn = seq(packet, tcp).unwrap_or(0);
-        track_new(
-            w,
-            flow_state::EMBRYONIC,
-            Kind::Embryonic,
-            isn.wrapping_add(1),
-        );
-        return Verdict::Pass;
+    let mut reason = match first_full(limits, &s, &c, 0) {
+        Some(reason) => reason,
+        None => match take_slot(packet, tcp, w, limits) {
+            None => return Verdict::Pass,
+            Some(reason) => reason,
+        },
     };
     if limits.on_embryonic_limit == ON_LIMIT_INTERCEPT {
         match established_full(limits, &s, &c) {
@@ -307,6 +292,50 @@ fn admit(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: &ServerLimits) -> Ver
     }
     count_limit_drop(reason);
     Verdict::Drop
+}
+
+/// The first limit the counts reach (every limit that applies is checked,
+/// so the lowest one wins), `own` of them being this SYN's own.
+#[inline(always)]
+fn first_full(limits: &ServerLimits, s: &Current, c: &Current, own: u64) -> Option<DropReason> {
+    let full = |limit: u32, count: u64| reached(limit, count.saturating_sub(own));
+    if full(limits.max_conns, s.embryonic + s.established) {
+        Some(DropReason::MaxConns)
+    } else if full(limits.max_embryonic, s.embryonic) {
+        Some(DropReason::MaxEmbryonic)
+    } else if full(limits.per_client_max, c.embryonic + c.established) {
+        Some(DropReason::PerClientMax)
+    } else if full(limits.per_client_embryonic_max, c.embryonic) {
+        Some(DropReason::PerClientEmbryonicMax)
+    } else {
+        None
+    }
+}
+
+/// Tracks a SYN that found room, then reads the counts again: two CPUs that
+/// both found the last slot free have both added by then, and at least one
+/// of them sees the other's add and gives its slot back (near a limit both
+/// may; the client sends its SYN again). So no limit is passed, with the
+/// plain atomic add the BPF target has (no fetch-add: the linker targets
+/// the generic CPU). Returns the limit it gave the slot back for.
+#[inline(always)]
+fn take_slot(
+    packet: &Packet,
+    tcp: &Tcp,
+    w: &mut Work,
+    limits: &ServerLimits,
+) -> Option<DropReason> {
+    let isn = seq(packet, tcp).unwrap_or(0);
+    track_new(
+        w,
+        flow_state::EMBRYONIC,
+        Kind::Embryonic,
+        isn.wrapping_add(1),
+    );
+    let (s, c) = counts(w, limits);
+    let reason = first_full(limits, &s, &c, 1)?;
+    forget(w);
+    Some(reason)
 }
 
 /// Which connection limit established flows alone fill, if any: then
