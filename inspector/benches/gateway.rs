@@ -205,25 +205,31 @@ fn cpu_per_syn(
     let (drop_pins, icept_pins) = (pins("drop")?, pins("icept")?);
     let pass_pins = pins("pass")?;
     let (drop_policy, icept_policy) = (policy("drop")?, policy("intercept")?);
+    let SocketAddr::V4(dst) = server else {
+        bail!("an IPv4 server")
+    };
+    let flood = FrameFlood::new(&lab.client, "eth0", mac(&lab.gateway, OUTSIDE)?, dst)?;
     let floor_pins = pins("floor")?;
     let floor = DropAll::pin(&floor_pins.path().join("drop_all"))?;
     let mut rows: [Vec<(f64, f64)>; 5] = Default::default();
     for _ in 0..repeats {
         let ebpf = ours(lab, drop_pins.path(), &drop_policy)?;
-        rows[0].push(measure(lab, napi, syns, || {
+        rows[0].push(measure(lab, napi, &flood, syns, || {
             Ok(LimitStats::read(drop_pins.path(), 0)?.drops[DropReason::MaxEmbryonic as usize])
         })?);
         drop(ebpf);
 
         let pass = pass_on_outside(lab, &pass_pins)?;
         lab.gateway.nft(&ct_count_script())?;
-        let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
+        let nft = measure(lab, napi, &flood, syns, || {
+            lab.gateway.nft_counter("ip", TABLE)
+        });
         delete_table(lab)?;
         rows[1].push(nft?);
         drop(pass);
 
         let ebpf = ours(lab, icept_pins.path(), &icept_policy)?;
-        rows[2].push(measure(lab, napi, syns, || {
+        rows[2].push(measure(lab, napi, &flood, syns, || {
             Ok(LimitStats::read(icept_pins.path(), 0)?.intercepts
                 [InterceptEvent::CookieSent as usize])
         })?);
@@ -231,26 +237,22 @@ fn cpu_per_syn(
 
         let pass = pass_on_outside(lab, &pass_pins)?;
         lab.gateway.nft(&synproxy_script(wscale))?;
-        let nft = measure(lab, napi, syns, || lab.gateway.nft_counter("ip", TABLE));
+        let nft = measure(lab, napi, &flood, syns, || {
+            lab.gateway.nft_counter("ip", TABLE)
+        });
         delete_table(lab)?;
         rows[3].push(nft?);
         drop(pass);
 
-        // nsenter, not `ip -n`: that mounts a /sys of its own, without the pin.
-        let link = |how: &[&str]| -> Result<()> {
-            let ok = lab
-                .gateway
-                .command("ip")
-                .args(["link", "set", "dev", OUTSIDE, "xdpdrv"])
-                .args(how)
-                .status()?
-                .success();
-            ok.then_some(())
-                .with_context(|| format!("ip link set dev {OUTSIDE} xdpdrv {how:?}"))
+        let xdpdrv = |how: &[&str]| {
+            let set = ["link", "set", "dev", OUTSIDE, "xdpdrv"];
+            lab.gateway.ip(&[&set[..], how].concat())
         };
-        link(&["pinned", &floor.path().to_string_lossy()])?;
-        let dropped = measure(lab, napi, syns, || veth_stat(lab, "rx_queue_0_xdp_drops"));
-        link(&["off"])?;
+        xdpdrv(&["pinned", &floor.path().to_string_lossy()])?;
+        let dropped = measure(lab, napi, &flood, syns, || {
+            veth_stat(lab, "rx_queue_0_xdp_drops")
+        });
+        xdpdrv(&["off"])?;
         rows[4].push(dropped?);
     }
     let mut out = serde_json::Map::new();
@@ -269,7 +271,8 @@ fn cpu_per_syn(
     Ok(out.into())
 }
 
-/// Fills the limit, then sends `syns` more from [`SENDERS`] threads and
+/// Fills the limit, then sends `syns` more from [`SENDERS`] threads (as
+/// `flood`'s frames) and
 /// returns the gateway thread's run time per SYN handled (as `handled`
 /// counts them) and the share of the SYNs sent that were handled: when
 /// the gateway's thread cannot keep up, the veth's ring drops the rest
@@ -277,20 +280,15 @@ fn cpu_per_syn(
 fn measure(
     lab: &Lab,
     napi: u32,
+    flood: &FrameFlood,
     syns: usize,
     handled: impl Fn() -> Result<u64>,
 ) -> Result<(f64, f64)> {
     let server = SocketAddr::new(SERVER_V4.into(), 25);
     SynFlood::new(&lab.client, server)?.send(2 * LIMIT as usize)?;
     std::thread::sleep(Duration::from_millis(100));
-    let SocketAddr::V4(dst) = server else {
-        bail!("an IPv4 server")
-    };
-    let gateway_mac = mac(&lab.gateway, OUTSIDE)?;
-    let flood = FrameFlood::new(&lab.client, "eth0", gateway_mac, dst)?;
     let (before, ran_before) = (handled()?, run_time_ns(napi)?);
     std::thread::scope(|scope| {
-        let flood = &flood;
         let senders: Vec<_> = (0..SENDERS)
             .map(|_| {
                 scope.spawn(move || {

@@ -26,7 +26,11 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use inspector_common::csum;
 
-use crate::{Netns, is_lab_address, raw::mac, syn::SPOOFED_V4, syn::syn_v4};
+use crate::{
+    Netns, is_lab_address,
+    raw::{ifindex, mac},
+    syn::{SPOOFED_V4, syn_v4},
+};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
@@ -67,27 +71,14 @@ impl FrameFlood {
             SPOOFED_V4.1 == 16,
             "the program writes the low half of a /16"
         );
-        let mut frame = next_hop_mac.to_vec();
-        frame.extend_from_slice(&mac(ns, dev)?);
-        frame.extend_from_slice(&0x0800u16.to_be_bytes());
-        // The fields the program writes are zero in the template, so each
-        // copy's checksums are the template's plus the words written.
-        let mut ip = syn_v4(SPOOFED_V4.0, 0, *dst.ip(), dst.port(), 0);
-        let check = csum::ipv4_header(ip[..20].try_into()?);
-        ip[10..12].copy_from_slice(&check.to_be_bytes());
-        frame.extend_from_slice(&ip);
+        let frame = template(next_hop_mac, mac(ns, dev)?, dst);
         ensure!(
             frame.len() == FRAME_LEN,
             "a SYN frame of {} bytes",
             frame.len()
         );
         let prog = load(&program(&frame))?;
-        let name = std::ffi::CString::new(dev)?;
-        // SAFETY: a NUL-terminated name; the call only reads it.
-        let ifindex = ns.run(move || unsafe { libc::if_nametoindex(name.as_ptr()) })?;
-        if ifindex == 0 {
-            bail!("no device {dev} in {}", ns.name);
-        }
+        let ifindex = ifindex(ns, dev)?;
         Ok(Self {
             ns: Netns::new(ns.name.clone()),
             prog,
@@ -104,6 +95,19 @@ impl FrameFlood {
         self.ns
             .run(move || test_run_live(prog, ifindex, frame, count))?
     }
+}
+
+/// The frame the program starts each copy from: a SYN to `dst` with an
+/// MSS option. The fields the program writes are zero here, so each copy's
+/// checksums are the template's plus the words written.
+fn template(dst_mac: [u8; 6], src_mac: [u8; 6], dst: SocketAddrV4) -> Vec<u8> {
+    let mut frame = [dst_mac, src_mac].concat();
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = syn_v4(SPOOFED_V4.0, 0, *dst.ip(), dst.port(), 0);
+    let header: [u8; 20] = ip[..20].try_into().expect("an IPv4 header");
+    ip[10..12].copy_from_slice(&csum::ipv4_header(&header).to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame
 }
 
 /// An XDP program that drops every frame, pinned at `path` (removed on
@@ -425,11 +429,7 @@ mod tests {
     #[test]
     fn written_fields_keep_both_checksums_valid() {
         let dst = SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 25), 25);
-        let mut frame = [0u8; 14].to_vec();
-        let mut ip = syn_v4(SPOOFED_V4.0, 0, *dst.ip(), 25, 0);
-        let check = csum::ipv4_header((&ip[..20]).try_into().unwrap());
-        ip[10..12].copy_from_slice(&check.to_be_bytes());
-        frame.extend_from_slice(&ip);
+        let frame = template([0; 6], [0; 6], dst);
         let (ip_base, tcp_base) = (
             sum_of_others(&frame, IP_CHECK) as u32,
             sum_of_others(&frame, TCP_CHECK) as u32,

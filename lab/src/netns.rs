@@ -38,9 +38,11 @@ impl Netns {
         cmd
     }
 
-    /// Runs `ip ARGS` in this namespace.
+    /// Runs `ip ARGS` in this namespace, through [`Self::command`]: `ip -n`
+    /// would mount a /sys of its own, where a program pinned in bpffs
+    /// (`xdpdrv pinned PATH`) cannot be found.
     pub fn ip(&self, args: &[&str]) -> Result<()> {
-        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+        run(self.command("ip").args(args))
     }
 
     pub(crate) fn addr(&self, dev: &str, addrs: &[IpAddr], prefix: u8) -> Result<()> {

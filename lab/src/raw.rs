@@ -53,21 +53,16 @@ pub struct RawEthernet {
 
 impl RawEthernet {
     pub fn new(ns: &Netns, dev: &str) -> Result<Self> {
-        let name = std::ffi::CString::new(dev)?;
-        let (fd, ifindex) = ns
-            .run(move || {
-                // SAFETY: plain syscalls; the fd is owned at once.
+        let ifindex = ifindex(ns, dev)? as i32;
+        let fd = ns
+            .run(|| {
+                // SAFETY: a plain syscall; the fd is owned at once.
                 unsafe {
                     let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
                     if fd < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    let fd = OwnedFd::from_raw_fd(fd);
-                    let ifindex = libc::if_nametoindex(name.as_ptr());
-                    if ifindex == 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok((fd, ifindex as i32))
+                    Ok(OwnedFd::from_raw_fd(fd))
                 }
             })?
             .with_context(|| format!("opening a packet socket on {dev} in {}", ns.name))?;
@@ -99,6 +94,17 @@ impl RawEthernet {
         }
         Ok(())
     }
+}
+
+/// The interface index of `dev` in `ns`.
+pub fn ifindex(ns: &Netns, dev: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(dev)?;
+    // SAFETY: a NUL-terminated name; the call only reads it.
+    let index = ns.run(move || unsafe { libc::if_nametoindex(name.as_ptr()) })?;
+    if index == 0 {
+        bail!("no device {dev} in {}", ns.name);
+    }
+    Ok(index)
 }
 
 /// The MAC address of `dev` in `ns`.
