@@ -38,7 +38,7 @@ use inspector::{
 use inspector_common::{DropReason, InterceptEvent};
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4,
-    figures::{median, settled},
+    figures::{median, pin, settled},
     frame_flood::{DropAll, FrameFlood},
     load::{sessions_during_flood, sessions_per_s, wait_smtp},
     raw::mac,
@@ -551,24 +551,6 @@ fn threads(prefix: &str) -> Vec<u32> {
                 .is_ok_and(|c| c.starts_with(prefix))
         })
         .collect()
-}
-
-/// Pins `pid` (0: the calling thread) to `cpu`.
-fn pin(pid: u32, cpu: usize) -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it, and
-    // sched_setaffinity only reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        bail!(
-            "pinning {pid} to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
 }
 
 /// The time `pid` has run on a CPU, in ns (the first field of schedstat).

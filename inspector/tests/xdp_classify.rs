@@ -972,12 +972,7 @@ fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
             .map(|cpu| {
                 let (frames, ready) = (&frames, &ready);
                 scope.spawn(move || {
-                    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
-                    unsafe {
-                        let mut set: libc::cpu_set_t = std::mem::zeroed();
-                        libc::CPU_SET(cpu, &mut set);
-                        assert_eq!(libc::sched_setaffinity(0, size_of_val(&set), &set), 0);
-                    }
+                    inspector_lab::figures::pin(0, cpu).unwrap();
                     let mut passed = 0;
                     for (round, pair) in frames.iter().enumerate() {
                         // Both arrive, then both go.

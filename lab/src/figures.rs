@@ -1,7 +1,7 @@
 //! What the benchmarks compute from their samples, and the memory and CPU
-//! time of a process or of the machine.
+//! time of a process or of the machine, and the CPU a thread runs on.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 /// The median of `samples` (the upper one of an even count).
 pub fn median(mut samples: Vec<f64>) -> f64 {
@@ -96,6 +96,24 @@ pub fn process_cpu(pid: u32) -> Result<f64> {
             .context("short /proc/PID/stat")
     };
     Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+}
+
+/// Pins `pid` (0: the calling thread) to `cpu`.
+pub fn pin(pid: u32, cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes within it, and
+    // sched_setaffinity only reads it.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid as i32, size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        bail!(
+            "pinning {pid} to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
