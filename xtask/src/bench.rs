@@ -817,10 +817,10 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
     )?;
     writeln!(w, "|---|---|---|---|---|")?;
     let share = |key: &str| -> Result<String> { Ok(format!("{:.0} %", 100.0 * f(cpu, key)?)) };
+    let ratio = nc / xd;
     writeln!(
         w,
-        "| dropped (limit; `ct count`) | {xd:.0} ns | {nc:.0} ns | {:.1} | {} / {} |",
-        nc / xd,
+        "| dropped (limit; `ct count`) | {xd:.0} ns | {nc:.0} ns | {ratio:.1} | {} / {} |",
         share("xdp_drop_handled")?,
         share("nft_ct_count_handled")?
     )?;
@@ -843,7 +843,6 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
         "\nSYNs not handled were dropped by the veth's ring before any handler \
          saw them: the gateway's thread did not keep up with the senders."
     )?;
-    let ratio = nc / xd;
     writeln!(
         w,
         "\nThe issue's target, an XDP drop at least 5 times cheaper than `ct count`, \
