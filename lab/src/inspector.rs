@@ -15,10 +15,15 @@ use crate::{Netns, ScopedChild};
 /// What the daemon logs once its proxy listens.
 pub const PROXY_LISTENING: &str = "proxy listening";
 
+/// What the daemon logs once it is ready: the proxy's first heartbeat is
+/// written, so the kernel steers new sessions to it. Until then they follow
+/// `fail`, uninspected.
+pub const READY: &str = "ready: the kernel steers new SMTP sessions to the proxy";
+
 /// Starts `INSPECTOR --pin-dir PIN_DIR --log-level debug run ARGS` in `ns`
 /// (each session's lines are `debug`), its stdout and stderr in `log`, and
-/// waits up to 30 s for its proxy to listen. Fails, with the log, if it
-/// exits or does not get there.
+/// waits up to 30 s for it to be ready ([`READY`]). Fails, with the log, if
+/// it exits or does not get there.
 pub fn start_proxy(
     ns: &Netns,
     inspector: &Path,
@@ -49,7 +54,7 @@ pub fn start_proxy_logging(
         .stderr(file);
     let mut daemon = ns.spawn(&mut cmd)?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !read(log).contains(PROXY_LISTENING) {
+    while !read(log).contains(READY) {
         if daemon.child().try_wait()?.is_some() || Instant::now() > deadline {
             bail!("the daemon did not start:\n{}", read(log));
         }

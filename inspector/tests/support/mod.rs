@@ -78,7 +78,9 @@ pub fn lab(test: &str) -> Lab {
 }
 
 /// Starts `inspector run` in the gateway and waits until its programs are
-/// attached to every interface in `ifaces`.
+/// attached to every interface in `ifaces` and it says it is ready: before
+/// the proxy's first heartbeat, new sessions follow `fail` and are not
+/// inspected, so a test that connected earlier would see a bypass.
 pub fn start_daemon(
     lab: &Lab,
     pins: &PinDir,
@@ -118,7 +120,24 @@ pub fn start_daemon_with(
         );
         sleep(Duration::from_millis(50));
     }
+    while !ready(pins.path()) {
+        if let Some(status) = daemon.child().try_wait().unwrap() {
+            panic!("the daemon exited before it was ready: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon was not ready within 20 s"
+        );
+        sleep(Duration::from_millis(50));
+    }
     daemon
+}
+
+/// Whether the daemon of `pin_dir` answers `status` with `ready`.
+fn ready(pin_dir: &Path) -> bool {
+    let out = cli(pin_dir, &["status", "--json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .is_ok_and(|s| s["daemons"][0]["ready"] == true)
 }
 
 pub fn xdp_attached(lab: &Lab, iface: &str) -> bool {
