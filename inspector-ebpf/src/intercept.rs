@@ -136,18 +136,12 @@ pub extern "C" fn inspector_answer_syn(md: *mut xdp_md) -> u32 {
     answer_syn(&XdpContext::new(md)) as u32
 }
 
-/// [`open_server_side`], and the flow it opens; the packet is passed on
+/// [`open_server_side`]: 1 if it opened the flow; the packet is passed on
 /// either way.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn inspector_open_server_side(md: *mut xdp_md) -> u32 {
-    match open_server_side(&XdpContext::new(md)) {
-        Some(opened) => {
-            limits::opening(&opened);
-            1
-        }
-        None => 0,
-    }
+    open_server_side(&XdpContext::new(md)).is_some() as u32
 }
 
 /// [`complete_server_side`], and the flow's translation it sets up: 1 to
@@ -397,10 +391,11 @@ fn answer_syn(ctx: &XdpContext) -> bool {
 
 /// An ACK that may carry a SYN cookie of ours. If the cookie is valid, the
 /// ACK becomes the client's SYN to the server (passed on), offering the
-/// options its timestamp echo carries, and this returns what the flow
-/// entry needs; else the packet is left alone.
+/// options its timestamp echo carries, and its flow is tracked
+/// (`limits::opening`); else, or if the client finds no slot, the packet
+/// is left alone.
 #[inline(always)]
-fn open_server_side(ctx: &XdpContext) -> Option<Opened> {
+fn open_server_side(ctx: &XdpContext) -> Option<()> {
     let w = limits::work()?;
     let mut seg = Segment::read(ctx, &w.tcp)?;
     let (ip, th) = (seg.s.ip.as_mut_ptr(), seg.s.tcp.as_mut_ptr() as *mut tcphdr);
@@ -481,7 +476,16 @@ fn open_server_side(ctx: &XdpContext) -> Option<Opened> {
         flags,
         window: opened.window,
     };
-    rewrite(ctx, seg, syn, options_len, false, state == Csum::Partial).then_some(opened)
+    // The slot is taken before the ACK is rewritten: a client that loses it
+    // to another CPU's keeps its ACK as it was.
+    if !limits::opening(&opened) {
+        return None;
+    }
+    if !rewrite(ctx, seg, syn, options_len, false, state == Csum::Partial) {
+        limits::not_opened();
+        return None;
+    }
+    Some(())
 }
 
 /// The server's SYN-ACK to an intercepted client: answered in place with

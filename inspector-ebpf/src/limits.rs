@@ -342,9 +342,21 @@ fn take_slot(
 /// there is no slot even for a client that completes the handshake.
 #[inline(always)]
 fn established_full(limits: &ServerLimits, s: &Current, c: &Current) -> Option<DropReason> {
-    if reached(limits.max_conns, s.established) {
+    established_full_with(limits, s, c, 0)
+}
+
+/// [`established_full`], `own` of the established flows being the
+/// caller's own.
+#[inline(always)]
+fn established_full_with(
+    limits: &ServerLimits,
+    s: &Current,
+    c: &Current,
+    own: u64,
+) -> Option<DropReason> {
+    if reached(limits.max_conns, s.established.saturating_sub(own)) {
         Some(DropReason::MaxConns)
-    } else if reached(limits.per_client_max, c.established) {
+    } else if reached(limits.per_client_max, c.established.saturating_sub(own)) {
         Some(DropReason::PerClientMax)
     } else {
         None
@@ -367,6 +379,7 @@ fn verify_client(w: &mut Work, limits: &ServerLimits) -> Verdict {
     }
     w.displaces = (reached(limits.max_conns, s.embryonic + s.established)
         || reached(limits.per_client_max, c.embryonic + c.established)) as u32;
+    w.limits = *limits;
     Verdict::VerifyClient
 }
 
@@ -382,12 +395,18 @@ pub struct Opened {
     pub wscale_client: u8,
 }
 
-/// The client's ACK carried a valid cookie and became its SYN to the
-/// server: track the flow, counted established, until the server answers.
+/// The client's ACK carries a valid cookie: track the flow, counted
+/// established, until the server answers; the caller then rewrites the
+/// ACK into the client's SYN to the server. False if the client lost the
+/// last established slot to another CPU's verified client: as in
+/// `take_slot`, the flow is counted in, the counts read again, and the
+/// slot given back if they are over; the ACK then goes on unchanged, as
+/// when established flows fill the limit (`verify_client`), and the
+/// server resets it.
 #[inline(never)]
-pub fn opening(o: &Opened) {
+pub fn opening(o: &Opened) -> bool {
     let Some(w) = work() else {
-        return;
+        return false;
     };
     let entry = FlowEntry {
         last_seen_ns: now(),
@@ -409,9 +428,25 @@ pub fn opening(o: &Opened) {
         _pad3: [0; 2],
     };
     insert(w, &entry, Kind::Established);
+    let (s, c) = counts(w, &w.limits);
+    if let Some(reason) = established_full_with(&w.limits, &s, &c, 1) {
+        forget(w);
+        count_limit_drop(reason);
+        return false;
+    }
     count_intercept(InterceptEvent::ClientVerified);
     if w.displaces != 0 {
         count_intercept(InterceptEvent::HalfOpenDisplaced);
+    }
+    true
+}
+
+/// The rewrite of an [`opening`] flow's ACK failed: the ACK goes on as it
+/// was, and the flow is not tracked.
+#[inline(never)]
+pub fn not_opened() {
+    if let Some(w) = work() {
+        forget(w);
     }
 }
 
@@ -817,6 +852,8 @@ pub struct Work {
     displaces: u32,
     /// 1 for a packet the engine inspects (`FlowEntry::local` of a new flow).
     inspected: u32,
+    /// The server's limits, for a verified client's [`opening`].
+    limits: ServerLimits,
 }
 
 #[map]

@@ -940,6 +940,36 @@ fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
     );
 }
 
+/// Runs `each(cpu, round)` on both CPUs, a thread pinned to each, for
+/// `rounds` rounds that both threads start together from a spin barrier;
+/// returns what each CPU's runs gave, round by round.
+fn on_two_cpus_at_once<T: Send>(
+    rounds: usize,
+    each: impl Fn(usize, usize) -> T + Sync,
+) -> [Vec<T>; 2] {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ready = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let runs = [0, 1].map(|cpu| {
+            let (each, ready) = (&each, &ready);
+            scope.spawn(move || {
+                inspector_lab::figures::pin(0, cpu).unwrap();
+                (0..rounds)
+                    .map(|round| {
+                        // Both arrive, then both go.
+                        ready.fetch_add(1, Ordering::AcqRel);
+                        while ready.load(Ordering::Acquire) < 2 * (round + 1) {
+                            std::hint::spin_loop();
+                        }
+                        each(cpu, round)
+                    })
+                    .collect()
+            })
+        });
+        runs.map(|r| r.join().unwrap())
+    })
+}
+
 /// Two CPUs that each see a SYN for the last free slot of a server at the
 /// same moment: at most one of them takes it. Each round uses a server of
 /// its own (`max-embryonic = 1`, nothing taken yet), so no round depends on
@@ -947,7 +977,6 @@ fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
 /// barrier and run their SYN through the program under BPF_PROG_TEST_RUN.
 #[test]
 fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     const ROUNDS: u32 = 1000;
     let server = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 4, 0)) + i);
     let mut c = Classifier::new("race");
@@ -966,35 +995,19 @@ fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
         .map(|i| clients.map(|src| v4_tcp(src, server(i), 25)))
         .collect();
     let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
-    let ready = AtomicUsize::new(0);
-    let passed = std::thread::scope(|scope| {
-        let runs: Vec<_> = (0..2)
-            .map(|cpu| {
-                let (frames, ready) = (&frames, &ready);
-                scope.spawn(move || {
-                    inspector_lab::figures::pin(0, cpu).unwrap();
-                    let mut passed = 0;
-                    for (round, pair) in frames.iter().enumerate() {
-                        // Both arrive, then both go.
-                        ready.fetch_add(1, Ordering::AcqRel);
-                        while ready.load(Ordering::Acquire) < 2 * (round + 1) {
-                            std::hint::spin_loop();
-                        }
-                        let verdict = xdp
-                            .test_run(TestRunOptions {
-                                data_in: Some(&pair[cpu]),
-                                ..Default::default()
-                            })
-                            .expect("BPF_PROG_TEST_RUN of XDP")
-                            .return_value;
-                        passed += (verdict == XDP_PASS) as u32;
-                    }
-                    passed
-                })
-            })
-            .collect();
-        runs.into_iter().map(|r| r.join().unwrap()).sum::<u32>()
+    let verdicts = on_two_cpus_at_once(ROUNDS as usize, |cpu, round| {
+        xdp.test_run(TestRunOptions {
+            data_in: Some(&frames[round][cpu]),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN of XDP")
+        .return_value
     });
+    let passed = verdicts
+        .iter()
+        .flatten()
+        .filter(|&&v| v == XDP_PASS)
+        .count() as u32;
     let stats = limits::LimitStats::read(c.pins.path(), 0).unwrap();
     let over: Vec<_> = stats.servers.iter().filter(|s| s.embryonic > 1).collect();
     assert!(
@@ -1015,5 +1028,101 @@ fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
         "{passed} SYNs passed in {ROUNDS} rounds: {:?} {:?}",
         &stats.servers[..3],
         stats.drops
+    );
+}
+
+/// Two CPUs that each verify a client's SYN cookie for the last
+/// established slot of a server at the same moment: at most one of them
+/// opens its server side. Each round's server (`max-conns = 1`, intercept)
+/// has its one slot held by a half-open flow, so two more clients are
+/// answered with cookies; their ACKs then run at once, one per CPU.
+#[test]
+fn verified_clients_on_two_cpus_at_once_take_no_more_than_max_conns() {
+    const ROUNDS: usize = 500;
+    const XDP_TX: u32 = 3;
+    const ISN: u32 = 0x1000_0000;
+    let server = |i: usize| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 6, 0)) + i as u32);
+    let mut c = Classifier::new("verifyrace");
+    let text: String = (0..ROUNDS)
+        .map(|i| {
+            format!(
+                "[[server]]\naddress = \"{}\"\nmax-conns = 1\nmax-embryonic = 1\n\
+                 on-embryonic-limit = \"intercept\"\n",
+                server(i)
+            )
+        })
+        .collect();
+    let policy = Policy::parse(Path::new("(test)"), &text).unwrap();
+    limits::apply_policy(c.pins.path(), &policy.servers).unwrap();
+    let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
+    // The verdict and the frame as the program left it.
+    let run = |frame: &[u8]| {
+        let mut out = vec![0; 512];
+        let r = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN of XDP");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    };
+    let segment =
+        |src: Ipv4Addr, dst: Ipv4Addr, tcp: Vec<u8>| eth4(&[&ipv4(src, dst, TCP, tcp.len()), &tcp]);
+    let syn = |src: Ipv4Addr, dst: Ipv4Addr, port: u16| {
+        segment(
+            src,
+            dst,
+            tcp_segment(src.into(), dst.into(), (port, 25), ISN, 0x02, &[], &[]),
+        )
+    };
+    // Ethernet, IPv4 without options, then TCP.
+    const TCP_AT: usize = 14 + 20;
+    let clients = [Ipv4Addr::new(198, 18, 0, 3), Ipv4Addr::new(198, 18, 0, 4)];
+    let acks: Vec<[Vec<u8>; 2]> = (0..ROUNDS)
+        .map(|i| {
+            let (verdict, _) = run(&syn(CLIENT, server(i), 1000));
+            assert_eq!(verdict, XDP_PASS, "the first SYN takes the slot");
+            clients.map(|src| {
+                let (verdict, answer) = run(&syn(src, server(i), 2000));
+                assert_eq!(verdict, XDP_TX, "{src} is answered with a SYN cookie");
+                let cookie = u32::from_be_bytes(answer[TCP_AT + 4..TCP_AT + 8].try_into().unwrap());
+                let ack = tcp_ack(
+                    src.into(),
+                    server(i).into(),
+                    (2000, 25),
+                    ISN + 1,
+                    cookie.wrapping_add(1),
+                    &[],
+                );
+                segment(src, server(i), ack)
+            })
+        })
+        .collect();
+    // Whether the program rewrote the ACK into the client's SYN to the
+    // server (it passes the packet either way).
+    let opened = on_two_cpus_at_once(ROUNDS, |cpu, round| {
+        let (verdict, out) = run(&acks[round][cpu]);
+        assert_eq!(verdict, XDP_PASS);
+        out[TCP_AT + 13] == 0x02
+    });
+    let both = (0..ROUNDS)
+        .filter(|&r| opened[0][r] && opened[1][r])
+        .count();
+    let stats = limits::LimitStats::read(c.pins.path(), 0).unwrap();
+    let over: Vec<_> = stats.servers.iter().filter(|s| s.established > 1).collect();
+    assert!(
+        both == 0 && over.is_empty(),
+        "{both} rounds opened both clients; {} servers hold 2 established flows: {:?}",
+        over.len(),
+        &over[..over.len().min(3)]
+    );
+    // As for SYNs, both may give the slot back where both counted in
+    // before either read again.
+    let served = opened.iter().flatten().filter(|&&o| o).count();
+    assert!(
+        served >= ROUNDS / 2,
+        "{served} clients opened in {ROUNDS} rounds"
     );
 }

@@ -221,14 +221,36 @@ pub fn tcp_segment(
     t.extend([0, 0, 0, 0]);
     t.extend(options);
     t.extend(payload);
+    set_tcp_checksum(src, dst, &mut t);
+    t
+}
+
+/// A pure ACK from `src` to `dst`: `seq`, acknowledging `ack`, with
+/// `options` (as in [`tcp_segment`]) and a valid checksum.
+pub fn tcp_ack(
+    src: IpAddr,
+    dst: IpAddr,
+    ports: (u16, u16),
+    seq: u32,
+    ack: u32,
+    options: &[u8],
+) -> Vec<u8> {
+    let mut t = tcp_segment(src, dst, ports, seq, 0x10, options, &[]);
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    set_tcp_checksum(src, dst, &mut t);
+    t
+}
+
+/// Fills in the checksum of the TCP segment `t` from `src` to `dst`.
+fn set_tcp_checksum(src: IpAddr, dst: IpAddr, t: &mut [u8]) {
     let addresses = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => [s.octets().as_slice(), &d.octets()].concat(),
         (IpAddr::V6(s), IpAddr::V6(d)) => [s.octets().as_slice(), &d.octets()].concat(),
         _ => panic!("mixed address families"),
     };
-    let check = csum::tcp(&addresses, &t);
+    t[16..18].fill(0);
+    let check = csum::tcp(&addresses, t);
     t[16..18].copy_from_slice(&check.to_be_bytes());
-    t
 }
 
 /// The options of a Linux SYN: MSS, SACK permitted, timestamps, window
