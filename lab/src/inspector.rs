@@ -15,15 +15,10 @@ use crate::{Netns, ScopedChild};
 /// What the daemon logs once its proxy listens.
 pub const PROXY_LISTENING: &str = "proxy listening";
 
-/// What the daemon logs once it is ready: the proxy's first heartbeat is
-/// written, so the kernel steers new sessions to it. Until then they follow
-/// `fail`, uninspected.
-pub const READY: &str = "ready: the kernel steers new SMTP sessions to the proxy";
-
 /// Starts `INSPECTOR --pin-dir PIN_DIR --log-level debug run ARGS` in `ns`
 /// (each session's lines are `debug`), its stdout and stderr in `log`, and
-/// waits up to 30 s for it to be ready ([`READY`]). Fails, with the log, if
-/// it exits or does not get there.
+/// waits up to 30 s for it to be ready ([`wait_ready`]). Fails, with the
+/// log, if it exits or does not get there.
 pub fn start_proxy(
     ns: &Netns,
     inspector: &Path,
@@ -53,14 +48,43 @@ pub fn start_proxy_logging(
         .stdout(file.try_clone()?)
         .stderr(file);
     let mut daemon = ns.spawn(&mut cmd)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !read(log).contains(READY) {
-        if daemon.child().try_wait()?.is_some() || Instant::now() > deadline {
-            bail!("the daemon did not start:\n{}", read(log));
+    if let Err(e) = wait_ready(inspector, pin_dir, &mut daemon, Duration::from_secs(30)) {
+        bail!("{e:#}; its log:\n{}", read(log));
+    }
+    Ok(daemon)
+}
+
+/// Waits up to `within` until `INSPECTOR --pin-dir PIN_DIR status`
+/// succeeds: the daemon `daemon` is ready (for a proxy, its heartbeat is
+/// fresh, so the kernel steers new sessions to it). Fails if the daemon
+/// exits first or the time passes.
+pub fn wait_ready(
+    inspector: &Path,
+    pin_dir: &Path,
+    daemon: &mut ScopedChild,
+    within: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = Command::new(inspector)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .arg("status")
+            .output()?;
+        if status.status.success() {
+            return Ok(());
+        }
+        if let Some(exit) = daemon.child().try_wait()? {
+            bail!("the daemon exited before it was ready: {exit}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon was not ready within {within:?}: {}",
+                String::from_utf8_lossy(&status.stderr).trim()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(daemon)
 }
 
 /// A file's text, or nothing if it cannot be read (yet).

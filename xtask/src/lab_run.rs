@@ -8,13 +8,15 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result};
-use inspector_lab::{Lab, MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4};
+use inspector_lab::{Lab, MAIL_GATEWAY_V4, OUTSIDE, SERVER_V4, inspector::wait_ready};
 
 use crate::{inspector_binary, status, workspace_root};
 
 const LAB_PREFIX: &str = "insp-lab";
 /// The lab pins its maps apart from a real deployment's, and removes them.
 const LAB_PIN_DIR: &str = "/sys/fs/bpf/inspector-lab";
+/// Longest the lab waits for the daemon to say it is ready.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn run(args: &[String]) -> Result<()> {
     let inspector = inspector_binary();
@@ -61,7 +63,12 @@ fn run_lab(inspector: &Path, policy: &Path, extra: &[String]) -> Result<()> {
         .arg(policy)
         .args(extra);
     let mut daemon = lab.gateway.spawn(&mut daemon_cmd)?;
-    print_instructions(inspector);
+    // The instructions once sessions are inspected: before the proxy's
+    // first heartbeat they would reach the server uninspected.
+    match wait_ready(inspector, Path::new(LAB_PIN_DIR), &mut daemon, READY_WITHIN) {
+        Ok(()) => print_instructions(inspector),
+        Err(e) => eprintln!("{e:#}"),
+    }
 
     // Ctrl-C reaches the whole foreground process group: the daemon stops on
     // it, and we must outlive it to take the lab down.

@@ -16,7 +16,7 @@ use std::{
 };
 
 pub use inspector_lab::inspector::wait_until;
-use inspector_lab::{Lab, ScopedChild};
+use inspector_lab::{Lab, ScopedChild, inspector::wait_ready};
 
 /// The envelope of one message a server accepted: a transaction it
 /// executed.
@@ -120,24 +120,11 @@ pub fn start_daemon_with(
         );
         sleep(Duration::from_millis(50));
     }
-    while !ready(pins.path()) {
-        if let Some(status) = daemon.child().try_wait().unwrap() {
-            panic!("the daemon exited before it was ready: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the daemon was not ready within 20 s"
-        );
-        sleep(Duration::from_millis(50));
+    let left = deadline.saturating_duration_since(Instant::now());
+    if let Err(e) = wait_ready(Path::new(inspector_bin()), pins.path(), &mut daemon, left) {
+        panic!("{e:#}");
     }
     daemon
-}
-
-/// Whether the daemon of `pin_dir` answers `status` with `ready`.
-fn ready(pin_dir: &Path) -> bool {
-    let out = cli(pin_dir, &["status", "--json"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .is_ok_and(|s| s["daemons"][0]["ready"] == true)
 }
 
 pub fn xdp_attached(lab: &Lab, iface: &str) -> bool {
