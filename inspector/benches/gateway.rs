@@ -340,7 +340,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
     let mut sweeper = Sweeper::open(pins.path(), policy.timeouts).ok();
     let mut rows: [Vec<f64>; 4] = Default::default();
     let mut flood = SynFlood::new(&lab.client, server)?;
-    let mut synproxy_retrans = 0;
+    let (mut synproxy_retrans, mut ours_retrans) = (0, 0);
     for _ in 0..repeats {
         let ebpf = ours(lab, pins.path(), &policy)?;
         let sweeper = match &mut sweeper {
@@ -352,7 +352,9 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         let later = policy.timeouts.embryonic + Duration::from_secs(1);
         sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
         rows[0].push(sessions_per_s(lab, server, window)?);
+        let retrans_before = retransmitted(&lab.client)?;
         rows[1].push(sessions_during_flood(lab, &mut flood, server, window)?.0);
+        ours_retrans += retransmitted(&lab.client)? - retrans_before;
         let cookies =
             LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::CookieSent as usize];
         if cookies == 0 {
@@ -383,6 +385,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         "synproxy_quiet_per_s": synproxy_quiet,
         "synproxy_flood_per_s": synproxy_flood,
         "synproxy_client_retransmits": synproxy_retrans,
+        "ours_client_retransmits": ours_retrans,
         "checksum_errors": checksum_errors,
     }))
 }

@@ -895,11 +895,13 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
         "\nDuring the flood, ours / synproxy: {:.2}. `synproxy` was told the \
          server's MSS (1460) and window scale ({}), as its documentation asks; in \
          its windows the client retransmitted {} TCP segments (`nstat \
-         TcpRetransSegs`); checksum errors counted by the client and the \
-         server over the whole run (`TcpInCsumErrors`): {} and {}.",
+         TcpRetransSegs`), in our flooded windows {}; checksum errors counted \
+         by the client and the server over the whole run (`TcpInCsumErrors`): \
+         {} and {}.",
         f(s, "ours_flood_per_s")? / f(s, "synproxy_flood_per_s")?,
         g["synproxy_wscale"],
         s["synproxy_client_retransmits"],
+        s["ours_client_retransmits"],
         s["checksum_errors"][0],
         s["checksum_errors"][1]
     )?;
