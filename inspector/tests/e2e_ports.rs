@@ -63,8 +63,11 @@ fn a_listed_port_is_inspected_and_relayed_to_that_port() {
         t.contains("421 4.7.0 Connection closed by security policy"),
         "{t}"
     );
+    wait_for(
+        || f.log().contains("\"id\":108004"),
+        "the audit record 108004",
+    );
     let log = f.log();
-    assert!(log.contains("\"id\":108004"), "no audit record: {log}");
     assert!(
         log.contains(&format!("\"server\":\"{SERVER_V4}:587\"")),
         "{log}"

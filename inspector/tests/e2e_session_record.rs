@@ -74,3 +74,62 @@ fn value_after<'a>(text: &'a str, key: &str) -> &'a str {
     let line = text.lines().find(|l| l.starts_with(key)).expect(key);
     &line[key.len()..]
 }
+
+/// The daemon's stop waits for its audit sink: the records of the last
+/// sessions are written before it exits, not lost with its writer thread.
+/// The sink here is a syslog socket read slowly (a datagram every 2 ms,
+/// with the kernel's queue of 10 datagrams), so most of a session's 300
+/// records are still queued in the daemon when it is told to stop.
+#[test]
+fn a_stop_writes_the_audit_records_still_queued() {
+    use std::os::unix::net::UnixDatagram;
+    const NOOPS: usize = 300;
+    let mut f = Fixture::bare("auditstop", "");
+    let socket = f.dir.join("syslog.sock");
+    let receiver = UnixDatagram::bind(&socket).unwrap();
+    receiver
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    f.write(
+        "policy.toml",
+        format!(
+            "[audit]\nsink = \"syslog:{}\"\n\n[esmtp]\n[[esmtp.match]]\n\
+             match = \"cmd verb NOOP\"\naction = \"log\"\n",
+            socket.display()
+        )
+        .as_bytes(),
+    );
+    f.sink = Some(f.start_sink("0.0.0.0:25"));
+    f.start_daemon();
+    let reader = std::thread::spawn(move || {
+        let (mut matched, mut sessions) = (0, 0);
+        let mut buf = [0u8; 8192];
+        // Until 3 s pass without a datagram.
+        while let Ok(n) = receiver.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]);
+            // The session's record names the criterion too.
+            let session = msg.contains("INSPECTOR-6-session");
+            sessions += session as usize;
+            matched += (!session && msg.contains("cmd verb NOOP")) as usize;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        (matched, sessions)
+    });
+    let mut steps = hello();
+    steps.extend((0..NOOPS).map(|_| "NOOP\r\n".to_string()));
+    steps.push("QUIT\r\n".into());
+    let replies = f.dialog(&SERVER_V4.to_string(), &steps);
+    assert!(replies.last().unwrap().starts_with("221"), "{replies:?}");
+    // Stopped as systemd stops it, right after the session.
+    let mut daemon = f.daemon.take().unwrap();
+    let pid = daemon.child().id() as i32;
+    // SAFETY: a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(daemon.child().wait().unwrap().success());
+    let (matched, sessions) = reader.join().unwrap();
+    assert_eq!(
+        (matched, sessions),
+        (NOOPS, 1),
+        "records received of {NOOPS} NOOPs and 1 session"
+    );
+}

@@ -80,6 +80,8 @@ pub struct RunOptions {
 
 /// The policy file's name in messages when there is none.
 const BUILT_IN: &str = "(built-in default)";
+/// Longest the daemon's exit waits for the audit sink's last records.
+const AUDIT_FLUSH: Duration = Duration::from_secs(5);
 
 /// Reads the policy (or the built-in default) and the bytes it was read
 /// from (for its hash).
@@ -277,6 +279,7 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
             "stopping: detaching programs; pinned maps stay (remove them with `inspector unload`)"
         );
         drop(stats_socket);
+        flush_audit(&esmtp);
         return Ok(());
     }
     steer::load(&mut ebpf, reloader.policy.proxy.fail)?;
@@ -301,7 +304,18 @@ pub fn run(mut opts: RunOptions) -> Result<()> {
     );
     drop(ebpf);
     drop(stats_socket);
+    flush_audit(&reloader.esmtp);
     result.and(cleanup)
+}
+
+/// Writes the records still queued for the audit sink (the last sessions'),
+/// which the process's exit would lose.
+fn flush_audit(esmtp: &EsmtpState) {
+    if !esmtp.audit.flush(AUDIT_FLUSH) {
+        log::warn!(
+            "the audit sink did not take its last records within {AUDIT_FLUSH:?}; they are lost"
+        );
+    }
 }
 
 /// `25, 587`, for the log.
