@@ -9,8 +9,8 @@
 //! (`inspector_audit_dropped_total`).
 //!
 //! The writer takes the queue in batches: it wakes for a record, takes
-//! every record queued by then (JSON lines go out in one write), and rests
-//! [`BATCH_PAUSE`] before it waits again. A record that finds it waiting
+//! every record queued by then (JSON lines go out in one write), and,
+//! unless the batch was large, rests [`BATCH_PAUSE`] before it waits again. A record that finds it waiting
 //! is written at once; one that comes while it rests waits at most the
 //! rest. Under load, a record costs the proxy's thread no wake-up of the
 //! writer (two futex calls and a context switch per session before).
@@ -124,8 +124,7 @@ enum Writer {
 
 /// How long the writer rests after a batch (see the module's comment).
 const BATCH_PAUSE: Duration = Duration::from_millis(5);
-/// The most records in one batch; a full batch is followed by the next at
-/// once, with no pause.
+/// The most records in one batch.
 const BATCH_MAX: usize = 1024;
 
 /// The handle the proxy's sessions use; cheap to clone.
@@ -222,9 +221,18 @@ impl<T> Reconnecting<T> {
     }
 }
 
-/// The writer thread: batches from `rx` to `sink` until every sender is
-/// gone (see the module's comment).
-fn write_batches(rx: &mpsc::Receiver<Msg>, sink: &mut Writer, counts: &AuditCounts) {
+/// The writer thread: batches from `rx`, a queue of `capacity`, to `sink`
+/// until every sender is gone (see the module's comment). It rests only
+/// after a batch under a quarter of the queue: records that come faster
+/// are taken at once, so a small queue drops no more than it did before
+/// the batches.
+fn write_batches(
+    rx: &mpsc::Receiver<Msg>,
+    capacity: usize,
+    sink: &mut Writer,
+    counts: &AuditCounts,
+) {
+    let busy = (capacity / 4).clamp(1, BATCH_MAX);
     let mut lines = String::new();
     let mut acks = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -251,7 +259,7 @@ fn write_batches(rx: &mpsc::Receiver<Msg>, sink: &mut Writer, counts: &AuditCoun
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
-        if taken < BATCH_MAX {
+        if taken < busy {
             thread::sleep(BATCH_PAUSE);
         }
     }
@@ -314,10 +322,18 @@ impl AuditLog {
                 };
                 let mut file =
                     open().with_context(|| format!("opening the audit log {}", path.display()))?;
+                let shown = path.display().to_string();
                 Writer::Lines(Box::new(move |lines| {
                     // After logrotate moved the file: write to a new one.
+                    // One that cannot be opened leaves the batch to the old
+                    // file, lost to no one (the next reopen tries again).
                     if reopening.swap(false, Ordering::Relaxed) {
-                        file = open()?;
+                        match open() {
+                            Ok(f) => file = f,
+                            Err(e) => log::warn!(
+                                "audit sink: reopening {shown}: {e}; still writing to the file it replaced"
+                            ),
+                        }
                     }
                     file.write_all(lines)
                 }))
@@ -393,7 +409,7 @@ impl AuditLog {
         let writer_counts = counts.clone();
         thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_batches(&rx, &mut sink, &writer_counts))?;
+            .spawn(move || write_batches(&rx, capacity, &mut sink, &writer_counts))?;
         Ok(Self {
             tx: Some(tx),
             counts,
@@ -858,7 +874,7 @@ mod tests {
             Ok(())
         }));
         let counts = AuditCounts::default();
-        write_batches(&rx, &mut sink, &counts);
+        write_batches(&rx, records, &mut sink, &counts);
         let writes = writes.lock().unwrap().clone();
         (writes, counts)
     }
