@@ -485,6 +485,7 @@ fn open_server_side(ctx: &XdpContext) -> Option<()> {
         limits::not_opened();
         return None;
     }
+    limits::opened();
     Some(())
 }
 

@@ -397,12 +397,14 @@ pub struct Opened {
 
 /// The client's ACK carries a valid cookie: track the flow, counted
 /// established, until the server answers; the caller then rewrites the
-/// ACK into the client's SYN to the server. False if the client lost the
-/// last established slot to another CPU's verified client: as in
-/// `take_slot`, the flow is counted in, the counts read again, and the
-/// slot given back if they are over; the ACK then goes on unchanged, as
-/// when established flows fill the limit (`verify_client`), and the
-/// server resets it.
+/// ACK into the client's SYN to the server ([`opened`] once it did). False
+/// if the client lost the last established slot to another CPU's verified
+/// client: as in `take_slot`, the flow is counted in, the counts read
+/// again, and the slot given back if they are over (two racing clients
+/// may both give it back); the ACK then goes on unchanged, as when
+/// established flows fill the limit (`verify_client`), and the server
+/// resets it. False too if the flow cannot be tracked (the table refused
+/// it): its packets could not be translated.
 #[inline(never)]
 pub fn opening(o: &Opened) -> bool {
     let Some(w) = work() else {
@@ -427,18 +429,24 @@ pub fn opening(o: &Opened) -> bool {
         local: 0,
         _pad3: [0; 2],
     };
-    insert(w, &entry, Kind::Established);
-    let (s, c) = counts(w, &w.limits);
-    if let Some(reason) = established_full_with(&w.limits, &s, &c, 1) {
-        forget(w);
-        count_limit_drop(reason);
+    if !insert(w, &entry, Kind::Established) {
         return false;
     }
-    count_intercept(InterceptEvent::ClientVerified);
-    if w.displaces != 0 {
-        count_intercept(InterceptEvent::HalfOpenDisplaced);
+    let (s, c) = counts(w, &w.limits);
+    if established_full_with(&w.limits, &s, &c, 1).is_some() {
+        forget(w);
+        return false;
     }
     true
+}
+
+/// The [`opening`] flow's ACK went to the server as the client's SYN.
+#[inline(never)]
+pub fn opened() {
+    count_intercept(InterceptEvent::ClientVerified);
+    if work().is_some_and(|w| w.displaces != 0) {
+        count_intercept(InterceptEvent::HalfOpenDisplaced);
+    }
 }
 
 /// The rewrite of an [`opening`] flow's ACK failed: the ACK goes on as it
@@ -549,13 +557,16 @@ fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) {
     insert(w, &entry, kind);
 }
 
+/// Tracks the flow, counted as `kind`; false if the table refused it.
 #[inline(always)]
-fn insert(w: &Work, entry: &FlowEntry, kind: Kind) {
-    // Fails only under memory pressure: the flow then goes uncounted
-    // rather than refused.
-    if FLOWS.insert(&w.flow, entry, BPF_ANY as u64).is_ok() {
+fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> bool {
+    // Fails only under memory pressure: a new SYN's flow then goes
+    // uncounted rather than refused.
+    let tracked = FLOWS.insert(&w.flow, entry, BPF_ANY as u64).is_ok();
+    if tracked {
         conns::add(&w.client, kind, 1);
     }
+    tracked
 }
 
 #[inline(always)]
