@@ -10,10 +10,11 @@
 //!
 //! The writer takes the queue in batches: it wakes for a record, takes
 //! every record queued by then (JSON lines go out in one write), and,
-//! unless the batch was large, rests [`BATCH_PAUSE`] before it waits again. A record that finds it waiting
-//! is written at once; one that comes while it rests waits at most the
-//! rest. Under load, a record costs the proxy's thread no wake-up of the
-//! writer (two futex calls and a context switch per session before).
+//! unless the batch was large, rests [`BATCH_PAUSE`] before it waits
+//! again. A record that finds it waiting is written at once; one that
+//! comes while it rests waits at most the rest. Under load, a record costs
+//! the proxy's thread no wake-up of the writer (two futex calls and a
+//! context switch per session before).
 //! [`AuditLog::flush`] waits for what is queued: the daemon's last act, so
 //! its exit loses no record.
 
@@ -101,7 +102,6 @@ impl Queued {
     }
 }
 
-/// Writes one record to the sink (on the writer thread).
 /// What the writer thread takes from the queue.
 enum Msg {
     Record(Queued),
