@@ -153,9 +153,21 @@ fn a_blocked_sink_drops_and_counts_instead_of_blocking() {
     );
     assert_eq!(log.dropped(), dropped);
 
-    // What got through is whole JSON lines, in order.
+    // What got through is whole JSON lines, in order. The writer thread may
+    // not have written its first batch yet: the FIFO is read without
+    // blocking, so wait for it.
     let mut first = [0u8; 4096];
-    let n = reader.read(&mut first).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let n = loop {
+        match reader.read(&mut first) {
+            Ok(n) if n > 0 => break n,
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => panic!("read: {e}"),
+            _ => {
+                assert!(Instant::now() < deadline, "nothing reached the FIFO");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
     let line = first[..n].split(|&b| b == b'\n').next().unwrap();
     let v: serde_json::Value = serde_json::from_slice(line).unwrap();
     assert_eq!(v["client"], "198.18.0.2:40000");
