@@ -57,7 +57,7 @@ use inspector_common::{
 
 use crate::{
     counters::count_intercept,
-    limits::{self, Answered, Opened, TcpAt, Verdict},
+    limits::{self, Answered, Opened, Opening, TcpAt, Verdict},
     packet::{Packet, opaque},
     parse::{TCP_ACK, TCP_SYN},
     steer,
@@ -104,10 +104,7 @@ pub fn apply(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
             }
             false
         }
-        Verdict::VerifyClient => {
-            inspector_open_server_side(md);
-            true
-        }
+        Verdict::VerifyClient => inspector_open_server_side(md) == 0,
         Verdict::CompleteServer => {
             if inspector_complete_server_side(md) != 0 {
                 return xdp_action::XDP_TX;
@@ -136,12 +133,12 @@ pub extern "C" fn inspector_answer_syn(md: *mut xdp_md) -> u32 {
     answer_syn(&XdpContext::new(md)) as u32
 }
 
-/// [`open_server_side`]: 1 if it opened the flow; the packet is passed on
-/// either way.
+/// [`open_server_side`]: 1 to drop the packet (a copy of an ACK another
+/// CPU is opening), else 0: passed on, rewritten or not.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn inspector_open_server_side(md: *mut xdp_md) -> u32 {
-    open_server_side(&XdpContext::new(md)).is_some() as u32
+    (open_server_side(&XdpContext::new(md)) == Some(Opening::Copy)) as u32
 }
 
 /// [`complete_server_side`], and the flow's translation it sets up: 1 to
@@ -395,7 +392,7 @@ fn answer_syn(ctx: &XdpContext) -> bool {
 /// (`limits::opening`); else, or if the client finds no slot, the packet
 /// is left alone.
 #[inline(always)]
-fn open_server_side(ctx: &XdpContext) -> Option<()> {
+fn open_server_side(ctx: &XdpContext) -> Option<Opening> {
     let w = limits::work()?;
     let mut seg = Segment::read(ctx, &w.tcp)?;
     let (ip, th) = (seg.s.ip.as_mut_ptr(), seg.s.tcp.as_mut_ptr() as *mut tcphdr);
@@ -478,15 +475,16 @@ fn open_server_side(ctx: &XdpContext) -> Option<()> {
     };
     // The slot is taken before the ACK is rewritten: a client that loses it
     // to another CPU's keeps its ACK as it was.
-    if !limits::opening(&opened) {
-        return None;
+    let opening = limits::opening(&opened);
+    if opening != Opening::Taken {
+        return Some(opening);
     }
     if !rewrite(ctx, seg, syn, options_len, false, state == Csum::Partial) {
         limits::not_opened();
-        return None;
+        return Some(Opening::Refused);
     }
     limits::opened();
-    Some(())
+    Some(Opening::Taken)
 }
 
 /// The server's SYN-ACK to an intercepted client: answered in place with

@@ -32,7 +32,7 @@ mod conns;
 mod seq;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, xdp_md},
+    bindings::{BPF_ANY, BPF_NOEXIST, xdp_md},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
@@ -82,6 +82,9 @@ static REPLIES_SEEN: HashMap<Addr16, u32> = HashMap::with_max_entries(MAX_SERVER
 const DEFAULT_WSCALE: u8 = 7;
 
 const IPPROTO_TCP: u8 = 6;
+
+/// What a map update returns for an entry that `BPF_NOEXIST` finds.
+const EEXIST: i32 = 17;
 
 /// What to do with the packet. The TCP intercept rewrites are left to the
 /// caller (`intercept::apply`), so that the rewrites' stack frames never
@@ -326,12 +329,15 @@ fn take_slot(
     limits: &ServerLimits,
 ) -> Option<DropReason> {
     let isn = seq(packet, tcp).unwrap_or(0);
+    // Not tracked: a copy of this SYN tracked on another CPU meanwhile (it
+    // holds the slot), or a table that refused it. Passed, not counted.
     track_new(
         w,
         flow_state::EMBRYONIC,
         Kind::Embryonic,
         isn.wrapping_add(1),
-    );
+    )
+    .ok()?;
     let (s, c) = counts(w, limits);
     let reason = first_full(limits, &s, &c, 1)?;
     forget(w);
@@ -383,6 +389,19 @@ fn verify_client(w: &mut Work, limits: &ServerLimits) -> Verdict {
     Verdict::VerifyClient
 }
 
+/// What [`opening`] did with a verified client's ACK.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Tracked, counted established: rewrite the ACK into the SYN.
+    Taken,
+    /// No slot or no table entry for it: the ACK goes on unchanged.
+    Refused,
+    /// A copy of an ACK whose flow another CPU is opening (a duplicated
+    /// frame): dropped, so the server sees one SYN and no stray ACK, and
+    /// the flow is counted once.
+    Copy,
+}
+
 /// What the client's validated ACK said, for its flow entry.
 pub struct Opened {
     pub cookie: u32,
@@ -397,18 +416,19 @@ pub struct Opened {
 
 /// The client's ACK carries a valid cookie: track the flow, counted
 /// established, until the server answers; the caller then rewrites the
-/// ACK into the client's SYN to the server ([`opened`] once it did). False
-/// if the client lost the last established slot to another CPU's verified
+/// ACK into the client's SYN to the server ([`opened`] once it did).
+/// Refused if the client lost the last established slot to another CPU's verified
 /// client: as in `take_slot`, the flow is counted in, the counts read
 /// again, and the slot given back if they are over (two racing clients
 /// may both give it back); the ACK then goes on unchanged, as when
 /// established flows fill the limit (`verify_client`), and the server
-/// resets it. False too if the flow cannot be tracked (the table refused
-/// it): its packets could not be translated.
+/// resets it. Refused too if the flow cannot be tracked (the table refused
+/// it): its packets could not be translated. A copy of the same ACK seen
+/// on another CPU first finds the flow in the table: [`Opening::Copy`].
 #[inline(never)]
-pub fn opening(o: &Opened) -> bool {
+pub fn opening(o: &Opened) -> Opening {
     let Some(w) = work() else {
-        return false;
+        return Opening::Refused;
     };
     let entry = FlowEntry {
         last_seen_ns: now(),
@@ -429,15 +449,17 @@ pub fn opening(o: &Opened) -> bool {
         local: 0,
         _pad3: [0; 2],
     };
-    if !insert(w, &entry, Kind::Established) {
-        return false;
+    match insert(w, &entry, Kind::Established) {
+        Err(Untracked::Exists) => return Opening::Copy,
+        Err(Untracked::Refused) => return Opening::Refused,
+        Ok(()) => {}
     }
     let (s, c) = counts(w, &w.limits);
     if established_full_with(&w.limits, &s, &c, 1).is_some() {
         forget(w);
-        return false;
+        return Opening::Refused;
     }
-    true
+    Opening::Taken
 }
 
 /// The [`opening`] flow's ACK went to the server as the client's SYN.
@@ -536,7 +558,10 @@ pub fn adopt() {
         local: 1,
         ..FlowEntry::default()
     };
-    insert(w, &entry, Kind::Established);
+    // A copy of this ACK adopted on another CPU meanwhile: counted there.
+    if insert(w, &entry, Kind::Established).is_err() {
+        return;
+    }
     if w.displaces != 0 {
         count_intercept(InterceptEvent::HalfOpenDisplaced);
     }
@@ -544,7 +569,7 @@ pub fn adopt() {
 
 /// Starts tracking a flow that is not intercepted.
 #[inline(always)]
-fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) {
+fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) -> Result<(), Untracked> {
     let entry = FlowEntry {
         last_seen_ns: now(),
         state,
@@ -554,19 +579,33 @@ fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) {
         local: steer::engine_takes(w.inspected != 0) as u8,
         ..FlowEntry::default()
     };
-    insert(w, &entry, kind);
+    insert(w, &entry, kind)
 }
 
-/// Tracks the flow, counted as `kind`; false if the table refused it.
+/// Why [`insert`] did not track a flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Untracked {
+    /// The flow is in the table already: every caller looked it up first
+    /// and found none, so another CPU tracked a copy of the same packet
+    /// meanwhile (a duplicated frame) and counted it.
+    Exists,
+    /// The table refused it (memory pressure): the flow goes uncounted
+    /// rather than refused.
+    Refused,
+}
+
+/// Tracks a flow the table does not hold, counted as `kind`. `NOEXIST`,
+/// so that two copies of one packet on two CPUs count the flow once.
 #[inline(always)]
-fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> bool {
-    // Fails only under memory pressure: a new SYN's flow then goes
-    // uncounted rather than refused.
-    let tracked = FLOWS.insert(&w.flow, entry, BPF_ANY as u64).is_ok();
-    if tracked {
-        conns::add(&w.client, kind, 1);
+fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> Result<(), Untracked> {
+    match FLOWS.insert(&w.flow, entry, BPF_NOEXIST as u64) {
+        Ok(()) => {
+            conns::add(&w.client, kind, 1);
+            Ok(())
+        }
+        Err(e) if e == -EEXIST => Err(Untracked::Exists),
+        Err(_) => Err(Untracked::Refused),
     }
-    tracked
 }
 
 #[inline(always)]
@@ -763,8 +802,12 @@ fn close(w: &Work, entry: &mut FlowEntry, state: u32) {
 fn forget(w: &Work) {
     if let Some(entry) = FLOWS.get_ptr(&w.flow) {
         // SAFETY: as in `from_client`.
-        release(w, unsafe { (*entry).state });
-        let _ = FLOWS.remove(&w.flow);
+        let state = unsafe { (*entry).state };
+        // Released by the CPU whose delete took it: two that forget the
+        // same flow at once release it once.
+        if FLOWS.remove(&w.flow).is_ok() {
+            release(w, state);
+        }
     }
 }
 

@@ -977,23 +977,64 @@ fn on_two_cpus_at_once<T: Send>(
 /// barrier and run their SYN through the program under BPF_PROG_TEST_RUN.
 #[test]
 fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
+    let clients = [CLIENT, Ipv4Addr::new(198, 18, 0, 3)];
+    syns_on_two_cpus_at_once(
+        "race",
+        Ipv4Addr::new(198, 18, 4, 0),
+        "max-embryonic = 1",
+        |server| clients.map(|src| v4_tcp(src, server, 25)),
+    );
+}
+
+/// The same race for a client's own limits: one client's SYNs from two
+/// ports, one per CPU, to a server that lets each client hold one flow.
+#[test]
+fn one_clients_syns_on_two_cpus_at_once_take_no_more_than_per_client_limits() {
+    for (test, base, limit) in [
+        (
+            "pcrace",
+            Ipv4Addr::new(198, 18, 10, 0),
+            "per-client-max = 1",
+        ),
+        (
+            "pcerace",
+            Ipv4Addr::new(198, 18, 12, 0),
+            "per-client-embryonic-max = 1",
+        ),
+    ] {
+        syns_on_two_cpus_at_once(test, base, limit, |server| {
+            [1000, 2000].map(|port| {
+                let tcp = tcp_segment(CLIENT.into(), server.into(), (port, 25), 1, 0x02, &[], &[]);
+                eth4(&[&ipv4(CLIENT, server, TCP, tcp.len()), &tcp])
+            })
+        });
+    }
+}
+
+/// 1000 rounds, each against a server of its own from `base` with `limit`
+/// (drop): the two SYNs `syns(server)` gives, run at once on the two CPUs,
+/// leave no server with two half-open flows, and at least half the rounds
+/// pass one.
+fn syns_on_two_cpus_at_once(
+    test: &str,
+    base: Ipv4Addr,
+    limit: &str,
+    syns: impl Fn(Ipv4Addr) -> [Vec<u8>; 2],
+) {
     const ROUNDS: u32 = 1000;
-    let server = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 4, 0)) + i);
-    let mut c = Classifier::new("race");
+    let server = |i: u32| Ipv4Addr::from(u32::from(base) + i);
+    let mut c = Classifier::new(test);
     let text: String = (0..ROUNDS)
         .map(|i| {
             format!(
-                "[[server]]\naddress = \"{}\"\nmax-embryonic = 1\non-embryonic-limit = \"drop\"\n",
+                "[[server]]\naddress = \"{}\"\n{limit}\non-embryonic-limit = \"drop\"\n",
                 server(i)
             )
         })
         .collect();
     let policy = Policy::parse(Path::new("(test)"), &text).unwrap();
     limits::apply_policy(c.pins.path(), &policy.servers).unwrap();
-    let clients = [CLIENT, Ipv4Addr::new(198, 18, 0, 3)];
-    let frames: Vec<[Vec<u8>; 2]> = (0..ROUNDS)
-        .map(|i| clients.map(|src| v4_tcp(src, server(i), 25)))
-        .collect();
+    let frames: Vec<[Vec<u8>; 2]> = (0..ROUNDS).map(|i| syns(server(i))).collect();
     let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
     let verdicts = on_two_cpus_at_once(ROUNDS as usize, |cpu, round| {
         xdp.test_run(TestRunOptions {
@@ -1012,7 +1053,7 @@ fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
     let over: Vec<_> = stats.servers.iter().filter(|s| s.embryonic > 1).collect();
     assert!(
         over.is_empty(),
-        "{} servers took 2 half-open flows: {:?}",
+        "{limit}: {} servers took 2 half-open flows: {:?}",
         over.len(),
         &over[..over.len().min(3)]
     );
@@ -1021,14 +1062,99 @@ fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
     // real client sends its SYN again): most rounds still serve one.
     assert!(
         passed >= ROUNDS / 2,
-        "{passed} SYNs passed in {ROUNDS} rounds"
+        "{limit}: {passed} SYNs passed in {ROUNDS} rounds"
     );
     assert!(
         passed <= ROUNDS,
-        "{passed} SYNs passed in {ROUNDS} rounds: {:?} {:?}",
+        "{limit}: {passed} SYNs passed in {ROUNDS} rounds: {:?} {:?}",
         &stats.servers[..3],
         stats.drops
     );
+}
+
+/// A frame through the XDP program: its verdict, and the frame as the
+/// program left it.
+fn run_xdp(xdp: &aya::programs::Xdp, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0; 512];
+    let r = xdp
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN of XDP");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+/// Ethernet, IPv4 without options, then TCP: where a crafted frame's TCP
+/// header starts.
+const TCP_AT: usize = 14 + 20;
+
+/// `rounds` servers from `base`, each with `limits` and intercept, whose
+/// one embryonic slot (`max-embryonic = 1`) a half-open flow holds; each
+/// of `clients` is then answered with a SYN cookie. Returns, round by
+/// round, each client's ACK that echoes its cookie.
+fn cookie_acks(
+    c: &mut Classifier,
+    base: Ipv4Addr,
+    rounds: usize,
+    limits: &str,
+    clients: &[Ipv4Addr],
+) -> Vec<Vec<Vec<u8>>> {
+    const ISN: u32 = 0x1000_0000;
+    const XDP_TX: u32 = 3;
+    let server = |i: usize| Ipv4Addr::from(u32::from(base) + i as u32);
+    let text: String = (0..rounds)
+        .map(|i| {
+            format!(
+                "[[server]]\naddress = \"{}\"\n{limits}\nmax-embryonic = 1\n\
+                 on-embryonic-limit = \"intercept\"\n",
+                server(i)
+            )
+        })
+        .collect();
+    let policy = Policy::parse(Path::new("(test)"), &text).unwrap();
+    limits::apply_policy(c.pins.path(), &policy.servers).unwrap();
+    let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
+    let segment =
+        |src: Ipv4Addr, dst: Ipv4Addr, tcp: Vec<u8>| eth4(&[&ipv4(src, dst, TCP, tcp.len()), &tcp]);
+    let syn = |src: Ipv4Addr, dst: Ipv4Addr, port: u16| {
+        segment(
+            src,
+            dst,
+            tcp_segment(src.into(), dst.into(), (port, 25), ISN, 0x02, &[], &[]),
+        )
+    };
+    (0..rounds)
+        .map(|i| {
+            let (verdict, _) = run_xdp(xdp, &syn(CLIENT, server(i), 1000));
+            assert_eq!(verdict, XDP_PASS, "the first SYN takes the slot");
+            clients
+                .iter()
+                .map(|&src| {
+                    let (verdict, answer) = run_xdp(xdp, &syn(src, server(i), 2000));
+                    assert_eq!(verdict, XDP_TX, "{src} is answered with a SYN cookie");
+                    let cookie =
+                        u32::from_be_bytes(answer[TCP_AT + 4..TCP_AT + 8].try_into().unwrap());
+                    let ack = tcp_ack(
+                        src.into(),
+                        server(i).into(),
+                        (2000, 25),
+                        ISN + 1,
+                        cookie.wrapping_add(1),
+                        &[],
+                    );
+                    segment(src, server(i), ack)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether the program rewrote a client's ACK into its SYN to the server.
+fn rewritten_into_syn(out: &[u8]) -> bool {
+    out[TCP_AT + 13] == 0x02
 }
 
 /// Two CPUs that each verify a client's SYN cookie for the last
@@ -1039,73 +1165,16 @@ fn syns_on_two_cpus_at_once_take_no_more_than_max_embryonic() {
 #[test]
 fn verified_clients_on_two_cpus_at_once_take_no_more_than_max_conns() {
     const ROUNDS: usize = 500;
-    const XDP_TX: u32 = 3;
-    const ISN: u32 = 0x1000_0000;
-    let server = |i: usize| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 6, 0)) + i as u32);
     let mut c = Classifier::new("verifyrace");
-    let text: String = (0..ROUNDS)
-        .map(|i| {
-            format!(
-                "[[server]]\naddress = \"{}\"\nmax-conns = 1\nmax-embryonic = 1\n\
-                 on-embryonic-limit = \"intercept\"\n",
-                server(i)
-            )
-        })
-        .collect();
-    let policy = Policy::parse(Path::new("(test)"), &text).unwrap();
-    limits::apply_policy(c.pins.path(), &policy.servers).unwrap();
-    let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
-    // The verdict and the frame as the program left it.
-    let run = |frame: &[u8]| {
-        let mut out = vec![0; 512];
-        let r = xdp
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN of XDP");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
-    };
-    let segment =
-        |src: Ipv4Addr, dst: Ipv4Addr, tcp: Vec<u8>| eth4(&[&ipv4(src, dst, TCP, tcp.len()), &tcp]);
-    let syn = |src: Ipv4Addr, dst: Ipv4Addr, port: u16| {
-        segment(
-            src,
-            dst,
-            tcp_segment(src.into(), dst.into(), (port, 25), ISN, 0x02, &[], &[]),
-        )
-    };
-    // Ethernet, IPv4 without options, then TCP.
-    const TCP_AT: usize = 14 + 20;
     let clients = [Ipv4Addr::new(198, 18, 0, 3), Ipv4Addr::new(198, 18, 0, 4)];
-    let acks: Vec<[Vec<u8>; 2]> = (0..ROUNDS)
-        .map(|i| {
-            let (verdict, _) = run(&syn(CLIENT, server(i), 1000));
-            assert_eq!(verdict, XDP_PASS, "the first SYN takes the slot");
-            clients.map(|src| {
-                let (verdict, answer) = run(&syn(src, server(i), 2000));
-                assert_eq!(verdict, XDP_TX, "{src} is answered with a SYN cookie");
-                let cookie = u32::from_be_bytes(answer[TCP_AT + 4..TCP_AT + 8].try_into().unwrap());
-                let ack = tcp_ack(
-                    src.into(),
-                    server(i).into(),
-                    (2000, 25),
-                    ISN + 1,
-                    cookie.wrapping_add(1),
-                    &[],
-                );
-                segment(src, server(i), ack)
-            })
-        })
-        .collect();
-    // Whether the program rewrote the ACK into the client's SYN to the
-    // server (it passes the packet either way).
+    let base = Ipv4Addr::new(198, 18, 6, 0);
+    let acks = cookie_acks(&mut c, base, ROUNDS, "max-conns = 1", &clients);
+    let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
+    // The program passes the packet either way.
     let opened = on_two_cpus_at_once(ROUNDS, |cpu, round| {
-        let (verdict, out) = run(&acks[round][cpu]);
+        let (verdict, out) = run_xdp(xdp, &acks[round][cpu]);
         assert_eq!(verdict, XDP_PASS);
-        out[TCP_AT + 13] == 0x02
+        rewritten_into_syn(&out)
     });
     let both = (0..ROUNDS)
         .filter(|&r| opened[0][r] && opened[1][r])
@@ -1125,4 +1194,45 @@ fn verified_clients_on_two_cpus_at_once_take_no_more_than_max_conns() {
         served >= ROUNDS / 2,
         "{served} clients opened in {ROUNDS} rounds"
     );
+}
+
+/// One client's cookie ACK, duplicated on the way, reaching two CPUs at
+/// once: one copy opens the server side and the other is dropped, so the
+/// server sees one SYN and the flow is counted once. (With room to spare:
+/// `max-conns = 2`, so neither copy is refused for want of a slot.)
+#[test]
+fn a_cookie_ack_seen_twice_at_once_opens_one_flow() {
+    const ROUNDS: usize = 500;
+    let mut c = Classifier::new("ackcopies");
+    let client = Ipv4Addr::new(198, 18, 0, 3);
+    let base = Ipv4Addr::new(198, 18, 8, 0);
+    let acks = cookie_acks(&mut c, base, ROUNDS, "max-conns = 2", &[client]);
+    let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
+    let runs = on_two_cpus_at_once(ROUNDS, |_, round| run_xdp(xdp, &acks[round][0]));
+    for (round, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+        let opened = [a, b]
+            .iter()
+            .filter(|(_, out)| rewritten_into_syn(out))
+            .count();
+        assert_eq!(opened, 1, "round {round}: {opened} copies opened the flow");
+        // The other copy is dropped: seen at once, it finds the flow
+        // opening when it tracks it (`Opening::Copy`); seen after, when it
+        // looks the flow up (the client's packets wait while it opens).
+        let other = if rewritten_into_syn(&a.1) { b } else { a };
+        assert_eq!(other.0, XDP_DROP, "round {round}: the other copy");
+    }
+    let stats = limits::LimitStats::read(c.pins.path(), 0).unwrap();
+    let twice: Vec<_> = stats
+        .servers
+        .iter()
+        .filter(|s| s.established != 1)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} servers count other than 1 established flow: {:?}",
+        twice.len(),
+        &twice[..twice.len().min(3)]
+    );
+    let verified = stats.intercepts[inspector_common::InterceptEvent::ClientVerified as usize];
+    assert_eq!(verified, ROUNDS as u64, "clients-verified");
 }
