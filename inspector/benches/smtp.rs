@@ -10,7 +10,9 @@
 //! alternate, `--repeats` times each:
 //!
 //! - messages per second of `smtp-source -s 10 -m 2000 -l 1024` (a new
-//!   session per message, as smtp-source does without `-d`);
+//!   session per message, as smtp-source does without `-d`), and the CPU
+//!   each message took: the machine's (`/proc/stat`) and the proxy
+//!   process's, user and kernel apart (`/proc/PID/stat`);
 //! - MB/s of `smtp-source -s 1 -m 10 -l 10485760` (10 MiB messages);
 //! - the latency of single transactions (MAIL, RCPT, DATA, 1 KiB, `.`, each
 //!   waiting for its reply) on one open session, and of whole sessions
@@ -49,7 +51,7 @@ use anyhow::{Context, Result, bail};
 use inspector::{daemon::nofile, kernel::bpffs};
 use inspector_lab::{
     GATEWAY_OUTSIDE_V4, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4, ScopedChild,
-    figures::{median, quantile, rss_kib},
+    figures::{machine_cpu, median, process_times, quantile, rss_kib},
     inspector::{Scratch, read, start_proxy_logging, wait_until},
     load::{raise_nofile, smtp_source},
 };
@@ -81,6 +83,43 @@ struct Figures {
     large: Vec<f64>,
     transaction: Vec<f64>,
     session: Vec<f64>,
+    /// Per small-message run: the machine's CPU per message, the proxy's
+    /// user and kernel CPU per message (µs), the cores' idle share.
+    cpu: [Vec<f64>; 4],
+}
+
+/// CPU time used so far, in seconds: the whole machine's (every core) and
+/// the proxy's (none on the direct path).
+#[derive(Clone, Copy)]
+struct Usage {
+    machine: f64,
+    user: f64,
+    system: f64,
+}
+
+impl Usage {
+    fn now(proxy: Option<u32>) -> Result<Self> {
+        let (user, system) = proxy.map_or(Ok((0.0, 0.0)), process_times)?;
+        Ok(Self {
+            machine: machine_cpu()?.busy,
+            user,
+            system,
+        })
+    }
+
+    /// What was used since `before` over `elapsed`, per message (µs), and
+    /// the share of the cores left idle.
+    fn per_message(self, before: Usage, elapsed: Duration, messages: usize) -> [f64; 4] {
+        let per = |a: f64, b: f64| (a - b) / messages as f64 * 1e6;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let machine = self.machine - before.machine;
+        [
+            per(self.machine, before.machine),
+            per(self.user, before.user),
+            per(self.system, before.system),
+            (1.0 - machine / (cores * elapsed.as_secs_f64())).max(0.0),
+        ]
+    }
 }
 
 fn main() -> Result<()> {
@@ -156,7 +195,7 @@ fn main() -> Result<()> {
         "0.0.0.0:25",
         "4096",
     ]))?;
-    let _haproxy = haproxy(&lab, scratch.path())?;
+    let mut peer = haproxy(&lab, scratch.path())?;
     let log = scratch.path().join("daemon.log");
     let start = |policy: &Path| {
         let args = [
@@ -199,7 +238,17 @@ fn main() -> Result<()> {
         for ((route, server), fig) in routes.iter().zip(&mut figures) {
             let before = steered()?;
             eprintln!("smtp_bench: {server}: smtp-source, small messages");
+            let proxy = match route {
+                Route::Inspected => Some(daemon.child().id()),
+                Route::Haproxy => Some(peer.child().id()),
+                Route::Direct => None,
+            };
+            let used_before = Usage::now(proxy)?;
             let s = smtp_source(&lab, *server, SMALL_SESSIONS, SMALL_MESSAGES, SMALL_BYTES)?;
+            let cpu = Usage::now(proxy)?.per_message(used_before, s, SMALL_MESSAGES);
+            for (row, v) in fig.cpu.iter_mut().zip(cpu) {
+                row.push(v);
+            }
             let l = smtp_source(&lab, *server, 1, LARGE_MESSAGES, LARGE_BYTES)?;
             eprintln!("smtp_bench: {server}: latency");
             let (t, w) = lab
@@ -263,6 +312,20 @@ fn main() -> Result<()> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("three paths"))?;
     let [one, two] = by_workers;
+    let cpu = |fig: &Figures| {
+        let [machine, user, system, idle] = fig.cpu.clone().map(median);
+        serde_json::json!({
+            "machine_us": machine,
+            "proxy_user_us": user,
+            "proxy_system_us": system,
+            "idle_share": idle,
+        })
+    };
+    let cpu = serde_json::json!({
+        "inspected": cpu(&i),
+        "haproxy": cpu(&h),
+        "direct": cpu(&d),
+    });
     let out = serde_json::json!({
         "repeats": repeats,
         "upstream_source": upstream.as_deref().unwrap_or("auto (the default: transparent on the lab)"),
@@ -275,6 +338,7 @@ fn main() -> Result<()> {
             "inspected_msgs_per_s": median(i.small),
             "haproxy_msgs_per_s": median(h.small),
             "direct_msgs_per_s": median(d.small),
+            "cpu_per_message": cpu,
         },
         "large": {
             "messages": LARGE_MESSAGES,

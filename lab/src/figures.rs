@@ -85,6 +85,14 @@ pub fn machine_cpu() -> Result<CpuTime> {
 
 /// The CPU time (user + system, every thread) process `pid` used.
 pub fn process_cpu(pid: u32) -> Result<f64> {
+    let (user, system) = process_times(pid)?;
+    Ok(user + system)
+}
+
+/// The CPU time process `pid` used (every thread), in seconds: in user
+/// space and in the kernel (its system calls, and the receive work a send
+/// on a veth runs inline for the peer).
+pub fn process_times(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the command name, which may hold spaces: from the
     // state (field 3) on; utime and stime are fields 14 and 15.
@@ -95,7 +103,7 @@ pub fn process_cpu(pid: u32) -> Result<f64> {
             .and_then(|x| x.parse::<f64>().ok())
             .context("short /proc/PID/stat")
     };
-    Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+    Ok((ticks(11)? / clock_ticks(), ticks(12)? / clock_ticks()))
 }
 
 /// Pins `pid` (0: the calling thread) to `cpu`.
@@ -130,6 +138,7 @@ mod tests {
         let spin = std::time::Instant::now();
         while spin.elapsed() < std::time::Duration::from_millis(50) {}
         assert!(process_cpu(std::process::id()).unwrap() > 0.0);
+        assert!(process_times(std::process::id()).unwrap().0 > 0.0);
         let m = machine_cpu().unwrap();
         assert!(m.busy > 0.0 && m.softirq <= m.busy);
     }
