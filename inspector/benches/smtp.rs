@@ -110,13 +110,13 @@ impl Usage {
     /// What was used since `before` over `elapsed`, per message (µs), and
     /// the share of the cores left idle.
     fn per_message(self, before: Usage, elapsed: Duration, messages: usize) -> [f64; 4] {
-        let per = |a: f64, b: f64| (a - b) / messages as f64 * 1e6;
+        let per = |used: f64| used / messages as f64 * 1e6;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let machine = self.machine - before.machine;
         [
-            per(self.machine, before.machine),
-            per(self.user, before.user),
-            per(self.system, before.system),
+            per(machine),
+            per(self.user - before.user),
+            per(self.system - before.system),
             (1.0 - machine / (cores * elapsed.as_secs_f64())).max(0.0),
         ]
     }

@@ -71,9 +71,14 @@ impl Classifier {
 
     /// Makes `addrs` protected servers (no limits: only "protected").
     fn protect(&self, addrs: &[IpAddr]) {
+        self.protect_with(addrs, "");
+    }
+
+    /// Makes `addrs` protected servers, each with the policy lines `limits`.
+    fn protect_with(&self, addrs: &[IpAddr], limits: &str) {
         let text: String = addrs
             .iter()
-            .map(|a| format!("[[server]]\naddress = \"{a}\"\n"))
+            .map(|a| format!("[[server]]\naddress = \"{a}\"\n{limits}\n"))
             .collect();
         let policy = Policy::parse(Path::new("(test)"), &text).unwrap();
         limits::apply_policy(self.pins.path(), &policy.servers).unwrap();
@@ -1022,15 +1027,14 @@ fn syns_on_two_cpus_at_once(
     syns: impl Fn(Ipv4Addr) -> [Vec<u8>; 2],
 ) {
     const ROUNDS: u32 = 1000;
-    let server = |i: u32| Ipv4Addr::from(u32::from(base) + i);
     let mut c = Classifier::new(test);
-    servers_from(
+    let servers = servers_from(
         &c,
         base,
         ROUNDS as usize,
         &format!("{limit}\non-embryonic-limit = \"drop\""),
     );
-    let frames: Vec<[Vec<u8>; 2]> = (0..ROUNDS).map(|i| syns(server(i))).collect();
+    let frames: Vec<[Vec<u8>; 2]> = servers.into_iter().map(syns).collect();
     let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
     let verdicts = on_two_cpus_at_once(ROUNDS as usize, |cpu, round| {
         xdp.test_run(TestRunOptions {
@@ -1076,16 +1080,14 @@ fn syns_on_two_cpus_at_once(
 #[test]
 fn a_syn_seen_twice_at_once_counts_one_half_open_flow() {
     const ROUNDS: u32 = 1000;
-    let base = Ipv4Addr::new(198, 18, 14, 0);
-    let server = |i: u32| Ipv4Addr::from(u32::from(base) + i);
     let mut c = Classifier::new("syncopies");
-    servers_from(
+    let servers = servers_from(
         &c,
-        base,
+        Ipv4Addr::new(198, 18, 14, 0),
         ROUNDS as usize,
         "max-embryonic = 10\non-embryonic-limit = \"drop\"",
     );
-    let frames: Vec<Vec<u8>> = (0..ROUNDS).map(|i| v4_tcp(CLIENT, server(i), 25)).collect();
+    let frames: Vec<Vec<u8>> = servers.iter().map(|&s| v4_tcp(CLIENT, s, 25)).collect();
     let xdp = &*loader::xdp_program(&mut c.ebpf).unwrap();
     let verdicts = on_two_cpus_at_once(ROUNDS as usize, |_, round| run_xdp(xdp, &frames[round]).0);
     assert!(
@@ -1103,16 +1105,14 @@ fn a_syn_seen_twice_at_once_counts_one_half_open_flow() {
 }
 
 /// Protects `count` servers, one per address from `base` on, each with
-/// the policy lines `limits`.
-fn servers_from(c: &Classifier, base: Ipv4Addr, count: usize, limits: &str) {
-    let text: String = (0..count)
-        .map(|i| {
-            let address = Ipv4Addr::from(u32::from(base) + i as u32);
-            format!("[[server]]\naddress = \"{address}\"\n{limits}\n")
-        })
+/// the policy lines `limits`; returns their addresses.
+fn servers_from(c: &Classifier, base: Ipv4Addr, count: usize, limits: &str) -> Vec<Ipv4Addr> {
+    let servers: Vec<Ipv4Addr> = (0..count as u32)
+        .map(|i| Ipv4Addr::from(u32::from(base) + i))
         .collect();
-    let policy = Policy::parse(Path::new("(test)"), &text).unwrap();
-    limits::apply_policy(c.pins.path(), &policy.servers).unwrap();
+    let addrs: Vec<IpAddr> = servers.iter().map(|&s| s.into()).collect();
+    c.protect_with(&addrs, limits);
+    servers
 }
 
 /// A frame through the XDP program: its verdict, and the frame as the
@@ -1147,8 +1147,7 @@ fn cookie_acks(
 ) -> Vec<Vec<Vec<u8>>> {
     const ISN: u32 = 0x1000_0000;
     const XDP_TX: u32 = 3;
-    let server = |i: usize| Ipv4Addr::from(u32::from(base) + i as u32);
-    servers_from(
+    let servers = servers_from(
         c,
         base,
         rounds,
@@ -1164,26 +1163,27 @@ fn cookie_acks(
             tcp_segment(src.into(), dst.into(), (port, 25), ISN, 0x02, &[], &[]),
         )
     };
-    (0..rounds)
-        .map(|i| {
-            let (verdict, _) = run_xdp(xdp, &syn(CLIENT, server(i), 1000));
+    servers
+        .into_iter()
+        .map(|server| {
+            let (verdict, _) = run_xdp(xdp, &syn(CLIENT, server, 1000));
             assert_eq!(verdict, XDP_PASS, "the first SYN takes the slot");
             clients
                 .iter()
                 .map(|&src| {
-                    let (verdict, answer) = run_xdp(xdp, &syn(src, server(i), 2000));
+                    let (verdict, answer) = run_xdp(xdp, &syn(src, server, 2000));
                     assert_eq!(verdict, XDP_TX, "{src} is answered with a SYN cookie");
                     let cookie =
                         u32::from_be_bytes(answer[TCP_AT + 4..TCP_AT + 8].try_into().unwrap());
                     let ack = tcp_ack(
                         src.into(),
-                        server(i).into(),
+                        server.into(),
                         (2000, 25),
                         ISN + 1,
                         cookie.wrapping_add(1),
                         &[],
                     );
-                    segment(src, server(i), ack)
+                    segment(src, server, ack)
                 })
                 .collect()
         })
