@@ -24,6 +24,9 @@ pub mod maps {
     pub const SERVER_CONNS: &str = "SERVER_CONNS";
     /// LRU hash of per-client connection counts: [`super::ClientKey`] -> [`super::ConnCounts`].
     pub const CLIENT_CONNS: &str = "CLIENT_CONNS";
+    /// Array of one [`super::FlowMarks`] (mmapable): the flow table's
+    /// tuples, counted by [`super::FlowKey::mark_slot`].
+    pub const FLOW_MARKS: &str = "FLOW_MARKS";
     /// Per-CPU array of u64 SYN drops, indexed by [`super::DropReason`].
     pub const LIMIT_DROPS: &str = "LIMIT_DROPS";
     /// Per-CPU array of u64 TCP intercept events, indexed by [`super::InterceptEvent`].
@@ -38,12 +41,13 @@ pub mod maps {
     /// The same for IPv6: `Key<[u8; 16]>` -> u64.
     pub const CLIENT_BLOCK_V6: &str = "CLIENT_BLOCK_V6";
     /// Every pinned map, for `inspector unload`.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         CLASS_STATS,
         EXEMPT_V4,
         EXEMPT_V6,
         SERVERS,
         FLOWS,
+        FLOW_MARKS,
         SERVER_CONNS,
         CLIENT_CONNS,
         LIMIT_DROPS,
@@ -302,6 +306,44 @@ pub struct FlowKey {
     /// Always 6 (TCP) for now; part of the key so other protocols can join.
     pub protocol: u8,
     pub _pad: [u8; 3],
+}
+
+/// Slots of [`FlowMarks`]: a power of two.
+pub const FLOW_MARK_SLOTS: usize = 1 << 16;
+
+/// A counting filter of the flow table: slot [`FlowKey::mark_slot`] holds
+/// how many tracked flows hash there. The kernel adds one before it
+/// inserts a flow and takes it away after it removes one; the sweeper
+/// takes away those it removes. A slot at zero means no tracked flow has
+/// that tuple, so a new SYN there needs no lookup in the (much larger,
+/// uncached) flow table. An entry the table evicts leaves its mark (a slot
+/// that only costs a lookup) until the sweeper finds it stale.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FlowMarks {
+    pub slots: [u32; FLOW_MARK_SLOTS],
+}
+
+impl FlowKey {
+    /// The flow's slot in [`FlowMarks`]. The kernel and the sweeper both
+    /// compute it, so it is plain integer arithmetic on the key's words (a
+    /// multiplicative hash: the top bits of the product mix every word).
+    /// Unkeyed: a flood aimed at the slots of tracked flows costs the
+    /// flow table lookups every SYN cost before the marks, no more.
+    #[inline(always)]
+    pub fn mark_slot(&self) -> usize {
+        let word = |a: &Addr16, i: usize| {
+            u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]) as u64
+        };
+        let mut h: u64 = 0;
+        let mut mix = |w: u64| h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        mix(word(&self.client, 0) | word(&self.client, 1) << 32);
+        mix(word(&self.client, 2) | word(&self.client, 3) << 32);
+        mix(word(&self.server, 0) | word(&self.server, 1) << 32);
+        mix(word(&self.server, 2) | word(&self.server, 3) << 32);
+        mix((self.client_port as u64) << 16 | self.server_port as u64);
+        (h >> (64 - FLOW_MARK_SLOTS.trailing_zeros())) as usize
+    }
 }
 
 /// State of a tracked flow (`FlowEntry::state`).
@@ -644,6 +686,8 @@ const _: () = {
     assert!(offset_of!(FlowKey, client_port) == 32);
     assert!(offset_of!(FlowKey, protocol) == 36);
     assert!(size_of::<FlowEntry>() == 40);
+    assert!(size_of::<FlowMarks>() == 4 * FLOW_MARK_SLOTS);
+    assert!(FLOW_MARK_SLOTS.is_power_of_two());
     assert!(offset_of!(FlowEntry, state) == 8);
     assert!(offset_of!(FlowEntry, seq_delta) == 12);
     assert!(offset_of!(FlowEntry, ts_delta) == 16);

@@ -1,6 +1,7 @@
 //! Connection limits of protected servers: a flow table of the TCP
 //! connections to them, the embryonic/established counts it implies
-//! (`conns`), and the four limits enforced on new SYNs.
+//! (`conns`), the marks that tell a new SYN whether the table could hold
+//! its tuple (`marks`), and the four limits enforced on new SYNs.
 //!
 //! A connection is embryonic from the client's SYN until the client's
 //! handshake-completing ACK, then established until a FIN (either side:
@@ -29,6 +30,7 @@
 //! spoofed SYNs never locks out a client that completes the handshake.
 
 mod conns;
+mod marks;
 mod seq;
 
 use aya_ebpf::{
@@ -183,7 +185,13 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
     let key = &w.flow;
     let flags = tcp.flags;
     let new_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    match FLOWS.get_ptr_mut(key) {
+    // A new SYN whose tuple is unmarked is certainly untracked: no lookup.
+    let tracked = if new_syn && !marks::marked(key) {
+        None
+    } else {
+        FLOWS.get_ptr_mut(key)
+    };
+    match tracked {
         Some(entry) => {
             // SAFETY: a map value, valid during this run; racing writers on
             // other CPUs can only cost a count the sweeper corrects.
@@ -598,13 +606,21 @@ enum Untracked {
 /// so that two copies of one packet on two CPUs count the flow once.
 #[inline(always)]
 fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> Result<(), Untracked> {
+    // Marked first: a CPU that finds the entry finds its mark too.
+    marks::add(&w.flow, 1);
     match FLOWS.insert(&w.flow, entry, BPF_NOEXIST as u64) {
         Ok(()) => {
             conns::add(&w.client, kind, 1);
             Ok(())
         }
-        Err(e) if e == -EEXIST => Err(Untracked::Exists),
-        Err(_) => Err(Untracked::Refused),
+        Err(e) => {
+            marks::add(&w.flow, -1);
+            Err(if e == -EEXIST {
+                Untracked::Exists
+            } else {
+                Untracked::Refused
+            })
+        }
     }
 }
 
@@ -806,6 +822,7 @@ fn forget(w: &Work) {
         // Released by the CPU whose delete took it: two that forget the
         // same flow at once release it once.
         if FLOWS.remove(&w.flow).is_ok() {
+            marks::add(&w.flow, -1);
             release(w, state);
         }
     }

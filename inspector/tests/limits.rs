@@ -15,6 +15,8 @@ use std::{
     time::Duration,
 };
 
+use inspector::kernel::flow_marks::FlowMarks;
+use inspector_common::{FlowEntry, FlowKey, maps};
 use inspector_lab::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
     frame_flood::FrameFlood, syn::SynFlood,
@@ -241,6 +243,60 @@ fn syn_flood_is_held_to_max_embryonic_and_expires() {
         "embryonic entries expired: {:?}",
         server_counts(&pins, SERVER_V4.into())
     );
+    // The sweeper took the marks of the flows it expired away.
+    assert_eq!(FlowMarks::open(pins.path()).unwrap().total(), 0);
+}
+
+/// Marks whose flows left the table without the kernel's knowing (what an
+/// LRU eviction does; here removed from userspace behind its back) are
+/// cleared by the sweeper within a few passes, and only those: the flows
+/// still tracked keep theirs.
+#[test]
+fn marks_of_flows_evicted_from_the_table_are_cleared_by_the_sweeper() {
+    let lab = lab("marks");
+    let pins = PinDir::new("marks");
+    let policy = PolicyFile::new(
+        "marks",
+        &format!(
+            "[[server]]\naddress = \"{SERVER_V4}\"\nmax-embryonic = 20\non-embryonic-limit = \"drop\"\n"
+        ),
+    );
+    let _daemon = start_daemon(&lab, &pins, &[OUTSIDE, INSIDE], Some(policy.path()));
+    route_spoofed_sources_to_client(&lab);
+    let server = Server::start(&lab.server, SERVER_V4.into(), 4096);
+    SynFlood::new(&lab.client, server.addr)
+        .unwrap()
+        .send(200)
+        .unwrap();
+    let marks = FlowMarks::open(pins.path()).unwrap();
+    let mut flows: aya::maps::HashMap<_, FlowKey, FlowEntry> = aya::maps::HashMap::try_from(
+        aya::maps::Map::from_map_data(
+            aya::maps::MapData::from_pin(pins.path().join(maps::FLOWS)).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || flows.keys().count() == 20),
+        "20 half-open flows tracked: {}",
+        flows.keys().count()
+    );
+    assert_eq!(marks.total(), 20, "each tracked flow is marked");
+    let evicted: Vec<FlowKey> = flows.keys().flatten().take(5).collect();
+    for key in &evicted {
+        flows.remove(key).unwrap();
+    }
+    assert_eq!(marks.total(), 20, "nothing took the evicted flows' marks");
+    assert!(
+        wait_until(Duration::from_secs(6), || marks.total() == 15),
+        "the evicted flows' marks cleared: {} left",
+        marks.total()
+    );
+    let kept: Vec<FlowKey> = flows.keys().flatten().collect();
+    assert_eq!(kept.len(), 15);
+    for key in &kept {
+        assert!(marks.count(key) > 0, "a tracked flow lost its mark");
+    }
 }
 
 /// A flood that reaches the gateway as XDP frames, the way a NIC delivers

@@ -22,6 +22,7 @@ use inspector::{
         classify,
         counters::{ClassStats, ParseDrops},
         exempt::{ExemptTable, Origin},
+        flow_marks::FlowMarks,
         limits, loader, steer,
     },
 };
@@ -945,6 +946,40 @@ fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
     );
 }
 
+/// A flow table pinned before the flow marks existed (entries of today's
+/// size, no `FLOW_MARKS` beside it) is replaced at load: its flows are
+/// marked nowhere, so their SYNs would be taken for new ones.
+#[test]
+fn a_flow_table_pinned_without_its_marks_is_replaced() {
+    let pins = PinDir::new("unmarked");
+    let path = pins.path().join(inspector_common::maps::FLOWS);
+    let (key, value) = (
+        size_of::<inspector_common::FlowKey>().to_string(),
+        size_of::<inspector_common::FlowEntry>().to_string(),
+    );
+    let old = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args(["type", "lru_hash", "key", &key, "value", &value])
+        .args(["entries", "16", "name", "FLOWS"])
+        .output()
+        .expect("running bpftool");
+    assert!(
+        old.status.success(),
+        "{}",
+        String::from_utf8_lossy(&old.stderr)
+    );
+    let old_id = aya::maps::MapData::from_pin(&path)
+        .unwrap()
+        .info()
+        .unwrap()
+        .id();
+    let _ebpf = loader::load(pins.path()).expect("loading over the unmarked table");
+    let flows = aya::maps::MapData::from_pin(&path).unwrap();
+    assert_ne!(flows.info().unwrap().id(), old_id, "the old table was kept");
+    assert!(FlowMarks::open(pins.path()).is_ok(), "the marks are pinned");
+}
+
 /// Runs `each(cpu, round)` on both CPUs, a thread pinned to each, for
 /// `rounds` rounds that both threads start together from a spin barrier;
 /// returns what each CPU's runs gave, round by round.
@@ -1102,6 +1137,38 @@ fn a_syn_seen_twice_at_once_counts_one_half_open_flow() {
         twice.len(),
         &twice[..twice.len().min(3)]
     );
+}
+
+/// The flow marks stand for the flow table: a SYN whose tuple is tracked
+/// is looked up whatever the limit says, one whose tuple is not is judged
+/// new. With `max-embryonic = 1` held by a client's half-open flow, that
+/// client's SYN sent again passes (a retransmission the server answers),
+/// another client's is dropped, and only the tracked flow is marked, the
+/// dropped SYN's tuple not. Marks that missed the tracked flow would drop
+/// its retransmission; marks left by dropped SYNs would fill the array.
+#[test]
+fn a_tracked_flows_syn_sent_again_passes_a_full_limit_and_only_tracked_flows_are_marked() {
+    let mut c = Classifier::new("marks");
+    c.protect_with(
+        &[SERVER.into()],
+        "max-embryonic = 1\non-embryonic-limit = \"drop\"",
+    );
+    let marks = FlowMarks::open(c.pins.path()).unwrap();
+    assert_eq!(marks.total(), 0, "marks before any flow");
+    let first = v4_tcp(CLIENT, SERVER, 25);
+    assert_eq!(c.xdp(&first), XDP_PASS, "the first SYN takes the slot");
+    assert_eq!(marks.total(), 1, "its flow is marked");
+    for round in 0..3 {
+        assert_eq!(c.xdp(&first), XDP_PASS, "the SYN sent again ({round})");
+        assert_eq!(
+            c.xdp(&v4_tcp(OTHER, SERVER, 25)),
+            XDP_DROP,
+            "another client's SYN ({round})"
+        );
+    }
+    assert_eq!(marks.total(), 1, "dropped SYNs leave no mark");
+    let stats = limits::LimitStats::read(c.pins.path(), 0).unwrap();
+    assert_eq!(stats.servers[0].embryonic, 1);
 }
 
 /// Protects `count` servers, one per address from `base` on, each with

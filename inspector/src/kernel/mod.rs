@@ -10,6 +10,7 @@ pub mod clients;
 pub mod counters;
 pub mod exempt;
 pub mod exempt_store;
+pub mod flow_marks;
 pub mod limits;
 pub mod loader;
 pub mod local_addrs;

@@ -24,7 +24,7 @@ use inspector_common::{
     maps,
 };
 
-use super::{bpffs, reset::Resetter};
+use super::{bpffs, flow_marks::FlowMarks, reset::Resetter};
 use crate::config::FlowTimeouts;
 
 /// How often the daemon sweeps.
@@ -36,6 +36,7 @@ pub struct Sweeper {
     clients: HashMap<MapData, ClientKey, ConnCounts>,
     limits: HashMap<MapData, Addr16, ServerLimits>,
     events: PerCpuArray<MapData, u64>,
+    marks: FlowMarks,
     resetter: Option<Resetter>,
     timeouts: FlowTimeouts,
 }
@@ -58,12 +59,20 @@ pub struct Sweep {
     /// Servers asked whether they still hold an established flow the
     /// client reset.
     pub probes: usize,
+    /// Flow marks cleared that no tracked flow held (the table's evictions).
+    pub stale_marks: usize,
 }
 
 impl Sweep {
     /// Whether it removed a flow or sent a packet.
     pub fn did_something(&self) -> bool {
-        self.expired + self.displaced + self.reset_by_client + self.resets + self.probes > 0
+        self.expired
+            + self.displaced
+            + self.reset_by_client
+            + self.resets
+            + self.probes
+            + self.stale_marks
+            > 0
     }
 }
 
@@ -82,6 +91,7 @@ impl Sweeper {
             clients: bpffs::open_map(pin_dir, maps::CLIENT_CONNS)?.try_into()?,
             limits: bpffs::open_map(pin_dir, maps::SERVERS)?.try_into()?,
             events: bpffs::open_map(pin_dir, maps::INTERCEPTS)?.try_into()?,
+            marks: FlowMarks::open(pin_dir)?,
             resetter: None,
             timeouts,
         })
@@ -106,7 +116,7 @@ impl Sweeper {
         let mut resets = Vec::new();
         let mut reset_by_client = Vec::new();
         let mut probes = Vec::new();
-        let mut live = 0;
+        let mut tracked = Vec::new();
         // Keys first, then one lookup each: entries the kernel removes
         // meanwhile are simply missing.
         let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
@@ -114,6 +124,7 @@ impl Sweeper {
             let Ok(entry) = self.flows.get(&key, 0) else {
                 continue;
             };
+            tracked.push(key);
             let age = Duration::from_nanos(now_ns.saturating_sub(entry.last_seen_ns));
             if age > self.timeout(entry.state) {
                 if matches!(entry.state, flow_state::EMBRYONIC | flow_state::OPENING) {
@@ -136,7 +147,6 @@ impl Sweeper {
                     _ => {}
                 }
             }
-            live += 1;
             if entry.state == flow_state::EMBRYONIC {
                 half_open.push(HalfOpen {
                     key,
@@ -161,15 +171,21 @@ impl Sweeper {
             }
         }
         let displaced = self.displaced(half_open, &mut servers, &mut clients);
-        live -= displaced.len();
         for flow in &displaced {
             resets.push((flow.key, flow.client_next));
             expired.push(flow.key);
         }
-        for key in expired.iter().chain(&reset_by_client) {
-            // Gone already (FIN, RST, eviction) is fine.
-            let _ = self.flows.remove(key);
+        let removed: std::collections::HashSet<FlowKey> =
+            expired.iter().chain(&reset_by_client).copied().collect();
+        for key in &removed {
+            // Gone already (FIN, RST, eviction) is fine: whoever removed
+            // it took its mark away.
+            if self.flows.remove(key).is_ok() {
+                self.marks.removed(key);
+            }
         }
+        tracked.retain(|k| !removed.contains(k));
+        let stale_marks = self.marks.clear_stale(&tracked);
         let reset = self.send_resets(&resets);
         let probed = self.send_probes(&probes);
 
@@ -201,12 +217,13 @@ impl Sweeper {
             }
         }
         Ok(Sweep {
-            flows: live,
+            flows: tracked.len(),
             expired: expired.len() - displaced.len(),
             displaced: displaced.len(),
             reset_by_client: reset_by_client.len(),
             resets: reset,
             probes: probed,
+            stale_marks,
         })
     }
 
