@@ -308,8 +308,10 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Slots of [`FlowMarks`]: a power of two.
-pub const FLOW_MARK_SLOTS: usize = 1 << 16;
+/// Slots of [`FlowMarks`]: a power of two, and few enough (16 KiB) that
+/// the array stays in the first-level cache under a flood (at 64 KiB and
+/// more its read missed about as often as the packet's; docs/limits.md).
+pub const FLOW_MARK_SLOTS: usize = 1 << 12;
 
 /// A counting filter of the flow table: slot [`FlowKey::mark_slot`] holds
 /// how many tracked flows hash there. The kernel adds one before it
@@ -332,16 +334,14 @@ impl FlowKey {
     /// flow table lookups every SYN cost before the marks, no more.
     #[inline(always)]
     pub fn mark_slot(&self) -> usize {
-        let word = |a: &Addr16, i: usize| {
-            u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]) as u64
-        };
+        // SAFETY: 40 bytes, aligned to 8, no implicit padding (the layout
+        // is pinned below): five whole words, read as such (byte by byte,
+        // the BPF code would take 40 loads).
+        let words: [u64; 5] = unsafe { core::mem::transmute(*self) };
         let mut h: u64 = 0;
-        let mut mix = |w: u64| h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        mix(word(&self.client, 0) | word(&self.client, 1) << 32);
-        mix(word(&self.client, 2) | word(&self.client, 3) << 32);
-        mix(word(&self.server, 0) | word(&self.server, 1) << 32);
-        mix(word(&self.server, 2) | word(&self.server, 3) << 32);
-        mix((self.client_port as u64) << 16 | self.server_port as u64);
+        for w in words {
+            h = (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
         (h >> (64 - FLOW_MARK_SLOTS.trailing_zeros())) as usize
     }
 }

@@ -250,7 +250,7 @@ fn syn_flood_is_held_to_max_embryonic_and_expires() {
 /// Marks whose flows left the table without the kernel's knowing (what an
 /// LRU eviction does; here removed from userspace behind its back) are
 /// cleared by the sweeper within a few passes, and only those: the flows
-/// still tracked keep theirs.
+/// still tracked keep theirs, and one whose mark was lost gets it back.
 #[test]
 fn marks_of_flows_evicted_from_the_table_are_cleared_by_the_sweeper() {
     let lab = lab("marks");
@@ -297,6 +297,16 @@ fn marks_of_flows_evicted_from_the_table_are_cleared_by_the_sweeper() {
     for key in &kept {
         assert!(marks.count(key) > 0, "a tracked flow lost its mark");
     }
+    // A tracked flow's mark lost (as a clearing that raced its insert
+    // could lose it) is given back.
+    let lost = kept[0];
+    while marks.count(&lost) > 0 {
+        marks.removed(&lost);
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || marks.count(&lost) > 0),
+        "the lost mark given back"
+    );
 }
 
 /// A flood that reaches the gateway as XDP frames, the way a NIC delivers

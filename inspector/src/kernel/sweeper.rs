@@ -185,7 +185,7 @@ impl Sweeper {
             }
         }
         tracked.retain(|k| !removed.contains(k));
-        let stale_marks = self.marks.clear_stale(&tracked);
+        let stale_marks = self.marks.settle(&tracked);
         let reset = self.send_resets(&resets);
         let probed = self.send_probes(&probes);
 
