@@ -923,21 +923,7 @@ fn exemptions_match_source_or_destination() {
 #[test]
 fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
     let pins = PinDir::new("staleflows");
-    let path = pins.path().join(inspector_common::maps::FLOWS);
-    let old = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&path)
-        .args([
-            "type", "lru_hash", "key", "40", "value", "32", "entries", "16",
-        ])
-        .args(["name", "FLOWS"])
-        .output()
-        .expect("running bpftool");
-    assert!(
-        old.status.success(),
-        "{}",
-        String::from_utf8_lossy(&old.stderr)
-    );
+    let path = pin_flow_table(&pins, 32);
     let _ebpf = loader::load(pins.path()).expect("loading over the old table");
     let flows = aya::maps::MapData::from_pin(&path).unwrap();
     assert_eq!(
@@ -946,21 +932,15 @@ fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
     );
 }
 
-/// A flow table pinned before the flow marks existed (entries of today's
-/// size, no `FLOW_MARKS` beside it) is replaced at load: its flows are
-/// marked nowhere, so their SYNs would be taken for new ones.
-#[test]
-fn a_flow_table_pinned_without_its_marks_is_replaced() {
-    let pins = PinDir::new("unmarked");
+/// Pins a flow table of 16 flows, with `value`-byte entries, where the
+/// loader looks for one in `pins`, as an older version left it; its path.
+fn pin_flow_table(pins: &PinDir, value: usize) -> std::path::PathBuf {
     let path = pins.path().join(inspector_common::maps::FLOWS);
-    let (key, value) = (
-        size_of::<inspector_common::FlowKey>().to_string(),
-        size_of::<inspector_common::FlowEntry>().to_string(),
-    );
+    let key = size_of::<inspector_common::FlowKey>().to_string();
     let old = std::process::Command::new("bpftool")
         .args(["map", "create"])
         .arg(&path)
-        .args(["type", "lru_hash", "key", &key, "value", &value])
+        .args(["type", "lru_hash", "key", &key, "value", &value.to_string()])
         .args(["entries", "16", "name", "FLOWS"])
         .output()
         .expect("running bpftool");
@@ -969,6 +949,16 @@ fn a_flow_table_pinned_without_its_marks_is_replaced() {
         "{}",
         String::from_utf8_lossy(&old.stderr)
     );
+    path
+}
+
+/// A flow table pinned before the flow marks existed (entries of today's
+/// size, no `FLOW_MARKS` beside it) is replaced at load: its flows are
+/// marked nowhere, so their SYNs would be taken for new ones.
+#[test]
+fn a_flow_table_pinned_without_its_marks_is_replaced() {
+    let pins = PinDir::new("unmarked");
+    let path = pin_flow_table(&pins, size_of::<inspector_common::FlowEntry>());
     let old_id = aya::maps::MapData::from_pin(&path)
         .unwrap()
         .info()
