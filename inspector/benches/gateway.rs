@@ -351,9 +351,13 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         // would leave it after the embryonic timeout).
         let later = policy.timeouts.embryonic + Duration::from_secs(1);
         sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
-        rows[0].push(sessions_per_s(lab, server, window)?);
+        rows[0].push(sessions_per_s(lab, server, window).context("ours, without a flood")?);
         let retrans_before = retransmitted(&lab.client)?;
-        rows[1].push(sessions_during_flood(lab, &mut flood, server, window)?.0);
+        rows[1].push(
+            sessions_during_flood(lab, &mut flood, server, window)
+                .context("ours, during the flood")?
+                .0,
+        );
         ours_retrans += retransmitted(&lab.client)? - retrans_before;
         let cookies =
             LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::CookieSent as usize];
@@ -364,9 +368,12 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
 
         lab.gateway.nft(&synproxy_script(wscale))?;
         let retrans_before = retransmitted(&lab.client)?;
-        let quiet = sessions_per_s(lab, server, window);
-        let flooded =
-            quiet.and_then(|q| Ok((q, sessions_during_flood(lab, &mut flood, server, window)?.0)));
+        let quiet = sessions_per_s(lab, server, window).context("synproxy, without a flood");
+        let flooded = quiet.and_then(|q| {
+            let during = sessions_during_flood(lab, &mut flood, server, window)
+                .context("synproxy, during the flood")?;
+            Ok((q, during.0))
+        });
         delete_table(lab)?;
         let (quiet, flooded) = flooded?;
         synproxy_retrans += retransmitted(&lab.client)? - retrans_before;

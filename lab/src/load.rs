@@ -109,17 +109,23 @@ pub fn smtp_session(lab: &Lab, server: SocketAddr) -> Result<()> {
 /// [`smtp_session`] from the calling thread's namespace.
 fn session_from_here(server: SocketAddr) -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
-    let stream = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))?;
+    let stream = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))
+        .with_context(|| format!("connecting to {server}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    let port = stream.local_addr()?.port();
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    reader
+        .read_line(&mut line)
+        .with_context(|| format!("waiting for {server}'s greeting (from port {port})"))?;
     if !line.starts_with("220") {
         bail!("greeting {line:?}");
     }
     (&stream).write_all(b"QUIT\r\n")?;
     line.clear();
-    reader.read_line(&mut line)?;
+    reader
+        .read_line(&mut line)
+        .with_context(|| format!("waiting for {server}'s answer to QUIT (from port {port})"))?;
     if !line.starts_with("221") {
         bail!("QUIT answered {line:?}");
     }

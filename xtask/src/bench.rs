@@ -908,19 +908,27 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
         w,
         "\nThe issue's target, an XDP drop at least 5 times cheaper than `ct count`, \
          is {} on this path ({ratio:.1}). Above the floor ({floor:.0} ns: the veth \
-         receiving a frame and a program that only drops it), the cost is our \
-         program's: a spoofed flood makes every lookup keyed by the source miss \
-         in a table far larger than the caches; the one left on the drop path \
-         is the flow table's, which a retransmitted SYN of a tracked flow needs. \
-         In a run sampled by hand (`kernel.bpf_stats_enabled`, `bpftool prog \
-         show`), the program took about 750 ns per dropped SYN while it also \
-         read the per-client counts, and about 230 of the 313 ns that run \
-         measured once it reads them only where a per-client limit is set; \
-         under `BPF_PROG_TEST_RUN` (the classifier table above), where the same \
-         frame repeats and every lookup hits the cache, it takes about 100 ns. \
-         Costs made of cache misses swing with whatever shares the cache: the \
-         drop measured 313 to 889 ns, and `ct count` 1142 to 2060, in runs of \
-         the same build on this machine.",
+         receiving a frame and a program that only drops it), two costs make up \
+         our drop. A profile of the drop runs alone (`perf record -a -g`, 6 s, \
+         2026-12-03) puts 58 % of the gateway thread's time in returning the \
+         senders' pages to their page pool (`page_pool_put_unrefed_netmem` and \
+         the spin lock of the pool's ring), a lock the senders take too, for \
+         every frame the veth's full ring refused: a cost of this way of \
+         delivering frames, which grows as the handler falls behind, and which a \
+         NIC's driver, recycling its own pages, does not have; `ct count`, \
+         further behind, pays it too. Our program took the other 42 %, most of \
+         it in the first read of the packet, which the senders' CPU wrote just \
+         before. The flow table's lookup, once the largest part of the \
+         program's time (a table far larger than the caches, missed by every \
+         spoofed SYN), is skipped for a SYN whose tuple the flow marks show \
+         untracked (docs/limits.md). In runs of the drop alone (a local change \
+         to this bench, 400,000 SYNs a run), the build before the marks took a \
+         median of 898 ns (5 runs); builds with marks of 16 KiB and of 256 KiB, \
+         run alternately 3 times 8 runs, 713 and 843 ns (at 256 KiB their read \
+         missed the cache about as often as the packet's). Costs made of cache misses and lock contention swing with \
+         whatever shares the machine: the drop measured 313 to 889 ns, and \
+         `ct count` 1142 to 2500, in runs of builds that left it unchanged, on \
+         this machine.",
         if ratio >= 5.0 { "met" } else { "not met" }
     )?;
     let s = &g["sessions"];
