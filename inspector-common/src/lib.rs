@@ -308,22 +308,35 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Slots of [`FlowMarks`]: a power of two, and few enough (16 KiB) that
+/// Slots of [`FlowMarks`]: a power of two, and few enough (32 KiB) that
 /// the array stays in the first-level cache under a flood (at 64 KiB and
 /// more its read missed about as often as the packet's; docs/limits.md).
 pub const FLOW_MARK_SLOTS: usize = 1 << 12;
 
-/// A counting filter of the flow table: slot [`FlowKey::mark_slot`] holds
-/// how many tracked flows hash there. The kernel adds one before it
-/// inserts a flow and takes it away after it removes one; the sweeper
-/// takes away those it removes. A slot at zero means no tracked flow has
-/// that tuple, so a new SYN there needs no lookup in the (much larger,
-/// uncached) flow table. An entry the table evicts leaves its mark (a slot
-/// that only costs a lookup) until the sweeper finds it stale.
+/// What an insert adds to its slot of [`FlowMarks`]: one flow (the low
+/// half) and one insert (the high half, which only grows), so that the
+/// sweeper can tell a slot no flow entered since it last looked.
+pub const FLOW_MARK_INSERT: u64 = 1 | 1 << 32;
+
+/// The flows a slot of [`FlowMarks`] counts (its low half).
+#[inline(always)]
+pub const fn marked_flows(slot: u64) -> u32 {
+    slot as u32
+}
+
+/// A counting filter of the flow table: slot [`FlowKey::mark_slot`]
+/// counts the tracked flows that hash there (low half) and the inserts
+/// there ever (high half). The kernel adds [`FLOW_MARK_INSERT`] before it
+/// inserts a flow and takes one flow away after it removes one (or its
+/// insert failed); the sweeper takes away those it removes. A slot that
+/// counts no flow means no tracked flow has that tuple, so a new SYN there
+/// needs no lookup in the (much larger, uncached) flow table. An entry the
+/// table evicts leaves its mark (a slot that only costs a lookup) until
+/// the sweeper settles the slot (`inspector::kernel::flow_marks`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FlowMarks {
-    pub slots: [u32; FLOW_MARK_SLOTS],
+    pub slots: [u64; FLOW_MARK_SLOTS],
 }
 
 impl FlowKey {
@@ -686,7 +699,7 @@ const _: () = {
     assert!(offset_of!(FlowKey, client_port) == 32);
     assert!(offset_of!(FlowKey, protocol) == 36);
     assert!(size_of::<FlowEntry>() == 40);
-    assert!(size_of::<FlowMarks>() == 4 * FLOW_MARK_SLOTS);
+    assert!(size_of::<FlowMarks>() == 8 * FLOW_MARK_SLOTS);
     assert!(FLOW_MARK_SLOTS.is_power_of_two());
     assert!(offset_of!(FlowEntry, state) == 8);
     assert!(offset_of!(FlowEntry, seq_delta) == 12);

@@ -185,7 +185,8 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
     let key = &w.flow;
     let flags = tcp.flags;
     let new_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // A new SYN whose tuple is unmarked is certainly untracked: no lookup.
+    // A new SYN whose tuple the marks count no flow for is untracked: no
+    // lookup.
     let tracked = if new_syn && !marks::marked(key) {
         None
     } else {
@@ -606,15 +607,15 @@ enum Untracked {
 /// so that two copies of one packet on two CPUs count the flow once.
 #[inline(always)]
 fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> Result<(), Untracked> {
-    // Marked first: a CPU that finds the entry finds its mark too.
-    marks::add(&w.flow, 1);
+    // Marked first: once the entry is there, its SYNs are looked up.
+    marks::inserting(&w.flow);
     match FLOWS.insert(&w.flow, entry, BPF_NOEXIST as u64) {
         Ok(()) => {
             conns::add(&w.client, kind, 1);
             Ok(())
         }
         Err(e) => {
-            marks::add(&w.flow, -1);
+            marks::gone(&w.flow);
             Err(if e == -EEXIST {
                 Untracked::Exists
             } else {
@@ -822,7 +823,7 @@ fn forget(w: &Work) {
         // Released by the CPU whose delete took it: two that forget the
         // same flow at once release it once.
         if FLOWS.remove(&w.flow).is_ok() {
-            marks::add(&w.flow, -1);
+            marks::gone(&w.flow);
             release(w, state);
         }
     }

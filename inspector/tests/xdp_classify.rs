@@ -935,19 +935,38 @@ fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
 /// Pins a flow table of 16 flows, with `value`-byte entries, where the
 /// loader looks for one in `pins`, as an older version left it; its path.
 fn pin_flow_table(pins: &PinDir, value: usize) -> std::path::PathBuf {
-    let path = pins.path().join(inspector_common::maps::FLOWS);
     let key = size_of::<inspector_common::FlowKey>().to_string();
-    let old = std::process::Command::new("bpftool")
+    let value = value.to_string();
+    let spec = [
+        "type", "lru_hash", "key", &key, "value", &value, "entries", "16",
+    ];
+    pin_map(pins, inspector_common::maps::FLOWS, &spec)
+}
+
+/// Pins a mmapable one-element array of `value` bytes where the loader
+/// looks for the flow marks in `pins`; its path.
+fn pin_flow_marks(pins: &PinDir, value: usize) -> std::path::PathBuf {
+    let value = value.to_string();
+    let spec = [
+        "type", "array", "key", "4", "value", &value, "entries", "1", "flags", "1024",
+    ];
+    pin_map(pins, inspector_common::maps::FLOW_MARKS, &spec)
+}
+
+/// Pins a map `name` made by `bpftool map create` with `spec` in `pins`.
+fn pin_map(pins: &PinDir, name: &str, spec: &[&str]) -> std::path::PathBuf {
+    let path = pins.path().join(name);
+    let made = std::process::Command::new("bpftool")
         .args(["map", "create"])
         .arg(&path)
-        .args(["type", "lru_hash", "key", &key, "value", &value.to_string()])
-        .args(["entries", "16", "name", "FLOWS"])
+        .args(spec)
+        .args(["name", name])
         .output()
         .expect("running bpftool");
     assert!(
-        old.status.success(),
+        made.status.success(),
         "{}",
-        String::from_utf8_lossy(&old.stderr)
+        String::from_utf8_lossy(&made.stderr)
     );
     path
 }
@@ -968,6 +987,56 @@ fn a_flow_table_pinned_without_its_marks_is_replaced() {
     let flows = aya::maps::MapData::from_pin(&path).unwrap();
     assert_ne!(flows.info().unwrap().id(), old_id, "the old table was kept");
     assert!(FlowMarks::open(pins.path()).is_ok(), "the marks are pinned");
+}
+
+/// Marks pinned with another layout (an older version's) are replaced at
+/// load, with the flow table they counted: mapped at today's size they
+/// would be read out of bounds, and their slots are not today's.
+#[test]
+fn flow_marks_pinned_with_another_layout_are_replaced_with_their_table() {
+    let pins = PinDir::new("oldmarks");
+    let flows = pin_flow_table(&pins, size_of::<inspector_common::FlowEntry>());
+    let marks = pin_flow_marks(&pins, 16384);
+    let ids = |p: &Path| {
+        aya::maps::MapData::from_pin(p)
+            .unwrap()
+            .info()
+            .unwrap()
+            .id()
+    };
+    let (old_flows, old_marks) = (ids(&flows), ids(&marks));
+    let _ebpf = loader::load(pins.path()).expect("loading over the old marks");
+    assert_ne!(ids(&flows), old_flows, "the flow table was kept");
+    assert_ne!(ids(&marks), old_marks, "the old marks were kept");
+    let info = aya::maps::MapData::from_pin(&marks)
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!(
+        info.value_size() as usize,
+        size_of::<inspector_common::FlowMarks>()
+    );
+    assert!(FlowMarks::open(pins.path()).is_ok());
+}
+
+/// Marks pinned without their flow table count flows that are gone: they
+/// are replaced at load.
+#[test]
+fn flow_marks_pinned_without_their_table_are_replaced() {
+    let pins = PinDir::new("lonemarks");
+    let marks = pin_flow_marks(&pins, size_of::<inspector_common::FlowMarks>());
+    let old = aya::maps::MapData::from_pin(&marks)
+        .unwrap()
+        .info()
+        .unwrap()
+        .id();
+    let _ebpf = loader::load(pins.path()).expect("loading over the lone marks");
+    let new = aya::maps::MapData::from_pin(&marks)
+        .unwrap()
+        .info()
+        .unwrap()
+        .id();
+    assert_ne!(new, old, "the lone marks were kept");
 }
 
 /// Runs `each(cpu, round)` on both CPUs, a thread pinned to each, for
@@ -1136,6 +1205,7 @@ fn a_syn_seen_twice_at_once_counts_one_half_open_flow() {
 /// another client's is dropped, and only the tracked flow is marked, the
 /// dropped SYN's tuple not. Marks that missed the tracked flow would drop
 /// its retransmission; marks left by dropped SYNs would fill the array.
+/// And a SYN whose mark is gone is judged without the table at all.
 #[test]
 fn a_tracked_flows_syn_sent_again_passes_a_full_limit_and_only_tracked_flows_are_marked() {
     let mut c = Classifier::new("marks");
@@ -1159,6 +1229,20 @@ fn a_tracked_flows_syn_sent_again_passes_a_full_limit_and_only_tracked_flows_are
     assert_eq!(marks.total(), 1, "dropped SYNs leave no mark");
     let stats = limits::LimitStats::read(c.pins.path(), 0).unwrap();
     assert_eq!(stats.servers[0].embryonic, 1);
+    // With its mark taken away behind the kernel's back, the same SYN is
+    // judged new without a look at the table: dropped, the limit full.
+    let flows: aya::maps::HashMap<_, inspector_common::FlowKey, inspector_common::FlowEntry> =
+        aya::maps::HashMap::try_from(
+            aya::maps::Map::from_map_data(
+                aya::maps::MapData::from_pin(c.pins.path().join(inspector_common::maps::FLOWS))
+                    .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let key = flows.keys().next().unwrap().unwrap();
+    marks.removed(&key);
+    assert_eq!(c.xdp(&first), XDP_DROP, "an unmarked SYN is not looked up");
 }
 
 /// Protects `count` servers, one per address from `base` on, each with

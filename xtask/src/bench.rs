@@ -920,12 +920,15 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
          it in the first read of the packet, which the senders' CPU wrote just \
          before. The flow table's lookup, once the largest part of the \
          program's time (a table far larger than the caches, missed by every \
-         spoofed SYN), is skipped for a SYN whose tuple the flow marks show \
-         untracked (docs/limits.md). In runs of the drop alone (a local change \
+         spoofed SYN), is skipped for a SYN whose slot in the flow marks counts no \
+         flow (docs/limits.md). In runs of the drop alone (a local change \
          to this bench, 400,000 SYNs a run), the build before the marks took a \
-         median of 898 ns (5 runs); builds with marks of 16 KiB and of 256 KiB, \
-         run alternately 3 times 8 runs, 713 and 843 ns (at 256 KiB their read \
-         missed the cache about as often as the packet's). Costs made of cache misses and lock contention swing with \
+         median of 898 ns (5 runs); builds with marks of 4,096 and of 65,536 \
+         4-byte slots (16 and 256 KiB), run alternately 3 times 8 runs, 713 and \
+         843 ns (at 256 KiB their read missed the cache about as often as the \
+         packet's); the 4,096 8-byte slots this build has (32 KiB, which also \
+         count inserts for the sweeper) against the 4-byte ones, the same way, \
+         703 and 688 ns. Costs made of cache misses and lock contention swing with \
          whatever shares the machine: the drop measured 313 to 889 ns, and \
          `ct count` 1142 to 2500, in runs of builds that left it unchanged, on \
          this machine.",

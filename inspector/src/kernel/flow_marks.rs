@@ -9,20 +9,19 @@ use std::{
     os::fd::{AsFd, AsRawFd},
     path::Path,
     ptr::NonNull,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context, Result, bail};
 use aya::maps::MapData;
-use inspector_common::{FLOW_MARK_SLOTS, FlowKey, FlowMarks as Slots, maps};
+use inspector_common::{FLOW_MARK_SLOTS, FlowKey, FlowMarks as Slots, maps, marked_flows};
 
 use super::bpffs;
 
 pub struct FlowMarks {
-    slots: NonNull<AtomicU32>,
-    /// Slots above the flow table's count at the last pass: (the slot's
-    /// count, the table's), cleared at the next pass if neither moved.
-    stale: HashMap<usize, (u32, u32)>,
+    slots: NonNull<AtomicU64>,
+    /// Each slot as the last [`FlowMarks::settle`] read it (empty before the first).
+    previous: Vec<u64>,
     _map: MapData,
 }
 
@@ -30,6 +29,8 @@ pub struct FlowMarks {
 unsafe impl Send for FlowMarks {}
 
 const LEN: usize = std::mem::size_of::<Slots>();
+/// The inserts' half of a slot.
+const INSERTS: u64 = !(u32::MAX as u64);
 
 impl FlowMarks {
     pub fn open(pin_dir: &Path) -> Result<Self> {
@@ -38,7 +39,8 @@ impl FlowMarks {
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: a shared mapping of the map's value, which lives as long
-        // as `map` (kept here) and has exactly `LEN` bytes.
+        // as `map` (kept here) and has exactly `LEN` bytes (the loader
+        // replaces a pinned array of another size).
         let at = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -58,74 +60,82 @@ impl FlowMarks {
         }
         Ok(Self {
             slots: NonNull::new(at.cast()).context("mmap returned null")?,
-            stale: HashMap::new(),
+            previous: Vec::new(),
             _map: map,
         })
     }
 
-    fn slots(&self) -> &[AtomicU32] {
-        // SAFETY: `LEN` bytes of u32 slots, mapped while `self` lives.
+    fn slots(&self) -> &[AtomicU64] {
+        // SAFETY: `LEN` bytes of u64 slots, mapped while `self` lives.
         unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), FLOW_MARK_SLOTS) }
     }
 
-    /// The count in `key`'s slot.
+    /// The flows counted in `key`'s slot.
     pub fn count(&self, key: &FlowKey) -> u32 {
-        self.slots()[key.mark_slot()].load(Ordering::Relaxed)
+        marked_flows(self.slots()[key.mark_slot()].load(Ordering::Relaxed))
     }
 
-    /// The marks of every slot: the flows tracked, plus those evicted and
-    /// not yet cleared.
+    /// The flows counted in every slot: those tracked, plus those evicted
+    /// and not yet settled.
     pub fn total(&self) -> u64 {
         self.slots()
             .iter()
-            .map(|s| u64::from(s.load(Ordering::Relaxed)))
+            .map(|s| u64::from(marked_flows(s.load(Ordering::Relaxed))))
             .sum()
     }
 
-    /// A flow the sweeper removed from the table: its mark goes.
+    /// A flow the sweeper removed from the table: one flow less in its
+    /// slot (never below none: a slot counts at least the flows it holds,
+    /// see `settle`, but a wrong count must not borrow from the inserts).
     pub fn removed(&self, key: &FlowKey) {
-        // Never below zero: a flow tracked before the marks existed has none.
         let _ =
-            self.slots()[key.mark_slot()]
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| c.checked_sub(1));
+            self.slots()[key.mark_slot()].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                (marked_flows(c) > 0).then(|| c - 1)
+            });
     }
 
-    /// Settles the marks on the flows the table holds (`live`, read
-    /// before this call). A slot below its flows' count (its flow inserted
-    /// while a clearing below raced it; see there) is raised at once: a
-    /// mark too many only costs a lookup. A slot above it (a flow the
-    /// table evicted, which nothing takes away) is lowered to it only when
-    /// neither count moved since the last pass, and only if it still holds
-    /// what it held then (a compare-and-swap): a flow the kernel inserts or
-    /// removes meanwhile changes the slot first. Returns the marks cleared.
-    pub fn settle(&mut self, live: &[FlowKey]) -> usize {
+    /// Settles the slots on the flows the table holds: `live`, every key
+    /// of a scan begun after the last pass (`complete` if the scan had no
+    /// error). A slot counting fewer flows than it holds is raised (a
+    /// mark too many only costs a lookup). A slot counting more (a flow
+    /// the table evicted, which nothing takes away) is lowered to them
+    /// only if no flow was inserted there since the last pass, which read
+    /// its inserts before this scan began: every flow it holds was then in
+    /// the table for the whole scan, so none loses its mark. The lowering
+    /// is a compare-and-swap, which fails if the kernel counted meanwhile.
+    /// Returns the marks cleared.
+    pub fn settle(&mut self, live: &[FlowKey], complete: bool) -> usize {
         let mut held: HashMap<usize, u32> = HashMap::new();
         for key in live {
             *held.entry(key.mark_slot()).or_default() += 1;
         }
-        let mut stale = HashMap::new();
         let mut cleared = 0;
+        let mut now = Vec::with_capacity(FLOW_MARK_SLOTS);
         for (i, slot) in self.slots().iter().enumerate() {
-            let count = slot.load(Ordering::Relaxed);
-            let flows = held.get(&i).copied().unwrap_or(0);
-            if count < flows {
-                slot.fetch_add(flows - count, Ordering::Relaxed);
-                continue;
-            }
-            if count == flows {
-                continue;
-            }
-            if self.stale.get(&i) == Some(&(count, flows))
+            let seen = slot.load(Ordering::Relaxed);
+            now.push(seen);
+            let (counted, flows) = (marked_flows(seen), held.get(&i).copied().unwrap_or(0));
+            if counted < flows {
+                slot.fetch_add(u64::from(flows - counted), Ordering::Relaxed);
+            } else if counted > flows
+                && complete
+                && self
+                    .previous
+                    .get(i)
+                    .is_some_and(|p| p & INSERTS == seen & INSERTS)
                 && slot
-                    .compare_exchange(count, flows, Ordering::Relaxed, Ordering::Relaxed)
+                    .compare_exchange(
+                        seen,
+                        (seen & INSERTS) | u64::from(flows),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
                     .is_ok()
             {
-                cleared += (count - flows) as usize;
-            } else {
-                stale.insert(i, (count, flows));
+                cleared += (counted - flows) as usize;
             }
         }
-        self.stale = stale;
+        self.previous = now;
         cleared
     }
 }

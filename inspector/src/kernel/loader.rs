@@ -69,38 +69,44 @@ fn pass_only(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
 /// size (they grew by the sequence numbers of `FlowEntry::server_next`):
 /// reused, it would fail the verifier. And the flow table and its marks
 /// (`FLOW_MARKS`) go together: a table without its marks (pinned before
-/// they existed) would hold flows marked nowhere, whose SYNs the kernel
-/// would take for new ones. Their flows are forgotten: the sweeper's next
-/// pass recounts from the new, empty table, and connections open since
-/// then go uncounted like any that predate the daemon.
+/// they existed), or with marks of another layout, would hold flows
+/// marked nowhere, whose SYNs the kernel would take for new ones. Their
+/// flows are forgotten: the sweeper's next pass recounts from the new,
+/// empty table, and connections open since then go uncounted like any
+/// that predate the daemon.
 fn drop_stale_flows(pin_dir: &Path) -> Result<()> {
     let path = super::bpffs::map_path(pin_dir, inspector_common::maps::FLOWS);
     let marks = super::bpffs::map_path(pin_dir, inspector_common::maps::FLOW_MARKS);
-    let stale = match aya::maps::MapData::from_pin(&path) {
-        Err(_) => None,
-        Ok(map) => {
-            let size = map
-                .info()
-                .with_context(|| format!("reading {}", path.display()))?
-                .value_size();
-            let ours = std::mem::size_of::<inspector_common::FlowEntry>();
-            if size as usize != ours {
-                Some(format!(
-                    "entries of {size} bytes, an older version's; replaced by a table of {ours}-byte entries"
-                ))
-            } else if !marks.exists() {
-                Some("pinned without its marks; replaced by a new table with them".into())
-            } else {
-                None
-            }
+    let value_size = |path: &Path| -> Result<Option<usize>> {
+        let Ok(map) = aya::maps::MapData::from_pin(path) else {
+            return Ok(None);
+        };
+        let info = map
+            .info()
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(Some(info.value_size() as usize))
+    };
+    let ours = std::mem::size_of::<inspector_common::FlowEntry>();
+    let marks_size = std::mem::size_of::<inspector_common::FlowMarks>();
+    let stale = match (value_size(&path)?, value_size(&marks)?) {
+        (None, _) => None,
+        (Some(size), _) if size != ours => Some(format!(
+            "entries of {size} bytes, an older version's; replaced by a table of {ours}-byte entries"
+        )),
+        (Some(_), None) => {
+            Some("pinned without its marks; replaced by a new table with them".into())
         }
+        (Some(_), Some(size)) if size != marks_size => Some(format!(
+            "its marks are {size} bytes, an older version's; both replaced"
+        )),
+        (Some(_), Some(_)) => None,
     };
     if let Some(why) = stale {
         log::warn!("{}: {why} (its flows are forgotten)", path.display());
         std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     if !path.exists() && marks.exists() {
-        // Marks without their table: they count flows that are gone.
+        // Marks without their table count flows that are gone.
         std::fs::remove_file(&marks).with_context(|| format!("removing {}", marks.display()))?;
     }
     Ok(())

@@ -119,7 +119,12 @@ impl Sweeper {
         let mut tracked = Vec::new();
         // Keys first, then one lookup each: entries the kernel removes
         // meanwhile are simply missing.
-        let keys: Vec<FlowKey> = self.flows.keys().filter_map(|k| k.ok()).collect();
+        let mut complete = true;
+        let keys: Vec<FlowKey> = self
+            .flows
+            .keys()
+            .filter_map(|k| k.map_err(|_| complete = false).ok())
+            .collect();
         for key in keys {
             let Ok(entry) = self.flows.get(&key, 0) else {
                 continue;
@@ -185,7 +190,7 @@ impl Sweeper {
             }
         }
         tracked.retain(|k| !removed.contains(k));
-        let stale_marks = self.marks.settle(&tracked);
+        let stale_marks = self.marks.settle(&tracked, complete);
         let reset = self.send_resets(&resets);
         let probed = self.send_probes(&probes);
 
