@@ -1245,6 +1245,54 @@ fn a_tracked_flows_syn_sent_again_passes_a_full_limit_and_only_tracked_flows_are
     assert_eq!(c.xdp(&first), XDP_DROP, "an unmarked SYN is not looked up");
 }
 
+/// The sweeper's settling never clears a live flow's mark: a slot that
+/// counted a flow its scan did not see (X, inserted after the scan) is
+/// recorded; then X's mark goes and another flow, Z, is inserted into
+/// the same slot, so the slot again counts one flow the scan did not
+/// see. Comparing counts alone (what the sweeper did before the marks
+/// counted inserts) took that for a stale mark and cleared Z's; the
+/// inserts' count, which moved, keeps it. Once nothing moves for a pass,
+/// a mark its scan does not see is cleared.
+#[test]
+fn settling_the_marks_keeps_a_flow_inserted_since_the_last_pass() {
+    let mut c = Classifier::new("settle");
+    c.protect_with(
+        &[SERVER.into()],
+        "max-embryonic = 10\non-embryonic-limit = \"drop\"",
+    );
+    let mut marks = FlowMarks::open(c.pins.path()).unwrap();
+    let key = |client: Ipv4Addr| inspector_common::FlowKey {
+        client: inspector_common::v4_mapped(client.octets()),
+        server: inspector_common::v4_mapped(SERVER.octets()),
+        // `v4_tcp`'s ports.
+        client_port: 40000,
+        server_port: 25,
+        protocol: 6,
+        _pad: [0; 3],
+    };
+    let x = CLIENT;
+    // Another client whose flow shares X's slot.
+    let z = (1..=u16::MAX)
+        .map(|i| Ipv4Addr::new(198, 18, 100 + (i >> 8) as u8 % 100, i as u8))
+        .find(|&a| a != x && key(a).mark_slot() == key(x).mark_slot())
+        .expect("a client in X's slot");
+    assert_eq!(c.xdp(&v4_tcp(x, SERVER, 25)), XDP_PASS);
+    assert_eq!(marks.settle(&[], true), 0, "a first pass clears nothing");
+    marks.removed(&key(x));
+    assert_eq!(c.xdp(&v4_tcp(z, SERVER, 25)), XDP_PASS);
+    assert_eq!(marks.count(&key(z)), 1);
+    // Z's insert came after this pass's (empty) scan.
+    assert_eq!(
+        marks.settle(&[], true),
+        0,
+        "a slot inserted into was lowered"
+    );
+    assert_eq!(marks.count(&key(z)), 1, "Z lost its mark");
+    // A pass with nothing inserted: the mark its scan does not see goes.
+    assert_eq!(marks.settle(&[], true), 1);
+    assert_eq!(marks.count(&key(z)), 0);
+}
+
 /// Protects `count` servers, one per address from `base` on, each with
 /// the policy lines `limits`; returns their addresses.
 fn servers_from(c: &Classifier, base: Ipv4Addr, count: usize, limits: &str) -> Vec<Ipv4Addr> {
