@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use inspector::kernel::flow_marks::FlowMarks;
+use inspector::kernel::{bpffs, flow_marks::FlowMarks};
 use inspector_common::{FlowEntry, FlowKey, maps};
 use inspector_lab::{
     CLIENT_V4, CLIENT_V6, CLIENT2_V4, INSIDE, Lab, Netns, OUTSIDE, SERVER_V4, SERVER_V6,
@@ -269,13 +269,11 @@ fn marks_of_flows_evicted_from_the_table_are_cleared_by_the_sweeper() {
         .send(200)
         .unwrap();
     let marks = FlowMarks::open(pins.path()).unwrap();
-    let mut flows: aya::maps::HashMap<_, FlowKey, FlowEntry> = aya::maps::HashMap::try_from(
-        aya::maps::Map::from_map_data(
-            aya::maps::MapData::from_pin(pins.path().join(maps::FLOWS)).unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let mut flows: aya::maps::HashMap<_, FlowKey, FlowEntry> =
+        bpffs::open_map(pins.path(), maps::FLOWS)
+            .unwrap()
+            .try_into()
+            .unwrap();
     assert!(
         wait_until(Duration::from_secs(3), || flows.keys().count() == 20),
         "20 half-open flows tracked: {}",

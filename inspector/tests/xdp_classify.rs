@@ -19,7 +19,7 @@ use aya::{
 use inspector::{
     config::{FailMode, PacketPolicy, Policy, Unparsable, parse_network},
     kernel::{
-        classify,
+        bpffs, classify,
         counters::{ClassStats, ParseDrops},
         exempt::{ExemptTable, Origin},
         flow_marks::FlowMarks,
@@ -925,11 +925,15 @@ fn a_flow_table_pinned_with_smaller_entries_is_replaced() {
     let pins = PinDir::new("staleflows");
     let path = pin_flow_table(&pins, 32);
     let _ebpf = loader::load(pins.path()).expect("loading over the old table");
-    let flows = aya::maps::MapData::from_pin(&path).unwrap();
     assert_eq!(
-        flows.info().unwrap().value_size() as usize,
+        pinned_info(&path).value_size() as usize,
         size_of::<inspector_common::FlowEntry>()
     );
+}
+
+/// What the kernel says of the map pinned at `path`.
+fn pinned_info(path: &Path) -> aya::maps::MapInfo {
+    aya::maps::MapData::from_pin(path).unwrap().info().unwrap()
 }
 
 /// Pins a flow table of 16 flows, with `value`-byte entries, where the
@@ -978,14 +982,9 @@ fn pin_map(pins: &PinDir, name: &str, spec: &[&str]) -> std::path::PathBuf {
 fn a_flow_table_pinned_without_its_marks_is_replaced() {
     let pins = PinDir::new("unmarked");
     let path = pin_flow_table(&pins, size_of::<inspector_common::FlowEntry>());
-    let old_id = aya::maps::MapData::from_pin(&path)
-        .unwrap()
-        .info()
-        .unwrap()
-        .id();
+    let old_id = pinned_info(&path).id();
     let _ebpf = loader::load(pins.path()).expect("loading over the unmarked table");
-    let flows = aya::maps::MapData::from_pin(&path).unwrap();
-    assert_ne!(flows.info().unwrap().id(), old_id, "the old table was kept");
+    assert_ne!(pinned_info(&path).id(), old_id, "the old table was kept");
     assert!(FlowMarks::open(pins.path()).is_ok(), "the marks are pinned");
 }
 
@@ -997,23 +996,13 @@ fn flow_marks_pinned_with_another_layout_are_replaced_with_their_table() {
     let pins = PinDir::new("oldmarks");
     let flows = pin_flow_table(&pins, size_of::<inspector_common::FlowEntry>());
     let marks = pin_flow_marks(&pins, 16384);
-    let ids = |p: &Path| {
-        aya::maps::MapData::from_pin(p)
-            .unwrap()
-            .info()
-            .unwrap()
-            .id()
-    };
+    let ids = |p: &Path| pinned_info(p).id();
     let (old_flows, old_marks) = (ids(&flows), ids(&marks));
     let _ebpf = loader::load(pins.path()).expect("loading over the old marks");
     assert_ne!(ids(&flows), old_flows, "the flow table was kept");
     assert_ne!(ids(&marks), old_marks, "the old marks were kept");
-    let info = aya::maps::MapData::from_pin(&marks)
-        .unwrap()
-        .info()
-        .unwrap();
     assert_eq!(
-        info.value_size() as usize,
+        pinned_info(&marks).value_size() as usize,
         size_of::<inspector_common::FlowMarks>()
     );
     assert!(FlowMarks::open(pins.path()).is_ok());
@@ -1025,18 +1014,9 @@ fn flow_marks_pinned_with_another_layout_are_replaced_with_their_table() {
 fn flow_marks_pinned_without_their_table_are_replaced() {
     let pins = PinDir::new("lonemarks");
     let marks = pin_flow_marks(&pins, size_of::<inspector_common::FlowMarks>());
-    let old = aya::maps::MapData::from_pin(&marks)
-        .unwrap()
-        .info()
-        .unwrap()
-        .id();
+    let old = pinned_info(&marks).id();
     let _ebpf = loader::load(pins.path()).expect("loading over the lone marks");
-    let new = aya::maps::MapData::from_pin(&marks)
-        .unwrap()
-        .info()
-        .unwrap()
-        .id();
-    assert_ne!(new, old, "the lone marks were kept");
+    assert_ne!(pinned_info(&marks).id(), old, "the lone marks were kept");
 }
 
 /// Runs `each(cpu, round)` on both CPUs, a thread pinned to each, for
@@ -1232,14 +1212,10 @@ fn a_tracked_flows_syn_sent_again_passes_a_full_limit_and_only_tracked_flows_are
     // With its mark taken away behind the kernel's back, the same SYN is
     // judged new without a look at the table: dropped, the limit full.
     let flows: aya::maps::HashMap<_, inspector_common::FlowKey, inspector_common::FlowEntry> =
-        aya::maps::HashMap::try_from(
-            aya::maps::Map::from_map_data(
-                aya::maps::MapData::from_pin(c.pins.path().join(inspector_common::maps::FLOWS))
-                    .unwrap(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
+        bpffs::open_map(c.pins.path(), inspector_common::maps::FLOWS)
+            .unwrap()
+            .try_into()
+            .unwrap();
     let key = flows.keys().next().unwrap().unwrap();
     marks.removed(&key);
     assert_eq!(c.xdp(&first), XDP_DROP, "an unmarked SYN is not looked up");
