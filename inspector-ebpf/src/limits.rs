@@ -285,7 +285,7 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
 #[inline(always)]
 fn admit(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: &ServerLimits) -> Verdict {
     let (s, c) = counts(w, limits);
-    let mut reason = match first_full(limits, &s, &c, 0) {
+    let mut reason = match first_full(limits, &s, &c) {
         Some(reason) => reason,
         None => match take_slot(packet, tcp, w, limits) {
             None => return Verdict::Pass,
@@ -307,29 +307,27 @@ fn admit(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: &ServerLimits) -> Ver
 }
 
 /// The first limit the counts reach (every limit that applies is checked,
-/// so the lowest one wins), `own` of them being this SYN's own.
+/// so the lowest one wins).
 #[inline(always)]
-fn first_full(limits: &ServerLimits, s: &Current, c: &Current, own: u64) -> Option<DropReason> {
-    let full = |limit: u32, count: u64| reached(limit, count.saturating_sub(own));
-    if full(limits.max_conns, s.embryonic + s.established) {
+fn first_full(limits: &ServerLimits, s: &Current, c: &Current) -> Option<DropReason> {
+    if reached(limits.max_conns, s.embryonic + s.established) {
         Some(DropReason::MaxConns)
-    } else if full(limits.max_embryonic, s.embryonic) {
+    } else if reached(limits.max_embryonic, s.embryonic) {
         Some(DropReason::MaxEmbryonic)
-    } else if full(limits.per_client_max, c.embryonic + c.established) {
+    } else if reached(limits.per_client_max, c.embryonic + c.established) {
         Some(DropReason::PerClientMax)
-    } else if full(limits.per_client_embryonic_max, c.embryonic) {
+    } else if reached(limits.per_client_embryonic_max, c.embryonic) {
         Some(DropReason::PerClientEmbryonicMax)
     } else {
         None
     }
 }
 
-/// Tracks a SYN that found room, then reads the counts again: two CPUs that
-/// both found the last slot free have both added by then, and at least one
-/// of them sees the other's add and gives its slot back (near a limit both
-/// may; the client sends its SYN again). So no limit is passed, with the
-/// plain atomic add the BPF target has (no fetch-add: the linker targets
-/// the generic CPU). Returns the limit it gave the slot back for.
+/// Tracks a SYN that found room, and checks the limits again against the
+/// counts its atomic add found: of two CPUs that both read the last slot
+/// free, the one whose add came second finds it taken and gives it back,
+/// so no limit is passed and the slot is not lost. Returns the limit it
+/// gave the slot back for.
 #[inline(always)]
 fn take_slot(
     packet: &Packet,
@@ -340,15 +338,10 @@ fn take_slot(
     let isn = seq(packet, tcp).unwrap_or(0);
     // Not tracked: a copy of this SYN tracked on another CPU meanwhile (it
     // holds the slot), or a table that refused it. Passed, not counted.
-    track_new(
-        w,
-        flow_state::EMBRYONIC,
-        Kind::Embryonic,
-        isn.wrapping_add(1),
-    )
-    .ok()?;
-    let (s, c) = counts(w, limits);
-    let reason = first_full(limits, &s, &c, 1)?;
+    let kind = Kind::Embryonic;
+    let added = track_new(w, flow_state::EMBRYONIC, kind, isn.wrapping_add(1)).ok()?;
+    let (s, c) = counts_before(w, limits, kind, added);
+    let reason = first_full(limits, &s, &c)?;
     forget(w);
     Some(reason)
 }
@@ -357,21 +350,9 @@ fn take_slot(
 /// there is no slot even for a client that completes the handshake.
 #[inline(always)]
 fn established_full(limits: &ServerLimits, s: &Current, c: &Current) -> Option<DropReason> {
-    established_full_with(limits, s, c, 0)
-}
-
-/// [`established_full`], `own` of the established flows being the
-/// caller's own.
-#[inline(always)]
-fn established_full_with(
-    limits: &ServerLimits,
-    s: &Current,
-    c: &Current,
-    own: u64,
-) -> Option<DropReason> {
-    if reached(limits.max_conns, s.established.saturating_sub(own)) {
+    if reached(limits.max_conns, s.established) {
         Some(DropReason::MaxConns)
-    } else if reached(limits.per_client_max, c.established.saturating_sub(own)) {
+    } else if reached(limits.per_client_max, c.established) {
         Some(DropReason::PerClientMax)
     } else {
         None
@@ -426,10 +407,10 @@ pub struct Opened {
 /// The client's ACK carries a valid cookie: track the flow, counted
 /// established, until the server answers; the caller then rewrites the
 /// ACK into the client's SYN to the server ([`opened`] once it did).
-/// Refused if the client lost the last established slot to another CPU's verified
-/// client: as in `take_slot`, the flow is counted in, the counts read
-/// again, and the slot given back if they are over (two racing clients
-/// may both give it back); the ACK then goes on unchanged, as when
+/// Refused if the client lost the last established slot to another CPU's
+/// verified client: as in `take_slot`, the flow is counted in and the
+/// slot given back if the counts its add found are full; the ACK then
+/// goes on unchanged, as when
 /// established flows fill the limit (`verify_client`), and the server
 /// resets it. Refused too if the flow cannot be tracked (the table refused
 /// it): its packets could not be translated. A copy of the same ACK seen
@@ -458,13 +439,14 @@ pub fn opening(o: &Opened) -> Opening {
         local: 0,
         _pad3: [0; 2],
     };
-    match insert(w, &entry, Kind::Established) {
+    let kind = Kind::Established;
+    let added = match insert(w, &entry, kind) {
         Err(Untracked::Exists) => return Opening::Copy,
         Err(Untracked::Refused) => return Opening::Refused,
-        Ok(()) => {}
-    }
-    let (s, c) = counts(w, &w.limits);
-    if established_full_with(&w.limits, &s, &c, 1).is_some() {
+        Ok(added) => added,
+    };
+    let (s, c) = counts_before(w, &w.limits, kind, added);
+    if established_full(&w.limits, &s, &c).is_some() {
         forget(w);
         return Opening::Refused;
     }
@@ -578,7 +560,7 @@ pub fn adopt() {
 
 /// Starts tracking a flow that is not intercepted.
 #[inline(always)]
-fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) -> Result<(), Untracked> {
+fn track_new(w: &Work, state: u32, kind: Kind, client_next: u32) -> Result<(u64, u64), Untracked> {
     let entry = FlowEntry {
         last_seen_ns: now(),
         state,
@@ -605,15 +587,14 @@ enum Untracked {
 
 /// Tracks a flow the table does not hold, counted as `kind`. `NOEXIST`,
 /// so that two copies of one packet on two CPUs count the flow once.
+/// Returns the server's and the client's counts of `kind` as its add
+/// found them.
 #[inline(always)]
-fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> Result<(), Untracked> {
+fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> Result<(u64, u64), Untracked> {
     // Marked first: once the entry is there, its SYNs are looked up.
     marks::inserting(&w.flow);
     match FLOWS.insert(&w.flow, entry, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            conns::add(&w.client, kind, 1);
-            Ok(())
-        }
+        Ok(()) => Ok(conns::add(&w.client, kind, 1)),
         Err(e) => {
             marks::gone(&w.flow);
             Err(if e == -EEXIST {
@@ -852,6 +833,19 @@ fn counts(w: &Work, limits: &ServerLimits) -> (Current, Current) {
         Current::default()
     };
     (conns::server(&w.flow.server), client)
+}
+
+/// [`counts`] as a flow's own add of `kind` found them (`added`, the
+/// server's and the client's): the adds before it, not after.
+#[inline(always)]
+fn counts_before(
+    w: &Work,
+    limits: &ServerLimits,
+    kind: Kind,
+    added: (u64, u64),
+) -> (Current, Current) {
+    let (s, c) = counts(w, limits);
+    (s.with(kind, added.0), c.with(kind, added.1))
 }
 
 #[inline(always)]

@@ -27,8 +27,8 @@
 //! write elsewhere goes through its bounds checks.
 #![no_std]
 #![no_main]
-// `atomic_xadd`: the BPF target has atomic adds but no `fetch_add` (see
-// limits/conns.rs).
+// `atomic_xadd`: the BPF target has atomic adds but no
+// `AtomicU64::fetch_add` (see limits/conns.rs).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 // `asm!` on the BPF target: an empty block hides a packet offset from

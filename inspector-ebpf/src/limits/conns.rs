@@ -3,8 +3,6 @@
 //! sweeper rewrites them from the flow table, which is the truth, so any
 //! race or eviction here is corrected at its next pass.
 
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
@@ -36,6 +34,23 @@ pub struct Current {
     pub established: u64,
 }
 
+impl Current {
+    /// These counts with `kind` at `count` (as an add found it).
+    #[inline(always)]
+    pub fn with(self, kind: Kind, count: u64) -> Self {
+        match kind {
+            Kind::Embryonic => Current {
+                embryonic: count,
+                ..self
+            },
+            Kind::Established => Current {
+                established: count,
+                ..self
+            },
+        }
+    }
+}
+
 #[inline(always)]
 pub fn server(server: &Addr16) -> Current {
     read(SERVER_CONNS.get_ptr_mut(server))
@@ -47,12 +62,16 @@ pub fn client(key: &ClientKey) -> Current {
 }
 
 /// Adds `delta` (+1 or -1) to `kind` of both the server and the client.
+/// Returns the two counts of `kind` as the atomic adds found them: of
+/// several CPUs adding at once, each sees the adds that came before its
+/// own (`Current::with`).
 #[inline(always)]
-pub fn add(key: &ClientKey, kind: Kind, delta: i64) {
-    if let Some(counts) = SERVER_CONNS.get_ptr_mut(&key.server) {
-        add_to(counts, kind, delta);
-    }
-    match CLIENT_CONNS.get_ptr_mut(key) {
+pub fn add(key: &ClientKey, kind: Kind, delta: i64) -> (u64, u64) {
+    let server = match SERVER_CONNS.get_ptr_mut(&key.server) {
+        Some(counts) => add_to(counts, kind, delta),
+        None => 0,
+    };
+    let client = match CLIENT_CONNS.get_ptr_mut(key) {
         Some(counts) => add_to(counts, kind, delta),
         None if delta > 0 => {
             let mut fresh = ConnCounts::default();
@@ -61,32 +80,45 @@ pub fn add(key: &ClientKey, kind: Kind, delta: i64) {
                 Kind::Established => fresh.established = delta as u64,
             }
             // NOEXIST: if another CPU created it meanwhile, add to theirs.
-            if CLIENT_CONNS.insert(key, fresh, BPF_NOEXIST as u64).is_err()
-                && let Some(counts) = CLIENT_CONNS.get_ptr_mut(key)
-            {
-                add_to(counts, kind, delta);
+            match CLIENT_CONNS.insert(key, fresh, BPF_NOEXIST as u64) {
+                Ok(()) => 0,
+                Err(_) => CLIENT_CONNS
+                    .get_ptr_mut(key)
+                    .map_or(0, |counts| add_to(counts, kind, delta)),
             }
         }
         // Releasing a client whose entry was evicted: nothing to release.
-        None => {}
-    }
+        None => 0,
+    };
+    (server, client)
 }
 
+/// Adds `delta` to `kind` of `counts`; returns the count before it.
 #[inline(always)]
-fn add_to(counts: *mut ConnCounts, kind: Kind, delta: i64) {
+fn add_to(counts: *mut ConnCounts, kind: Kind, delta: i64) -> u64 {
     // SAFETY: `counts` points into a map value that stays valid for this
     // program run; the add is atomic because other CPUs add to it too.
-    unsafe {
-        let field = match kind {
+    let field = unsafe {
+        match kind {
             Kind::Embryonic => &raw mut (*counts).embryonic,
             Kind::Established => &raw mut (*counts).established,
-        };
-        // A negative delta wraps: two's complement addition is the same.
-        // The intrinsic, because the BPF target has no compare-and-swap and
-        // so no `AtomicU64::fetch_add`; an unused result makes it one
-        // BPF atomic add, which every kernel supports.
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, delta as u64);
-    }
+        }
+    };
+    // A negative delta wraps: two's complement addition is the same.
+    let mut before = delta as u64;
+    // SAFETY: `field` is an aligned u64 of the map value, as above. The
+    // instruction by hand: LLVM selects BPF's fetch-and-add (Linux 5.12)
+    // only for `-mcpu=v3`, and the linker targets generic (the BPF target
+    // has no compare-and-swap, so no `AtomicU64::fetch_add` either).
+    unsafe {
+        core::arch::asm!(
+            "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+            p = in(reg) field,
+            v = inout(reg) before,
+            options(nostack, preserves_flags),
+        )
+    };
+    signed(before)
 }
 
 #[inline(always)]
@@ -106,7 +138,13 @@ fn read(counts: Option<*mut ConnCounts>) -> Current {
     // Read as signed: the sweeper may have rewritten a count just before a
     // release, leaving it at -1 until its next pass.
     Current {
-        embryonic: (embryonic as i64).max(0) as u64,
-        established: (established as i64).max(0) as u64,
+        embryonic: signed(embryonic),
+        established: signed(established),
     }
+}
+
+/// A count read as signed, negative as zero.
+#[inline(always)]
+fn signed(count: u64) -> u64 {
+    (count as i64).max(0) as u64
 }
