@@ -5,7 +5,9 @@
 //! its ACK turned into a SYN to the server (from the client's own ISN), and
 //! the server's SYN-ACK is turned into the ACK that completes the server's
 //! handshake. From then on the client knows the cookie as the server's ISN,
-//! so every later packet of the flow is translated (`translate`). Which
+//! so every later packet of the flow is translated (`translate`). A SYN
+//! the server does not answer is sent again from the client's answer to
+//! the sweeper's nudge (`resend_syn`). Which
 //! packets to rewrite and the flow state are decided in `limits`; the flows
 //! this opens are recorded there.
 //!
@@ -113,6 +115,7 @@ pub fn apply(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
         }
         Verdict::ToServer => inspector_translate(md, 1) != 0,
         Verdict::ToClient => inspector_translate(md, 0) != 0,
+        Verdict::ResendSyn => inspector_resend_syn(md) != 0,
         Verdict::Pass | Verdict::Drop => true,
     };
     if done {
@@ -139,6 +142,13 @@ pub extern "C" fn inspector_answer_syn(md: *mut xdp_md) -> u32 {
 #[inline(never)]
 pub extern "C" fn inspector_open_server_side(md: *mut xdp_md) -> u32 {
     (open_server_side(&XdpContext::new(md)) == Some(Opening::Copy)) as u32
+}
+
+/// [`resend_syn`]: 1 to pass the packet, 0 to drop it.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn inspector_resend_syn(md: *mut xdp_md) -> u32 {
+    resend_syn(&XdpContext::new(md)) as u32
 }
 
 /// [`complete_server_side`], and the flow's translation it sets up: 1 to
@@ -414,6 +424,68 @@ fn open_server_side(ctx: &XdpContext) -> Option<Opening> {
         return None;
     }
     let o = seg.options();
+    let syn = client_syn(&seg, &o, state == Csum::Partial);
+    // The slot is taken before the ACK is rewritten: a client that loses it
+    // to another CPU's keeps its ACK as it was.
+    let opening = limits::opening(&syn.opened);
+    if opening != Opening::Taken {
+        return Some(opening);
+    }
+    let options_len = tcpopt::write_syn(&syn.options, &mut seg.s.opts);
+    if !rewrite(ctx, seg, syn.header, options_len, false, syn.partial) {
+        limits::not_opened();
+        return Some(Opening::Refused);
+    }
+    limits::opened();
+    Some(Opening::Taken)
+}
+
+/// A pure ACK from the client of a flow still opening (`Verdict::ResendSyn`):
+/// rewritten into the client's SYN to the server again, as its first ACK
+/// was, if it is the client's (its sequence number the one its first ACK
+/// had, acknowledging the cookie, echoing our SYN-ACK's timestamp).
+/// Returns whether to pass it; else it is dropped.
+#[inline(always)]
+fn resend_syn(ctx: &XdpContext) -> bool {
+    let Some(w) = limits::work() else {
+        return false;
+    };
+    let e = w.entry;
+    let Some(mut seg) = Segment::read(ctx, &w.tcp) else {
+        return false;
+    };
+    let state = seg.classify();
+    // While opening, `seq_delta` holds the cookie and `ts_delta` our
+    // timestamp.
+    if state == Csum::Bad
+        || seg.u32_at(4) != e.client_next
+        || seg.u32_at(8) != e.seq_delta.wrapping_add(1)
+    {
+        return false;
+    }
+    let o = seg.options();
+    if e.flags & flow_flags::TS != 0 && (o.ts_at == 0 || o.tsecr != e.ts_delta) {
+        return false;
+    }
+    let syn = client_syn(&seg, &o, state == Csum::Partial);
+    let options_len = tcpopt::write_syn(&syn.options, &mut seg.s.opts);
+    rewrite(ctx, seg, syn.header, options_len, false, syn.partial)
+}
+
+/// The client's SYN to the server that its ACK of our SYN-ACK stands for.
+struct ClientSyn {
+    /// What its flow entry records.
+    opened: Opened,
+    options: SynOptions,
+    header: Header,
+    /// The ACK's checksum was pending offload.
+    partial: bool,
+}
+
+/// [`ClientSyn`] from the client's ACK `seg` (options `o`): the options
+/// its timestamp echo carries, or only an MSS without one.
+#[inline(always)]
+fn client_syn(seg: &Segment, o: &tcpopt::Options, partial: bool) -> ClientSyn {
     let mut opened = Opened {
         cookie: seg.u32_at(8).wrapping_sub(1),
         // The ACK's sequence number is the client's ISN + 1.
@@ -424,7 +496,7 @@ fn open_server_side(ctx: &XdpContext) -> Option<Opening> {
         wscale_ours: NO_WSCALE,
         wscale_client: NO_WSCALE,
     };
-    if state == Csum::Partial {
+    if partial {
         opened.flags |= flow_flags::CLIENT_PARTIAL;
     }
     let mut flags = TCP_SYN;
@@ -462,9 +534,8 @@ fn open_server_side(ctx: &XdpContext) -> Option<Opening> {
             wscale: NO_WSCALE,
         }
     };
-    let options_len = tcpopt::write_syn(&options, &mut seg.s.opts);
     let (client_port, server_port) = seg.ports();
-    let syn = Header {
+    let header = Header {
         src_port: client_port,
         dst_port: server_port,
         // The client's ISN: its ACK is ISN + 1.
@@ -473,18 +544,12 @@ fn open_server_side(ctx: &XdpContext) -> Option<Opening> {
         flags,
         window: opened.window,
     };
-    // The slot is taken before the ACK is rewritten: a client that loses it
-    // to another CPU's keeps its ACK as it was.
-    let opening = limits::opening(&opened);
-    if opening != Opening::Taken {
-        return Some(opening);
+    ClientSyn {
+        opened,
+        options,
+        header,
+        partial,
     }
-    if !rewrite(ctx, seg, syn, options_len, false, state == Csum::Partial) {
-        limits::not_opened();
-        return Some(Opening::Refused);
-    }
-    limits::opened();
-    Some(Opening::Taken)
 }
 
 /// The server's SYN-ACK to an intercepted client: answered in place with

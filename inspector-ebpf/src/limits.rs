@@ -85,6 +85,12 @@ const DEFAULT_WSCALE: u8 = 7;
 
 const IPPROTO_TCP: u8 = 6;
 
+/// How long after opening an intercepted flow's server side a pure ACK
+/// from its client makes the SYN to the server go again. Before it, such
+/// an ACK is a copy of the one that opened the flow (a duplicated frame);
+/// the sweeper nudges the client for one only after a second.
+const RESEND_SYN_AFTER_NS: u64 = 500_000_000;
+
 /// What a map update returns for an entry that `BPF_NOEXIST` finds.
 const EEXIST: i32 = 17;
 
@@ -111,6 +117,11 @@ pub enum Verdict {
     ToServer = 5,
     /// The same, server to client.
     ToClient = 6,
+    /// A pure ACK of an intercepted flow still opening, long after its
+    /// client was verified (its entry in `Work::entry`): the client's
+    /// answer to the sweeper's nudge, because the server has not answered
+    /// the SYN it was sent (lost, perhaps). It becomes that SYN again.
+    ResendSyn = 7,
 }
 
 /// Tracks one TCP packet: client -> protected server, or back. The limits
@@ -126,6 +137,7 @@ pub fn track(ctx: &XdpContext, inspected: bool) -> Verdict {
         4 => Verdict::CompleteServer,
         5 => Verdict::ToServer,
         6 => Verdict::ToClient,
+        7 => Verdict::ResendSyn,
         _ => Verdict::Pass,
     }
 }
@@ -196,15 +208,26 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
         Some(entry) => {
             // SAFETY: a map value, valid during this run; racing writers on
             // other CPUs can only cost a count the sweeper corrects.
-            let state = unsafe {
-                (*entry).last_seen_ns = now();
-                (*entry).state
-            };
+            let state = unsafe { (*entry).state };
             if state == flow_state::OPENING && flags & TCP_RST == 0 && !new_syn {
                 // The server side is still opening: the client's packets
-                // wait (TCP resends them); an RST or a new SYN starts over.
+                // wait (TCP resends them), and do not keep the flow alive:
+                // it has the embryonic timeout from its opening on, which
+                // is also when the sweeper nudges the client. An RST or a
+                // new SYN starts over.
+                // SAFETY: as above.
+                let opened_ns = unsafe { (*entry).last_seen_ns };
+                if flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK
+                    && now().saturating_sub(opened_ns) >= RESEND_SYN_AFTER_NS
+                {
+                    // SAFETY: as above.
+                    w.entry = unsafe { *entry };
+                    return Verdict::ResendSyn;
+                }
                 return Verdict::Drop;
             }
+            // SAFETY: as above.
+            unsafe { (*entry).last_seen_ns = now() };
             // The client's packets, in the server's numbers.
             let pass = if unsafe { (*entry).flags } & flow_flags::INTERCEPTED != 0
                 && state != flow_state::OPENING

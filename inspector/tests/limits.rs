@@ -446,6 +446,99 @@ fn intercept_serves_a_real_client_with_three_slots_native() {
 /// An intercepted connection keeps TCP's options: `ss -ti` shows window
 /// scaling, SACK and timestamps on the client's socket and on the
 /// server's (each negotiated through the cookie's timestamp).
+/// An intercepted client whose SYN to the server is lost (the server's
+/// namespace drops the client's SYNs until one has been dropped) still
+/// gets its session: the sweeper nudges the client, and the duplicate ACK
+/// it answers with goes to the server as the SYN again. Without that, the
+/// client, which took our cookie for the server's handshake, waits for a
+/// greeting that never comes.
+#[test]
+fn intercept_sends_the_syn_a_server_never_got_again() {
+    intercept_resends_a_lost_syn("resend", Generic);
+}
+
+#[test]
+fn intercept_sends_the_syn_a_server_never_got_again_native() {
+    intercept_resends_a_lost_syn("resendn", Native);
+}
+
+fn intercept_resends_a_lost_syn(test: &str, mode: Mode) {
+    let it = InterceptLab::start(test, SERVER_V4.into(), Plain, (50, 1), mode);
+    let stream = intercepted_with_syns_lost(&it);
+    assert!(
+        wait_until(Duration::from_secs(2), || it
+            .lab
+            .server
+            .nft_counter("ip", "lost")
+            .unwrap()
+            >= 1),
+        "the SYN sent for the verified client was dropped at the server"
+    );
+    it.lab.server.nft("delete table ip lost").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(6)))
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    let read = std::io::Read::read_exact(&mut &stream, &mut greeting);
+    assert!(
+        read.is_ok() && &greeting == b"220",
+        "smtp-sink's greeting after the lost SYN: {read:?}\n{}",
+        stats_json(it.pins.path())
+    );
+    it.assert_checksums_right();
+}
+
+/// A verified client whose server never answers (every SYN sent for it
+/// lost) is reset when the embryonic timeout expires, rather than left
+/// waiting for a greeting; the server is reset too, and the slot is free.
+#[test]
+fn intercept_resets_a_client_whose_server_never_answers() {
+    let server: IpAddr = SERVER_V4.into();
+    let it = InterceptLab::start_with(
+        "neveropen",
+        server,
+        Plain,
+        (50, 1),
+        Generic,
+        "[timeouts]\nembryonic = 2\n",
+    );
+    let stream = intercepted_with_syns_lost(&it);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    let read = std::io::Read::read_exact(&mut &stream, &mut greeting);
+    assert!(
+        matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the client's read after its server never answered: {read:?}\n{}",
+        stats_json(it.pins.path())
+    );
+    // Sent again after each nudge, and lost each time.
+    assert!(it.lab.server.nft_counter("ip", "lost").unwrap() >= 2);
+    assert!(
+        wait_until(Duration::from_secs(3), || server_counts(&it.pins, server).1
+            == 0),
+        "the flow no longer holds a slot: {}",
+        stats_json(it.pins.path())
+    );
+}
+
+/// With `it`'s embryonic limit filled by a flood, a connection from the
+/// client, intercepted, whose SYNs to the server the server's namespace
+/// drops (counted in table `ip lost`) until that table is deleted.
+fn intercepted_with_syns_lost(it: &InterceptLab) -> TcpStream {
+    let client = V4.addresses().0;
+    it.flood().send(100).unwrap();
+    it.lab
+        .server
+        .nft(&format!(
+            "table ip lost {{\n chain input {{\n type filter hook input priority -300;\n\
+             ip saddr {client} tcp dport {PORT} tcp flags & (syn | ack) == syn counter drop\n }}\n}}\n"
+        ))
+        .unwrap();
+    it.connect(client)
+}
+
 #[test]
 fn intercepted_connection_keeps_wscale_sack_and_timestamps() {
     intercepted_connection_keeps_options("iceptopt", Generic);
@@ -510,12 +603,18 @@ struct InterceptLab {
 }
 
 impl InterceptLab {
-    fn start(
+    fn start(test: &str, server: IpAddr, proxy: Proxying, limits: (u32, u32), mode: Mode) -> Self {
+        Self::start_with(test, server, proxy, limits, mode, "")
+    }
+
+    /// [`InterceptLab::start`] with `more` at the end of the policy.
+    fn start_with(
         test: &str,
         server: IpAddr,
         proxy: Proxying,
         (max_conns, max_embryonic): (u32, u32),
         mode: Mode,
+        more: &str,
     ) -> Self {
         let lab = lab(test);
         let pins = PinDir::new(test);
@@ -523,7 +622,7 @@ impl InterceptLab {
             test,
             &format!(
                 "[[server]]\naddress = \"{server}\"\nmax-embryonic = {max_embryonic}\nmax-conns = {max_conns}\n\
-                 on-embryonic-limit = \"intercept\"\n"
+                 on-embryonic-limit = \"intercept\"\n{more}"
             ),
         );
         for (ns, iface) in lab.end_host_interfaces() {
@@ -567,6 +666,19 @@ impl InterceptLab {
             lab,
             server,
         }
+    }
+
+    /// A connection from `client` to the server (5 s to open).
+    fn connect(&self, client: IpAddr) -> TcpStream {
+        self.lab
+            .client
+            .tcp_connect(
+                client,
+                SocketAddr::new(self.server, PORT),
+                Duration::from_secs(5),
+            )
+            .unwrap()
+            .expect("the connection opens")
     }
 
     /// A flood of spoofed SYNs to the server.
@@ -657,16 +769,7 @@ fn intercepted_connection_keeps_options(test: &str, mode: Mode) {
     it.flood().send(100).unwrap();
     let verified = || stats_json(it.pins.path())["limits"]["intercept"]["clients-verified"].clone();
     let before = verified().as_u64().unwrap();
-    let stream = it
-        .lab
-        .client
-        .tcp_connect(
-            client,
-            SocketAddr::new(server, PORT),
-            Duration::from_secs(5),
-        )
-        .unwrap()
-        .expect("the intercepted connection opens");
+    let stream = it.connect(client);
     let port = stream.local_addr().unwrap().port();
     let mut greeting = [0u8; 3];
     std::io::Read::read_exact(&mut &stream, &mut greeting).expect("smtp-sink's greeting");

@@ -22,6 +22,11 @@
 //! Linux's listener: `tcp_rcv_state_process` returns 1 for an ACK), which
 //! releases the flow in the kernel.
 //!
+//! An intercepted flow still opening is the one case where packets go to
+//! the client, from the server's address: a nudge (`nudge_client`) for
+//! the duplicate ACK the kernel program turns into the SYN to the server
+//! again, and an RST once the flow expires (`reset_client`).
+//!
 //! Sent from userspace through `IPPROTO_RAW` sockets: the kernel program
 //! runs only when a packet arrives, and an expiry is the absence of one.
 //! The packets go out through the gateway's routing, like the flow's own.
@@ -69,26 +74,56 @@ impl Resetter {
         self.send(flow, &Segment::probe(seq, server_next))
     }
 
+    /// Asks the client of an intercepted `flow` still opening for an ACK,
+    /// which the kernel program turns into its SYN to the server again:
+    /// a segment from the server's side one before the client's next
+    /// expected number (`cookie`, our SYN-ACK's own), acknowledging
+    /// `client_next`. Out of the client's window, it is answered with a
+    /// duplicate ACK and otherwise ignored (RFC 9293 3.10.7.4; Linux's
+    /// `tcp_validate_incoming` → `tcp_send_dupack`, at most one every
+    /// `tcp_invalid_ratelimit`, 500 ms).
+    pub fn nudge_client(&self, flow: &FlowKey, cookie: u32, client_next: u32) -> io::Result<()> {
+        self.send(flow, &Segment::nudge(cookie, client_next))
+    }
+
+    /// Resets the client's side of an intercepted `flow` the server never
+    /// opened, whose client expects `seq` next from us (the cookie + 1).
+    pub fn reset_client(&self, flow: &FlowKey, seq: u32) -> io::Result<()> {
+        self.send(flow, &Segment::towards_client(Segment::rst(seq)))
+    }
+
     fn send(&self, flow: &FlowKey, segment: &Segment) -> io::Result<()> {
         let (client, server) = (ip_of(&flow.client), ip_of(&flow.server));
-        let (packet, socket) = match (client, server) {
-            (IpAddr::V4(c), IpAddr::V4(s)) => (v4(c.octets(), s.octets(), flow, segment), &self.v4),
-            (IpAddr::V6(c), IpAddr::V6(s)) => (v6(c.octets(), s.octets(), flow, segment), &self.v6),
+        let ports = (flow.client_port, flow.server_port);
+        let (from, to, ports) = if segment.to_client {
+            (server, client, (ports.1, ports.0))
+        } else {
+            (client, server, ports)
+        };
+        let (packet, socket) = match (from, to) {
+            (IpAddr::V4(f), IpAddr::V4(t)) => {
+                (v4(f.octets(), t.octets(), ports, segment), &self.v4)
+            }
+            (IpAddr::V6(f), IpAddr::V6(t)) => {
+                (v6(f.octets(), t.octets(), ports, segment), &self.v6)
+            }
             _ => return Err(io::Error::other("a flow between address families")),
         };
         // The port of a raw socket's address is the protocol: 0, the header is ours.
-        let to = SockAddr::from(SocketAddr::new(server, 0));
+        let to = SockAddr::from(SocketAddr::new(to, 0));
         socket.send_to(&packet, &to).map(drop)
     }
 }
 
-/// The TCP fields of a segment to the server that differ between an RST
-/// and a probe.
+/// The TCP fields of a segment that differ between an RST, a probe and a
+/// nudge, and its direction.
 struct Segment {
     seq: u32,
     ack: u32,
     flags: u8,
     window: u16,
+    /// From the server's side to the client, not the other way.
+    to_client: bool,
 }
 
 impl Segment {
@@ -99,6 +134,25 @@ impl Segment {
             ack: 0,
             flags: 0x04,
             window: 0,
+            to_client: false,
+        }
+    }
+
+    /// See [`Resetter::nudge_client`].
+    fn nudge(cookie: u32, client_next: u32) -> Self {
+        Self::towards_client(Self {
+            seq: cookie,
+            ack: client_next,
+            flags: 0x10,
+            window: 1024,
+            to_client: false,
+        })
+    }
+
+    fn towards_client(self) -> Self {
+        Self {
+            to_client: true,
+            ..self
         }
     }
 
@@ -111,14 +165,16 @@ impl Segment {
             ack: server_next.wrapping_sub(0x6000_0000),
             flags: 0x10,
             window: 1024,
+            to_client: false,
         }
     }
 
-    /// The TCP header, its checksum over `addresses` (source then destination).
-    fn header(&self, addresses: &[u8], flow: &FlowKey) -> [u8; 20] {
+    /// The TCP header from and to `ports`, its checksum over `addresses`
+    /// (source then destination).
+    fn header(&self, addresses: &[u8], (from, to): (u16, u16)) -> [u8; 20] {
         let mut t = [0u8; 20];
-        t[0..2].copy_from_slice(&flow.client_port.to_be_bytes());
-        t[2..4].copy_from_slice(&flow.server_port.to_be_bytes());
+        t[0..2].copy_from_slice(&from.to_be_bytes());
+        t[2..4].copy_from_slice(&to.to_be_bytes());
         t[4..8].copy_from_slice(&self.seq.to_be_bytes());
         t[8..12].copy_from_slice(&self.ack.to_be_bytes());
         t[12] = 5 << 4;
@@ -130,23 +186,25 @@ impl Segment {
     }
 }
 
-fn v4(client: [u8; 4], server: [u8; 4], flow: &FlowKey, segment: &Segment) -> Vec<u8> {
+/// An IPv4 packet from `from` to `to` (addresses, then ports) of `segment`.
+fn v4(from: [u8; 4], to: [u8; 4], ports: (u16, u16), segment: &Segment) -> Vec<u8> {
     let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
-    p.extend_from_slice(&client);
-    p.extend_from_slice(&server);
+    p.extend_from_slice(&from);
+    p.extend_from_slice(&to);
     let mut header = [0u8; 20];
     header.copy_from_slice(&p);
     p[10..12].copy_from_slice(&csum::ipv4_header(&header).to_be_bytes());
-    let tcp = segment.header(&p[12..20], flow);
+    let tcp = segment.header(&p[12..20], ports);
     p.extend_from_slice(&tcp);
     p
 }
 
-fn v6(client: [u8; 16], server: [u8; 16], flow: &FlowKey, segment: &Segment) -> Vec<u8> {
+/// [`v4`] for IPv6.
+fn v6(from: [u8; 16], to: [u8; 16], ports: (u16, u16), segment: &Segment) -> Vec<u8> {
     let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
-    p.extend_from_slice(&client);
-    p.extend_from_slice(&server);
-    let tcp = segment.header(&p[8..40], flow);
+    p.extend_from_slice(&from);
+    p.extend_from_slice(&to);
+    let tcp = segment.header(&p[8..40], ports);
     p.extend_from_slice(&tcp);
     p
 }
@@ -156,28 +214,14 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::kernel::limits::addr16;
 
-    fn flow(client: IpAddr, server: IpAddr) -> FlowKey {
-        FlowKey {
-            client: addr16(client),
-            server: addr16(server),
-            client_port: 40000,
-            server_port: 25,
-            protocol: 6,
-            ..FlowKey::default()
-        }
-    }
+    /// A flow's ports, client then server.
+    const PORTS: (u16, u16) = (40000, 25);
 
     #[test]
     fn v4_rst_has_the_flows_ports_the_seq_and_valid_checksums() {
         let (c, s) = (Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 1, 25));
-        let p = v4(
-            c.octets(),
-            s.octets(),
-            &flow(c.into(), s.into()),
-            &Segment::rst(0x01020304),
-        );
+        let p = v4(c.octets(), s.octets(), PORTS, &Segment::rst(0x01020304));
         assert_eq!(p.len(), 40);
         assert_eq!(
             csum::fold(csum::add_words(0, &p[..20])),
@@ -198,12 +242,7 @@ mod tests {
             "2001:2::2".parse().unwrap(),
             "2001:2:0:1::25".parse().unwrap(),
         );
-        let p = v6(
-            c.octets(),
-            s.octets(),
-            &flow(c.into(), s.into()),
-            &Segment::rst(7),
-        );
+        let p = v6(c.octets(), s.octets(), PORTS, &Segment::rst(7));
         assert_eq!(p.len(), 60);
         assert_eq!(&p[8..24], &c.octets());
         let sum = csum::add_words(csum::pseudo(&p[8..40], 20), &p[40..]);
@@ -217,7 +256,7 @@ mod tests {
             let p = v4(
                 c.octets(),
                 s.octets(),
-                &flow(c.into(), s.into()),
+                PORTS,
                 &Segment::probe(5, server_next),
             );
             assert_eq!(p[33], 0x10, "ACK alone");
@@ -230,5 +269,26 @@ mod tests {
             let sum = csum::add_words(csum::pseudo(&p[12..20], 20), &p[20..]);
             assert_eq!(csum::fold(sum), 0xffff, "TCP checksum");
         }
+    }
+
+    #[test]
+    fn a_nudge_goes_from_the_server_to_the_client_one_before_its_window() {
+        let (c, s) = (Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 1, 25));
+        let segment = Segment::nudge(0x1000, 0x2000);
+        assert!(segment.to_client);
+        // As `Resetter::send` lays it out: from the server, its port first.
+        let p = v4(s.octets(), c.octets(), (PORTS.1, PORTS.0), &segment);
+        assert_eq!(&p[12..16], &s.octets());
+        assert_eq!(&p[16..20], &c.octets());
+        assert_eq!(&p[20..22], &25u16.to_be_bytes());
+        assert_eq!(&p[22..24], &40000u16.to_be_bytes());
+        // The client expects the cookie + 1 next: this is one before it.
+        assert_eq!(&p[24..28], &0x1000u32.to_be_bytes());
+        assert_eq!(&p[28..32], &0x2000u32.to_be_bytes());
+        assert_eq!(p[33], 0x10, "ACK alone");
+        let sum = csum::add_words(csum::pseudo(&p[12..20], 20), &p[20..]);
+        assert_eq!(csum::fold(sum), 0xffff, "TCP checksum");
+        let rst = Segment::towards_client(Segment::rst(0x1001));
+        assert!(rst.to_client && rst.flags == 0x04 && rst.seq == 0x1001);
     }
 }

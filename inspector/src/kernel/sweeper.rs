@@ -14,6 +14,14 @@
 //! established flow the client sent an RST for, it asks the server
 //! whether it still has it (`Resetter::probe`), every sweep until the
 //! server answers or the idle timeout expires it.
+//!
+//! An intercepted flow whose server has not answered the SYN the kernel
+//! sent it a second after (`RESEND_AFTER`; the SYN or the server's
+//! SYN-ACK lost) has its client nudged (`Resetter::nudge_client`): its
+//! answer, a duplicate ACK, goes to the server as the SYN again. Else the
+//! client, which took the cookie for the server's handshake, would wait
+//! for a greeting that never comes. One the embryonic timeout expires is
+//! reset at both ends, so the client fails at once and connects again.
 
 use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
 
@@ -29,6 +37,12 @@ use crate::config::FlowTimeouts;
 
 /// How often the daemon sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an intercepted flow waits for its server before its client is
+/// nudged, and the SYN sent again: Linux's initial retransmission timeout
+/// (RFC 6298: 1 s), the time the client's own SYN would have been sent
+/// again. At least the kernel program's `RESEND_SYN_AFTER_NS`.
+const RESEND_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Sweeper {
     flows: HashMap<MapData, FlowKey, FlowEntry>,
@@ -61,6 +75,12 @@ pub struct Sweep {
     pub probes: usize,
     /// Flow marks cleared that no tracked flow held (the table's evictions).
     pub stale_marks: usize,
+    /// Clients of intercepted flows still opening asked for the ACK that
+    /// sends their SYN to the server again.
+    pub nudges: usize,
+    /// RSTs sent to clients of intercepted flows whose server never
+    /// answered (expired while opening).
+    pub client_resets: usize,
 }
 
 impl Sweep {
@@ -72,6 +92,8 @@ impl Sweep {
             + self.resets
             + self.probes
             + self.stale_marks
+            + self.nudges
+            + self.client_resets
             > 0
     }
 }
@@ -116,6 +138,8 @@ impl Sweeper {
         let mut resets = Vec::new();
         let mut reset_by_client = Vec::new();
         let mut probes = Vec::new();
+        let mut nudges = Vec::new();
+        let mut client_resets = Vec::new();
         let mut tracked = Vec::new();
         // Keys first, then one lookup each: entries the kernel removes
         // meanwhile are simply missing.
@@ -135,8 +159,16 @@ impl Sweeper {
                 if matches!(entry.state, flow_state::EMBRYONIC | flow_state::OPENING) {
                     resets.push((key, entry.client_next));
                 }
+                if entry.state == flow_state::OPENING {
+                    // While opening, `seq_delta` is the cookie, the
+                    // client's view of the server's ISN.
+                    client_resets.push((key, entry.seq_delta.wrapping_add(1)));
+                }
                 expired.push(key);
                 continue;
+            }
+            if entry.state == flow_state::OPENING && age >= RESEND_AFTER {
+                nudges.push((key, entry.seq_delta, entry.client_next));
             }
             if entry.client_reset != 0 {
                 match entry.state {
@@ -193,6 +225,12 @@ impl Sweeper {
         let stale_marks = self.marks.settle(&tracked, complete);
         let reset = self.send_resets(&resets);
         let probed = self.send_probes(&probes);
+        let nudged = self.send_each(&nudges, "a nudge to a client", |r, (key, cookie, next)| {
+            r.nudge_client(key, *cookie, *next)
+        });
+        let client_reset = self.send_each(&client_resets, "an RST to a client", |r, (key, seq)| {
+            r.reset_client(key, *seq)
+        });
 
         // Every protected server gets its count, zero included; the kernel
         // only counts servers that have an entry, so none is created here.
@@ -229,6 +267,8 @@ impl Sweeper {
             resets: reset,
             probes: probed,
             stale_marks,
+            nudges: nudged,
+            client_resets: client_reset,
         })
     }
 
