@@ -454,27 +454,32 @@ fn intercept_serves_a_real_client_with_three_slots_native() {
 /// greeting that never comes.
 #[test]
 fn intercept_sends_the_syn_a_server_never_got_again() {
-    intercept_resends_a_lost_syn("resend", Generic);
+    intercept_resends_a_lost_syn("resend", V4, Generic);
 }
 
 #[test]
 fn intercept_sends_the_syn_a_server_never_got_again_native() {
-    intercept_resends_a_lost_syn("resendn", Native);
+    intercept_resends_a_lost_syn("resendn", V4, Native);
 }
 
-fn intercept_resends_a_lost_syn(test: &str, mode: Mode) {
-    let it = InterceptLab::start(test, SERVER_V4.into(), Plain, (50, 1), mode);
-    let stream = intercepted_with_syns_lost(&it);
+#[test]
+fn intercept_sends_the_syn_a_server_never_got_again_v6() {
+    intercept_resends_a_lost_syn("resend6", V6, Generic);
+}
+
+fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
+    let it = InterceptLab::start(test, family.addresses().1, Plain, (50, 1), mode);
+    let stream = intercepted_with_syns_lost(&it, family);
     assert!(
         wait_until(Duration::from_secs(2), || it
             .lab
             .server
-            .nft_counter("ip", "lost")
+            .nft_counter("inet", "lost")
             .unwrap()
             >= 1),
         "the SYN sent for the verified client was dropped at the server"
     );
-    it.lab.server.nft("delete table ip lost").unwrap();
+    it.lab.server.nft("delete table inet lost").unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(6)))
         .unwrap();
@@ -502,7 +507,7 @@ fn intercept_resets_a_client_whose_server_never_answers() {
         Generic,
         "[timeouts]\nembryonic = 2\n",
     );
-    let stream = intercepted_with_syns_lost(&it);
+    let stream = intercepted_with_syns_lost(&it, V4);
     stream
         .set_read_timeout(Some(Duration::from_secs(8)))
         .unwrap();
@@ -514,7 +519,7 @@ fn intercept_resets_a_client_whose_server_never_answers() {
         stats_json(it.pins.path())
     );
     // Sent again after each nudge, and lost each time.
-    assert!(it.lab.server.nft_counter("ip", "lost").unwrap() >= 2);
+    assert!(it.lab.server.nft_counter("inet", "lost").unwrap() >= 2);
     assert!(
         wait_until(Duration::from_secs(3), || server_counts(&it.pins, server).1
             == 0),
@@ -524,16 +529,18 @@ fn intercept_resets_a_client_whose_server_never_answers() {
 }
 
 /// With `it`'s embryonic limit filled by a flood, a connection from the
-/// client, intercepted, whose SYNs to the server the server's namespace
-/// drops (counted in table `ip lost`) until that table is deleted.
-fn intercepted_with_syns_lost(it: &InterceptLab) -> TcpStream {
-    let client = V4.addresses().0;
+/// client's `family` address, intercepted, whose SYNs to the server the
+/// server's namespace drops (counted in table `inet lost`) until that
+/// table is deleted.
+fn intercepted_with_syns_lost(it: &InterceptLab, family: Family) -> TcpStream {
+    let client = family.addresses().0;
+    let ip = if family == V4 { "ip" } else { "ip6" };
     it.flood().send(100).unwrap();
     it.lab
         .server
         .nft(&format!(
-            "table ip lost {{\n chain input {{\n type filter hook input priority -300;\n\
-             ip saddr {client} tcp dport {PORT} tcp flags & (syn | ack) == syn counter drop\n }}\n}}\n"
+            "table inet lost {{\n chain input {{\n type filter hook input priority -300;\n\
+             {ip} saddr {client} tcp dport {PORT} tcp flags & (syn | ack) == syn counter drop\n }}\n}}\n"
         ))
         .unwrap();
     it.connect(client)
