@@ -533,6 +533,12 @@ fn intercept_resets_a_client_whose_server_never_answers() {
 /// server's namespace drops (counted in table `inet lost`) until that
 /// table is deleted.
 fn intercepted_with_syns_lost(it: &InterceptLab, family: Family) -> TcpStream {
+    intercepted_with_lost(it, family, "(syn | ack) == syn")
+}
+
+/// [`intercepted_with_syns_lost`] for the segments whose TCP flags
+/// `flags` matches (as in `tcp flags & …`).
+fn intercepted_with_lost(it: &InterceptLab, family: Family, flags: &str) -> TcpStream {
     let client = family.addresses().0;
     let ip = if family == V4 { "ip" } else { "ip6" };
     it.flood().send(100).unwrap();
@@ -540,10 +546,42 @@ fn intercepted_with_syns_lost(it: &InterceptLab, family: Family) -> TcpStream {
         .server
         .nft(&format!(
             "table inet lost {{\n chain input {{\n type filter hook input priority -300;\n\
-             {ip} saddr {client} tcp dport {PORT} tcp flags & (syn | ack) == syn counter drop\n }}\n}}\n"
+             {ip} saddr {client} tcp dport {PORT} tcp flags & {flags} counter drop\n }}\n}}\n"
         ))
         .unwrap();
     it.connect(client)
+}
+
+/// The ACK the program sends a server to complete its handshake for an
+/// intercepted client, lost: the server sends its SYN-ACK again, which
+/// reaches the client translated; the client's answer (a challenge ACK,
+/// RFC 5961 section 4) completes the server's handshake, and the session
+/// goes on.
+#[test]
+fn intercept_recovers_from_a_lost_ack_to_the_server() {
+    let it = InterceptLab::start("lostack", SERVER_V4.into(), Plain, (50, 1), Generic);
+    let stream = intercepted_with_lost(&it, V4, "(syn | ack | fin | rst) == ack");
+    assert!(
+        wait_until(Duration::from_secs(2), || it
+            .lab
+            .server
+            .nft_counter("inet", "lost")
+            .unwrap()
+            >= 1),
+        "the ACK sent to the server was dropped there"
+    );
+    it.lab.server.nft("delete table inet lost").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(6)))
+        .unwrap();
+    let mut greeting = [0u8; 3];
+    let read = std::io::Read::read_exact(&mut &stream, &mut greeting);
+    assert!(
+        read.is_ok() && &greeting == b"220",
+        "smtp-sink's greeting after the lost ACK: {read:?}\n{}",
+        stats_json(it.pins.path())
+    );
+    it.assert_checksums_right();
 }
 
 #[test]
