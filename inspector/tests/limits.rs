@@ -468,8 +468,24 @@ fn intercept_sends_the_syn_a_server_never_got_again_v6() {
 }
 
 fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
+    session_survives_a_loss(
+        test,
+        family,
+        mode,
+        SYNS,
+        "the SYN sent for the verified client",
+    );
+}
+
+/// The client's segments the lost-packet tests drop at the server (as in
+/// `tcp flags & …`): SYNs.
+const SYNS: &str = "(syn | ack) == syn";
+
+/// An intercepted session whose first segment matching `flags` from the
+/// client (`what`) is dropped at the server still gets its greeting.
+fn session_survives_a_loss(test: &str, family: Family, mode: Mode, flags: &str, what: &str) {
     let it = InterceptLab::start(test, family.addresses().1, Plain, (50, 1), mode);
-    let stream = intercepted_with_syns_lost(&it, family);
+    let stream = intercepted_with_lost(&it, family, flags);
     assert!(
         wait_until(Duration::from_secs(2), || it
             .lab
@@ -477,7 +493,7 @@ fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
             .nft_counter("inet", "lost")
             .unwrap()
             >= 1),
-        "the SYN sent for the verified client was dropped at the server"
+        "{what} was dropped at the server"
     );
     it.lab.server.nft("delete table inet lost").unwrap();
     stream
@@ -487,7 +503,7 @@ fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
     let read = std::io::Read::read_exact(&mut &stream, &mut greeting);
     assert!(
         read.is_ok() && &greeting == b"220",
-        "smtp-sink's greeting after the lost SYN: {read:?}\n{}",
+        "smtp-sink's greeting after {what} was lost: {read:?}\n{}",
         stats_json(it.pins.path())
     );
     it.assert_checksums_right();
@@ -533,7 +549,7 @@ fn intercept_resets_a_client_whose_server_never_answers() {
 /// server's namespace drops (counted in table `inet lost`) until that
 /// table is deleted.
 fn intercepted_with_syns_lost(it: &InterceptLab, family: Family) -> TcpStream {
-    intercepted_with_lost(it, family, "(syn | ack) == syn")
+    intercepted_with_lost(it, family, SYNS)
 }
 
 /// [`intercepted_with_syns_lost`] for the segments whose TCP flags
@@ -559,29 +575,13 @@ fn intercepted_with_lost(it: &InterceptLab, family: Family, flags: &str) -> TcpS
 /// goes on.
 #[test]
 fn intercept_recovers_from_a_lost_ack_to_the_server() {
-    let it = InterceptLab::start("lostack", SERVER_V4.into(), Plain, (50, 1), Generic);
-    let stream = intercepted_with_lost(&it, V4, "(syn | ack | fin | rst) == ack");
-    assert!(
-        wait_until(Duration::from_secs(2), || it
-            .lab
-            .server
-            .nft_counter("inet", "lost")
-            .unwrap()
-            >= 1),
-        "the ACK sent to the server was dropped there"
+    session_survives_a_loss(
+        "lostack",
+        V4,
+        Generic,
+        "(syn | ack | fin | rst) == ack",
+        "the ACK sent to the server",
     );
-    it.lab.server.nft("delete table inet lost").unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(6)))
-        .unwrap();
-    let mut greeting = [0u8; 3];
-    let read = std::io::Read::read_exact(&mut &stream, &mut greeting);
-    assert!(
-        read.is_ok() && &greeting == b"220",
-        "smtp-sink's greeting after the lost ACK: {read:?}\n{}",
-        stats_json(it.pins.path())
-    );
-    it.assert_checksums_right();
 }
 
 #[test]
