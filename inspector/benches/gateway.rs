@@ -338,7 +338,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
     let pins = pins("sessions")?;
     let policy = policy("intercept")?;
     let mut sweeper = Sweeper::open(pins.path(), policy.timeouts).ok();
-    let mut rows: [Vec<f64>; 4] = Default::default();
+    let mut rows: [Vec<f64>; 5] = Default::default();
     let mut flood = SynFlood::new(&lab.client, server)?;
     let (mut synproxy_retrans, mut ours_retrans) = (0, 0);
     for _ in 0..repeats {
@@ -359,11 +359,22 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
                 .0,
         );
         ours_retrans += retransmitted(&lab.client)? - retrans_before;
-        let cookies =
-            LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::CookieSent as usize];
-        if cookies == 0 {
+        let cookies = || -> Result<u64> {
+            Ok(LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::CookieSent as usize])
+        };
+        let flooded = cookies()?;
+        if flooded == 0 {
             bail!("no SYN cookie was sent: the flood did not reach the intercept limit");
         }
+        // The flood stopped, its half-open flows still filling the limit
+        // (no sweep): every session intercepted, nothing else sent. What
+        // intercepting costs a session, apart from the flood's own CPU.
+        let after = sessions_per_s(lab, server, window).context("ours, after the flood")?;
+        let intercepted = cookies()? - flooded;
+        if (intercepted as f64) < 0.9 * after * window.as_secs_f64() {
+            bail!("after the flood, {intercepted} sessions of {after:.0}/s were intercepted");
+        }
+        rows[4].push(after);
         drop(ebpf);
 
         lab.gateway.nft(&synproxy_script(wscale))?;
@@ -380,7 +391,13 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         rows[2].push(quiet);
         rows[3].push(flooded);
     }
-    let [ours_quiet, ours_flood, synproxy_quiet, synproxy_flood] = rows.map(median);
+    let [
+        ours_quiet,
+        ours_flood,
+        synproxy_quiet,
+        synproxy_flood,
+        ours_after,
+    ] = rows.map(median);
     let checksum_errors = [
         nstat(&lab.client, "TcpInCsumErrors")?,
         nstat(&lab.server, "TcpInCsumErrors")?,
@@ -389,6 +406,7 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         "seconds": window.as_secs(),
         "ours_quiet_per_s": ours_quiet,
         "ours_flood_per_s": ours_flood,
+        "ours_intercepted_quiet_per_s": ours_after,
         "synproxy_quiet_per_s": synproxy_quiet,
         "synproxy_flood_per_s": synproxy_flood,
         "synproxy_client_retransmits": synproxy_retrans,

@@ -907,16 +907,21 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
     writeln!(
         w,
         "\nThe issue's target, an XDP drop at least 5 times cheaper than `ct count`, \
-         is {} on this path ({ratio:.1}). Above the floor ({floor:.0} ns: the veth \
-         receiving a frame and a program that only drops it), two costs make up \
-         our drop. A profile of the drop runs alone (`perf record -a -g`, 6 s, \
-         2026-12-03) puts 58 % of the gateway thread's time in returning the \
+         is {} in this run ({ratio:.1}; the floor, the veth receiving a frame and a \
+         program that only drops it, {floor:.0} ns). Costs made of cache misses and \
+         lock contention depend on the machine and on whatever shares it: the \
+         runs before the one above, on another machine of this kind (an Intel \
+         Xeon, 2 cores, the same kernel series), gave 3.3 and 3.6, with the drop \
+         at 313 to 889 ns and `ct count` at 1142 to 2500 in runs of builds that \
+         left them unchanged. There, two costs made up our drop above the floor. \
+         A profile of the drop runs alone (`perf record -a -g`, 6 s, \
+         2026-12-03) put 58 % of the gateway thread's time in returning the \
          senders' pages to their page pool (`page_pool_put_unrefed_netmem` and \
          the spin lock of the pool's ring), a lock the senders take too, for \
          every frame the veth's full ring refused: a cost of this way of \
          delivering frames, which grows as the handler falls behind, and which a \
          NIC's driver, recycling its own pages, does not have; `ct count`, \
-         further behind, pays it too. Our program took the other 42 %, most of \
+         further behind, paid it too. Our program took the other 42 %, most of \
          it in the first read of the packet, which the senders' CPU wrote just \
          before. The flow table's lookup, once the largest part of the \
          program's time (a table far larger than the caches, missed by every \
@@ -928,10 +933,7 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
          843 ns (at 256 KiB their read missed the cache about as often as the \
          packet's); the 4,096 8-byte slots this build has (32 KiB, which also \
          count inserts for the sweeper) against the 4-byte ones, the same way, \
-         703 and 688 ns. Costs made of cache misses and lock contention swing with \
-         whatever shares the machine: the drop measured 313 to 889 ns, and \
-         `ct count` 1142 to 2500, in runs of builds that left it unchanged, on \
-         this machine.",
+         703 and 688 ns (all on that machine).",
         if ratio >= 5.0 { "met" } else { "not met" }
     )?;
     let s = &g["sessions"];
@@ -962,6 +964,29 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
         );
         writeln!(w, "| {name} | {d:.0} | {q:.0} | {:.2} |", d / q)?;
     }
+    let (oq, oi) = (
+        f(s, "ours_quiet_per_s")?,
+        f(s, "ours_intercepted_quiet_per_s")?,
+    );
+    writeln!(
+        w,
+        "\nRight after each flooded window, the flood stopped but its half-open \
+         entries still filling the limit (every session intercepted, a cookie each, \
+         and nothing else sent): {oi:.0} sessions per second, {:.2} of the quiet \
+         rate. {}",
+        oi / oq,
+        if oi / oq >= 0.95 {
+            "Intercepting a session costs it nothing measurable; what the flood \
+             takes from the sessions is the CPU the flood itself uses on these 2 \
+             shared cores: the sender's, the gateway's cookies, and the client's \
+             kernel receiving and discarding the cookies sent to the spoofed \
+             addresses (which the flooding host, not the gateway, pays on a real \
+             network)."
+        } else {
+            "So intercepting costs a session part of the gap, and the flood's own \
+             CPU on these 2 shared cores the rest."
+        }
+    )?;
     writeln!(
         w,
         "\nDuring the flood, ours / synproxy: {:.2}. `synproxy` was told the \
