@@ -663,16 +663,25 @@ pub enum InterceptEvent {
     /// server's SYN queue entry is freed. Counted by userspace, never by
     /// the kernel (whatever the limit's action, not only intercept).
     ServerReset = 4,
+    /// The SYN to the server of a verified client sent again: the server
+    /// had not answered the first a second later (lost, perhaps), and the
+    /// client's answer to the sweeper's nudge became the SYN.
+    SynResent = 5,
+    /// An RST the sweeper sent a verified client whose server never
+    /// answered (its flow expired while opening). Counted by userspace.
+    ClientReset = 6,
 }
 
 impl InterceptEvent {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
     pub const ALL: [InterceptEvent; Self::COUNT as usize] = [
         InterceptEvent::CookieSent,
         InterceptEvent::ClientVerified,
         InterceptEvent::ServerOpened,
         InterceptEvent::HalfOpenDisplaced,
         InterceptEvent::ServerReset,
+        InterceptEvent::SynResent,
+        InterceptEvent::ClientReset,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -682,6 +691,8 @@ impl InterceptEvent {
             InterceptEvent::ServerOpened => "servers-opened",
             InterceptEvent::HalfOpenDisplaced => "half-open-displaced",
             InterceptEvent::ServerReset => "server-resets",
+            InterceptEvent::SynResent => "syns-resent",
+            InterceptEvent::ClientReset => "client-resets",
         }
     }
 }

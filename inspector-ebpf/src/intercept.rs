@@ -115,7 +115,13 @@ pub fn apply(ctx: &XdpContext, verdict: Verdict, inspected: bool) -> u32 {
         }
         Verdict::ToServer => inspector_translate(md, 1) != 0,
         Verdict::ToClient => inspector_translate(md, 0) != 0,
-        Verdict::ResendSyn => inspector_resend_syn(md) != 0,
+        Verdict::ResendSyn => {
+            let resent = inspector_resend_syn(md) != 0;
+            if resent {
+                count_intercept(InterceptEvent::SynResent);
+            }
+            resent
+        }
         Verdict::Pass | Verdict::Drop => true,
     };
     if done {

@@ -468,13 +468,15 @@ fn intercept_sends_the_syn_a_server_never_got_again_v6() {
 }
 
 fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
-    session_survives_a_loss(
+    let json = session_survives_a_loss(
         test,
         family,
         mode,
         SYNS,
         "the SYN sent for the verified client",
     );
+    let resent = &json["limits"]["intercept"]["syns-resent"];
+    assert!(resent.as_u64().unwrap() >= 1, "{json}");
 }
 
 /// The client's segments the lost-packet tests drop at the server (as in
@@ -482,8 +484,15 @@ fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
 const SYNS: &str = "(syn | ack) == syn";
 
 /// An intercepted session whose first segment matching `flags` from the
-/// client (`what`) is dropped at the server still gets its greeting.
-fn session_survives_a_loss(test: &str, family: Family, mode: Mode, flags: &str, what: &str) {
+/// client (`what`) is dropped at the server still gets its greeting;
+/// `inspector stats --json` then.
+fn session_survives_a_loss(
+    test: &str,
+    family: Family,
+    mode: Mode,
+    flags: &str,
+    what: &str,
+) -> serde_json::Value {
     let it = InterceptLab::start(test, family.addresses().1, Plain, (50, 1), mode);
     let stream = intercepted_with_lost(&it, family, flags);
     assert!(
@@ -507,6 +516,7 @@ fn session_survives_a_loss(test: &str, family: Family, mode: Mode, flags: &str, 
         stats_json(it.pins.path())
     );
     it.assert_checksums_right();
+    stats_json(it.pins.path())
 }
 
 /// A verified client whose server never answers (every SYN sent for it
@@ -536,6 +546,10 @@ fn intercept_resets_a_client_whose_server_never_answers() {
     );
     // Sent again after each nudge, and lost each time.
     assert!(it.lab.server.nft_counter("inet", "lost").unwrap() >= 2);
+    let json = stats_json(it.pins.path());
+    let intercept = &json["limits"]["intercept"];
+    assert!(intercept["syns-resent"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(intercept["client-resets"], 1, "{json}");
     assert!(
         wait_until(Duration::from_secs(3), || server_counts(&it.pins, server).1
             == 0),
@@ -575,13 +589,15 @@ fn intercepted_with_lost(it: &InterceptLab, family: Family, flags: &str) -> TcpS
 /// goes on.
 #[test]
 fn intercept_recovers_from_a_lost_ack_to_the_server() {
-    session_survives_a_loss(
+    let json = session_survives_a_loss(
         "lostack",
         V4,
         Generic,
         "(syn | ack | fin | rst) == ack",
         "the ACK sent to the server",
     );
+    // The server's side was open: nothing was sent again for it.
+    assert_eq!(json["limits"]["intercept"]["syns-resent"], 0, "{json}");
 }
 
 #[test]

@@ -975,6 +975,33 @@ fn pin_map(pins: &PinDir, name: &str, spec: &[&str]) -> std::path::PathBuf {
     path
 }
 
+/// Intercept counters pinned by a version that counted fewer events are
+/// replaced at load (those counts start again from zero): kept, the new
+/// events would count nowhere, and reading them would fail.
+#[test]
+fn intercept_counters_pinned_with_fewer_events_are_replaced() {
+    use inspector_common::InterceptEvent;
+    let pins = PinDir::new("oldevents");
+    let spec = [
+        "type",
+        "percpu_array",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "5",
+    ];
+    let path = pin_map(&pins, inspector_common::maps::INTERCEPTS, &spec);
+    let old_id = pinned_info(&path).id();
+    let _ebpf = loader::load(pins.path()).expect("loading over the old counters");
+    let info = pinned_info(&path);
+    assert_ne!(info.id(), old_id, "the old counters were kept");
+    assert_eq!(info.max_entries(), InterceptEvent::COUNT);
+    let stats = limits::LimitStats::read(pins.path(), 0).expect("reading every event");
+    assert_eq!(stats.intercepts, [0; InterceptEvent::COUNT as usize]);
+}
+
 /// A flow table pinned before the flow marks existed (entries of today's
 /// size, no `FLOW_MARKS` beside it) is replaced at load: its flows are
 /// marked nowhere, so their SYNs would be taken for new ones.

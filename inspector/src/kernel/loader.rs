@@ -19,6 +19,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// pinned. The programs are loaded (verified) but not attached.
 pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     drop_stale_flows(pin_dir)?;
+    drop_stale_counters(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(OBJECT)
@@ -108,6 +109,31 @@ fn drop_stale_flows(pin_dir: &Path) -> Result<()> {
     if !path.exists() && marks.exists() {
         // Marks without their table count flows that are gone.
         std::fs::remove_file(&marks).with_context(|| format!("removing {}", marks.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes intercept counters pinned by a version that counted fewer
+/// events: the loader would reuse them as they are (it does not compare
+/// a pinned map's size with the object's), the new events would count
+/// nowhere and reading them would fail. Their counts start again from
+/// zero, a reset Prometheus' counters allow for.
+fn drop_stale_counters(pin_dir: &Path) -> Result<()> {
+    let path = super::bpffs::map_path(pin_dir, inspector_common::maps::INTERCEPTS);
+    let Ok(map) = aya::maps::MapData::from_pin(&path) else {
+        return Ok(());
+    };
+    let events = map
+        .info()
+        .with_context(|| format!("reading {}", path.display()))?
+        .max_entries();
+    let ours = inspector_common::InterceptEvent::COUNT;
+    if events != ours {
+        log::warn!(
+            "{}: {events} intercept events, an older version's; replaced by {ours} (their counts start again)",
+            path.display()
+        );
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())
 }

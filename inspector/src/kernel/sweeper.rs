@@ -231,6 +231,7 @@ impl Sweeper {
         let client_reset = self.send_each(&client_resets, "an RST to a client", |r, (key, seq)| {
             r.reset_client(key, *seq)
         });
+        self.count(InterceptEvent::ClientReset, client_reset);
 
         // Every protected server gets its count, zero included; the kernel
         // only counts servers that have an entry, so none is created here.
@@ -318,11 +319,7 @@ impl Sweeper {
         let sent = self.send_each(flows, "an RST to a server", |r, (key, seq)| {
             r.reset(key, *seq)
         });
-        if sent > 0
-            && let Err(e) = self.count_resets(sent as u64)
-        {
-            log::warn!("sweeper: counting the RSTs sent: {e:#}");
-        }
+        self.count(InterceptEvent::ServerReset, sent);
         sent
     }
 
@@ -356,9 +353,18 @@ impl Sweeper {
         sent
     }
 
-    fn count_resets(&mut self, sent: u64) -> Result<()> {
+    /// Adds `sent` to `event`, one only userspace counts.
+    fn count(&mut self, event: InterceptEvent, sent: usize) {
+        if sent > 0
+            && let Err(e) = self.add_to(event, sent as u64)
+        {
+            log::warn!("sweeper: counting {}: {e:#}", event.name());
+        }
+    }
+
+    fn add_to(&mut self, event: InterceptEvent, sent: u64) -> Result<()> {
         // Only userspace writes this counter: a read-modify-write is safe.
-        let index = InterceptEvent::ServerReset as u32;
+        let index = event as u32;
         let mut values: Vec<u64> = self.events.get(&index, 0)?.iter().copied().collect();
         values[0] += sent;
         self.events.set(index, PerCpuValues::try_from(values)?, 0)?;
