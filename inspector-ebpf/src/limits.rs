@@ -209,14 +209,27 @@ fn from_client(packet: &Packet, tcp: &Tcp, w: &mut Work, limits: ServerLimits) -
             // SAFETY: a map value, valid during this run; racing writers on
             // other CPUs can only cost a count the sweeper corrects.
             let state = unsafe { (*entry).state };
-            if state == flow_state::OPENING && flags & TCP_RST == 0 && !new_syn {
+            if state == flow_state::OPENING && !new_syn {
                 // The server side is still opening: the client's packets
                 // wait (TCP resends them), and do not keep the flow alive:
                 // it has the embryonic timeout from its opening on, which
-                // is also when the sweeper nudges the client. An RST or a
-                // new SYN starts over.
+                // is also when the sweeper nudges the client. A new SYN
+                // starts over (below).
                 // SAFETY: as above.
-                let opened_ns = unsafe { (*entry).last_seen_ns };
+                let (opened_ns, client_next) =
+                    unsafe { ((*entry).last_seen_ns, (*entry).client_next) };
+                if flags & TCP_RST != 0 {
+                    // The client gave up (or its socket is gone and it
+                    // answered a nudge): the flow ends, at the client's
+                    // exact next number only, which a blind RST cannot
+                    // guess. The RST goes on: at that number it also ends
+                    // the server's half-open connection, if it has one.
+                    if seq(packet, tcp) == Some(client_next) {
+                        forget(w);
+                        return Verdict::Pass;
+                    }
+                    return Verdict::Drop;
+                }
                 if flags & (TCP_SYN | TCP_RST | TCP_FIN | TCP_ACK) == TCP_ACK
                     && now().saturating_sub(opened_ns) >= RESEND_SYN_AFTER_NS
                 {
@@ -548,6 +561,7 @@ pub fn server_answered(a: &Answered) {
         if a.partial {
             e.flags |= flow_flags::SERVER_PARTIAL;
         }
+        e.last_seen_ns = now();
         e.state = flow_state::ESTABLISHED;
     }
     count_intercept(InterceptEvent::ServerOpened);
@@ -637,12 +651,15 @@ fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
     };
     // SAFETY: as in `from_client`. The server's retransmitted SYN-ACKs do
     // not keep a half-open flow alive: its embryonic timeout runs from the
-    // client's last SYN.
+    // client's last SYN. Nor do its packets keep an intercepted flow
+    // still opening alive: it has the embryonic timeout from its opening
+    // on (`server_answered` starts the established flow's clock).
     let state = unsafe {
-        if (*entry).state != flow_state::EMBRYONIC {
+        let state = (*entry).state;
+        if state != flow_state::EMBRYONIC && state != flow_state::OPENING {
             (*entry).last_seen_ns = now();
         }
-        (*entry).state
+        state
     };
     let intercepted = unsafe { (*entry).flags } & flow_flags::INTERCEPTED != 0;
     if intercepted {
@@ -670,7 +687,10 @@ fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
             return Verdict::CompleteServer;
         }
         if flags & TCP_RST == 0 {
-            return Verdict::Pass;
+            // Not an answer to the SYN (a connection the server still
+            // holds on this tuple acknowledging it, say), and not in the
+            // client's numbers yet: dropped.
+            return Verdict::Drop;
         }
         // The server refused the connection: so do we, to the client, with
         // the sequence number it expects from us (the cookie + 1).

@@ -28,11 +28,12 @@
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the BPF target has atomic adds but no
-// `AtomicU64::fetch_add` (see limits/conns.rs).
+// `AtomicU64::fetch_add` (limits/marks.rs, exempt.rs).
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 // `asm!` on the BPF target: an empty block hides a packet offset from
-// LLVM (see packet.rs, `read_var`).
+// LLVM (see packet.rs, `read_var`), and the fetch-and-add LLVM selects
+// only for `-mcpu=v3` (limits/conns.rs).
 #![feature(asm_experimental_arch)]
 
 mod classify;

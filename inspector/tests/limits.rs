@@ -558,6 +558,34 @@ fn intercept_resets_a_client_whose_server_never_answers() {
     );
 }
 
+/// A verified client that gives up while its server side is still
+/// opening (every SYN sent for it lost) frees its slot with its RST at
+/// once, not at the embryonic timeout (30 s here): the RST at its next
+/// number ends the flow.
+#[test]
+fn an_intercepted_client_that_resets_while_opening_frees_its_slot() {
+    let server: IpAddr = SERVER_V4.into();
+    let it = InterceptLab::start("openrst", server, Plain, (50, 1), Generic);
+    let stream = intercepted_with_syns_lost(&it, V4);
+    assert!(
+        wait_until(Duration::from_secs(2), || server_counts(&it.pins, server).1
+            == 1),
+        "the opening flow holds a slot: {}",
+        stats_json(it.pins.path())
+    );
+    // Closed with an RST.
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
+    assert!(
+        wait_until(Duration::from_secs(3), || server_counts(&it.pins, server).1
+            == 0),
+        "the client's RST freed its slot: {}",
+        stats_json(it.pins.path())
+    );
+}
+
 /// With `it`'s embryonic limit filled by a flood, a connection from the
 /// client's `family` address, intercepted, whose SYNs to the server the
 /// server's namespace drops (counted in table `inet lost`) until that
