@@ -79,13 +79,7 @@ fn drop_stale_flows(pin_dir: &Path) -> Result<()> {
     let path = super::bpffs::map_path(pin_dir, inspector_common::maps::FLOWS);
     let marks = super::bpffs::map_path(pin_dir, inspector_common::maps::FLOW_MARKS);
     let value_size = |path: &Path| -> Result<Option<usize>> {
-        let Ok(map) = aya::maps::MapData::from_pin(path) else {
-            return Ok(None);
-        };
-        let info = map
-            .info()
-            .with_context(|| format!("reading {}", path.display()))?;
-        Ok(Some(info.value_size() as usize))
+        Ok(pinned_info(path)?.map(|info| info.value_size() as usize))
     };
     let ours = std::mem::size_of::<inspector_common::FlowEntry>();
     let marks_size = std::mem::size_of::<inspector_common::FlowMarks>();
@@ -104,11 +98,11 @@ fn drop_stale_flows(pin_dir: &Path) -> Result<()> {
     };
     if let Some(why) = stale {
         log::warn!("{}: {why} (its flows are forgotten)", path.display());
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        remove_pin(&path)?;
     }
     if !path.exists() && marks.exists() {
         // Marks without their table count flows that are gone.
-        std::fs::remove_file(&marks).with_context(|| format!("removing {}", marks.display()))?;
+        remove_pin(&marks)?;
     }
     Ok(())
 }
@@ -120,22 +114,33 @@ fn drop_stale_flows(pin_dir: &Path) -> Result<()> {
 /// zero, a reset Prometheus' counters allow for.
 fn drop_stale_counters(pin_dir: &Path) -> Result<()> {
     let path = super::bpffs::map_path(pin_dir, inspector_common::maps::INTERCEPTS);
-    let Ok(map) = aya::maps::MapData::from_pin(&path) else {
+    let Some(info) = pinned_info(&path)? else {
         return Ok(());
     };
-    let events = map
-        .info()
-        .with_context(|| format!("reading {}", path.display()))?
-        .max_entries();
-    let ours = inspector_common::InterceptEvent::COUNT;
+    let (events, ours) = (info.max_entries(), inspector_common::InterceptEvent::COUNT);
     if events != ours {
         log::warn!(
             "{}: {events} intercept events, an older version's; replaced by {ours} (their counts start again)",
             path.display()
         );
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        remove_pin(&path)?;
     }
     Ok(())
+}
+
+/// The info of the map pinned at `path`, if one is.
+fn pinned_info(path: &Path) -> Result<Option<aya::maps::MapInfo>> {
+    let Ok(map) = aya::maps::MapData::from_pin(path) else {
+        return Ok(None);
+    };
+    let info = map
+        .info()
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(info))
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
 }
 
 pub fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
