@@ -505,13 +505,9 @@ fn session_survives_a_loss(
         "{what} was dropped at the server"
     );
     it.lab.server.nft("delete table inet lost").unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(6)))
-        .unwrap();
-    let mut greeting = [0u8; 3];
-    let read = std::io::Read::read_exact(&mut &stream, &mut greeting);
+    let read = greeting(&stream, Duration::from_secs(6));
     assert!(
-        read.is_ok() && &greeting == b"220",
+        matches!(&read, Ok(code) if code == b"220"),
         "smtp-sink's greeting after {what} was lost: {read:?}\n{}",
         stats_json(it.pins.path())
     );
@@ -534,11 +530,7 @@ fn intercept_resets_a_client_whose_server_never_answers() {
         "[timeouts]\nembryonic = 2\n",
     );
     let stream = intercepted_with_syns_lost(&it, V4);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(8)))
-        .unwrap();
-    let mut greeting = [0u8; 3];
-    let read = std::io::Read::read_exact(&mut &stream, &mut greeting);
+    let read = greeting(&stream, Duration::from_secs(8));
     assert!(
         matches!(&read, Err(e) if e.kind() == ErrorKind::ConnectionReset),
         "the client's read after its server never answered: {read:?}\n{}",
@@ -584,6 +576,14 @@ fn an_intercepted_client_that_resets_while_opening_frees_its_slot() {
         "the client's RST freed its slot: {}",
         stats_json(it.pins.path())
     );
+}
+
+/// The first 3 bytes `stream` reads (the greeting's code) within `timeout`.
+fn greeting(stream: &TcpStream, timeout: Duration) -> std::io::Result<[u8; 3]> {
+    stream.set_read_timeout(Some(timeout))?;
+    let mut code = [0u8; 3];
+    std::io::Read::read_exact(&mut &*stream, &mut code)?;
+    Ok(code)
 }
 
 /// With `it`'s embryonic limit filled by a flood, a connection from the

@@ -140,13 +140,13 @@ impl Segment {
 
     /// See [`Resetter::nudge_client`].
     fn nudge(cookie: u32, client_next: u32) -> Self {
-        Self::towards_client(Self {
+        Self {
             seq: cookie,
             ack: client_next,
             flags: 0x10,
             window: 1024,
-            to_client: false,
-        })
+            to_client: true,
+        }
     }
 
     fn towards_client(self) -> Self {
