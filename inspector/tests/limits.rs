@@ -467,6 +467,31 @@ fn intercept_sends_the_syn_a_server_never_got_again_v6() {
     intercept_resends_a_lost_syn("resend6", V6, Generic);
 }
 
+/// The same for a client that drops a segment without a timestamp on a
+/// connection that has them (RFC 7323 section 3.2's SHOULD, which Linux
+/// does not follow): the segment that asks it for the ACK carries one.
+#[test]
+fn intercept_sends_the_syn_again_for_a_client_strict_about_timestamps() {
+    let json = session_survives_a_loss(
+        "resendts",
+        V4,
+        Generic,
+        SYNS,
+        "the SYN sent for the verified client",
+        Some(STRICT_ABOUT_TIMESTAMPS),
+    );
+    assert!(
+        json["limits"]["intercept"]["syns-resent"].as_u64().unwrap() >= 1,
+        "{json}"
+    );
+}
+
+/// nftables in the client's namespace dropping what such a client drops
+/// (from the server's port; SYNs and RSTs go without timestamps).
+const STRICT_ABOUT_TIMESTAMPS: &str = "table inet strict {\n chain input {\n\
+     type filter hook input priority 0;\n\
+     tcp sport 25 tcp flags & (syn | rst) == 0 tcp option timestamp missing counter drop\n }\n}\n";
+
 fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
     let json = session_survives_a_loss(
         test,
@@ -474,6 +499,7 @@ fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
         mode,
         SYNS,
         "the SYN sent for the verified client",
+        None,
     );
     let resent = &json["limits"]["intercept"]["syns-resent"];
     assert!(resent.as_u64().unwrap() >= 1, "{json}");
@@ -484,7 +510,8 @@ fn intercept_resends_a_lost_syn(test: &str, family: Family, mode: Mode) {
 const SYNS: &str = "(syn | ack) == syn";
 
 /// An intercepted session whose first segment matching `flags` from the
-/// client (`what`) is dropped at the server still gets its greeting;
+/// client (`what`) is dropped at the server still gets its greeting, with
+/// `client_nft` (an nftables script) in the client's namespace if given;
 /// `inspector stats --json` then.
 fn session_survives_a_loss(
     test: &str,
@@ -492,8 +519,12 @@ fn session_survives_a_loss(
     mode: Mode,
     flags: &str,
     what: &str,
+    client_nft: Option<&str>,
 ) -> serde_json::Value {
     let it = InterceptLab::start(test, family.addresses().1, Plain, (50, 1), mode);
+    if let Some(script) = client_nft {
+        it.lab.client.nft(script).unwrap();
+    }
     let stream = intercepted_with_lost(&it, family, flags);
     assert!(
         wait_until(Duration::from_secs(2), || it
@@ -623,6 +654,7 @@ fn intercept_recovers_from_a_lost_ack_to_the_server() {
         Generic,
         "(syn | ack | fin | rst) == ack",
         "the ACK sent to the server",
+        None,
     );
     // The server's side was open: nothing was sent again for it.
     assert_eq!(json["limits"]["intercept"]["syns-resent"], 0, "{json}");

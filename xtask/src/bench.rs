@@ -909,11 +909,12 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
         "\nThe issue's target, an XDP drop at least 5 times cheaper than `ct count`, \
          is {} in this run ({ratio:.1}; the floor, the veth receiving a frame and a \
          program that only drops it, {floor:.0} ns). Costs made of cache misses and \
-         lock contention depend on the machine and on whatever shares it: the \
-         runs before the one above, on another machine of this kind (an Intel \
-         Xeon, 2 cores, the same kernel series), gave 3.3 and 3.6, with the drop \
-         at 313 to 889 ns and `ct count` at 1142 to 2500 in runs of builds that \
-         left them unchanged. There, two costs made up our drop above the floor. \
+         lock contention depend on the machine and on whatever shares it: on the \
+         two kinds of machine this bench ran on (2 cores each, the same kernel \
+         series), an AMD EPYC gave 5.9, 6.7 and 6.4 (2026-12-03, the section \
+         after this one) and an Intel Xeon 3.3 and 3.6 (earlier builds that left \
+         the drop unchanged: it took 313 to 889 ns, `ct count` 1142 to 2500) \
+         and 4.6 (2026-12-03). On the Xeon, two costs made up our drop above the floor. \
          A profile of the drop runs alone (`perf record -a -g`, 6 s, \
          2026-12-03) put 58 % of the gateway thread's time in returning the \
          senders' pages to their page pool (`page_pool_put_unrefed_netmem` and \
@@ -933,7 +934,7 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
          843 ns (at 256 KiB their read missed the cache about as often as the \
          packet's); the 4,096 8-byte slots this build has (32 KiB, which also \
          count inserts for the sweeper) against the 4-byte ones, the same way, \
-         703 and 688 ns (all on that machine).",
+         703 and 688 ns (all on the Xeon).",
         if ratio >= 5.0 { "met" } else { "not met" }
     )?;
     let s = &g["sessions"];

@@ -81,9 +81,19 @@ impl Resetter {
     /// `client_next`. Out of the client's window, it is answered with a
     /// duplicate ACK and otherwise ignored (RFC 9293 3.10.7.4; Linux's
     /// `tcp_validate_incoming` → `tcp_send_dupack`, at most one every
-    /// `tcp_invalid_ratelimit`, 500 ms).
-    pub fn nudge_client(&self, flow: &FlowKey, cookie: u32, client_next: u32) -> io::Result<()> {
-        self.send(flow, &Segment::nudge(cookie, client_next))
+    /// `tcp_invalid_ratelimit`, 500 ms). A flow with timestamps gets our
+    /// SYN-ACK's (`our_ts`) again, which passes the client's PAWS check
+    /// and is what its answer echoes: a stack that drops a segment without
+    /// one on such a connection (RFC 7323 section 3.2's SHOULD) would
+    /// otherwise never answer.
+    pub fn nudge_client(
+        &self,
+        flow: &FlowKey,
+        cookie: u32,
+        client_next: u32,
+        our_ts: Option<u32>,
+    ) -> io::Result<()> {
+        self.send(flow, &Segment::nudge(cookie, client_next, our_ts))
     }
 
     /// Resets the client's side of an intercepted `flow` the server never
@@ -122,6 +132,9 @@ struct Segment {
     ack: u32,
     flags: u8,
     window: u16,
+    /// A timestamp option with this value (and an echo of 0: we do not
+    /// keep the client's), after two NOPs as Linux lays it out.
+    ts: Option<u32>,
     /// From the server's side to the client, not the other way.
     to_client: bool,
 }
@@ -134,17 +147,19 @@ impl Segment {
             ack: 0,
             flags: 0x04,
             window: 0,
+            ts: None,
             to_client: false,
         }
     }
 
     /// See [`Resetter::nudge_client`].
-    fn nudge(cookie: u32, client_next: u32) -> Self {
+    fn nudge(cookie: u32, client_next: u32, ts: Option<u32>) -> Self {
         Self {
             seq: cookie,
             ack: client_next,
             flags: 0x10,
             window: 1024,
+            ts,
             to_client: true,
         }
     }
@@ -165,21 +180,31 @@ impl Segment {
             ack: server_next.wrapping_sub(0x6000_0000),
             flags: 0x10,
             window: 1024,
+            ts: None,
             to_client: false,
         }
     }
 
+    /// The length of its TCP header, options included.
+    fn len(&self) -> usize {
+        if self.ts.is_some() { 32 } else { 20 }
+    }
+
     /// The TCP header from and to `ports`, its checksum over `addresses`
     /// (source then destination).
-    fn header(&self, addresses: &[u8], (from, to): (u16, u16)) -> [u8; 20] {
-        let mut t = [0u8; 20];
+    fn header(&self, addresses: &[u8], (from, to): (u16, u16)) -> Vec<u8> {
+        let mut t = vec![0u8; self.len()];
         t[0..2].copy_from_slice(&from.to_be_bytes());
         t[2..4].copy_from_slice(&to.to_be_bytes());
         t[4..8].copy_from_slice(&self.seq.to_be_bytes());
         t[8..12].copy_from_slice(&self.ack.to_be_bytes());
-        t[12] = 5 << 4;
+        t[12] = (self.len() as u8 / 4) << 4;
         t[13] = self.flags;
         t[14..16].copy_from_slice(&self.window.to_be_bytes());
+        if let Some(ts) = self.ts {
+            t[20..24].copy_from_slice(&[1, 1, 8, 10]);
+            t[24..28].copy_from_slice(&ts.to_be_bytes());
+        }
         let check = csum::tcp(addresses, &t);
         t[16..18].copy_from_slice(&check.to_be_bytes());
         t
@@ -188,7 +213,8 @@ impl Segment {
 
 /// An IPv4 packet from `from` to `to` (addresses, then ports) of `segment`.
 fn v4(from: [u8; 4], to: [u8; 4], ports: (u16, u16), segment: &Segment) -> Vec<u8> {
-    let mut p = vec![0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0];
+    let total = (20 + segment.len() as u16).to_be_bytes();
+    let mut p = vec![0x45, 0, total[0], total[1], 0, 0, 0x40, 0, 64, 6, 0, 0];
     p.extend_from_slice(&from);
     p.extend_from_slice(&to);
     let mut header = [0u8; 20];
@@ -201,7 +227,8 @@ fn v4(from: [u8; 4], to: [u8; 4], ports: (u16, u16), segment: &Segment) -> Vec<u
 
 /// [`v4`] for IPv6.
 fn v6(from: [u8; 16], to: [u8; 16], ports: (u16, u16), segment: &Segment) -> Vec<u8> {
-    let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+    let payload = (segment.len() as u16).to_be_bytes();
+    let mut p = vec![0x60, 0, 0, 0, payload[0], payload[1], 6, 64];
     p.extend_from_slice(&from);
     p.extend_from_slice(&to);
     let tcp = segment.header(&p[8..40], ports);
@@ -274,7 +301,7 @@ mod tests {
     #[test]
     fn a_nudge_goes_from_the_server_to_the_client_one_before_its_window() {
         let (c, s) = (Ipv4Addr::new(198, 18, 0, 10), Ipv4Addr::new(198, 18, 1, 25));
-        let segment = Segment::nudge(0x1000, 0x2000);
+        let segment = Segment::nudge(0x1000, 0x2000, None);
         assert!(segment.to_client);
         // As `Resetter::send` lays it out: from the server, its port first.
         let p = v4(s.octets(), c.octets(), (PORTS.1, PORTS.0), &segment);
@@ -288,6 +315,23 @@ mod tests {
         assert_eq!(p[33], 0x10, "ACK alone");
         let sum = csum::add_words(csum::pseudo(&p[12..20], 20), &p[20..]);
         assert_eq!(csum::fold(sum), 0xffff, "TCP checksum");
+        let p = v4(
+            s.octets(),
+            c.octets(),
+            (PORTS.1, PORTS.0),
+            &Segment::nudge(0x1000, 0x2000, Some(0x0a0b0c0d)),
+        );
+        assert_eq!(p.len(), 52);
+        assert_eq!(&p[2..4], &52u16.to_be_bytes(), "IP total length");
+        assert_eq!(
+            csum::fold(csum::add_words(0, &p[..20])),
+            0xffff,
+            "IP checksum"
+        );
+        assert_eq!(p[32] >> 4, 8, "data offset: 32 bytes");
+        assert_eq!(&p[40..52], &[1, 1, 8, 10, 10, 11, 12, 13, 0, 0, 0, 0]);
+        let sum = csum::add_words(csum::pseudo(&p[12..20], 32), &p[20..]);
+        assert_eq!(csum::fold(sum), 0xffff, "TCP checksum with the timestamp");
         let rst = Segment::towards_client(Segment::rst(0x1001));
         assert!(rst.to_client && rst.flags == 0x04 && rst.seq == 0x1001);
     }

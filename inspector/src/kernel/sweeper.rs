@@ -28,8 +28,8 @@ use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
 use inspector_common::{
-    Addr16, ClientKey, ConnCounts, FlowEntry, FlowKey, InterceptEvent, ServerLimits, flow_state,
-    maps,
+    Addr16, ClientKey, ConnCounts, FlowEntry, FlowKey, InterceptEvent, ServerLimits, flow_flags,
+    flow_state, maps,
 };
 
 use super::{bpffs, flow_marks::FlowMarks, reset::Resetter};
@@ -168,7 +168,9 @@ impl Sweeper {
                 continue;
             }
             if entry.state == flow_state::OPENING && age >= RESEND_AFTER {
-                nudges.push((key, entry.seq_delta, entry.client_next));
+                // While opening, `ts_delta` is our SYN-ACK's timestamp.
+                let ts = (entry.flags & flow_flags::TS != 0).then_some(entry.ts_delta);
+                nudges.push((key, entry.seq_delta, entry.client_next, ts));
             }
             if entry.client_reset != 0 {
                 match entry.state {
@@ -225,9 +227,11 @@ impl Sweeper {
         let stale_marks = self.marks.settle(&tracked, complete);
         let reset = self.send_resets(&resets);
         let probed = self.send_probes(&probes);
-        let nudged = self.send_each(&nudges, "a nudge to a client", |r, (key, cookie, next)| {
-            r.nudge_client(key, *cookie, *next)
-        });
+        let nudged = self.send_each(
+            &nudges,
+            "a nudge to a client",
+            |r, (key, cookie, next, ts)| r.nudge_client(key, *cookie, *next, *ts),
+        );
         let client_reset = self.send_each(&client_resets, "an RST to a client", |r, (key, seq)| {
             r.reset_client(key, *seq)
         });
