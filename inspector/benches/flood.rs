@@ -168,8 +168,9 @@ fn sessions_through_flood(
         if embryonic != 0 {
             bail!("{embryonic} embryonic connections left after the sweep");
         }
-        quiet.push(sessions_per_s(lab, server, window)?);
-        let (rate, sent) = sessions_during_flood(lab, &mut flood, server, window)?;
+        quiet.push(sessions_per_s(lab, server, window, 1)?);
+        let (rate, sent) = sessions_during_flood(lab, |n| flood.send(n), server, window, 1)?;
+        let rate = rate.all_completed()?;
         flooded.push(rate);
         syns_sent += sent;
         flood_secs += window.as_secs_f64() + 0.2;

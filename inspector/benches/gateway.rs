@@ -40,7 +40,7 @@ use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4,
     figures::{median, pin, settled},
     frame_flood::{DropAll, FrameFlood},
-    load::{sessions_during_flood, sessions_per_s, wait_smtp},
+    load::{sessions, sessions_during_flood, sessions_per_s, wait_smtp},
     raw::mac,
     syn::{SPOOFED_V4, SynFlood},
 };
@@ -53,8 +53,16 @@ const SENDER_CPU: usize = 0;
 const TABLE: &str = "inspector_bench";
 const TRANSFER: usize = 50 << 20;
 
+/// The real clients of the sessions' capacity figure, each one session
+/// after another (the other figure has one): enough to keep both cores
+/// busy, so the rate is what the path can do rather than one session's
+/// round trips.
+const CLIENTS: usize = 8;
+
 fn main() -> Result<()> {
-    let (mut repeats, mut syns, mut seconds) = (5usize, 100_000usize, 2u64);
+    let (mut repeats, mut syns, mut seconds, mut clients) = (5usize, 100_000usize, 2u64, CLIENTS);
+    // Which parts run (all by default): transfer, cpu, sessions.
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || -> Result<usize> { Ok(args.next().context("a number")?.parse()?) };
@@ -62,16 +70,23 @@ fn main() -> Result<()> {
             "--repeats" => repeats = value()?,
             "--syns" => syns = value()?,
             "--seconds" => seconds = value()? as u64,
+            "--clients" => clients = value()?,
+            "--only" => only = Some(args.next().context("transfer, cpu or sessions")?),
             "--bench" => {}
             _ => bail!("unknown argument {arg}"),
         }
     }
+    let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     let pid = std::process::id();
     let lab = Lab::create(&format!("bg{pid}"))?;
     let prefix = format!("{}/{}", SPOOFED_V4.0, SPOOFED_V4.1);
     lab.gateway
         .ip(&["route", "add", &prefix, "via", &CLIENT_V4.to_string()])?;
     lab.server.sysctl("net.ipv4.tcp_max_syn_backlog", "4096")?;
+    // What `synproxy` needs: a mid-stream ACK is not a new connection.
+    lab.gateway
+        .sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
+        .context("conntrack's sysctl (is nf_conntrack loaded?)")?;
     let ends_pins = OwnedPinDir::new(PathBuf::from(format!(
         "/sys/fs/bpf/inspector-bench-ends-{pid}"
     )))?;
@@ -80,7 +95,9 @@ fn main() -> Result<()> {
         ns.run(|| loader::attach_pass_only(&mut ends, iface))??;
     }
 
-    let transfer = transfer(&lab, repeats)?;
+    let transfer = runs("transfer")
+        .then(|| transfer(&lab, repeats))
+        .transpose()?;
 
     // NAPI on `outside` with or without an XDP program (GRO asks for it),
     // in a thread of its own; the client's end too, so the answers it
@@ -96,13 +113,23 @@ fn main() -> Result<()> {
     pin(gateway_napi, GATEWAY_CPU)?;
     pin(threaded_napi(&lab.client, "eth0")?, SENDER_CPU)?;
     let wscale = server_wscale(&lab)?;
-    let cpu = cpu_per_syn(&lab, gateway_napi, repeats, syns, wscale)?;
+    let cpu = runs("cpu")
+        .then(|| cpu_per_syn(&lab, gateway_napi, repeats, syns, wscale))
+        .transpose()?;
     // Sessions wait on every packet's receive work: back to softirq, where
     // it runs at once instead of when a thread gets a CPU.
     for (ns, dev) in [(&lab.gateway, OUTSIDE), (&lab.client, "eth0")] {
         set_threaded(ns, dev, false)?;
     }
-    let sessions = sessions(&lab, repeats, Duration::from_secs(seconds), wscale)?;
+    let window = Duration::from_secs(seconds);
+    let (sessions, concurrent) = if runs("sessions") {
+        (
+            Some(session_rates(&lab, repeats, window, wscale, 1)?),
+            Some(session_rates(&lab, repeats, window, wscale, clients)?),
+        )
+    } else {
+        (None, None)
+    };
     drop(ends);
     println!(
         "{}",
@@ -114,6 +141,7 @@ fn main() -> Result<()> {
             "limit": LIMIT,
             "cpu": cpu,
             "sessions": sessions,
+            "sessions_concurrent": concurrent,
             "transfer": transfer,
             "synproxy_wscale": wscale,
         })
@@ -199,9 +227,6 @@ fn cpu_per_syn(
     // into the client, where nothing answers.
     let server = SocketAddr::new(SERVER_V4.into(), 25);
     let _listener = lab.server.tcp_listen(server, 4096)??;
-    lab.gateway
-        .sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")
-        .context("conntrack's sysctl (is nf_conntrack loaded?)")?;
     let (drop_pins, icept_pins) = (pins("drop")?, pins("icept")?);
     let pass_pins = pins("pass")?;
     let (drop_policy, icept_policy) = (policy("drop")?, policy("intercept")?);
@@ -324,9 +349,16 @@ fn veth_stat(lab: &Lab, name: &str) -> Result<u64> {
         .with_context(|| format!("no {name} in ethtool -S {OUTSIDE}: {text}"))
 }
 
-/// SMTP sessions per second with our intercept and with nftables'
-/// synproxy, each during a steady flood and without it, alternating.
-fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<serde_json::Value> {
+/// SMTP sessions per second from `clients` real clients with our intercept
+/// and with nftables' synproxy, each during a steady flood and without it,
+/// alternating.
+fn session_rates(
+    lab: &Lab,
+    repeats: usize,
+    window: Duration,
+    wscale: u8,
+    clients: usize,
+) -> Result<serde_json::Value> {
     let server = SocketAddr::new(SERVER_V4.into(), 25);
     let _sink = lab.server.spawn(lab.server.command("smtp-sink").args([
         "-u",
@@ -339,8 +371,18 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
     let policy = policy("intercept")?;
     let mut sweeper = Sweeper::open(pins.path(), policy.timeouts).ok();
     let mut rows: [Vec<f64>; 5] = Default::default();
-    let mut flood = SynFlood::new(&lab.client, server)?;
-    let (mut synproxy_retrans, mut ours_retrans) = (0, 0);
+    // The flood's SYNs as XDP frames, as a NIC would deliver them (as in
+    // `cpu_per_syn`): a raw socket's would cost the lab's shared cores a
+    // send each and the gateway's veth a copy each, which a real attacker's
+    // host and a real NIC leave out.
+    let SocketAddr::V4(dst) = server else {
+        bail!("an IPv4 server")
+    };
+    let flood = FrameFlood::new(&lab.client, "eth0", mac(&lab.gateway, OUTSIDE)?, dst)?;
+    let send_syns = |n: usize| flood.send(n as u32);
+    let (mut synproxy_retrans, mut ours_retrans, mut synproxy_failed) = (0, 0, 0);
+    // SYNs per second the flood sent in each flooded window.
+    let mut flood_rates = Vec::new();
     for _ in 0..repeats {
         let ebpf = ours(lab, pins.path(), &policy)?;
         let sweeper = match &mut sweeper {
@@ -351,13 +393,12 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         // would leave it after the embryonic timeout).
         let later = policy.timeouts.embryonic + Duration::from_secs(1);
         sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
-        rows[0].push(sessions_per_s(lab, server, window).context("ours, without a flood")?);
+        rows[0]
+            .push(sessions_per_s(lab, server, window, clients).context("ours, without a flood")?);
         let retrans_before = retransmitted(&lab.client)?;
-        rows[1].push(
-            sessions_during_flood(lab, &mut flood, server, window)
-                .context("ours, during the flood")?
-                .0,
-        );
+        let (during, sent) = sessions_during_flood(lab, send_syns, server, window, clients)?;
+        rows[1].push(during.all_completed().context("ours, during the flood")?);
+        flood_rates.push(sent as f64 / window.as_secs_f64());
         ours_retrans += retransmitted(&lab.client)? - retrans_before;
         let cookies = || -> Result<u64> {
             Ok(LimitStats::read(pins.path(), 0)?.intercepts[InterceptEvent::CookieSent as usize])
@@ -369,7 +410,8 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
         // The flood stopped, its half-open flows still filling the limit
         // (no sweep): every session intercepted, nothing else sent. What
         // intercepting costs a session, apart from the flood's own CPU.
-        let after = sessions_per_s(lab, server, window).context("ours, after the flood")?;
+        let after =
+            sessions_per_s(lab, server, window, clients).context("ours, after the flood")?;
         let intercepted = cookies()? - flooded;
         if (intercepted as f64) < 0.9 * after * window.as_secs_f64() {
             bail!("after the flood, {intercepted} sessions of {after:.0}/s were intercepted");
@@ -379,18 +421,33 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
 
         lab.gateway.nft(&synproxy_script(wscale))?;
         let retrans_before = retransmitted(&lab.client)?;
-        let quiet = sessions_per_s(lab, server, window).context("synproxy, without a flood");
-        let flooded = quiet.and_then(|q| {
-            let during = sessions_during_flood(lab, &mut flood, server, window)
-                .context("synproxy, during the flood")?;
-            Ok((q, during.0))
+        // synproxy's sessions may fail here (see the docs): counted, not fatal.
+        let flooded = sessions(lab, server, window, clients).and_then(|quiet| {
+            let (during, sent) = sessions_during_flood(lab, send_syns, server, window, clients)?;
+            flood_rates.push(sent as f64 / window.as_secs_f64());
+            Ok((quiet, during))
         });
         delete_table(lab)?;
         let (quiet, flooded) = flooded?;
         synproxy_retrans += retransmitted(&lab.client)? - retrans_before;
+        synproxy_failed += quiet.failed + flooded.failed;
+        let (quiet, flooded) = (quiet.per_s, flooded.per_s);
         rows[2].push(quiet);
         rows[3].push(flooded);
     }
+    // Each repeat's windows follow one another, so their ratio leaves out
+    // what drifts between repeats (the shared machine's other load).
+    let paired = |num: usize, den: usize| {
+        median(
+            rows[num]
+                .iter()
+                .zip(&rows[den])
+                .map(|(n, d)| n / d)
+                .collect(),
+        )
+    };
+    let (ours_ratio, after_ratio, synproxy_ratio) = (paired(1, 0), paired(4, 0), paired(3, 2));
+    let windows = rows.clone();
     let [
         ours_quiet,
         ours_flood,
@@ -404,12 +461,21 @@ fn sessions(lab: &Lab, repeats: usize, window: Duration, wscale: u8) -> Result<s
     ];
     Ok(serde_json::json!({
         "seconds": window.as_secs(),
+        "clients": clients,
+        "flood_syns_per_s": median(flood_rates),
         "ours_quiet_per_s": ours_quiet,
         "ours_flood_per_s": ours_flood,
         "ours_intercepted_quiet_per_s": ours_after,
+        "ours_flood_over_quiet": ours_ratio,
+        "ours_intercepted_over_quiet": after_ratio,
+        "synproxy_flood_over_quiet": synproxy_ratio,
+        // Per window, in the order above's rows: ours without a flood,
+        // during it, synproxy without, during, ours right after.
+        "windows": windows,
         "synproxy_quiet_per_s": synproxy_quiet,
         "synproxy_flood_per_s": synproxy_flood,
         "synproxy_client_retransmits": synproxy_retrans,
+        "synproxy_failed_sessions": synproxy_failed,
         "ours_client_retransmits": ours_retrans,
         "checksum_errors": checksum_errors,
     }))

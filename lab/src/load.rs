@@ -84,34 +84,102 @@ pub fn raise_nofile(want: u64) -> Result<u64> {
     Ok(raised.rlim_cur)
 }
 
-/// Complete SMTP sessions per second over `window`, one after another from
-/// one thread in the client namespace: a thread that joins the namespace
-/// per session (a thread and a `setns`) costs more than a whole session on
-/// a bare veth pair (Python: 8,000 sessions/s on one thread, 1,900 with a
-/// thread and a `setns` each).
-pub fn sessions_per_s(lab: &Lab, server: SocketAddr, window: Duration) -> Result<f64> {
+/// SMTP sessions over `window` from `clients` threads in the client
+/// namespace, each one session after another: one thread measures a
+/// session's latency, several the path's capacity. A thread joins the
+/// namespace once; a thread and a `setns` per session would cost more than
+/// a whole session on a bare veth pair (Python: 8,000 sessions/s on one
+/// thread, 1,900 with a thread and a `setns` each). A session that fails
+/// (or waits [`SLOW_SESSION`] for a step) counts as not completed.
+pub fn sessions(
+    lab: &Lab,
+    server: SocketAddr,
+    window: Duration,
+    clients: usize,
+) -> Result<Sessions> {
     lab.client.run(|| {
         let start = Instant::now();
-        let mut done = 0u32;
-        while start.elapsed() < window {
-            session_from_here(server)?;
-            done += 1;
+        let threads = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..clients.max(1))
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (mut done, mut failed, mut first) = (0u32, 0u32, None);
+                        while start.elapsed() < window {
+                            match session_from_here(server, SLOW_SESSION) {
+                                Ok(()) => done += 1,
+                                Err(e) => {
+                                    failed += 1;
+                                    first.get_or_insert(e);
+                                }
+                            }
+                        }
+                        (done, failed, first)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| t.join().expect("session thread"))
+                .collect::<Vec<_>>()
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut out = Sessions::default();
+        for (done, failed, first) in threads {
+            out.per_s += f64::from(done) / elapsed;
+            out.failed += failed;
+            out.first_failure = out.first_failure.or(first);
         }
-        Ok(f64::from(done) / start.elapsed().as_secs_f64())
-    })?
+        out
+    })
+}
+
+/// What [`sessions`] measured.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    /// Sessions completed per second.
+    pub per_s: f64,
+    pub failed: u32,
+    pub first_failure: Option<anyhow::Error>,
+}
+
+impl Sessions {
+    /// The rate, or the first failure if any session failed.
+    pub fn all_completed(self) -> Result<f64> {
+        match self.first_failure {
+            Some(e) => Err(e.context(format!("{} sessions failed", self.failed))),
+            None => Ok(self.per_s),
+        }
+    }
+}
+
+/// [`sessions`] that all completed, per second.
+pub fn sessions_per_s(
+    lab: &Lab,
+    server: SocketAddr,
+    window: Duration,
+    clients: usize,
+) -> Result<f64> {
+    sessions(lab, server, window, clients)?.all_completed()
 }
 
 /// Connect from the client, read the greeting, QUIT, read the goodbye.
 pub fn smtp_session(lab: &Lab, server: SocketAddr) -> Result<()> {
-    lab.client.run(|| session_from_here(server))?
+    lab.client
+        .run(|| session_from_here(server, Duration::from_secs(3)))?
 }
 
-/// [`smtp_session`] from the calling thread's namespace.
-fn session_from_here(server: SocketAddr) -> Result<()> {
+/// How long a measured session may wait for its connection and for each
+/// reply: nftables `synproxy` on this lab completes a handshake only when
+/// the server sends its SYN-ACK again, 1 s later and sometimes 3 s.
+const SLOW_SESSION: Duration = Duration::from_secs(10);
+
+/// [`smtp_session`] from the calling thread's namespace, each step within
+/// `timeout`.
+fn session_from_here(server: SocketAddr, timeout: Duration) -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
-    let stream = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(3))
+    let stream = std::net::TcpStream::connect_timeout(&server, timeout)
         .with_context(|| format!("connecting to {server}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.set_read_timeout(Some(timeout))?;
     let port = stream.local_addr()?.port();
     let mut reader = BufReader::new(&stream);
     let mut line = String::new();
@@ -148,28 +216,30 @@ pub fn wait_smtp(lab: &Lab, server: SocketAddr) -> Result<()> {
 pub const FLOOD_BURST: usize = 100;
 pub const FLOOD_PAUSE: Duration = Duration::from_millis(5);
 
-/// SMTP sessions per second over `window` while `flood` sends a steady
-/// flood (begun 200 ms before, to fill the limits), and the SYNs it sent.
+/// [`sessions`] while `send_syns(n)`, which sends `n` spoofed SYNs, makes a
+/// steady flood (begun 200 ms before, to fill the limits), and the SYNs it
+/// sent.
 pub fn sessions_during_flood(
     lab: &Lab,
-    flood: &mut crate::syn::SynFlood,
+    mut send_syns: impl FnMut(usize) -> Result<()> + Send,
     server: SocketAddr,
     window: Duration,
-) -> Result<(f64, usize)> {
+    clients: usize,
+) -> Result<(Sessions, usize)> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let flooding = scope.spawn(|| -> Result<usize> {
             let mut sent = 0;
             while !stop.load(Ordering::Relaxed) {
-                flood.send(FLOOD_BURST)?;
+                send_syns(FLOOD_BURST)?;
                 sent += FLOOD_BURST;
                 std::thread::sleep(FLOOD_PAUSE);
             }
             Ok(sent)
         });
         std::thread::sleep(Duration::from_millis(200));
-        let rate = sessions_per_s(lab, server, window);
+        let rate = sessions(lab, server, window, clients);
         stop.store(true, Ordering::Relaxed);
         let sent = flooding.join().expect("flood thread")?;
         Ok((rate?, sent))
