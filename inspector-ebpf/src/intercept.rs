@@ -789,9 +789,7 @@ fn load<const N: usize>(
     buf: &mut [u8; N],
     len: u32,
 ) -> Option<()> {
-    let Some(len) = helper_len::<N>(len) else {
-        return None;
-    };
+    let len = helper_len::<N>(len)?;
     // SAFETY: the helper writes at most `len` <= N bytes into `buf`.
     let r =
         unsafe { bpf_xdp_load_bytes(ctx.ctx, offset as u32, buf.as_mut_ptr() as *mut c_void, len) };

@@ -35,6 +35,10 @@
 // LLVM (see packet.rs, `read_var`), and the fetch-and-add LLVM selects
 // only for `-mcpu=v3` (limits/conns.rs).
 #![feature(asm_experimental_arch)]
+// A map helper takes a pointer to its key: a borrowed key is passed where
+// it already is, one passed by value is first copied onto the program's
+// 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod classify;
 mod clients;
@@ -88,10 +92,10 @@ pub fn inspector_steer(ctx: TcContext) -> i32 {
         // Only when XDP passed it (it runs first): a packet that changed
         // between the two, or an interface without XDP.
         counters::count_parse_drop(reason);
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     if !decision.tcp || decision.class == Class::Exempt {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     steer(&ctx)
 }
@@ -109,9 +113,9 @@ fn steer(ctx: &TcContext) -> i32 {
     match mark {
         Some(true) => {
             ctx.set_mark(STEER_MARK);
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
-        Some(false) => TC_ACT_OK as i32,
+        Some(false) => TC_ACT_OK,
         None => steer::refuse(ctx),
     }
 }
@@ -124,7 +128,7 @@ pub fn inspector_steer_return(ctx: TcContext) -> i32 {
     // a packet the classifier refuses is left to the kernel unmarked.
     let decision = steer::classify(&ctx);
     if decision.drop.is_some() || !decision.tcp {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     steer_return(&ctx)
 }
@@ -142,7 +146,7 @@ fn steer_return(ctx: &TcContext) -> i32 {
     {
         ctx.set_mark(STEER_MARK);
     }
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// Passes every packet and does nothing else: the baseline the benchmark

@@ -62,7 +62,7 @@ pub fn install_missing() -> Result<()> {
     apt_packages()?;
     exim_private()?;
     kubernetes_validate()?;
-    nightly_rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     cargo_fuzz()?;
     Ok(())
@@ -218,20 +218,27 @@ fn deb_installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == "install ok installed")
 }
 
-fn nightly_rust_src() -> Result<()> {
-    let installed = Command::new("rustup")
+/// The nightly's components: `rust-src` (the eBPF build compiles core from
+/// source) and `clippy` (`cargo xtask test` lints the eBPF crate with it).
+fn nightly_components() -> Result<()> {
+    let out = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.starts_with("rust-src"))
-        });
-    if installed {
-        return Ok(());
+        .output()?;
+    let installed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            continue;
+        }
+        eprintln!("setup: adding {component} to the nightly toolchain");
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
-    eprintln!("setup: adding rust-src to the nightly toolchain (eBPF builds core from source)");
-    status(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 /// bpf-linker must be this version and linked against LLVM 22, the LLVM of

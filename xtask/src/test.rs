@@ -16,6 +16,15 @@ pub fn run(extra: &[String]) -> Result<()> {
     // The default members only: the eBPF crate builds for the BPF target
     // alone (the inspector crate's build script compiles it).
     cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+    // The eBPF crate, for its target, with the nightly that builds it
+    // (rustup's `cargo`, which reads `+nightly`).
+    status(
+        Command::new("cargo")
+            .args(["+nightly", "clippy", "-p", "inspector-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--", "-D", "warnings"])
+            .current_dir(workspace_root()),
+    )?;
     // Unit tests, BPF_PROG_TEST_RUN tests and the namespace tests. The
     // privileged ones fail (never skip) when they cannot run.
     let mut args = vec!["test"];

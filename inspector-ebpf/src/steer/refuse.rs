@@ -36,7 +36,7 @@ pub fn refuse(ctx: &TcContext) -> i32 {
     match rewrite(ctx) {
         // SAFETY: a helper on the ifindex the packet came in on.
         Some(()) => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
-        None => TC_ACT_SHOT as i32,
+        None => TC_ACT_SHOT,
     }
 }
 
