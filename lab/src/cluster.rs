@@ -124,11 +124,13 @@ impl Cluster {
     /// Builds the namespaces `<prefix>-client`, `-rtr`, `-gw1`…`-gwN` and
     /// `-server`, starts BIRD on the router and each gateway and waits
     /// until every BGP session is established (nothing is announced yet).
-    /// A leftover cluster with the same prefix is removed first.
+    /// A leftover cluster with the same prefix, and those of killed runs
+    /// ([`crate::leftovers`]), are removed first.
     pub fn create(prefix: &str, members: usize) -> Result<Self> {
         if !crate::is_root() {
             bail!("the cluster lab needs root (network namespaces, veth, XDP): run as root");
         }
+        crate::leftovers::remove();
         if !(1..=MAX_MEMBERS).contains(&members) {
             bail!("a cluster lab has 1 to {MAX_MEMBERS} gateways, not {members}");
         }

@@ -18,6 +18,7 @@ pub mod figures;
 pub mod frame_flood;
 pub mod inspector;
 pub mod kubernetes;
+pub mod leftovers;
 pub mod load;
 pub mod messages;
 mod netns;
@@ -63,11 +64,13 @@ pub struct Lab {
 
 impl Lab {
     /// Creates the three namespaces, named `<prefix>-client` and so on. A
-    /// leftover lab with the same prefix (from a killed run) is removed first.
+    /// leftover lab with the same prefix, and those of killed runs
+    /// ([`leftovers`]), are removed first.
     pub fn create(prefix: &str) -> Result<Self> {
         if !is_root() {
             bail!("the lab needs root (network namespaces, veth, XDP): run as root");
         }
+        leftovers::remove();
         let lab = Self {
             client: Netns::new(format!("{prefix}-client")),
             gateway: Netns::new(format!("{prefix}-gw")),

@@ -70,7 +70,6 @@ impl SynFlood {
 
     /// xorshift32: sources and sequence numbers that look random, and are
     /// the same from run to run.
-    /// xorshift32: fast, and the same floods run after run.
     fn next(&mut self) -> u32 {
         let mut x = self.state;
         x ^= x << 13;
