@@ -911,11 +911,13 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
          program that only drops it, {floor:.0} ns). Costs made of cache misses and \
          lock contention depend on the machine and on whatever shares it: on the \
          two kinds of machine this bench ran on (2 cores each, the same kernel \
-         series), an AMD EPYC gave 5.9, 6.7 and 6.4 (2026-12-03, the section \
-         after this one) and an Intel Xeon 3.3 and 3.6 (earlier builds that left \
-         the drop unchanged: it took 313 to 889 ns, `ct count` 1142 to 2500), \
-         4.6 (2026-12-03) and 3.8 (2026-12-04, before the memory builtins were \
-         written inline). On the Xeon, two costs made up our drop above the floor. \
+         series), an AMD EPYC gave 5.9, 6.7 and 6.4 (2026-12-03) and 5.3 \
+         (2026-12-04, the memory builtins written inline; 7.1 that day in a run \
+         of the CPU figures alone, `--only cpu`), an Intel Xeon 3.3 and 3.6 \
+         (earlier builds that left the drop unchanged: it took 313 to 889 ns, \
+         `ct count` 1142 to 2500), 4.6 (2026-12-03), 3.8 and 3.3 (2026-12-04, \
+         before and after the memory builtins were written inline); the section \
+         after this one has the full runs. On the Xeon, two costs made up our drop above the floor. \
          A profile of the drop runs alone (`perf record -a -g`, 6 s, \
          2026-12-03) put 58 % of the gateway thread's time in returning the \
          senders' pages to their page pool (`page_pool_put_unrefed_netmem` and \
