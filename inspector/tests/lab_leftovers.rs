@@ -1,6 +1,6 @@
 //! A run killed by a signal skips its guards: the next lab removes what it
-//! left (namespaces, the processes in them, bpffs pins), and nothing of a
-//! run still alive.
+//! left (namespaces, the processes in them, bpffs pins, the live
+//! exemptions saved for them), and nothing of a run still alive.
 
 use std::{
     path::{Path, PathBuf},
@@ -39,6 +39,16 @@ fn the_next_lab_removes_what_a_killed_run_left_and_keeps_a_live_runs() {
     for dir in [&dead_pins, &alive_pins] {
         std::fs::create_dir_all(dir).unwrap();
     }
+    let store = |pins: &Path| {
+        let name = pins.file_name().unwrap().to_string_lossy();
+        Path::new("/var/lib/inspector").join(format!("exemptions-{name}.json"))
+    };
+    let (dead_store, alive_store) = (store(&dead_pins), store(&alive_pins));
+    let made_state_dir = !Path::new("/var/lib/inspector").exists();
+    std::fs::create_dir_all("/var/lib/inspector").unwrap();
+    for file in [&dead_store, &alive_store] {
+        std::fs::write(file, "[]").unwrap();
+    }
     // What a killed bench leaves running in its namespace.
     let mut orphan = Command::new("nsenter")
         .arg(format!("--net={}", netns(&dead_ns).display()))
@@ -53,8 +63,16 @@ fn the_next_lab_removes_what_a_killed_run_left_and_keeps_a_live_runs() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         orphan.try_wait().unwrap().is_some()
     });
-    let left = (netns(&dead_ns).exists(), dead_pins.exists());
-    let kept = (netns(&alive_ns).exists(), alive_pins.exists());
+    let left = (
+        netns(&dead_ns).exists(),
+        dead_pins.exists(),
+        dead_store.exists(),
+    );
+    let kept = (
+        netns(&alive_ns).exists(),
+        alive_pins.exists(),
+        alive_store.exists(),
+    );
     // Ours removed before asserting, so a failure leaves nothing either.
     let _ = orphan.kill();
     let _ = orphan.wait();
@@ -66,12 +84,18 @@ fn the_next_lab_removes_what_a_killed_run_left_and_keeps_a_live_runs() {
     for dir in [&dead_pins, &alive_pins] {
         let _ = std::fs::remove_dir_all(dir);
     }
+    for file in [&dead_store, &alive_store] {
+        let _ = std::fs::remove_file(file);
+    }
+    if made_state_dir {
+        let _ = std::fs::remove_dir("/var/lib/inspector");
+    }
     lab.expect("creating the lab (needs root)");
 
     assert_eq!(
         left,
-        (false, false),
-        "a dead run's namespace and pins are removed"
+        (false, false, false),
+        "a dead run's namespace, pins and saved exemptions are removed"
     );
     assert!(
         orphan_killed,
@@ -79,7 +103,7 @@ fn the_next_lab_removes_what_a_killed_run_left_and_keeps_a_live_runs() {
     );
     assert_eq!(
         kept,
-        (true, true),
-        "a live run's namespace and pins are kept"
+        (true, true, true),
+        "a live run's namespace, pins and saved exemptions are kept"
     );
 }

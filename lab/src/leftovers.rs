@@ -1,8 +1,9 @@
 //! What a killed test or benchmark left behind. Each run names its
 //! namespaces and bpffs pins after its pid (`bg1234-gw`,
-//! `/sys/fs/bpf/inspector-bench-drop-1234`); its guards remove them on
-//! drop, which a signal skips. The next lab removes those of pids that are
-//! gone, with the processes still running in them (a Postfix, a sink).
+//! `/sys/fs/bpf/inspector-bench-drop-1234`, the live exemptions saved for
+//! them); its guards remove them on drop, which a signal skips. The next
+//! lab removes those of pids that are gone, with the processes still
+//! running in them (a Postfix, a sink).
 
 use std::{
     fs,
@@ -17,6 +18,8 @@ const NETNS_DIR: &str = "/run/netns";
 const NETNS_PREFIXES: [&str; 9] = ["it", "px", "cl", "ba", "bc", "be", "bf", "bg", "bs"];
 /// The bpffs directories tests and benchmarks pin into.
 const PIN_PREFIXES: [&str; 2] = ["inspector-test-", "inspector-bench-"];
+/// The daemon's default state directory.
+const STATE_DIR: &str = "/var/lib/inspector";
 
 /// Removes the namespaces and pins of runs whose process is gone. Errors
 /// are ignored: whatever is still held is tried again next time.
@@ -30,6 +33,16 @@ pub fn remove() {
     for name in entries(Path::new("/sys/fs/bpf")) {
         if pin_owner(&name).is_some_and(gone) {
             let _ = fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&name));
+        }
+    }
+    // The live exemptions a pin directory's daemon saved, named after it
+    // (`exemptions-inspector-test-1234-smtp.json`).
+    for name in entries(Path::new(STATE_DIR)) {
+        let pins = name
+            .strip_prefix("exemptions-")
+            .and_then(|n| n.strip_suffix(".json"));
+        if pins.and_then(pin_owner).is_some_and(gone) {
+            let _ = fs::remove_file(Path::new(STATE_DIR).join(&name));
         }
     }
 }
