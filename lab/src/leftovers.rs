@@ -56,13 +56,20 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The pid in a run's namespace name: its prefix, the pid, a dash
-/// (`it1234-smtp-client`, `bg1234-gw`). The lab's own (`insp-lab-gw`) has
+/// The pid in a run's namespace name: its prefix, the pid, a dash, and
+/// it ends in one of the lab's hosts (`it1234-smtp-client`, `bg1234-gw`,
+/// `bc1234-gw2`). The lab's own (`insp-lab-gw`) has
 /// none: `cargo xtask run` removes it itself.
 fn netns_owner(name: &str) -> Option<u32> {
     let rest = NETNS_PREFIXES.iter().find_map(|p| name.strip_prefix(p))?;
     let (pid, _) = rest.split_once('-')?;
-    number(pid)
+    let (_, host) = name.rsplit_once('-')?;
+    let gateway = host
+        .strip_prefix("gw")
+        .is_some_and(|n| n.is_empty() || number(n).is_some());
+    (gateway || ["client", "server", "rtr"].contains(&host))
+        .then(|| number(pid))
+        .flatten()
 }
 
 /// The pid in a run's pin directory: the first part of the name after the
@@ -106,6 +113,9 @@ mod tests {
     fn a_run_is_known_by_the_pid_in_its_names() {
         assert_eq!(netns_owner("it1234-smtp_v6-client"), Some(1234));
         assert_eq!(netns_owner("bg77-gw"), Some(77));
+        assert_eq!(netns_owner("bc77-gw2"), Some(77));
+        assert_eq!(netns_owner("cl77-two-rtr"), Some(77));
+        assert_eq!(netns_owner("px77-smtp-server"), Some(77));
         assert_eq!(pin_owner("inspector-test-1234-px-smtp"), Some(1234));
         assert_eq!(pin_owner("inspector-bench-drop-1234"), Some(1234));
         assert_eq!(pin_owner("inspector-bench-cluster-99-gw1"), Some(99));
