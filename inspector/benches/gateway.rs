@@ -9,7 +9,11 @@
 //!   packet. Handled: dropped by our XDP limit (`on-embryonic-limit =
 //!   "drop"`), by nftables `ct count` on the forward hook or by a program
 //!   that only drops (the floor); answered with a SYN cookie by our XDP
-//!   intercept or by nftables `synproxy`.
+//!   intercept or by nftables `synproxy`. Then the same five with the
+//!   frames arriving on the gateway: one thread on its CPU makes each SYN
+//!   arrive on `outside` and hands it to the handler, all in that thread,
+//!   whose CPU time per SYN is the cost (no sender on another CPU shares
+//!   the frames' pages or a lock with it).
 //! - SMTP sessions per second through our intercept and through nftables
 //!   `synproxy`, each during the same steady flood and without it.
 //! - A 50 MiB transfer over an intercepted connection and over one that was
@@ -19,13 +23,14 @@
 
 use std::{
     io::{Read, Write},
-    net::{SocketAddr, TcpListener},
+    net::{SocketAddr, SocketAddrV4, TcpListener},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use aya::Ebpf;
+use aya::{Ebpf, programs::Xdp};
 use inspector::{
     config::Policy,
     kernel::{
@@ -39,7 +44,7 @@ use inspector_common::{DropReason, InterceptEvent};
 use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4,
     figures::{median, pin, settled},
-    frame_flood::{DropAll, FrameFlood},
+    frame_flood::{DropAll, FrameFlood, Then},
     load::{sessions, sessions_during_flood, sessions_per_s, wait_smtp},
     raw::mac,
     syn::{SPOOFED_V4, SynFlood},
@@ -116,6 +121,9 @@ fn main() -> Result<()> {
     let cpu = runs("cpu")
         .then(|| cpu_per_syn(&lab, gateway_napi, repeats, syns, wscale))
         .transpose()?;
+    let cpu_at_gateway = runs("cpu")
+        .then(|| cpu_per_syn_at_gateway(&lab, repeats, syns, wscale))
+        .transpose()?;
     // Sessions wait on every packet's receive work: back to softirq, where
     // it runs at once instead of when a thread gets a CPU.
     for (ns, dev) in [(&lab.gateway, OUTSIDE), (&lab.client, "eth0")] {
@@ -140,6 +148,7 @@ fn main() -> Result<()> {
             "gateway_cpu": GATEWAY_CPU,
             "limit": LIMIT,
             "cpu": cpu,
+            "cpu_at_gateway": cpu_at_gateway,
             "sessions": sessions,
             "sessions_concurrent": concurrent,
             "transfer": transfer,
@@ -214,6 +223,48 @@ fn delete_table(lab: &Lab) -> Result<()> {
     lab.gateway.nft(&format!("delete table ip {TABLE}\n"))
 }
 
+/// What the CPU figures' runs of our programs share: the server's
+/// listener (it keeps what passes half-open; the sources are routed back
+/// into the client, where nothing answers), the flood's destination, and
+/// pins and policies for the drop and for intercept.
+struct Ours {
+    _listener: TcpListener,
+    dst: SocketAddrV4,
+    drop_pins: OwnedPinDir,
+    icept_pins: OwnedPinDir,
+    drop_policy: Policy,
+    icept_policy: Policy,
+}
+
+impl Ours {
+    /// Pins named `<prefix>drop` and `<prefix>icept`.
+    fn new(lab: &Lab, prefix: &str) -> Result<Self> {
+        let server = SocketAddr::new(SERVER_V4.into(), 25);
+        let SocketAddr::V4(dst) = server else {
+            bail!("an IPv4 server")
+        };
+        Ok(Self {
+            _listener: lab.server.tcp_listen(server, 4096)??,
+            dst,
+            drop_pins: pins(&format!("{prefix}drop"))?,
+            icept_pins: pins(&format!("{prefix}icept"))?,
+            drop_policy: policy("drop")?,
+            icept_policy: policy("intercept")?,
+        })
+    }
+
+    /// The SYNs our drop has dropped.
+    fn drops(&self) -> Result<u64> {
+        Ok(LimitStats::read(self.drop_pins.path(), 0)?.drops[DropReason::MaxEmbryonic as usize])
+    }
+
+    /// The SYN cookies our intercept has sent.
+    fn cookies(&self) -> Result<u64> {
+        Ok(LimitStats::read(self.icept_pins.path(), 0)?.intercepts
+            [InterceptEvent::CookieSent as usize])
+    }
+}
+
 /// The gateway's CPU time per SYN, in ns, of each way to handle a flood;
 /// medians of `repeats`, the four alternating.
 fn cpu_per_syn(
@@ -223,25 +274,15 @@ fn cpu_per_syn(
     syns: usize,
     wscale: u8,
 ) -> Result<serde_json::Value> {
-    // The server keeps what passes half-open; the sources are routed back
-    // into the client, where nothing answers.
-    let server = SocketAddr::new(SERVER_V4.into(), 25);
-    let _listener = lab.server.tcp_listen(server, 4096)??;
-    let (drop_pins, icept_pins) = (pins("drop")?, pins("icept")?);
+    let o = Ours::new(lab, "")?;
     let pass_pins = pins("pass")?;
-    let (drop_policy, icept_policy) = (policy("drop")?, policy("intercept")?);
-    let SocketAddr::V4(dst) = server else {
-        bail!("an IPv4 server")
-    };
-    let flood = FrameFlood::new(&lab.client, "eth0", mac(&lab.gateway, OUTSIDE)?, dst)?;
+    let flood = FrameFlood::new(&lab.client, "eth0", mac(&lab.gateway, OUTSIDE)?, o.dst)?;
     let floor_pins = pins("floor")?;
     let floor = DropAll::pin(&floor_pins.path().join("drop_all"))?;
     let mut rows: [Vec<(f64, f64)>; 5] = Default::default();
     for _ in 0..repeats {
-        let ebpf = ours(lab, drop_pins.path(), &drop_policy)?;
-        rows[0].push(measure(lab, napi, &flood, syns, || {
-            Ok(LimitStats::read(drop_pins.path(), 0)?.drops[DropReason::MaxEmbryonic as usize])
-        })?);
+        let ebpf = ours(lab, o.drop_pins.path(), &o.drop_policy)?;
+        rows[0].push(measure(lab, napi, &flood, syns, || o.drops())?);
         drop(ebpf);
 
         let pass = pass_on_outside(lab, &pass_pins)?;
@@ -253,11 +294,8 @@ fn cpu_per_syn(
         rows[1].push(nft?);
         drop(pass);
 
-        let ebpf = ours(lab, icept_pins.path(), &icept_policy)?;
-        rows[2].push(measure(lab, napi, &flood, syns, || {
-            Ok(LimitStats::read(icept_pins.path(), 0)?.intercepts
-                [InterceptEvent::CookieSent as usize])
-        })?);
+        let ebpf = ours(lab, o.icept_pins.path(), &o.icept_policy)?;
+        rows[2].push(measure(lab, napi, &flood, syns, || o.cookies())?);
         drop(ebpf);
 
         let pass = pass_on_outside(lab, &pass_pins)?;
@@ -280,6 +318,101 @@ fn cpu_per_syn(
         xdpdrv(&["off"])?;
         rows[4].push(dropped?);
     }
+    medians(rows)
+}
+
+/// The same five handlers, each given the flood on the gateway's CPU by
+/// one thread there: the frames arrive on `outside` (`BPF_PROG_RUN` in
+/// live-frames mode, in the gateway's namespace) and are handled in that
+/// thread, their pages staying on its CPU as a driver's own do, so no
+/// other CPU takes part and nothing is lost before a handler. A SYN's cost
+/// is the thread's CPU time per SYN handled.
+fn cpu_per_syn_at_gateway(
+    lab: &Lab,
+    repeats: usize,
+    syns: usize,
+    wscale: u8,
+) -> Result<serde_json::Value> {
+    let o = Ours::new(lab, "local-")?;
+    let peer = mac(&lab.client, "eth0")?;
+    let arriving = |then: Then<'_>| FrameFlood::arriving(&lab.gateway, OUTSIDE, peer, o.dst, then);
+    let ours_flood = |ebpf: &Ebpf| -> Result<FrameFlood> {
+        let prog: &Xdp = ebpf
+            .program("inspector_xdp")
+            .context("no inspector_xdp program")?
+            .try_into()?;
+        arriving(Then::Handler(prog.fd()?.as_fd()))
+    };
+    let (pass, floor) = (arriving(Then::Pass)?, arriving(Then::Drop)?);
+    let nft_counter = || lab.gateway.nft_counter("ip", TABLE);
+    let mut rows: [Vec<(f64, f64)>; 5] = Default::default();
+    for _ in 0..repeats {
+        let ebpf = ours(lab, o.drop_pins.path(), &o.drop_policy)?;
+        let flood = ours_flood(&ebpf)?;
+        rows[0].push(measure_at_gateway(lab, &flood, syns, Some(&|| o.drops()))?);
+        drop((flood, ebpf));
+
+        lab.gateway.nft(&ct_count_script())?;
+        let nft = measure_at_gateway(lab, &pass, syns, Some(&nft_counter));
+        delete_table(lab)?;
+        rows[1].push(nft?);
+
+        let ebpf = ours(lab, o.icept_pins.path(), &o.icept_policy)?;
+        let flood = ours_flood(&ebpf)?;
+        rows[2].push(measure_at_gateway(
+            lab,
+            &flood,
+            syns,
+            Some(&|| o.cookies()),
+        )?);
+        drop((flood, ebpf));
+
+        lab.gateway.nft(&synproxy_script(wscale))?;
+        let nft = measure_at_gateway(lab, &pass, syns, Some(&nft_counter));
+        delete_table(lab)?;
+        rows[3].push(nft?);
+
+        // The floor's program drops every SYN it is run on.
+        rows[4].push(measure_at_gateway(lab, &floor, syns, None)?);
+    }
+    medians(rows)
+}
+
+/// Fills the limit, then has one thread on the gateway's CPU send `syns`
+/// more through `flood`, and returns its CPU time per SYN handled (as
+/// `handled` counts them; every SYN without it) and the share of the SYNs
+/// handled.
+fn measure_at_gateway(
+    lab: &Lab,
+    flood: &FrameFlood,
+    syns: usize,
+    handled: Option<&dyn Fn() -> Result<u64>>,
+) -> Result<(f64, f64)> {
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    SynFlood::new(&lab.client, server)?.send(2 * LIMIT as usize)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let before = handled.map(|h| h()).transpose()?;
+    let ran = std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<u64> {
+                pin(0, GATEWAY_CPU)?;
+                flood.send(syns as u32)
+            })
+            .join()
+            .expect("sender thread")
+    })?;
+    let count = match (handled, before) {
+        (Some(h), Some(before)) => settled(h)? - before,
+        _ => syns as u64,
+    };
+    if count == 0 {
+        bail!("none of {syns} SYNs was handled");
+    }
+    Ok((ran as f64 / count as f64, count as f64 / syns as f64))
+}
+
+/// The five handlers' medians, named as the report reads them.
+fn medians(rows: [Vec<(f64, f64)>; 5]) -> Result<serde_json::Value> {
     let mut out = serde_json::Map::new();
     let names = [
         "xdp_drop",
@@ -324,7 +457,7 @@ fn measure(
             .collect();
         senders
             .into_iter()
-            .try_for_each(|s| s.join().expect("sender thread"))
+            .try_for_each(|s| s.join().expect("sender thread").map(drop))
     })?;
     let last = settled(&handled)?;
     let ran = run_time_ns(napi)? - ran_before;
@@ -379,7 +512,7 @@ fn session_rates(
         bail!("an IPv4 server")
     };
     let flood = FrameFlood::new(&lab.client, "eth0", mac(&lab.gateway, OUTSIDE)?, dst)?;
-    let send_syns = |n: usize| flood.send(n as u32);
+    let send_syns = |n: usize| flood.send(n as u32).map(drop);
     let (mut synproxy_retrans, mut ours_retrans, mut synproxy_failed) = (0, 0, 0);
     // SYNs per second the flood sent in each flooded window.
     let mut flood_rates = Vec::new();

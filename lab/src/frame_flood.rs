@@ -20,7 +20,7 @@
 
 use std::{
     net::SocketAddrV4,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 use anyhow::{Context, Result, bail, ensure};
@@ -32,13 +32,20 @@ use crate::{
     syn::{SPOOFED_V4, syn_v4},
 };
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
 const BPF_F_TEST_XDP_LIVE_FRAMES: u32 = 1 << 1;
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
 const BPF_FUNC_GET_PRANDOM_U32: i32 = 7;
+const BPF_FUNC_TAIL_CALL: i32 = 12;
 const XDP_DROP: i32 = 1;
+const XDP_PASS: i32 = 2;
 const XDP_TX: i32 = 3;
 
 /// Where the fields the program writes sit in the frame (Ethernet, IPv4
@@ -57,6 +64,22 @@ pub struct FrameFlood {
     prog: OwnedFd,
     frame: Vec<u8>,
     ifindex: u32,
+    /// The program array a [`Then::Handler`] is called through.
+    _handlers: Option<OwnedFd>,
+}
+
+/// What becomes of each SYN of a flood that arrives on a device
+/// ([`FrameFlood::arriving`]), once written.
+pub enum Then<'a> {
+    /// Given to this XDP program (a tail call), as a driver gives it the
+    /// frames of its receive ring.
+    Handler(BorrowedFd<'a>),
+    /// `XDP_PASS`: to the device's stack, as a driver with a pass-only
+    /// program gives it.
+    Pass,
+    /// `XDP_DROP`: what writing the SYN and receiving it cost, the floor
+    /// under both.
+    Drop,
 }
 
 impl FrameFlood {
@@ -72,28 +95,73 @@ impl FrameFlood {
             "the program writes the low half of a /16"
         );
         let frame = template(next_hop_mac, mac(ns, dev)?, dst);
-        ensure!(
-            frame.len() == FRAME_LEN,
-            "a SYN frame of {} bytes",
-            frame.len()
-        );
-        let prog = load(&program(&frame))?;
-        let ifindex = ifindex(ns, dev)?;
+        let prog = load(&program(&frame, &[Insn::MovK(0, XDP_TX), Insn::Exit])?)?;
+        Self::with(ns, dev, prog, frame, None)
+    }
+
+    /// SYNs to `dst` that arrive on `dev` in `ns` from `peer_mac`, each
+    /// handled as `then` says in the sending thread, on its CPU: what the
+    /// handler costs is that thread's CPU time, and the frames' pages stay
+    /// on it, as a driver's own pages do.
+    pub fn arriving(
+        ns: &Netns,
+        dev: &str,
+        peer_mac: [u8; 6],
+        dst: SocketAddrV4,
+        then: Then,
+    ) -> Result<Self> {
+        use Insn::*;
+        let frame = template(mac(ns, dev)?, peer_mac, dst);
+        let (end, handlers) = match then {
+            Then::Handler(prog) => {
+                let handlers = prog_array(prog)?;
+                let call = vec![
+                    MovX(1, 6),
+                    LdMapFd(2, handlers.as_raw_fd()),
+                    Imm64High,
+                    MovK(3, 0),
+                    Call(BPF_FUNC_TAIL_CALL),
+                    // Only if the call failed: nothing handled it.
+                    MovK(0, XDP_DROP),
+                    Exit,
+                ];
+                (call, Some(handlers))
+            }
+            Then::Pass => (vec![MovK(0, XDP_PASS), Exit], None),
+            Then::Drop => (vec![MovK(0, XDP_DROP), Exit], None),
+        };
+        let prog = load(&program(&frame, &end)?)?;
+        Self::with(ns, dev, prog, frame, handlers)
+    }
+
+    fn with(
+        ns: &Netns,
+        dev: &str,
+        prog: OwnedFd,
+        frame: Vec<u8>,
+        handlers: Option<OwnedFd>,
+    ) -> Result<Self> {
         Ok(Self {
             ns: Netns::new(ns.name.clone()),
             prog,
             frame,
-            ifindex,
+            ifindex: ifindex(ns, dev)?,
+            _handlers: handlers,
         })
     }
 
     /// Sends `count` SYNs (from the calling thread's CPUs: the kernel runs
     /// the program in this call). Frames the peer's ring has no room for
-    /// are dropped there, as a NIC's would be.
-    pub fn send(&self, count: u32) -> Result<()> {
+    /// are dropped there, as a NIC's would be. Returns the CPU time of the
+    /// thread that sent them, in ns: for a flood [`Self::arriving`], what
+    /// its handler took too.
+    pub fn send(&self, count: u32) -> Result<u64> {
         let (prog, ifindex, frame) = (self.prog.as_raw_fd(), self.ifindex, &self.frame);
-        self.ns
-            .run(move || test_run_live(prog, ifindex, frame, count))?
+        self.ns.run(move || {
+            let start = thread_cpu_ns();
+            test_run_live(prog, ifindex, frame, count)?;
+            Ok(thread_cpu_ns() - start)
+        })?
     }
 }
 
@@ -162,13 +230,68 @@ fn sum_of_others(frame: &[u8], at: i16) -> i32 {
     i32::from(!u16::from_ne_bytes([frame[at], frame[at + 1]]))
 }
 
+/// A program array holding `prog` at index 0, for a tail call.
+fn prog_array(prog: BorrowedFd) -> Result<OwnedFd> {
+    let mut create = MapCreate {
+        map_type: BPF_MAP_TYPE_PROG_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+    };
+    let fd = bpf(BPF_MAP_CREATE, &mut create);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a program array");
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let (key, value) = (0u32, prog.as_raw_fd() as u32);
+    let mut update = MapUpdate {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        flags: 0,
+    };
+    if bpf(BPF_MAP_UPDATE_ELEM, &mut update) < 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("putting the handler in the program array");
+    }
+    Ok(map)
+}
+
+/// `union bpf_attr` for `BPF_MAP_CREATE`, up to the fields used.
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` for `BPF_MAP_UPDATE_ELEM`.
+#[repr(C)]
+struct MapUpdate {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
 /// The program: the whole template written again (a page comes back from
 /// the receiver as it left: forwarded, with the next hop's MAC and one hop
 /// less), then a random source (host part, low bit of the third octet set
 /// so it is never the network's address), port (at least 1024) and
-/// sequence number, checksums fixed, `XDP_TX`.
-fn program(template: &[u8]) -> Vec<u64> {
+/// sequence number, checksums fixed, then `end` (its context in r6).
+fn program(template: &[u8], end: &[Insn]) -> Result<Vec<u64>> {
     use Insn::*;
+    ensure!(
+        template.len() == FRAME_LEN,
+        "a SYN frame of {} bytes",
+        template.len()
+    );
     let (ip_base, tcp_base) = (
         sum_of_others(template, IP_CHECK),
         sum_of_others(template, TCP_CHECK),
@@ -229,16 +352,12 @@ fn program(template: &[u8]) -> Vec<u64> {
     ]);
     p.extend(fold(4, 5));
     p.extend(fold(4, 5));
-    p.extend([
-        XorK(4, 0xffff),
-        StxH(7, 4, TCP_CHECK),
-        MovK(0, XDP_TX),
-        Exit,
-    ]);
+    p.extend([XorK(4, 0xffff), StxH(7, 4, TCP_CHECK)]);
+    p.extend_from_slice(end);
     let drop = p.len();
     p.extend([MovK(0, XDP_DROP), Exit]);
     p[5] = JgtX(1, 8, (drop - 6) as i16);
-    p.into_iter().map(Insn::encode).collect()
+    Ok(p.into_iter().map(Insn::encode).collect())
 }
 
 /// `r = (r & 0xffff) + (r >> 16)`, with `t` as scratch.
@@ -264,6 +383,10 @@ enum Insn {
     StW(u8, i16, i32),
     StH(u8, i16, i32),
     JgtX(u8, u8, i16),
+    /// The first half of `r = map` (`BPF_LD | BPF_IMM | BPF_DW` of a map's
+    /// descriptor); [`Insn::Imm64High`] is the second.
+    LdMapFd(u8, i32),
+    Imm64High,
     Call(i32),
     Exit,
 }
@@ -286,6 +409,8 @@ impl Insn {
             StW(d, o, k) => (0x62, d, 0, o, k),
             StH(d, o, k) => (0x6a, d, 0, o, k),
             JgtX(d, s, o) => (0x2d, d, s, o, 0),
+            LdMapFd(d, fd) => (0x18, d, BPF_PSEUDO_MAP_FD, 0, fd),
+            Imm64High => (0, 0, 0, 0, 0),
             Call(f) => (0x85, 0, 0, 0, f),
             Exit => (0x95, 0, 0, 0, 0),
         };
@@ -317,6 +442,8 @@ struct ProgLoad {
     kern_version: u32,
     prog_flags: u32,
     prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
 }
 
 /// `union bpf_attr` for `BPF_PROG_TEST_RUN`.
@@ -380,6 +507,8 @@ fn load(insns: &[u64]) -> Result<OwnedFd> {
         log_size: log.len() as u32,
         log_buf: log.as_mut_ptr() as u64,
         prog_name: name,
+        // As aya loads XDP programs: a tail call needs both ends alike.
+        expected_attach_type: BPF_XDP,
         ..Default::default()
     };
     let fd = bpf(BPF_PROG_LOAD, &mut attr);
@@ -393,6 +522,17 @@ fn load(insns: &[u64]) -> Result<OwnedFd> {
     }
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The calling thread's CPU time, user and kernel, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 fn test_run_live(prog: i32, ifindex: u32, frame: &[u8], repeat: u32) -> Result<()> {
@@ -466,14 +606,28 @@ mod tests {
 
     #[test]
     fn the_bounds_check_jumps_to_the_drop() {
-        let p = program(&[0u8; FRAME_LEN]);
-        let jump = p[5].to_ne_bytes();
-        let off = i16::from_ne_bytes([jump[2], jump[3]]) as usize;
-        let target = p[6 + off].to_ne_bytes();
-        assert_eq!(target[0], 0xb7);
-        assert_eq!(
-            i32::from_ne_bytes(target[4..8].try_into().unwrap()),
-            XDP_DROP
-        );
+        use Insn::*;
+        let ends: [&[Insn]; 2] = [
+            &[MovK(0, XDP_TX), Exit],
+            &[
+                LdMapFd(2, 3),
+                Imm64High,
+                MovK(3, 0),
+                Call(BPF_FUNC_TAIL_CALL),
+                Exit,
+            ],
+        ];
+        for end in ends {
+            let p = program(&[0u8; FRAME_LEN], end).unwrap();
+            let jump = p[5].to_ne_bytes();
+            let off = i16::from_ne_bytes([jump[2], jump[3]]) as usize;
+            let target = p[6 + off].to_ne_bytes();
+            assert_eq!(target[0], 0xb7);
+            assert_eq!(
+                i32::from_ne_bytes(target[4..8].try_into().unwrap()),
+                XDP_DROP
+            );
+            assert_eq!(p.len(), 6 + off + 2, "the drop ends the program");
+        }
     }
 }
