@@ -118,6 +118,7 @@ pub struct Cluster {
     router_socket: PathBuf,
     birds: Vec<ScopedChild>,
     dir: Option<Scratch>,
+    _claim: crate::leftovers::Claim,
 }
 
 impl Cluster {
@@ -130,6 +131,7 @@ impl Cluster {
         if !crate::is_root() {
             bail!("the cluster lab needs root (network namespaces, veth, XDP): run as root");
         }
+        let claim = crate::leftovers::Claim::take();
         crate::leftovers::remove();
         if !(1..=MAX_MEMBERS).contains(&members) {
             bail!("a cluster lab has 1 to {MAX_MEMBERS} gateways, not {members}");
@@ -149,6 +151,7 @@ impl Cluster {
             router_socket: dir.path().join("router.ctl"),
             birds: Vec::new(),
             dir: Some(dir),
+            _claim: claim,
         };
         cluster
             .build()

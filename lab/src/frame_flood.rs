@@ -102,7 +102,8 @@ impl FrameFlood {
     /// SYNs to `dst` that arrive on `dev` in `ns` from `peer_mac`, each
     /// handled as `then` says in the sending thread, on its CPU: what the
     /// handler costs is that thread's CPU time, and the frames' pages stay
-    /// on it, as a driver's own pages do.
+    /// on it, as a driver's own pages do (but for those a handler sends
+    /// back out, `XDP_TX`, which the peer's receive returns).
     pub fn arriving(
         ns: &Netns,
         dev: &str,

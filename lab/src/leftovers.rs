@@ -1,14 +1,19 @@
 //! What a killed test or benchmark left behind. Each run names its
 //! namespaces and bpffs pins after its pid (`bg1234-gw`,
 //! `/sys/fs/bpf/inspector-bench-drop-1234`, the live exemptions saved for
-//! them); its guards remove them on drop, which a signal skips. The next
-//! lab removes those of pids that are gone, with the processes still
-//! running in them (a Postfix, a sink).
+//! them); its guards remove them on drop, which a signal skips. So while a
+//! run has a lab it holds a lock on a file named after its pid, which the
+//! kernel releases however the process ends: the next lab removes what
+//! carries the pid of a run whose file is no longer locked, with the
+//! processes still running in its namespaces (a Postfix, a sink). A pid
+//! without such a file (another pid namespace's, say) is left alone.
 
 use std::{
-    fs,
+    fs::{self, File},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     process::Command,
+    sync::Mutex,
 };
 
 /// Where the namespaces' bind mounts are.
@@ -16,35 +21,109 @@ const NETNS_DIR: &str = "/run/netns";
 /// How the namespaces of tests (`it`, `px`, `cl`) and benchmarks (`b…`) start;
 /// anything else in /run/netns is not ours to remove.
 const NETNS_PREFIXES: [&str; 9] = ["it", "px", "cl", "ba", "bc", "be", "bf", "bg", "bs"];
-/// The bpffs directories tests and benchmarks pin into.
-const PIN_PREFIXES: [&str; 2] = ["inspector-test-", "inspector-bench-"];
+/// The bpffs directories tests and benchmarks pin into: the pid right
+/// after the first, the last number in the name after the second.
+const TEST_PINS: &str = "inspector-test-";
+const BENCH_PINS: &str = "inspector-bench-";
 /// The daemon's default state directory.
 const STATE_DIR: &str = "/var/lib/inspector";
+/// The runs' lock files, one per pid.
+pub const RUNS_DIR: &str = "/run/inspector-lab-runs";
 
-/// Removes the namespaces and pins of runs whose process is gone. Errors
-/// are ignored: whatever is still held is tried again next time.
+/// This process's lock file while it has labs, and how many.
+static CLAIM: Mutex<(usize, Option<File>)> = Mutex::new((0, None));
+
+/// This process's claim on its names, held by each of its labs: the first
+/// takes the lock, the last drops it and removes the file.
+pub(crate) struct Claim(());
+
+impl Claim {
+    pub(crate) fn take() -> Self {
+        let mut claim = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        if claim.0 == 0 {
+            claim.1 = lock_own();
+        }
+        claim.0 += 1;
+        Self(())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut claim = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        claim.0 -= 1;
+        if claim.0 == 0 && claim.1.take().is_some() {
+            // Removed while still locked: a sweeper that opened it meanwhile
+            // then finds the path gone and leaves the names alone.
+            let _ = fs::remove_file(run_file(std::process::id()));
+        }
+    }
+}
+
+fn run_file(pid: u32) -> PathBuf {
+    Path::new(RUNS_DIR).join(pid.to_string())
+}
+
+fn lock_own() -> Option<File> {
+    fs::create_dir_all(RUNS_DIR).ok()?;
+    let file = File::create(run_file(std::process::id())).ok()?;
+    flock(&file).then_some(file)
+}
+
+/// An exclusive lock on `file`, if nobody holds one.
+fn flock(file: &File) -> bool {
+    // SAFETY: flock(2) on a descriptor we own.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Removes the namespaces and pins of runs that are gone. Errors are
+/// ignored: whatever is still held is tried again next time.
 pub fn remove() {
+    let mut dead = std::collections::BTreeMap::new();
+    let mut is_dead = |pid: u32| *dead.entry(pid).or_insert_with(|| gone(pid));
     for name in entries(Path::new(NETNS_DIR)) {
-        if netns_owner(&name).is_some_and(gone) {
+        if netns_owner(&name).is_some_and(&mut is_dead) {
             kill_processes_in(&name);
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
     for name in entries(Path::new("/sys/fs/bpf")) {
-        if pin_owner(&name).is_some_and(gone) {
+        if pin_owner(&name).is_some_and(&mut is_dead) {
             let _ = fs::remove_dir_all(PathBuf::from("/sys/fs/bpf").join(&name));
         }
     }
     // The live exemptions a pin directory's daemon saved, named after it
-    // (`exemptions-inspector-test-1234-smtp.json`).
+    // (`exemptions-inspector-test-1234-smtp.json`, and its `.lock`).
     for name in entries(Path::new(STATE_DIR)) {
-        let pins = name
-            .strip_prefix("exemptions-")
-            .and_then(|n| n.strip_suffix(".json"));
-        if pins.and_then(pin_owner).is_some_and(gone) {
+        let pins = name.strip_prefix("exemptions-").and_then(|n| {
+            n.strip_suffix(".json")
+                .or_else(|| n.strip_suffix(".json.lock"))
+        });
+        if pins.and_then(pin_owner).is_some_and(&mut is_dead) {
             let _ = fs::remove_file(Path::new(STATE_DIR).join(&name));
         }
     }
+    for (pid, was_dead) in dead {
+        if was_dead {
+            let _ = fs::remove_file(run_file(pid));
+        }
+    }
+}
+
+/// True when `pid`'s lock file exists, is still the file at its path,
+/// and nobody holds its lock: the run that made it is gone.
+fn gone(pid: u32) -> bool {
+    let path = run_file(pid);
+    let Ok(file) = File::open(&path) else {
+        return false;
+    };
+    let same = |f: &File| {
+        let (Ok(open), Ok(now)) = (f.metadata(), fs::metadata(&path)) else {
+            return false;
+        };
+        (open.dev(), open.ino()) == (now.dev(), now.ino())
+    };
+    flock(&file) && same(&file)
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -72,24 +151,20 @@ fn netns_owner(name: &str) -> Option<u32> {
         .flatten()
 }
 
-/// The pid in a run's pin directory: the first part of the name after the
-/// prefix that is a number (`inspector-test-1234-smtp`,
-/// `inspector-bench-drop-1234`, `inspector-bench-cluster-1234-gw1`).
+/// The pid in a run's pin directory: right after `inspector-test-`
+/// (`inspector-test-1234-smtp`), the last number after `inspector-bench-`
+/// (`inspector-bench-drop-1234`, `inspector-bench-cluster-1234-gw1`).
 fn pin_owner(name: &str) -> Option<u32> {
-    let rest = PIN_PREFIXES.iter().find_map(|p| name.strip_prefix(p))?;
-    rest.split('-').find_map(number)
+    if let Some(rest) = name.strip_prefix(TEST_PINS) {
+        return number(rest.split('-').next()?);
+    }
+    name.strip_prefix(BENCH_PINS)?.rsplit('-').find_map(number)
 }
 
 fn number(s: &str) -> Option<u32> {
     (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
         .then(|| s.parse().ok())
         .flatten()
-}
-
-/// True when no process has this pid. A pid taken again by another
-/// process keeps the leftover until that one is gone too.
-fn gone(pid: u32) -> bool {
-    !Path::new("/proc").join(pid.to_string()).exists()
 }
 
 fn kill_processes_in(netns: &str) {
@@ -120,6 +195,8 @@ mod tests {
         assert_eq!(pin_owner("inspector-bench-drop-1234"), Some(1234));
         assert_eq!(pin_owner("inspector-bench-cluster-99-gw1"), Some(99));
         assert_eq!(pin_owner("inspector-bench-4321"), Some(4321));
+        assert_eq!(pin_owner("inspector-bench-v4-2-4321"), Some(4321));
+        assert_eq!(pin_owner("inspector-test-4321-v4-2"), Some(4321));
     }
 
     #[test]

@@ -60,6 +60,7 @@ pub struct Lab {
     pub client: Netns,
     pub gateway: Netns,
     pub server: Netns,
+    _claim: leftovers::Claim,
 }
 
 impl Lab {
@@ -70,11 +71,13 @@ impl Lab {
         if !is_root() {
             bail!("the lab needs root (network namespaces, veth, XDP): run as root");
         }
+        let claim = leftovers::Claim::take();
         leftovers::remove();
         let lab = Self {
             client: Netns::new(format!("{prefix}-client")),
             gateway: Netns::new(format!("{prefix}-gw")),
             server: Netns::new(format!("{prefix}-server")),
+            _claim: claim,
         };
         lab.build()
             .with_context(|| format!("building lab {prefix}"))?;

@@ -1089,8 +1089,9 @@ fn render_gateway_cpu_at_gateway(w: &mut String, cpu: &Value) -> Result<()> {
          tail call), passes it to the stack (`XDP_PASS`, to nftables) or drops it \
          (the floor: what writing and receiving a frame cost). All of a SYN's \
          work is then done in that thread, on that CPU, with pages that stay \
-         there as a driver's own do: no other CPU takes part, nothing is lost \
-         before a handler, and no sender shares a lock with the handler. A \
+         there as a driver's own do (a cookie's leaves with it): no other CPU \
+         takes part in a drop, nothing is lost before a handler, and no sender \
+         shares a lock with the handler. A \
          SYN's cost is the thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) over \
          the SYNs handled.\n"
     )?;
