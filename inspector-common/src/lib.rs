@@ -71,6 +71,10 @@ pub mod programs {
     pub const XDP_EMPTY: &str = "inspector_xdp_empty";
 }
 
+/// Where the daemon keeps live exemptions by default (also where the lab
+/// looks for those a killed test run left).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/inspector";
+
 /// Name of the XDP program's settings map (an [`XdpConfig`] per interface
 /// index, written when the program is attached there). Not pinned: each
 /// daemon start writes it.

@@ -388,9 +388,7 @@ fn measure_at_gateway(
     syns: usize,
     handled: Option<&dyn Fn() -> Result<u64>>,
 ) -> Result<(f64, f64)> {
-    let server = SocketAddr::new(SERVER_V4.into(), 25);
-    SynFlood::new(&lab.client, server)?.send(2 * LIMIT as usize)?;
-    std::thread::sleep(Duration::from_millis(100));
+    fill_limit(lab)?;
     // Settled: the filling SYNs' own drops are not the flood's.
     let before = handled.map(settled).transpose()?;
     let ran = std::thread::scope(|scope| {
@@ -410,6 +408,15 @@ fn measure_at_gateway(
         bail!("none of {syns} SYNs was handled");
     }
     Ok((ran as f64 / count as f64, count as f64 / syns as f64))
+}
+
+/// Twice the limit's SYNs from spoofed sources, so that it is full before
+/// a flood is measured.
+fn fill_limit(lab: &Lab) -> Result<()> {
+    let server = SocketAddr::new(SERVER_V4.into(), 25);
+    SynFlood::new(&lab.client, server)?.send(2 * LIMIT as usize)?;
+    std::thread::sleep(Duration::from_millis(100));
+    Ok(())
 }
 
 /// The five handlers' medians, named as the report reads them.
@@ -443,9 +450,7 @@ fn measure(
     syns: usize,
     handled: impl Fn() -> Result<u64>,
 ) -> Result<(f64, f64)> {
-    let server = SocketAddr::new(SERVER_V4.into(), 25);
-    SynFlood::new(&lab.client, server)?.send(2 * LIMIT as usize)?;
-    std::thread::sleep(Duration::from_millis(100));
+    fill_limit(lab)?;
     // Settled: the filling SYNs' own drops are not the flood's.
     let (before, ran_before) = (settled(&handled)?, run_time_ns(napi)?);
     std::thread::scope(|scope| {

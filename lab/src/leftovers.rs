@@ -8,6 +8,7 @@
 //! processes still running in its namespaces (a Postfix, a sink). A pid
 //! without such a file (another pid namespace's, say) is left alone.
 
+use inspector_common::DEFAULT_STATE_DIR as STATE_DIR;
 use std::{
     fs::{self, File},
     os::{fd::AsRawFd, unix::fs::MetadataExt},
@@ -16,8 +17,6 @@ use std::{
     sync::Mutex,
 };
 
-/// Where the namespaces' bind mounts are.
-const NETNS_DIR: &str = "/run/netns";
 /// How the namespaces of tests (`it`, `px`, `cl`) and benchmarks (`b…`) start;
 /// anything else in /run/netns is not ours to remove.
 const NETNS_PREFIXES: [&str; 9] = ["it", "px", "cl", "ba", "bc", "be", "bf", "bg", "bs"];
@@ -25,8 +24,6 @@ const NETNS_PREFIXES: [&str; 9] = ["it", "px", "cl", "ba", "bc", "be", "bf", "bg
 /// after the first, the last number in the name after the second.
 const TEST_PINS: &str = "inspector-test-";
 const BENCH_PINS: &str = "inspector-bench-";
-/// The daemon's default state directory.
-const STATE_DIR: &str = "/var/lib/inspector";
 /// The runs' lock files, one per pid.
 pub const RUNS_DIR: &str = "/run/inspector-lab-runs";
 
@@ -81,7 +78,7 @@ fn flock(file: &File) -> bool {
 pub fn remove() {
     let mut dead = std::collections::BTreeMap::new();
     let mut is_dead = |pid: u32| *dead.entry(pid).or_insert_with(|| gone(pid));
-    for name in entries(Path::new(NETNS_DIR)) {
+    for name in crate::list_namespaces() {
         if netns_owner(&name).is_some_and(&mut is_dead) {
             kill_processes_in(&name);
             let _ = Command::new("ip").args(["netns", "del", &name]).status();

@@ -215,7 +215,7 @@ pub fn is_root() -> bool {
 
 /// Names of the network namespaces that exist now.
 pub fn list_namespaces() -> Vec<String> {
-    std::fs::read_dir("/run/netns")
+    std::fs::read_dir(netns::NETNS_DIR)
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -13,6 +13,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::run;
 
+/// Where `ip netns` keeps the namespaces' bind mounts.
+pub(crate) const NETNS_DIR: &str = "/run/netns";
+
 pub struct Netns {
     pub name: String,
 }
@@ -24,7 +27,7 @@ impl Netns {
 
     /// The namespace's bind mount, for `nsenter --net=` and setns(2).
     pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
+        PathBuf::from(NETNS_DIR).join(&self.name)
     }
 
     /// A command that runs in this network namespace only. Unlike

@@ -26,7 +26,7 @@ use super::{
 };
 
 /// Where live exemptions are kept by default.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/inspector";
+pub use inspector_common::DEFAULT_STATE_DIR;
 
 /// One live rule as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
