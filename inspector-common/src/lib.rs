@@ -40,8 +40,11 @@ pub mod maps {
     pub const CLIENT_BLOCK_V4: &str = "CLIENT_BLOCK_V4";
     /// The same for IPv6: `Key<[u8; 16]>` -> u64.
     pub const CLIENT_BLOCK_V6: &str = "CLIENT_BLOCK_V6";
+    /// Array of one u32: how many networks the two tries block now (their
+    /// exceptions not counted); 0 tells XDP to skip the lookups.
+    pub const CLIENT_BLOCKED: &str = "CLIENT_BLOCKED";
     /// Every pinned map, for `inspector unload`.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CLASS_STATS,
         EXEMPT_V4,
         EXEMPT_V6,
@@ -55,6 +58,7 @@ pub mod maps {
         PARSE_DROPS,
         CLIENT_BLOCK_V4,
         CLIENT_BLOCK_V6,
+        CLIENT_BLOCKED,
     ];
 }
 

@@ -6,8 +6,15 @@
 //! below; each entry holds until when it applies, which the proxy renews
 //! with its heartbeat, so a proxy that stops leaves no client blocked for
 //! long. (Why the proxy counts and not the kernel: docs/limits.md.)
+//! While it blocks none, `CLIENT_BLOCKED` says so and no SYN pays for a
+//! trie lookup (a flood of spoofed SYNs blocks no one: only sessions the
+//! proxy holds count).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LpmTrie};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, LpmTrie},
+};
 use inspector_common::{CLIENT_BLOCK_MAX, DropReason};
 
 use crate::{
@@ -22,6 +29,11 @@ static CLIENT_BLOCK_V4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(CLIENT_BLOCK_MAX
 #[map]
 static CLIENT_BLOCK_V6: LpmTrie<[u8; 16], u64> = LpmTrie::pinned(CLIENT_BLOCK_MAX, 0);
 
+/// How many networks the tries block (their exceptions not counted),
+/// written by the proxy before it adds one and after it removes one.
+#[map]
+static CLIENT_BLOCKED: Array<u32> = Array::pinned(1, 0);
+
 /// Whether the whole TCP segment the classifier kept (`parse::tcp`), an
 /// inspected one, is a new SYN from a blocked client: then it is counted
 /// and to be dropped. A subprogram, so its frame does not add to the
@@ -32,6 +44,9 @@ pub fn refuses() -> bool {
         return false;
     };
     if tcp.flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+        return false;
+    }
+    if CLIENT_BLOCKED.get(0).is_none_or(|&blocked| blocked == 0) {
         return false;
     }
     let Some(&until) = exempt::lookup(&CLIENT_BLOCK_V4, &CLIENT_BLOCK_V6, src) else {

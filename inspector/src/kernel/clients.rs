@@ -6,6 +6,9 @@
 //! them. Each entry holds until a time the proxy renews every second and
 //! that lies `HEARTBEAT_STALE_NS` ahead: a proxy that stops or hangs leaves
 //! no client blocked for longer than it leaves sessions steered to it.
+//! How many networks are blocked is written beside them (`CLIENT_BLOCKED`)
+//! before one is added and after one is removed: while it is 0, XDP skips
+//! the lookups, so it is never 0 while a network is blocked.
 
 use std::{
     collections::BTreeSet,
@@ -16,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    MapData,
+    Array, MapData,
     lpm_trie::{Key, LpmTrie},
 };
 use inspector_common::{HEARTBEAT_STALE_NS, maps};
@@ -102,8 +105,20 @@ pub struct ClientBlocks {
 
 struct Inner {
     tries: Tries,
+    /// `CLIENT_BLOCKED`: how many of them XDP is told there are.
+    count: Array<MapData, u32>,
     /// The networks blocked now.
     blocked: BTreeSet<IpNet>,
+}
+
+impl Inner {
+    /// Tells XDP how many networks are blocked (`blocked`'s size).
+    fn write_count(&mut self) -> Result<()> {
+        let n = u32::try_from(self.blocked.len()).unwrap_or(u32::MAX);
+        self.count
+            .set(0, n, 0)
+            .context("writing how many clients are blocked")
+    }
 }
 
 impl ClientBlocks {
@@ -117,11 +132,14 @@ impl ClientBlocks {
         for net in exceptions {
             tries.insert(&net.trunc(), NEVER)?;
         }
+        let mut inner = Inner {
+            tries,
+            count: bpffs::open_map(pin_dir, maps::CLIENT_BLOCKED)?.try_into()?,
+            blocked: BTreeSet::new(),
+        };
+        inner.write_count()?;
         Ok(Self {
-            inner: Mutex::new(Inner {
-                tries,
-                blocked: BTreeSet::new(),
-            }),
+            inner: Mutex::new(inner),
         })
     }
 
@@ -143,13 +161,15 @@ impl AtLimit for ClientBlocks {
                 return;
             }
             log::debug!("client {client} at its session limit: its SYNs are dropped in XDP");
-            inner.tries.insert(&net, until())
+            let counted = inner.write_count();
+            counted.and(inner.tries.insert(&net, until()))
         } else {
             if !inner.blocked.remove(&net) {
                 return;
             }
             log::debug!("client {client} below its session limit: its SYNs pass again");
-            inner.tries.remove(&net)
+            let removed = inner.tries.remove(&net);
+            removed.and(inner.write_count())
         };
         if let Err(e) = result {
             // The proxy still refuses the client's sessions itself.
@@ -160,6 +180,10 @@ impl AtLimit for ClientBlocks {
     fn renew(&self) {
         let until = until();
         let inner = &mut *self.inner();
+        // Again, in case a write failed.
+        if let Err(e) = inner.write_count() {
+            log::warn!("{e:#}");
+        }
         for net in &inner.blocked {
             if let Err(e) = inner.tries.insert(net, until) {
                 log::warn!("{e:#}");
@@ -176,6 +200,8 @@ impl Drop for ClientBlocks {
                 let _ = inner.tries.remove(&net);
             }
         }
+        inner.blocked.clear();
+        let _ = inner.write_count();
     }
 }
 
