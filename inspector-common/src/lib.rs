@@ -20,7 +20,8 @@ pub mod maps {
     pub const SERVERS: &str = "SERVERS";
     /// LRU hash of tracked TCP flows: [`super::FlowKey`] -> [`super::FlowEntry`].
     pub const FLOWS: &str = "FLOWS";
-    /// Hash of per-server connection counts: [`super::Addr16`] -> [`super::ConnCounts`].
+    /// Array of per-server connection counts, [`super::MAX_SERVERS`]
+    /// [`super::ConnCounts`], a server's at its `ServerLimits::counts`.
     pub const SERVER_CONNS: &str = "SERVER_CONNS";
     /// LRU hash of per-client connection counts: [`super::ClientKey`] -> [`super::ConnCounts`].
     pub const CLIENT_CONNS: &str = "CLIENT_CONNS";
@@ -298,7 +299,10 @@ pub struct ServerLimits {
     pub per_client_embryonic_max: u32,
     /// `ON_LIMIT_DROP` or `ON_LIMIT_INTERCEPT`.
     pub on_embryonic_limit: u32,
-    pub _pad: u32,
+    /// The server's entry in `SERVER_CONNS` (below [`MAX_SERVERS`]): an
+    /// array, so the kernel reaches a server's counts without a second
+    /// hash lookup.
+    pub counts: u32,
 }
 
 /// Key of the flow table: the 5-tuple, oriented client -> server whichever

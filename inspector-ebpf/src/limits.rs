@@ -169,10 +169,14 @@ pub extern "C" fn inspector_track(md: *mut xdp_md, inspected: u32) -> u32 {
     // SAFETY: the value is copied out at once; the daemon replaces entries
     // whole, so at worst we read the previous limits.
     if let Some(limits) = unsafe { SERVERS.get(&key.server) } {
-        return from_client(&packet, tcp, w, *limits) as u32;
+        let limits = *limits;
+        w.server_counts = limits.counts;
+        return from_client(&packet, tcp, w, limits) as u32;
     }
     let key = flow_key(w, dst, src, tcp.dst_port, tcp.src_port);
-    if SERVERS.get_ptr(&key.server).is_some() {
+    // SAFETY: as above.
+    if let Some(limits) = unsafe { SERVERS.get(&key.server) } {
+        w.server_counts = limits.counts;
         return from_server(&packet, tcp, w) as u32;
     }
     Verdict::Pass as u32
@@ -631,7 +635,7 @@ fn insert(w: &Work, entry: &FlowEntry, kind: Kind) -> Result<(u64, u64), Untrack
     // Marked first: once the entry is there, its SYNs are looked up.
     marks::inserting(&w.flow);
     match FLOWS.insert(&w.flow, entry, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(conns::add(&w.client, kind, 1)),
+        Ok(()) => Ok(conns::add(w.server_counts, &w.client, kind, 1)),
         Err(e) => {
             marks::gone(&w.flow);
             Err(if e == -EEXIST {
@@ -826,8 +830,8 @@ fn end_or_continue(
 /// Embryonic -> established, in the server's and the client's counts.
 #[inline(always)]
 fn established(w: &Work) {
-    conns::add(&w.client, Kind::Embryonic, -1);
-    conns::add(&w.client, Kind::Established, 1);
+    conns::add(w.server_counts, &w.client, Kind::Embryonic, -1);
+    conns::add(w.server_counts, &w.client, Kind::Established, 1);
 }
 
 /// A FIN: the connection no longer counts; its entry stays (closing) so
@@ -860,7 +864,7 @@ fn release(w: &Work, state: u32) {
         flow_state::ESTABLISHED | flow_state::OPENING => Kind::Established,
         _ => return,
     };
-    conns::add(&w.client, kind, -1);
+    conns::add(w.server_counts, &w.client, kind, -1);
 }
 
 /// The server's and the client's current counts; the client's only where
@@ -875,7 +879,7 @@ fn counts(w: &Work, limits: &ServerLimits) -> (Current, Current) {
     } else {
         Current::default()
     };
-    (conns::server(&w.flow.server), client)
+    (conns::server(w.server_counts), client)
 }
 
 /// [`counts`] as a flow's own add of `kind` found them (`added`, the
@@ -963,6 +967,9 @@ pub struct Work {
     inspected: u32,
     /// The server's limits, for a verified client's [`opening`].
     limits: ServerLimits,
+    /// The server's `ServerLimits::counts`, set with the flow's key.
+    server_counts: u32,
+    _pad: u32,
 }
 
 #[map]

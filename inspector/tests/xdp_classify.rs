@@ -1035,6 +1035,26 @@ fn flow_marks_pinned_with_another_layout_are_replaced_with_their_table() {
     assert!(FlowMarks::open(pins.path()).is_ok());
 }
 
+/// Servers' counts pinned by an older version, a hash by address, are
+/// replaced at load by the array the programs index by each server's
+/// `ServerLimits::counts` (reused, the hash would fail the verifier), and
+/// the policy's servers count there.
+#[test]
+fn servers_counts_pinned_as_a_hash_are_replaced_by_an_array() {
+    let pins = PinDir::new("oldconns");
+    let value = size_of::<inspector_common::ConnCounts>().to_string();
+    let spec = [
+        "type", "hash", "key", "16", "value", &value, "entries", "16",
+    ];
+    let path = pin_map(&pins, inspector_common::maps::SERVER_CONNS, &spec);
+    let old_id = pinned_info(&path).id();
+    let _ebpf = loader::load(pins.path()).expect("loading over the old counts");
+    let info = pinned_info(&path);
+    assert_ne!(info.id(), old_id, "the old counts were kept");
+    assert!(matches!(info.map_type(), Ok(aya::maps::MapType::Array)));
+    assert_eq!(info.max_entries(), inspector_common::MAX_SERVERS);
+}
+
 /// Marks pinned without their flow table count flows that are gone: they
 /// are replaced at load.
 #[test]

@@ -6,14 +6,15 @@
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, LruHashMap},
 };
-use inspector_common::{Addr16, CLIENT_TABLE_SIZE, ClientKey, ConnCounts, MAX_SERVERS};
+use inspector_common::{CLIENT_TABLE_SIZE, ClientKey, ConnCounts, MAX_SERVERS};
 
-/// One entry per protected server, created by the daemon: the kernel only
-/// counts servers the policy protects.
+/// A protected server's counts at the index its limits name
+/// (`ServerLimits::counts`), which the daemon zeroes before it gives the
+/// index to a server.
 #[map]
-static SERVER_CONNS: HashMap<Addr16, ConnCounts> = HashMap::pinned(MAX_SERVERS, 0);
+static SERVER_CONNS: Array<ConnCounts> = Array::pinned(MAX_SERVERS, 0);
 
 /// Created by the kernel on a client's first SYN; LRU so a flood from many
 /// (spoofed) sources evicts old clients instead of failing to count new ones.
@@ -51,9 +52,10 @@ impl Current {
     }
 }
 
+/// The counts of the server whose limits name `counts`.
 #[inline(always)]
-pub fn server(server: &Addr16) -> Current {
-    read(SERVER_CONNS.get_ptr_mut(server))
+pub fn server(counts: u32) -> Current {
+    read(SERVER_CONNS.get_ptr_mut(counts))
 }
 
 #[inline(always)]
@@ -61,13 +63,13 @@ pub fn client(key: &ClientKey) -> Current {
     read(CLIENT_CONNS.get_ptr_mut(key))
 }
 
-/// Adds `delta` (+1 or -1) to `kind` of both the server and the client.
-/// Returns the two counts of `kind` as the atomic adds found them: of
-/// several CPUs adding at once, each sees the adds that came before its
-/// own (`Current::with`).
+/// Adds `delta` (+1 or -1) to `kind` of both the server (its `counts`)
+/// and the client. Returns the two counts of `kind` as the atomic adds
+/// found them: of several CPUs adding at once, each sees the adds that
+/// came before its own (`Current::with`).
 #[inline(always)]
-pub fn add(key: &ClientKey, kind: Kind, delta: i64) -> (u64, u64) {
-    let server = match SERVER_CONNS.get_ptr_mut(&key.server) {
+pub fn add(counts: u32, key: &ClientKey, kind: Kind, delta: i64) -> (u64, u64) {
+    let server = match SERVER_CONNS.get_ptr_mut(counts) {
         Some(counts) => add_to(counts, kind, delta),
         None => 0,
     };

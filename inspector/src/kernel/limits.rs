@@ -2,15 +2,16 @@
 //! policy, and the current counts and drops for `inspector stats`.
 
 use std::{
+    collections::HashMap as StdHashMap,
     net::{IpAddr, Ipv6Addr},
     path::Path,
 };
 
-use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use anyhow::{Context, Result, bail};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use inspector_common::{
-    Addr16, ClientKey, ConnCounts, DropReason, InterceptEvent, ON_LIMIT_DROP, ON_LIMIT_INTERCEPT,
-    ServerLimits, maps, v4_mapped,
+    Addr16, ClientKey, ConnCounts, DropReason, InterceptEvent, MAX_SERVERS, ON_LIMIT_DROP,
+    ON_LIMIT_INTERCEPT, ServerLimits, maps, v4_mapped,
 };
 use serde::Serialize;
 
@@ -32,7 +33,8 @@ pub fn ip_of(addr: &Addr16) -> IpAddr {
 
 /// What the kernel enforces for `server` on this member: its share of the
 /// connection and embryonic limits (`[cluster]`); the per-client limits
-/// stay whole (a client's flows hash to different members).
+/// stay whole (a client's flows hash to different members). Its counts'
+/// index is `apply_member_policy`'s to give.
 pub fn server_limits(server: &Server, cluster: &Membership) -> ServerLimits {
     ServerLimits {
         max_conns: cluster.share(server.max_conns),
@@ -43,7 +45,7 @@ pub fn server_limits(server: &Server, cluster: &Membership) -> ServerLimits {
             OnEmbryonicLimit::Drop => ON_LIMIT_DROP,
             OnEmbryonicLimit::Intercept => ON_LIMIT_INTERCEPT,
         },
-        _pad: 0,
+        counts: 0,
     }
 }
 
@@ -66,35 +68,73 @@ pub fn apply_policy(pin_dir: &Path, servers: &[Server]) -> Result<()> {
 pub fn apply_member_policy(pin_dir: &Path, servers: &[Server], cluster: &Membership) -> Result<()> {
     let mut table: HashMap<MapData, Addr16, ServerLimits> =
         bpffs::open_map(pin_dir, maps::SERVERS)?.try_into()?;
-    let mut counts: HashMap<MapData, Addr16, ConnCounts> =
+    let mut counts: Array<MapData, ConnCounts> =
         bpffs::open_map(pin_dir, maps::SERVER_CONNS)?.try_into()?;
     let wanted: Vec<Addr16> = servers.iter().map(|s| addr16(s.address)).collect();
-    // Counts first, so the kernel never sees a server without its counts.
-    for key in &wanted {
-        if counts.get(key, 0).is_err() {
-            counts.insert(key, ConnCounts::default(), 0)?;
+    let current: StdHashMap<Addr16, u32> = table
+        .iter()
+        .flatten()
+        .map(|(key, limits)| (key, limits.counts))
+        .collect();
+    let indices = counts_indices(&wanted, &current, MAX_SERVERS)?;
+    // Servers no longer protected go first: an index of theirs may be
+    // given to a new server, whose counts they must not move. (Their
+    // flows are expired by the sweeper.)
+    for key in current.keys().filter(|k| !wanted.contains(k)) {
+        table.remove(key)?;
+    }
+    // A new index's counts are zeroed before a server has it, so the
+    // kernel never counts a server in what another left there.
+    for (key, &index) in &indices {
+        if current.get(key) != Some(&index) {
+            counts.set(index, ConnCounts::default(), 0)?;
         }
     }
     for (server, key) in servers.iter().zip(&wanted) {
+        let limits = ServerLimits {
+            counts: indices[key],
+            ..server_limits(server, cluster)
+        };
         table
-            .insert(key, server_limits(server, cluster), 0)
+            .insert(key, limits, 0)
             .with_context(|| format!("protecting {}", server.address))?;
     }
-    retain(&mut table, &wanted)?;
-    retain(&mut counts, &wanted)
+    Ok(())
 }
 
-/// Removes the entries of `map` whose key is not in `wanted`.
-fn retain<V: aya::Pod>(map: &mut HashMap<MapData, Addr16, V>, wanted: &[Addr16]) -> Result<()> {
-    let stale: Vec<Addr16> = map
-        .keys()
-        .flatten()
-        .filter(|k| !wanted.contains(k))
-        .collect();
-    for key in stale {
-        map.remove(&key)?;
+/// The index of each `wanted` server's counts, below `max`: a server that
+/// stays keeps the one it has (`current`), so a reload keeps its counts;
+/// the others take the lowest free ones.
+fn counts_indices(
+    wanted: &[Addr16],
+    current: &StdHashMap<Addr16, u32>,
+    max: u32,
+) -> Result<StdHashMap<Addr16, u32>> {
+    let mut indices = StdHashMap::new();
+    let mut taken = vec![false; max as usize];
+    for key in wanted {
+        // Two servers of an older version's table all had index 0: the
+        // first keeps it.
+        if let Some(&index) = current.get(key)
+            && index < max
+            && !taken[index as usize]
+            && !indices.contains_key(key)
+        {
+            taken[index as usize] = true;
+            indices.insert(*key, index);
+        }
     }
-    Ok(())
+    let mut free = (0..max).filter(|&i| !taken[i as usize]);
+    for key in wanted {
+        if indices.contains_key(key) {
+            continue;
+        }
+        let Some(index) = free.next() else {
+            bail!("more than {max} protected servers");
+        };
+        indices.insert(*key, index);
+    }
+    Ok(indices)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -133,7 +173,7 @@ impl LimitStats {
     pub fn read(pin_dir: &Path, top: usize) -> Result<Self> {
         let table: HashMap<MapData, Addr16, ServerLimits> =
             bpffs::open_map(pin_dir, maps::SERVERS)?.try_into()?;
-        let counts: HashMap<MapData, Addr16, ConnCounts> =
+        let counts: Array<MapData, ConnCounts> =
             bpffs::open_map(pin_dir, maps::SERVER_CONNS)?.try_into()?;
         let client_counts: HashMap<MapData, ClientKey, ConnCounts> =
             bpffs::open_map(pin_dir, maps::CLIENT_CONNS)?.try_into()?;
@@ -145,7 +185,7 @@ impl LimitStats {
         let mut servers = Vec::new();
         for entry in table.iter() {
             let (key, limits) = entry?;
-            let c = counts.get(&key, 0).unwrap_or_default();
+            let c = counts.get(&limits.counts, 0).unwrap_or_default();
             servers.push(ServerView {
                 address: ip_of(&key),
                 embryonic: count(c.embryonic),
@@ -207,6 +247,44 @@ impl LimitStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server(n: u8) -> Addr16 {
+        v4_mapped([198, 18, 1, n])
+    }
+
+    #[test]
+    fn servers_that_stay_keep_their_counts_and_new_ones_take_free_indices() {
+        let current = StdHashMap::from([(server(1), 2), (server(2), 0), (server(9), 1)]);
+        let wanted = [server(2), server(3), server(1), server(4)];
+        let got = counts_indices(&wanted, &current, 8).unwrap();
+        // 9 left: its index 1 is free again, the lowest.
+        assert_eq!(got[&server(1)], 2);
+        assert_eq!(got[&server(2)], 0);
+        assert_eq!(got[&server(3)], 1);
+        assert_eq!(got[&server(4)], 3);
+    }
+
+    #[test]
+    fn servers_sharing_an_index_or_out_of_range_get_their_own() {
+        // An older version's table: every entry at 0; and one past the end.
+        let current = StdHashMap::from([(server(1), 0), (server(2), 0), (server(3), 7)]);
+        let wanted = [server(1), server(2), server(3)];
+        let got = counts_indices(&wanted, &current, 4).unwrap();
+        let mut indices: Vec<u32> = wanted.iter().map(|k| got[k]).collect();
+        assert_eq!(indices[0], 0);
+        indices.sort();
+        assert_eq!(indices, [0, 1, 2]);
+    }
+
+    #[test]
+    fn more_servers_than_indices_is_an_error() {
+        let wanted = [server(1), server(2), server(3)];
+        let err = counts_indices(&wanted, &StdHashMap::new(), 2).unwrap_err();
+        assert!(err.to_string().contains("more than 2"), "{err}");
+        // The same address twice is one server.
+        let got = counts_indices(&[server(1), server(1)], &StdHashMap::new(), 1).unwrap();
+        assert_eq!(got.len(), 1);
+    }
 
     #[test]
     fn addresses_round_trip_through_addr16() {

@@ -20,6 +20,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub fn load(pin_dir: &Path) -> Result<Ebpf> {
     drop_stale_flows(pin_dir)?;
     drop_stale_counters(pin_dir)?;
+    drop_stale_server_counts(pin_dir)?;
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pin_dir)
         .load(OBJECT)
@@ -121,6 +122,25 @@ fn drop_stale_counters(pin_dir: &Path) -> Result<()> {
     if events != ours {
         log::warn!(
             "{}: {events} intercept events, an older version's; replaced by {ours} (their counts start again)",
+            path.display()
+        );
+        remove_pin(&path)?;
+    }
+    Ok(())
+}
+
+/// Removes servers' counts pinned by a version that kept them in a hash
+/// by address, not in an array at each server's index: reused, they would
+/// fail the verifier. The counts start again from zero and the sweeper's
+/// next pass recounts them from the flow table.
+fn drop_stale_server_counts(pin_dir: &Path) -> Result<()> {
+    let path = super::bpffs::map_path(pin_dir, inspector_common::maps::SERVER_CONNS);
+    let Some(info) = pinned_info(&path)? else {
+        return Ok(());
+    };
+    if !matches!(info.map_type(), Ok(aya::maps::MapType::Array)) {
+        log::warn!(
+            "{}: an older version's servers' counts; replaced (the sweeper recounts them)",
             path.display()
         );
         remove_pin(&path)?;

@@ -26,7 +26,7 @@
 use std::{collections::HashMap as StdHashMap, path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use inspector_common::{
     Addr16, ClientKey, ConnCounts, FlowEntry, FlowKey, InterceptEvent, ServerLimits, flow_flags,
     flow_state, maps,
@@ -46,7 +46,7 @@ const RESEND_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Sweeper {
     flows: HashMap<MapData, FlowKey, FlowEntry>,
-    servers: HashMap<MapData, Addr16, ConnCounts>,
+    servers: Array<MapData, ConnCounts>,
     clients: HashMap<MapData, ClientKey, ConnCounts>,
     limits: HashMap<MapData, Addr16, ServerLimits>,
     events: PerCpuArray<MapData, u64>,
@@ -237,17 +237,22 @@ impl Sweeper {
         });
         self.count(InterceptEvent::ClientReset, client_reset);
 
-        // Every protected server gets its count, zero included; the kernel
-        // only counts servers that have an entry, so none is created here.
-        let protected: Vec<Addr16> = self.servers.keys().filter_map(|k| k.ok()).collect();
-        // Written only where the kernel's count differs: a rewrite replaces
-        // the map element, and an add another CPU makes to the old one
-        // meanwhile is lost (until the next sweep).
-        for server in protected {
+        // Every protected server gets its count, zero included, at the
+        // index its limits name.
+        let protected: Vec<(Addr16, u32)> = self
+            .limits
+            .iter()
+            .filter_map(|e| e.ok())
+            .map(|(server, limits)| (server, limits.counts))
+            .collect();
+        // Written only where the kernel's count differs: an add another
+        // CPU makes between the read and the write is lost (until the
+        // next sweep).
+        for (server, index) in protected {
             let counts = servers.get(&server).copied().unwrap_or_default();
-            if self.servers.get(&server, 0).ok() != Some(counts) {
+            if self.servers.get(&index, 0).ok() != Some(counts) {
                 self.servers
-                    .insert(server, counts, 0)
+                    .set(index, counts, 0)
                     .context("rewriting a server's connection counts")?;
             }
         }
