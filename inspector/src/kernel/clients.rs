@@ -7,8 +7,10 @@
 //! that lies `HEARTBEAT_STALE_NS` ahead: a proxy that stops or hangs leaves
 //! no client blocked for longer than it leaves sessions steered to it.
 //! How many networks are blocked is written beside them (`CLIENT_BLOCKED`)
-//! before one is added and after one is removed: while it is 0, XDP skips
-//! the lookups, so it is never 0 while a network is blocked.
+//! before one is added or renewed (not at all if that write fails) and
+//! after one is removed: while it is 0, XDP skips the lookups, so it is
+//! never 0 while a network is blocked. One proxy writes a pin directory's
+//! tries (it empties them when it starts and when it stops).
 
 use std::{
     collections::BTreeSet,
@@ -161,8 +163,11 @@ impl AtLimit for ClientBlocks {
                 return;
             }
             log::debug!("client {client} at its session limit: its SYNs are dropped in XDP");
-            let counted = inner.write_count();
-            counted.and(inner.tries.insert(&net, until()))
+            // Not blocked in the kernel unless counted (the proxy still
+            // refuses the client's sessions itself).
+            inner
+                .write_count()
+                .and_then(|()| inner.tries.insert(&net, until()))
         } else {
             if !inner.blocked.remove(&net) {
                 return;
@@ -180,9 +185,11 @@ impl AtLimit for ClientBlocks {
     fn renew(&self) {
         let until = until();
         let inner = &mut *self.inner();
-        // Again, in case a write failed.
+        // Again, for a block `set` could not count; without the count the
+        // entries are not renewed and lapse.
         if let Err(e) = inner.write_count() {
             log::warn!("{e:#}");
+            return;
         }
         for net in &inner.blocked {
             if let Err(e) = inner.tries.insert(net, until) {

@@ -71,11 +71,13 @@ pub fn apply_member_policy(pin_dir: &Path, servers: &[Server], cluster: &Members
     let mut counts: Array<MapData, ConnCounts> =
         bpffs::open_map(pin_dir, maps::SERVER_CONNS)?.try_into()?;
     let wanted: Vec<Addr16> = servers.iter().map(|s| addr16(s.address)).collect();
+    // Every entry, or none: a server missed here could keep an index a
+    // new one is given.
     let current: StdHashMap<Addr16, u32> = table
         .iter()
-        .flatten()
-        .map(|(key, limits)| (key, limits.counts))
-        .collect();
+        .map(|entry| entry.map(|(key, limits)| (key, limits.counts)))
+        .collect::<Result<_, _>>()
+        .context("reading the protected servers")?;
     let indices = counts_indices(&wanted, &current, MAX_SERVERS)?;
     // Servers no longer protected go first: an index of theirs may be
     // given to a new server, whose counts they must not move. (Their

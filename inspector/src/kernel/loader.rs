@@ -130,15 +130,19 @@ fn drop_stale_counters(pin_dir: &Path) -> Result<()> {
 }
 
 /// Removes servers' counts pinned by a version that kept them in a hash
-/// by address, not in an array at each server's index: reused, they would
-/// fail the verifier. The counts start again from zero and the sweeper's
-/// next pass recounts them from the flow table.
+/// by address, not in an array at each server's index (reused, they would
+/// fail the verifier), or in an array of another shape (a server past its
+/// end would count nowhere). The counts start again from zero and the
+/// sweeper's next pass recounts them from the flow table.
 fn drop_stale_server_counts(pin_dir: &Path) -> Result<()> {
     let path = super::bpffs::map_path(pin_dir, inspector_common::maps::SERVER_CONNS);
     let Some(info) = pinned_info(&path)? else {
         return Ok(());
     };
-    if !matches!(info.map_type(), Ok(aya::maps::MapType::Array)) {
+    let ours = matches!(info.map_type(), Ok(aya::maps::MapType::Array))
+        && info.max_entries() == inspector_common::MAX_SERVERS
+        && info.value_size() as usize == std::mem::size_of::<inspector_common::ConnCounts>();
+    if !ours {
         log::warn!(
             "{}: an older version's servers' counts; replaced (the sweeper recounts them)",
             path.display()
