@@ -386,6 +386,12 @@ pub mod flow_state {
     /// waiting for the server's SYN-ACK. Counted as established: the client
     /// is real, and the server answers within a round trip.
     pub const OPENING: u32 = 4;
+    /// Both sides' FINs were seen, each at its sender's next number: no
+    /// longer counted, kept only briefly for the last ACKs and resent FINs
+    /// (the sweeper's `CLOSED_LINGER`), where a flow with one FIN waits
+    /// for the half-closed timeout. The firewall too tears a connection
+    /// down once both sides have closed.
+    pub const CLOSED: u32 = 5;
 }
 
 /// `FlowEntry::flags`.
@@ -447,7 +453,9 @@ pub struct FlowEntry {
     pub wscale_ours: u8,
     pub wscale_server: u8,
     pub wscale_client: u8,
-    pub _pad2: u8,
+    /// [`seq_known`]'s bits for the sides whose FIN was seen at their
+    /// next number ([`flow_state::CLOSED`] once both).
+    pub fins: u8,
     /// The server's next sequence number as far as we have seen it (its
     /// ISN + 1, moved by its in-order segments): an RST or a FIN from the
     /// server releases the flow only there. `client_next` is the client's.

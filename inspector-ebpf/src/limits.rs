@@ -472,7 +472,7 @@ pub fn opening(o: &Opened) -> Opening {
         wscale_ours: o.wscale_ours,
         wscale_server: 0,
         wscale_client: o.wscale_client,
-        _pad2: 0,
+        fins: 0,
         // The server's, from its SYN-ACK (`server_answered`).
         server_next: 0,
         seq_known: inspector_common::seq_known::CLIENT,
@@ -747,7 +747,8 @@ fn from_server(packet: &Packet, tcp: &Tcp, w: &mut Work) -> Verdict {
 ///   server whether it still has an established one (an answering RST
 ///   releases it: `from_server`).
 /// - A FIN frees nothing: the server's own FIN, once it read the client's,
-///   releases the flow.
+///   releases the flow. One right after all the server took is noted, so
+///   that a flow both sides closed is kept only briefly.
 /// - The handshake-completing ACK counts only when it acknowledges the
 ///   server's SYN-ACK (a spoofed source never saw it), so a flood of SYNs
 ///   and blind ACKs stays embryonic.
@@ -770,6 +771,16 @@ fn from_client_checked(packet: &Packet, tcp: &Tcp, w: &Work, e: &mut FlowEntry, 
     {
         e.state = flow_state::ESTABLISHED;
         established(w);
+    }
+    if flags & TCP_FIN != 0 && seq(packet, tcp).is_some_and(|at| seq::at_next(e, Side::Client, at))
+    {
+        // Right after all the server took: it only shortens how long the
+        // flow is kept once the server's own FIN (which releases it) is
+        // in too.
+        e.fins |= Side::Client.bit();
+        if matches!(state, flow_state::CLOSING | flow_state::CLOSED) {
+            e.state = closed_or_closing(e);
+        }
     }
 }
 
@@ -823,7 +834,7 @@ fn end_or_continue(
         seq::advance(e, side, at, end);
     }
     if tcp.flags & TCP_FIN != 0 && exact {
-        close(w, e, state);
+        close(w, e, state, side);
     }
 }
 
@@ -834,12 +845,23 @@ fn established(w: &Work) {
     conns::add(w.server_counts, &w.client, Kind::Established, 1);
 }
 
-/// A FIN: the connection no longer counts; its entry stays (closing) so
-/// the last packets are not mistaken for anything else.
+/// A FIN from `side`: the connection no longer counts; its entry stays
+/// (closing, or closed once both sides' FINs are in) so the last packets
+/// are not mistaken for anything else.
 #[inline(always)]
-fn close(w: &Work, entry: &mut FlowEntry, state: u32) {
+fn close(w: &Work, entry: &mut FlowEntry, state: u32, side: Side) {
     release(w, state);
-    entry.state = flow_state::CLOSING;
+    entry.fins |= side.bit();
+    entry.state = closed_or_closing(entry);
+}
+
+#[inline(always)]
+fn closed_or_closing(entry: &FlowEntry) -> u32 {
+    if entry.fins == Side::Client.bit() | Side::Server.bit() {
+        flow_state::CLOSED
+    } else {
+        flow_state::CLOSING
+    }
 }
 
 /// An RST (or a reused tuple): release the flow's count and drop its entry.

@@ -965,3 +965,83 @@ fn nstat(ns: &Netns, counter: &str) -> u64 {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("nstat shows {counter} in {}", ns.name))
 }
+
+/// The flow-table entries of connections from `client_port`, by state.
+fn flow_states(pins: &PinDir, client_port: u16) -> Vec<u32> {
+    let flows: aya::maps::HashMap<_, FlowKey, FlowEntry> =
+        bpffs::open_map(pins.path(), maps::FLOWS)
+            .unwrap()
+            .try_into()
+            .unwrap();
+    flows
+        .iter()
+        .flatten()
+        .filter(|(key, _)| key.client_port == client_port)
+        .map(|(_, entry)| entry.state)
+        .collect()
+}
+
+/// A connection both sides closed is forgotten within the closed linger
+/// (10 s), not kept for the half-closed timeout (600 s here, the
+/// default): kept, closed flows would fill the flow table at a hundred
+/// connections a second, and its LRU would evict live ones. A connection
+/// only one side closed stays.
+#[test]
+fn a_flow_both_sides_closed_leaves_the_table_and_a_half_closed_one_stays() {
+    use inspector_common::flow_state::{CLOSED, CLOSING};
+    use std::io::{Read, Write};
+    let lab = lab("closed");
+    let pins = PinDir::new("closed");
+    let policy = PolicyFile::new(
+        "closed",
+        &format!("[[server]]\naddress = \"{SERVER_V4}\"\nmax-conns = 10\n"),
+    );
+    let _daemon = start_daemon(&lab, &pins, &[OUTSIDE, INSIDE], Some(policy.path()));
+    let server = Server::start(&lab.server, SERVER_V4.into(), 64);
+    // A second port of the same server whose side closes first and alone.
+    let half = SocketAddr::new(SERVER_V4.into(), PORT + 1);
+    let listener = lab.server.tcp_listen(half, 8).unwrap().unwrap();
+
+    // Both close: the client, then the server (`Server` closes what its
+    // client closed).
+    let mut both = connect(&lab, CLIENT_V4.into(), &server).unwrap();
+    let both_port = both.local_addr().unwrap().port();
+    both.write_all(b"QUIT\r\n").unwrap();
+    drop(both);
+
+    let mut one = lab
+        .client
+        .tcp_connect(CLIENT_V4.into(), half, CONNECT_TIMEOUT)
+        .unwrap()
+        .unwrap();
+    let one_port = one.local_addr().unwrap().port();
+    let (held, _) = listener.accept().unwrap();
+    held.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut b = [0u8; 8];
+    assert_eq!(
+        one.read(&mut b).unwrap(),
+        0,
+        "the server's FIN reached the client"
+    );
+
+    assert!(
+        wait_until(Duration::from_secs(3), || flow_states(&pins, both_port)
+            == [CLOSED]),
+        "the closed flow's state: {:?}",
+        flow_states(&pins, both_port)
+    );
+    assert_eq!(flow_states(&pins, one_port), [CLOSING]);
+    assert_eq!(server_counts(&pins, SERVER_V4.into()), (0, 0));
+    assert!(
+        wait_until(Duration::from_secs(14), || flow_states(&pins, both_port)
+            .is_empty()),
+        "the closed flow forgotten: {:?}",
+        flow_states(&pins, both_port)
+    );
+    assert_eq!(
+        flow_states(&pins, one_port),
+        [CLOSING],
+        "the half-closed one kept"
+    );
+    drop((one, held));
+}

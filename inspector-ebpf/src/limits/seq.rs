@@ -41,8 +41,9 @@ pub enum Side {
 }
 
 impl Side {
+    /// The side's bit in `FlowEntry::seq_known` and `FlowEntry::fins`.
     #[inline(always)]
-    fn known(self) -> u8 {
+    pub fn bit(self) -> u8 {
         match self {
             Side::Client => inspector_common::seq_known::CLIENT,
             Side::Server => inspector_common::seq_known::SERVER,
@@ -53,7 +54,7 @@ impl Side {
 /// The side's next sequence number, if known.
 #[inline(always)]
 pub fn next(e: &FlowEntry, side: Side) -> Option<u32> {
-    if e.seq_known & side.known() == 0 {
+    if e.seq_known & side.bit() == 0 {
         return None;
     }
     Some(match side {
@@ -69,7 +70,7 @@ pub fn set(e: &mut FlowEntry, side: Side, next: u32) {
         Side::Client => e.client_next = next,
         Side::Server => e.server_next = next,
     }
-    e.seq_known |= side.known();
+    e.seq_known |= side.bit();
 }
 
 /// The server acknowledged the client's bytes up to `ack`: the client's

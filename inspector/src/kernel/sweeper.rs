@@ -38,6 +38,15 @@ use crate::config::FlowTimeouts;
 /// How often the daemon sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a flow both sides closed is kept (at most the half-closed
+/// timeout): for its last ACK and the FINs resent when that ACK is lost
+/// (five resends from Linux's 200 ms minimum timeout take 6.2 s), which an
+/// intercepted flow must still translate. Kept for the half-closed timeout
+/// instead (10 minutes by default), closed flows would fill the flow table
+/// at more than about 110 connections a second, and its LRU would then
+/// evict live ones.
+const CLOSED_LINGER: Duration = Duration::from_secs(10);
+
 /// How long an intercepted flow waits for its server before its client is
 /// nudged, and the SYN sent again: Linux's initial retransmission timeout
 /// (RFC 6298: 1 s), the time the client's own SYN would have been sent
@@ -384,6 +393,7 @@ impl Sweeper {
         match state {
             flow_state::EMBRYONIC | flow_state::OPENING => self.timeouts.embryonic,
             flow_state::ESTABLISHED => self.timeouts.idle,
+            flow_state::CLOSED => CLOSED_LINGER.min(self.timeouts.half_closed),
             _ => self.timeouts.half_closed,
         }
     }
