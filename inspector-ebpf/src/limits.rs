@@ -851,7 +851,14 @@ fn established(w: &Work) {
 #[inline(always)]
 fn close(w: &Work, entry: &mut FlowEntry, state: u32, side: Side) {
     release(w, state);
-    entry.fins |= side.bit();
+    entry.fins |= if entry.local != 0 {
+        // A session the engine's listener answers: its FIN is never seen
+        // here (it leaves through egress), and it closes when its client
+        // has.
+        Side::Client.bit() | Side::Server.bit()
+    } else {
+        side.bit()
+    };
     entry.state = closed_or_closing(entry);
 }
 

@@ -1045,3 +1045,70 @@ fn a_flow_both_sides_closed_leaves_the_table_and_a_half_closed_one_stays() {
     );
     drop((one, held));
 }
+
+/// An SMTP session (greeting, `QUIT`, `221`, close) through `it` to its
+/// server; the client's port.
+fn session_and_close(it: &InterceptLab) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = it.connect(CLIENT_V4.into());
+    let port = stream.local_addr().unwrap().port();
+    assert_eq!(&greeting(&stream, Duration::from_secs(5)).unwrap(), b"220");
+    stream.write_all(b"QUIT\r\n").unwrap();
+    let mut rest = Vec::new();
+    // Until the server's side closes, after its 221.
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(
+        String::from_utf8_lossy(&rest).contains("221"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    drop(stream);
+    port
+}
+
+/// Sessions closed the way SMTP closes them end as closed flows and leave
+/// the table within the closed linger, whichever way they went: forwarded
+/// or inspected by the proxy (whose own FIN the program never sees),
+/// intercepted (its embryonic limit full) or not.
+#[test]
+fn closed_sessions_leave_the_table_forwarded_or_proxied_intercepted_or_not() {
+    use inspector_common::flow_state::CLOSED;
+    for (name, proxy) in [("closedfw", Plain), ("closedpx", Proxy)] {
+        let server: IpAddr = SERVER_V4.into();
+        let it = InterceptLab::start(name, server, proxy, (50, 1), Generic);
+        let direct = session_and_close(&it);
+        it.flood().send(100).unwrap();
+        let verified = || {
+            stats_json(it.pins.path())["limits"]["intercept"]["clients-verified"]
+                .as_u64()
+                .unwrap()
+        };
+        let before = verified();
+        let intercepted = session_and_close(&it);
+        // The proxy's listener answers an inspected SYN with its own
+        // cookie; the program verifies forwarded clients only.
+        if proxy == Plain {
+            assert_eq!(
+                verified(),
+                before + 1,
+                "{name}: the second session intercepted"
+            );
+        }
+        for port in [direct, intercepted] {
+            assert!(
+                wait_until(Duration::from_secs(3), || flow_states(&it.pins, port)
+                    == [CLOSED]),
+                "{name}: the flow from port {port}: {:?}",
+                flow_states(&it.pins, port)
+            );
+        }
+        assert!(
+            wait_until(Duration::from_secs(14), || [direct, intercepted]
+                .iter()
+                .all(|&p| flow_states(&it.pins, p).is_empty())),
+            "{name}: the closed flows forgotten: {:?} {:?}",
+            flow_states(&it.pins, direct),
+            flow_states(&it.pins, intercepted)
+        );
+    }
+}
