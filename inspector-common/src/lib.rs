@@ -386,11 +386,13 @@ pub mod flow_state {
     /// waiting for the server's SYN-ACK. Counted as established: the client
     /// is real, and the server answers within a round trip.
     pub const OPENING: u32 = 4;
-    /// Both sides' FINs were seen, each at its sender's next number: no
-    /// longer counted, kept only briefly for the last ACKs and resent FINs
-    /// (the sweeper's `CLOSED_LINGER`), where a flow with one FIN waits
-    /// for the half-closed timeout. The firewall too tears a connection
-    /// down once both sides have closed.
+    /// An intercepted flow whose both sides' FINs were seen, each at its
+    /// sender's next number: no longer counted, kept only briefly for its
+    /// last ACKs and resent FINs to be translated (the sweeper's
+    /// `CLOSED_LINGER`), where a flow with one FIN waits for the
+    /// half-closed timeout. Any other flow both sides closed is forgotten
+    /// at once. The firewall too tears a connection down once both sides
+    /// have closed.
     pub const CLOSED: u32 = 5;
 }
 

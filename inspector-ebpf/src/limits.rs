@@ -778,8 +778,8 @@ fn from_client_checked(packet: &Packet, tcp: &Tcp, w: &Work, e: &mut FlowEntry, 
         // flow is kept once the server's own FIN (which releases it) is
         // in too.
         e.fins |= Side::Client.bit();
-        if matches!(state, flow_state::CLOSING | flow_state::CLOSED) {
-            e.state = closed_or_closing(e);
+        if state == flow_state::CLOSING {
+            closing_or_closed(w, e);
         }
     }
 }
@@ -859,15 +859,23 @@ fn close(w: &Work, entry: &mut FlowEntry, state: u32, side: Side) {
     } else {
         side.bit()
     };
-    entry.state = closed_or_closing(entry);
+    closing_or_closed(w, entry);
 }
 
+/// Closing, or, once both sides' FINs are in, closed: an intercepted flow
+/// is then kept a little longer (the sweeper's `CLOSED_LINGER`), for its
+/// last packets to be translated; any other is forgotten at once, so that
+/// closed flows never crowd live ones out of the table (its last packets
+/// pass untracked, as do those of any flow that predates us).
 #[inline(always)]
-fn closed_or_closing(entry: &FlowEntry) -> u32 {
-    if entry.fins == Side::Client.bit() | Side::Server.bit() {
-        flow_state::CLOSED
-    } else {
-        flow_state::CLOSING
+fn closing_or_closed(w: &Work, entry: &mut FlowEntry) {
+    if entry.fins != Side::Client.bit() | Side::Server.bit() {
+        entry.state = flow_state::CLOSING;
+        return;
+    }
+    entry.state = flow_state::CLOSED;
+    if entry.flags & flow_flags::INTERCEPTED == 0 {
+        forget(w);
     }
 }
 

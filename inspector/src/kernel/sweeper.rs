@@ -38,13 +38,13 @@ use crate::config::FlowTimeouts;
 /// How often the daemon sweeps.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long a flow both sides closed is kept (at most the half-closed
-/// timeout): for its last ACK and the FINs resent when that ACK is lost
-/// (five resends from Linux's 200 ms minimum timeout take 6.2 s), which an
-/// intercepted flow must still translate. Kept for the half-closed timeout
-/// instead (10 minutes by default), closed flows would fill the flow table
-/// at more than about 110 connections a second, and its LRU would then
-/// evict live ones.
+/// How long an intercepted flow both sides closed is kept (at most the
+/// half-closed timeout; the kernel forgets any other at once): for its
+/// last ACK and the FINs resent when that ACK is lost (five resends from
+/// Linux's 200 ms minimum timeout take 6.2 s), which must still be
+/// translated. Kept for the half-closed timeout instead (10 minutes by
+/// default), closed flows would fill the flow table at more than about
+/// 110 connections a second, and its LRU would then evict live ones.
 const CLOSED_LINGER: Duration = Duration::from_secs(10);
 
 /// How long an intercepted flow waits for its server before its client is
