@@ -45,7 +45,7 @@ use inspector_lab::{
     CLIENT_V4, INSIDE, Lab, MAIL_GATEWAY_V4, Netns, OUTSIDE, SERVER_V4,
     figures::{median, pin, settled},
     frame_flood::{DropAll, FrameFlood, Then},
-    load::{sessions, sessions_during_flood, sessions_per_s, wait_smtp},
+    load::{Sessions, sessions, sessions_during_flood, wait_smtp},
     raw::mac,
     syn::{SPOOFED_V4, SynFlood},
 };
@@ -523,6 +523,17 @@ fn session_rates(
     let flood = FrameFlood::new(&lab.client, "eth0", mac(&lab.gateway, OUTSIDE)?, dst)?;
     let send_syns = |n: usize| flood.send(n as u32).map(drop);
     let (mut synproxy_retrans, mut ours_retrans, mut synproxy_failed) = (0, 0, 0);
+    // Our sessions that failed (a step waited 10 s), and all of them:
+    // counted and reported, not hidden by a failed run.
+    let (mut ours_failed, mut ours_sessions) = (0u32, 0u32);
+    let mut count_ours = |s: Sessions| {
+        if let Some(e) = &s.first_failure {
+            eprintln!("our session failed: {e:#}");
+        }
+        ours_failed += s.failed;
+        ours_sessions += s.completed + s.failed;
+        s.per_s
+    };
     // SYNs per second the flood sent in each flooded window.
     let mut flood_rates = Vec::new();
     for _ in 0..repeats {
@@ -535,11 +546,12 @@ fn session_rates(
         // would leave it after the embryonic timeout).
         let later = policy.timeouts.embryonic + Duration::from_secs(1);
         sweeper.sweep(sweeper::monotonic_ns() + later.as_nanos() as u64)?;
-        rows[0]
-            .push(sessions_per_s(lab, server, window, clients).context("ours, without a flood")?);
+        rows[0].push(count_ours(
+            sessions(lab, server, window, clients).context("ours, without a flood")?,
+        ));
         let retrans_before = retransmitted(&lab.client)?;
         let (during, sent) = sessions_during_flood(lab, send_syns, server, window, clients)?;
-        rows[1].push(during.all_completed().context("ours, during the flood")?);
+        rows[1].push(count_ours(during));
         flood_rates.push(sent as f64 / window.as_secs_f64());
         ours_retrans += retransmitted(&lab.client)? - retrans_before;
         let cookies = || -> Result<u64> {
@@ -553,7 +565,7 @@ fn session_rates(
         // (no sweep): every session intercepted, nothing else sent. What
         // intercepting costs a session, apart from the flood's own CPU.
         let after =
-            sessions_per_s(lab, server, window, clients).context("ours, after the flood")?;
+            count_ours(sessions(lab, server, window, clients).context("ours, after the flood")?);
         let intercepted = cookies()? - flooded;
         if (intercepted as f64) < 0.9 * after * window.as_secs_f64() {
             bail!("after the flood, {intercepted} sessions of {after:.0}/s were intercepted");
@@ -619,6 +631,8 @@ fn session_rates(
         "synproxy_client_retransmits": synproxy_retrans,
         "synproxy_failed_sessions": synproxy_failed,
         "ours_client_retransmits": ours_retrans,
+        "ours_failed_sessions": ours_failed,
+        "ours_sessions": ours_sessions,
         "checksum_errors": checksum_errors,
     }))
 }

@@ -126,6 +126,7 @@ pub fn sessions(
         let mut out = Sessions::default();
         for (done, failed, first) in threads {
             out.per_s += f64::from(done) / elapsed;
+            out.completed += done;
             out.failed += failed;
             out.first_failure = out.first_failure.or(first);
         }
@@ -138,6 +139,7 @@ pub fn sessions(
 pub struct Sessions {
     /// Sessions completed per second.
     pub per_s: f64,
+    pub completed: u32,
     pub failed: u32,
     pub first_failure: Option<anyhow::Error>,
 }

@@ -1035,7 +1035,8 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
          was told the server's MSS (1460) and window scale ({}), as its \
          documentation asks; in its windows the client retransmitted {} TCP \
          segments (`nstat TcpRetransSegs`) and {} sessions failed (a step \
-         waited 10 s), in our flooded windows {} segments; checksum errors \
+         waited 10 s), in our flooded windows {} segments, and of our {} \
+         sessions (all their windows) {} failed the same way; checksum errors \
          counted by the client and the server over the whole run \
          (`TcpInCsumErrors`): {} and {}.",
         f(many, "ours_flood_per_s")? / f(many, "synproxy_flood_per_s")?,
@@ -1044,6 +1045,8 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
         sum("synproxy_client_retransmits")?,
         sum("synproxy_failed_sessions")?,
         sum("ours_client_retransmits")?,
+        sum("ours_sessions")?,
+        sum("ours_failed_sessions")?,
         many["checksum_errors"][0],
         many["checksum_errors"][1]
     )?;
