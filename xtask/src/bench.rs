@@ -912,9 +912,10 @@ fn render_gateway(w: &mut String, g: &Value, measured: Option<(&str, &str)>) -> 
          lock contention depend on the machine and on whatever shares it: on the \
          two kinds of machine this bench ran on (2 cores each, the same kernel \
          series), an AMD EPYC gave 5.9, 6.7 and 6.4 (2026-12-03), 5.3, 7.4, \
-         6.5 and 7.3 (2026-12-04: the memory builtins written inline, then the \
-         frames also arriving on the gateway, then twice no client-block lookup \
-         while no client is blocked), an Intel Xeon 3.3 and 3.6 \
+         6.5, 7.3 and 7.3 (2026-12-04: the memory builtins written inline, then \
+         the frames also arriving on the gateway, then twice no client-block \
+         lookup while no client is blocked, then a server's counts in an \
+         array), an Intel Xeon 3.3 and 3.6 \
          (earlier builds that left the drop unchanged: it took 313 to 889 ns, \
          `ct count` 1142 to 2500), 4.6 (2026-12-03), 3.8 and 3.3 (2026-12-04, \
          before and after the memory builtins were written inline); the section \
