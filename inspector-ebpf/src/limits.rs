@@ -875,7 +875,8 @@ fn closing_or_closed(w: &Work, entry: &mut FlowEntry) {
     }
     entry.state = flow_state::CLOSED;
     if entry.flags & flow_flags::INTERCEPTED == 0 {
-        forget(w);
+        // Its count went with the first FIN.
+        remove(w);
     }
 }
 
@@ -887,11 +888,20 @@ fn forget(w: &Work) {
         let state = unsafe { (*entry).state };
         // Released by the CPU whose delete took it: two that forget the
         // same flow at once release it once.
-        if FLOWS.remove(&w.flow).is_ok() {
-            marks::gone(&w.flow);
+        if remove(w) {
             release(w, state);
         }
     }
+}
+
+/// Drops the flow's entry and its mark; whether this CPU's delete took it.
+#[inline(always)]
+fn remove(w: &Work) -> bool {
+    let removed = FLOWS.remove(&w.flow).is_ok();
+    if removed {
+        marks::gone(&w.flow);
+    }
+    removed
 }
 
 #[inline(always)]
